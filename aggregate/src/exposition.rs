@@ -1,0 +1,81 @@
+//! Prometheus text exposition of the event-stream families.
+//!
+//! Floats are written the way the Go client writes them (`strconv` 'g', shortest), so
+//! bucket bounds read `1e-06`, `1.6e-05`, `0.000128`, `67.108864` as users know them.
+
+use std::fmt::Write;
+
+/// Formats a float as Go's `strconv.FormatFloat(f, 'g', -1, 64)`.
+pub fn format_float(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "+Inf" } else { "-Inf" }.into();
+    }
+    if f == 0.0 {
+        return "0".into();
+    }
+    // Rust's {:e} gives the shortest round-trip digits, e.g. "1.6e-5".
+    let sci = format!("{f:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap();
+    let exp: i32 = exp.parse().unwrap();
+    // strconv's shortest 'g' uses %e below 1e-4 and from 1e6 (precision 6) on.
+    if (-4..6).contains(&exp) {
+        return format!("{f}");
+    }
+    format!("{mantissa}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
+}
+
+/// Escapes a label value (`\`, `"` and newline).
+pub(crate) fn escape_into(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Writes `{a="x",b="y"` (no closing brace, so `le` can follow).
+pub(crate) fn open_labels(out: &mut String, names: &[String], values: &[&str]) {
+    out.push('{');
+    for (i, (n, v)) in names.iter().zip(values).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{n}=\"");
+        escape_into(out, v);
+        out.push('"');
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_float;
+
+    #[test]
+    fn formats_like_go() {
+        let cases = [
+            (1e-06, "1e-06"),
+            (2e-06, "2e-06"),
+            (1.6e-05, "1.6e-05"),
+            (3.2e-05, "3.2e-05"),
+            (0.000128, "0.000128"),
+            (0.002206, "0.002206"),
+            (67.108864, "67.108864"),
+            (1.0, "1"),
+            (10.0, "10"),
+            (123456789.0, "1.23456789e+08"),
+            (0.5, "0.5"),
+            (f64::INFINITY, "+Inf"),
+            (0.0, "0"),
+            (-2.5, "-2.5"),
+        ];
+        for (f, want) in cases {
+            assert_eq!(format_float(f), want, "{f}");
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! Aggregate stage: turns records into series and keeps their histograms and counters.
+//!
+//! A [`StreamPlan`] compiled from config says where each field of a ring's records
+//! lies and which metrics read them. A worker's [`StreamAggregator`] keys each record
+//! by the pod label set id (from the enrich stage) and the raw bytes of its label
+//! fields, so label strings are decoded once per new series, never per event; series
+//! cells are atomics shared with the [`Registry`] that renders the exposition.
+
+pub mod buckets;
+pub mod config;
+pub mod decoder;
+mod exposition;
+mod plan;
+mod registry;
+
+pub use exposition::format_float;
+pub use plan::StreamPlan;
+pub use registry::{KubeLabelNames, Registry, StreamAggregator, StreamStats};
+
+/// Errors in a metrics config; each names the metric and field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A metric or label refers to something the config does not define, or a value is
+    /// out of range.
+    #[error("{at}: {reason}")]
+    Invalid {
+        /// Dotted path of the offending key, e.g. `metrics.histograms[0].value.field`.
+        at: String,
+        /// Why it is wrong.
+        reason: String,
+    },
+}
+
+pub(crate) fn invalid(at: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        at: at.into(),
+        reason: reason.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

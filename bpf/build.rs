@@ -1,0 +1,40 @@
+//! Compiles every `bpf/*.bpf.c` with clang into `$OUT_DIR/<name>.bpf.o` for embedding.
+
+use std::{env, fs, path::PathBuf, process::Command};
+
+fn main() {
+    let dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+    let clang = env::var("CLANG").unwrap_or_else(|_| "clang".into());
+    let arch = match env::var("CARGO_CFG_TARGET_ARCH").unwrap().as_str() {
+        "x86_64" => "x86",
+        "aarch64" => "arm64",
+        other => panic!("no BPF target arch mapping for {other}"),
+    };
+    println!("cargo:rerun-if-changed=include");
+    println!("cargo:rerun-if-env-changed=CLANG");
+    let mut sources: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".bpf.c"))
+        .collect();
+    sources.sort();
+    for src in sources {
+        println!("cargo:rerun-if-changed={}", src.display());
+        let name = src.file_name().unwrap().to_string_lossy().replace(".bpf.c", ".bpf.o");
+        let status = Command::new(&clang)
+            .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
+            .arg(format!("-D__TARGET_ARCH_{arch}"))
+            .arg("-I")
+            .arg(dir.join("include"))
+            .arg("-c")
+            .arg(&src)
+            .arg("-o")
+            .arg(out.join(&name))
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {clang} (install clang and libbpf-dev): {e}")
+            });
+        assert!(status.success(), "clang failed on {}", src.display());
+    }
+}

@@ -1,0 +1,56 @@
+//! The exporter's built-in kernel programs, compiled from `bpf/*.bpf.c` and embedded.
+//!
+//! Objects are plain ELF bytes with BTF, ready for `ingest::Loader`; the binary needs
+//! no files beside it. User programs are compiled with the same headers (`bpf/include`).
+
+/// An embedded BPF object.
+#[derive(Debug, Clone, Copy)]
+pub struct Object {
+    /// Name the config refers to (`object: <name>`).
+    pub name: &'static str,
+    /// ELF bytes.
+    pub bytes: &'static [u8],
+}
+
+/// ELF parsing reads headers in place, so the bytes must be 8-byte aligned.
+#[repr(C)]
+struct Aligned<B: ?Sized> {
+    _align: [u64; 0],
+    bytes: B,
+}
+
+macro_rules! object {
+    ($name:literal) => {
+        Object {
+            name: $name,
+            bytes: {
+                const A: &Aligned<[u8]> = &Aligned {
+                    _align: [],
+                    bytes: *include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".bpf.o")),
+                };
+                &A.bytes
+            },
+        }
+    };
+}
+
+/// Every embedded object.
+pub const OBJECTS: &[Object] = &[object!("tcp_connect_latency")];
+
+/// Looks up an embedded object by name.
+pub fn find(name: &str) -> Option<Object> {
+    OBJECTS.iter().copied().find(|o| o.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn embedded_objects_are_bpf_elf_with_btf() {
+        for o in super::OBJECTS {
+            assert_eq!(o.bytes.as_ptr() as usize % 8, 0, "{} misaligned", o.name);
+            assert_eq!(&o.bytes[..4], b"\x7fELF", "{}", o.name);
+            assert_eq!(o.bytes[18], 247, "{} is not EM_BPF", o.name); // e_machine
+            assert!(o.bytes.windows(4).any(|w| w == b".BTF"), "{} lacks BTF", o.name);
+        }
+    }
+}

@@ -1,0 +1,92 @@
+// SPDX-License-Identifier: GPL-2.0
+/* TCP connect latency: one record per connect that reaches ESTABLISHED.
+ *
+ * sock:inet_sock_set_state fires for CLOSE -> SYN_SENT in the connecting task (so
+ * the cgroup id there is the caller's) and for SYN_SENT -> ESTABLISHED in softirq
+ * context (where `current` is arbitrary), so the start time and cgroup id are kept
+ * per socket between the two.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include "output.bpf.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_CLOSE 7
+
+struct connect_start {
+	__u64 ts_ns;
+	__u64 cgroup_id;
+};
+
+/* Layout read by userspace (see the default config); keep the two in step. */
+struct tcp_connect_record {
+	__u64 cgroup_id;
+	__u64 latency_ns;
+	__u16 family;
+	/* First bytes of the destination address, network order. */
+	__u8 subnet[2];
+	__u8 pad[4];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, const void *);
+	__type(value, struct connect_start);
+} connect_starts SEC(".maps");
+
+OUTPUT_RINGBUF(events);
+
+SEC("tracepoint/sock/inet_sock_set_state")
+int tcp_connect_state(struct trace_event_raw_inet_sock_set_state *ctx)
+{
+	const void *sk = ctx->skaddr;
+	int oldstate = ctx->oldstate;
+	int newstate = ctx->newstate;
+
+	if (ctx->protocol != IPPROTO_TCP)
+		return 0;
+
+	if (newstate == TCP_SYN_SENT) {
+		struct connect_start start = {
+			.ts_ns = bpf_ktime_get_ns(),
+			.cgroup_id = bpf_get_current_cgroup_id(),
+		};
+		bpf_map_update_elem(&connect_starts, &sk, &start, BPF_ANY);
+		return 0;
+	}
+	if (oldstate != TCP_SYN_SENT)
+		return 0;
+
+	struct connect_start *start = bpf_map_lookup_elem(&connect_starts, &sk);
+	if (!start)
+		return 0;
+	if (newstate == TCP_ESTABLISHED) {
+		struct tcp_connect_record *rec = output_reserve(&events, sizeof(*rec));
+		if (rec) {
+			__u16 family = ctx->family;
+
+			rec->cgroup_id = start->cgroup_id;
+			rec->latency_ns = bpf_ktime_get_ns() - start->ts_ns;
+			rec->family = family;
+			if (family == AF_INET6) {
+				rec->subnet[0] = ctx->daddr_v6[0];
+				rec->subnet[1] = ctx->daddr_v6[1];
+			} else {
+				rec->subnet[0] = ctx->daddr[0];
+				rec->subnet[1] = ctx->daddr[1];
+			}
+			__builtin_memset(rec->pad, 0, sizeof(rec->pad));
+			output_submit(&events, rec);
+		}
+	}
+	/* Established or failed: either way the connect is over. */
+	bpf_map_delete_elem(&connect_starts, &sk);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,126 @@
+//! The enricher: resolves a cgroup id to pod labels and interns each label set.
+
+use std::{
+    io,
+    sync::{
+        atomic::{AtomicU32, Ordering::Relaxed},
+        Arc,
+    },
+};
+
+use dashmap::DashMap;
+
+use crate::{kubepath, CgroupFs, PodLogs};
+
+/// Pod labels of one workload. Events outside any pod get [`PodLabels::id`] 0 and
+/// empty names: kept, never dropped, never given another pod's labels.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PodLabels {
+    /// Small dense id, equal for equal label sets: what series are keyed by.
+    pub id: u32,
+    /// Namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Container name.
+    pub container: String,
+}
+
+/// The outcome of one resolution.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Labels to use now.
+    pub labels: Arc<PodLabels>,
+    /// False when the cgroup is a pod's but its names are not (all) known yet: ask again
+    /// later, as the kubelet writes the log directory around container start.
+    pub settled: bool,
+    /// The cgroup path, when it could be found.
+    pub path: Option<String>,
+}
+
+/// Resolves cgroup ids to pod labels (the slow path behind [`crate::Cache`]).
+#[derive(Debug)]
+pub struct Enricher {
+    cgroups: CgroupFs,
+    pods: PodLogs,
+    interned: DashMap<(String, String, String), Arc<PodLabels>>,
+    next_id: AtomicU32,
+    none: Arc<PodLabels>,
+}
+
+impl Enricher {
+    /// An enricher over a cgroup hierarchy and a pod metadata source.
+    pub fn new(cgroups: CgroupFs, pods: PodLogs) -> Self {
+        Self {
+            cgroups,
+            pods,
+            interned: DashMap::new(),
+            next_id: AtomicU32::new(1),
+            none: Arc::new(PodLabels {
+                id: 0,
+                namespace: String::new(),
+                pod: String::new(),
+                container: String::new(),
+            }),
+        }
+    }
+
+    /// The label set of events outside any pod.
+    pub fn none(&self) -> &Arc<PodLabels> {
+        &self.none
+    }
+
+    fn intern(&self, namespace: String, pod: String, container: String) -> Arc<PodLabels> {
+        let key = (namespace, pod, container);
+        if let Some(labels) = self.interned.get(&key) {
+            return labels.clone();
+        }
+        let labels = Arc::new(PodLabels {
+            id: self.next_id.fetch_add(1, Relaxed),
+            namespace: key.0.clone(),
+            pod: key.1.clone(),
+            container: key.2.clone(),
+        });
+        self.interned.entry(key).or_insert(labels).clone()
+    }
+
+    /// Resolves one cgroup id (syscalls and directory reads: call through a cache).
+    pub fn resolve(&self, cgroup_id: u64) -> Resolved {
+        let path = match self.cgroups.path_of(cgroup_id) {
+            Ok(p) => p,
+            Err(e) => {
+                // Gone already (ESTALE/ENOENT) or not permitted: nothing more to learn.
+                if e.kind() == io::ErrorKind::PermissionDenied {
+                    tracing::warn!(cgroup_id, "cannot resolve cgroup ids: {e} (needs CAP_DAC_READ_SEARCH)");
+                }
+                return Resolved {
+                    labels: self.none.clone(),
+                    settled: true,
+                    path: None,
+                };
+            }
+        };
+        let Some(kube) = kubepath::parse(&path) else {
+            return Resolved {
+                labels: self.none.clone(),
+                settled: true,
+                path: Some(path),
+            };
+        };
+        match self.pods.lookup(&kube.pod_uid, kube.container_id.as_deref()) {
+            Some(meta) => {
+                let settled = kube.container_id.is_none() || meta.container.is_some();
+                Resolved {
+                    labels: self.intern(meta.namespace, meta.pod, meta.container.unwrap_or_default()),
+                    settled,
+                    path: Some(path),
+                }
+            }
+            None => Resolved {
+                labels: self.none.clone(),
+                settled: false,
+                path: Some(path),
+            },
+        }
+    }
+}

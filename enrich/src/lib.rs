@@ -1,0 +1,35 @@
+//! Enrich stage: cgroup id → cgroup v2 path → pod and container → label values.
+//!
+//! The kernel reports `bpf_get_current_cgroup_id()`; [`CgroupFs`] turns it into a path
+//! in O(1) with `open_by_handle_at`, [`kubepath`] reads the kubelet's naming of that
+//! path, and [`PodLogs`] finds namespace, pod and container names in the kubelet's log
+//! directory. [`Enricher`] ties them together and interns each distinct label set, and
+//! [`Cache`] is the per-worker front that keeps the hot path free of locks and syscalls.
+
+mod cache;
+mod cgroupfs;
+pub mod kubepath;
+mod labels;
+mod podlogs;
+
+pub use cache::Cache;
+pub use cgroupfs::CgroupFs;
+pub use labels::{Enricher, PodLabels};
+pub use podlogs::PodLogs;
+
+/// Errors of the enrich stage.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrichError {
+    /// No cgroup2 mount is listed in the given mountinfo.
+    #[error("no cgroup2 filesystem is mounted (looked in {0})")]
+    NoCgroup2(String),
+    /// An I/O error on a named path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,82 @@
+//! Ingest stage: loads BPF objects, attaches their programs and drains ring buffers
+//! into batches for the enrich and aggregate stages.
+//!
+//! The kernel side writes fixed records through `output.bpf.h`; here a reader per ring
+//! copies whatever is ready into one [`Batch`] (no allocation per record) on readiness
+//! or on a short timer, and hands it downstream with `try_send`, counting what a full
+//! queue refuses.
+
+mod attach;
+mod batch;
+mod loader;
+mod ring;
+
+pub use attach::AttachPoint;
+pub use batch::{Batch, Records};
+pub use loader::{LoadOptions, LoadedObject};
+pub use ring::{RingReader, RingStats};
+
+/// Errors of the ingest stage.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The object is not valid ELF or has no BTF.
+    #[error("object {object}: cannot parse: {reason}")]
+    Parse {
+        /// Object name.
+        object: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A program's section names no attach point this exporter knows.
+    #[error("object {object}: program {program}: section {section:?} is not an attach point this exporter supports")]
+    UnknownSection {
+        /// Object name.
+        object: String,
+        /// Program (function) name.
+        program: String,
+        /// ELF section.
+        section: String,
+    },
+    /// aya failed to load the object.
+    #[error("object {object}: load failed")]
+    Load {
+        /// Object name.
+        object: String,
+        /// The loader's error.
+        #[source]
+        source: aya::EbpfError,
+    },
+    /// The verifier rejected a program, or attaching failed.
+    #[error("object {object}: program {program} ({section}): {action} failed: {detail}")]
+    Program {
+        /// Object name.
+        object: String,
+        /// Program name.
+        program: String,
+        /// ELF section.
+        section: String,
+        /// `load` or `attach`.
+        action: &'static str,
+        /// The error, with the verifier log's tail when there is one.
+        detail: String,
+    },
+    /// A map named in config is missing or has the wrong type.
+    #[error("object {object}: map {map}: {reason}")]
+    Map {
+        /// Object name.
+        object: String,
+        /// Map name.
+        map: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The ring's file descriptor could not be registered with the runtime.
+    #[error("ring {ring}: cannot poll: {source}")]
+    Poll {
+        /// Ring name.
+        ring: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}

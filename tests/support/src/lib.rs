@@ -1,0 +1,37 @@
+//! Helpers shared by tests: decide whether a test that needs root and BPF can run.
+//!
+//! Unprivileged runs skip such tests with a visible line on stderr; with
+//! `KUBE_EBPF_EXPORTER_REQUIRE_PRIVILEGED=1` (set by `.ci/run`) a skip is a failure.
+
+use std::path::Path;
+
+/// Variable that turns a skip into a failure.
+pub const REQUIRE_VAR: &str = "KUBE_EBPF_EXPORTER_REQUIRE_PRIVILEGED";
+
+/// Why BPF tests cannot run here, or `None` when they can.
+pub fn unavailable_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not running as root".into());
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Some("kernel has no BTF (/sys/kernel/btf/vmlinux)".into());
+    }
+    if !Path::new("/sys/kernel/tracing/events").exists()
+        && !Path::new("/sys/kernel/debug/tracing/events").exists()
+    {
+        return Some("tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)".into());
+    }
+    None
+}
+
+/// True when `test` may run; otherwise prints why it is skipped, or panics when
+/// skips are not allowed.
+pub fn privileged(test: &str) -> bool {
+    let Some(reason) = unavailable_reason() else { return true };
+    if std::env::var(REQUIRE_VAR).is_ok_and(|v| v == "1") {
+        panic!("{test}: needs root and BPF but {reason}, and {REQUIRE_VAR}=1 forbids skipping");
+    }
+    eprintln!("SKIPPED {test}: needs root and BPF, but {reason}");
+    false
+}
