@@ -73,13 +73,10 @@ int tcp_connect_state(struct trace_event_raw_inet_sock_set_state *ctx)
 			rec->cgroup_id = start->cgroup_id;
 			rec->latency_ns = bpf_ktime_get_ns() - start->ts_ns;
 			rec->family = family;
-			if (family == AF_INET6) {
-				rec->subnet[0] = ctx->daddr_v6[0];
-				rec->subnet[1] = ctx->daddr_v6[1];
-			} else {
-				rec->subnet[0] = ctx->daddr[0];
-				rec->subnet[1] = ctx->daddr[1];
-			}
+			/* A helper read: the verifier rejects a ctx pointer whose offset
+			 * depends on a branch, which plain field copies compile into. */
+			bpf_probe_read_kernel(rec->subnet, sizeof(rec->subnet),
+					      family == AF_INET6 ? (void *)ctx->daddr_v6 : (void *)ctx->daddr);
 			__builtin_memset(rec->pad, 0, sizeof(rec->pad));
 			output_submit(&events, rec);
 		}

@@ -32,6 +32,8 @@ pub fn privileged(test: &str) -> bool {
     if std::env::var(REQUIRE_VAR).is_ok_and(|v| v == "1") {
         panic!("{test}: needs root and BPF but {reason}, and {REQUIRE_VAR}=1 forbids skipping");
     }
-    eprintln!("SKIPPED {test}: needs root and BPF, but {reason}");
+    // Written past the test harness's output capture, so the skip is always seen.
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: needs root and BPF, but {reason}");
     false
 }

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Newcomer entry point on Debian: installs what the build and the kernel programs need,
+# mounts tracefs and bpffs, then runs the exporter (`run`) or the test suite (`test`).
+#   ./dev.sh run [exporter flags...]    e.g. ./dev.sh run --web.listen-address :9435
+#   ./dev.sh test [cargo test args...]
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if [ "$(id -u)" -ne 0 ]; then
+  # BPF needs root; keep the caller's PATH so their cargo is found.
+  exec sudo -E env "PATH=$PATH" "$0" "$@"
+fi
+
+setup() {
+  local missing=()
+  command -v clang >/dev/null || missing+=(clang)
+  [ -f /usr/include/bpf/bpf_helpers.h ] || missing+=(libbpf-dev)
+  command -v bpftool >/dev/null || missing+=(bpftool)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "dev.sh: installing ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  if [ ! -d /sys/kernel/tracing/events ]; then
+    mkdir -p /sys/kernel/tracing
+    mount -t tracefs nodev /sys/kernel/tracing
+  fi
+  if ! mountpoint -q /sys/fs/bpf; then
+    mkdir -p /sys/fs/bpf
+    mount -t bpf bpf /sys/fs/bpf
+  fi
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+  run)
+    setup
+    exec cargo run --release --bin kube-ebpf-exporter -- "$@"
+    ;;
+  test)
+    setup
+    log=$(mktemp)
+    trap 'rm -f "$log"' EXIT
+    set +e
+    cargo test --workspace "$@" 2>&1 | tee "$log"
+    status=${PIPESTATUS[0]}
+    set -e
+    # One closing line for the whole workspace (cargo prints one per test binary).
+    awk '/^test result:/ { p += $4; f += $6 } /^SKIPPED / { s++ }
+         END { printf "workspace: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+    exit "$status"
+    ;;
+  *)
+    echo "usage: $0 run [exporter flags...] | test [cargo test args...]" >&2
+    exit 2
+    ;;
+esac

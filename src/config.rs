@@ -1,0 +1,251 @@
+//! The exporter's config: defaults embedded, a YAML file, `KUBE_EBPF_EXPORTER__*` overrides.
+
+use std::{collections::BTreeMap, path::Path};
+
+use aggregate::{
+    config::{MetricsConfig, RingConfig},
+    KubeLabelNames,
+};
+use anyhow::{Context, Result};
+use figment::{
+    providers::{Env, Format, Yaml},
+    Figment,
+};
+use serde::Deserialize;
+
+/// The default config, built into the binary.
+pub const DEFAULT: &str = include_str!("default.yaml");
+/// Prefix of environment overrides; `__` separates levels
+/// (`KUBE_EBPF_EXPORTER__WEB__LISTEN_ADDRESS=:9000`).
+pub const ENV_PREFIX: &str = "KUBE_EBPF_EXPORTER__";
+
+/// Everything the exporter runs with.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// HTTP exposition.
+    #[serde(default)]
+    pub web: Web,
+    /// Value of the node label; default `$NODE_NAME`, else the hostname.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// Where pod metadata comes from, and the pod label names.
+    #[serde(default)]
+    pub kubernetes: Kubernetes,
+    /// Queues, batches and ring sizes.
+    #[serde(default)]
+    pub pipeline: Pipeline,
+    /// Programs by name: an object and the metrics built from it.
+    pub programs: BTreeMap<String, Program>,
+}
+
+/// HTTP settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Web {
+    /// `host:port` or `:port` (all interfaces).
+    #[serde(default = "default_listen")]
+    pub listen_address: String,
+    /// Path of the metrics page.
+    #[serde(default = "default_telemetry_path")]
+    pub telemetry_path: String,
+}
+
+impl Default for Web {
+    fn default() -> Self {
+        Self {
+            listen_address: default_listen(),
+            telemetry_path: default_telemetry_path(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    ":9435".into()
+}
+
+fn default_telemetry_path() -> String {
+    "/metrics".into()
+}
+
+/// Kubernetes metadata settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kubernetes {
+    /// The kubelet's pod log directory (`<namespace>_<pod>_<uid>/<container>/`).
+    #[serde(default = "default_pod_logs")]
+    pub pod_logs_dir: String,
+    /// The kubelet's container log links (`<pod>_<namespace>_<container>-<id>.log`).
+    #[serde(default = "default_container_logs")]
+    pub container_logs_dir: String,
+    /// Names of the pod labels on every series.
+    #[serde(default)]
+    pub labels: LabelNames,
+}
+
+impl Default for Kubernetes {
+    fn default() -> Self {
+        Self {
+            pod_logs_dir: default_pod_logs(),
+            container_logs_dir: default_container_logs(),
+            labels: LabelNames::default(),
+        }
+    }
+}
+
+fn default_pod_logs() -> String {
+    "/var/log/pods".into()
+}
+
+fn default_container_logs() -> String {
+    "/var/log/containers".into()
+}
+
+/// Pod label names.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LabelNames {
+    /// Namespace label.
+    pub namespace: String,
+    /// Pod label.
+    pub pod: String,
+    /// Container label.
+    pub container: String,
+    /// Node label.
+    pub node: String,
+}
+
+impl Default for LabelNames {
+    fn default() -> Self {
+        let d = KubeLabelNames::default();
+        Self {
+            namespace: d.namespace,
+            pod: d.pod,
+            container: d.container,
+            node: d.node,
+        }
+    }
+}
+
+impl From<&LabelNames> for KubeLabelNames {
+    fn from(l: &LabelNames) -> Self {
+        Self {
+            namespace: l.namespace.clone(),
+            pod: l.pod.clone(),
+            container: l.container.clone(),
+            node: l.node.clone(),
+        }
+    }
+}
+
+/// Pipeline tuning.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pipeline {
+    /// Batches the queue between ingest and aggregation holds; beyond it, records are
+    /// dropped and counted.
+    pub queue_batches: usize,
+    /// Bytes of records per batch.
+    pub batch_bytes: usize,
+    /// How often rings are drained when no wakeup came, in milliseconds.
+    pub drain_interval_ms: u64,
+    /// Size of every ring read, in bytes (power of two, multiple of the page size).
+    pub ring_bytes: u32,
+    /// Unread bytes at which a program wakes the reader (default: a quarter ring).
+    pub wakeup_bytes: Option<u64>,
+}
+
+impl Default for Pipeline {
+    fn default() -> Self {
+        Self {
+            queue_batches: 1024,
+            batch_bytes: 64 * 1024,
+            drain_interval_ms: 10,
+            ring_bytes: 4 * 1024 * 1024,
+            wakeup_bytes: None,
+        }
+    }
+}
+
+/// One program.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Program {
+    /// A built-in object's name or a path to a `.bpf.o`; default: the built-in object
+    /// named like the program.
+    #[serde(default)]
+    pub object: Option<String>,
+    /// Ring buffers read, with their record layouts.
+    #[serde(default)]
+    pub rings: Vec<RingConfig>,
+    /// Metrics built from the rings.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+impl Config {
+    /// Loads `file` (or the embedded default) merged with environment overrides.
+    ///
+    /// # Errors
+    /// A missing or unreadable file, bad YAML, an unknown key or a wrong value type:
+    /// the message names the file, the key and the reason.
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        let (figment, source) = match file {
+            Some(path) => {
+                std::fs::metadata(path).with_context(|| format!("config file {}", path.display()))?;
+                (Figment::from(Yaml::file_exact(path)), path.display().to_string())
+            }
+            None => (Figment::from(Yaml::string(DEFAULT)), "the embedded default config".to_string()),
+        };
+        let figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        figment.extract().map_err(|e| {
+            let errors: Vec<String> = e.into_iter().map(|e| describe(&e)).collect();
+            anyhow::anyhow!("invalid config in {source}:\n  {}", errors.join("\n  "))
+        })
+    }
+}
+
+/// One figment error as `key: reason (source)`.
+fn describe(e: &figment::Error) -> String {
+    let key = if e.path.is_empty() { "<top level>".to_string() } else { e.path.join(".") };
+    let from = e
+        .metadata
+        .as_ref()
+        .map(|m| match &m.source {
+            Some(src) => format!(" (from {src})"),
+            None => format!(" (from {})", m.name),
+        })
+        .unwrap_or_default();
+    format!("{key}: {}{from}", e.kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_parses() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.web.listen_address, ":9435");
+        assert!(c.programs.contains_key("tcp_connect_latency"));
+    }
+
+    #[test]
+    fn errors_name_file_key_and_reason() {
+        let dir = std::env::temp_dir().join(format!("cfg-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bad.yaml");
+        std::fs::write(&file, DEFAULT.replace("telemetry_path:", "telemetry_pth:")).unwrap();
+        let err = format!("{:#}", Config::load(Some(&file)).unwrap_err());
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        assert!(err.contains("web.telemetry_pth") && err.contains("unknown field"), "{err}");
+
+        std::fs::write(&file, DEFAULT.replace("bucket_max: 26", "bucket_max: lots")).unwrap();
+        let err = format!("{:#}", Config::load(Some(&file)).unwrap_err());
+        assert!(err.contains("bucket_max") && err.contains("invalid type"), "{err}");
+
+        let err = format!("{:#}", Config::load(Some(&dir.join("missing.yaml"))).unwrap_err());
+        assert!(err.contains("missing.yaml") && err.contains("No such file"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
