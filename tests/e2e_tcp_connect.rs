@@ -49,9 +49,9 @@ impl Drop for Cleanup {
     }
 }
 
-/// Runs `n` TCP connects to `port` from a new bash, first moved into `cgroup` if given.
-fn connect_n(n: usize, port: u16, cgroup: Option<&Path>) {
-    let connects = format!("for i in $(seq {n}); do exec 3<>/dev/tcp/127.0.0.1/{port} || exit 1; exec 3>&-; done");
+/// Runs `n` TCP connects to `host:port` from a new bash, first moved into `cgroup` if given.
+fn connect_n(n: usize, host: &str, port: u16, cgroup: Option<&Path>) {
+    let connects = format!("for i in $(seq {n}); do exec 3<>/dev/tcp/{host}/{port} || exit 1; exec 3>&-; done");
     let script = match cgroup {
         Some(cg) => format!("echo $$ > {}/cgroup.procs && {connects}", cg.display()),
         None => connects,
@@ -102,34 +102,28 @@ fn pod_connects_are_counted_exactly_under_the_pod() {
         &dir.join("exporter.log"),
     );
 
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
     let stop = Arc::new(AtomicBool::new(false));
-    let accepter = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                drop(conn);
-            }
-        })
-    };
+    let (port, accepter) = listen("127.0.0.1", &stop);
+    let (port6, accepter6) = listen("::1", &stop);
 
     const N: usize = 37;
     const M: usize = 23;
-    connect_n(N, port, Some(&container_cg));
-    connect_n(M, port, None);
+    const N6: usize = 11;
+    connect_n(N, "127.0.0.1", port, Some(&container_cg));
+    connect_n(M, "127.0.0.1", port, None);
+    connect_n(N6, "::1", port6, Some(&container_cg));
 
     let node = fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
     let node = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()).unwrap_or(node);
-    let labels = format!(
-        "app_container=\"{CONTAINER}\",app_namespace=\"{NS}\",app_pod=\"{POD}\",node_id=\"{node}\",subnet=\"127\""
-    );
+    let pod = format!("app_container=\"{CONTAINER}\",app_namespace=\"{NS}\",app_pod=\"{POD}\",node_id=\"{node}\"");
+    let labels = format!("{pod},subnet=\"127\"");
+    let labels6 = format!("{pod},subnet=\"0::/16\"");
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut metrics = exporter.metrics();
-    while sample(&metrics, &format!("{METRIC}_count"), &labels) != Some(N as f64) && Instant::now() < deadline {
+    while (sample(&metrics, &format!("{METRIC}_count"), &labels) != Some(N as f64)
+        || sample(&metrics, &format!("{METRIC}_count"), &labels6) != Some(N6 as f64))
+        && Instant::now() < deadline
+    {
         std::thread::sleep(Duration::from_millis(100));
         metrics = exporter.metrics();
     }
@@ -137,6 +131,7 @@ fn pod_connects_are_counted_exactly_under_the_pod() {
     std::thread::sleep(Duration::from_millis(300));
     let metrics = exporter.metrics();
     assert_eq!(sample(&metrics, &format!("{METRIC}_count"), &labels), Some(N as f64), "{metrics}");
+    assert_eq!(sample(&metrics, &format!("{METRIC}_count"), &labels6), Some(N6 as f64), "{metrics}");
     assert_eq!(
         sample(&metrics, &format!("{METRIC}_bucket"), &format!("{labels},le=\"+Inf\"")),
         Some(N as f64)
@@ -147,7 +142,7 @@ fn pod_connects_are_counted_exactly_under_the_pod() {
     // Every pod-labelled series is this pod's; the outside connects are elsewhere.
     let counts = samples(&metrics, &format!("{METRIC}_count"));
     for (l, _) in counts.iter().filter(|(l, _)| !l.contains("app_pod=\"\"")) {
-        assert_eq!(*l, labels, "unexpected pod series");
+        assert!(*l == labels || *l == labels6, "unexpected pod series {l}");
     }
     let outside: f64 = counts
         .iter()
@@ -162,5 +157,23 @@ fn pod_connects_are_counted_exactly_under_the_pod() {
 
     stop.store(true, Ordering::Relaxed);
     let _ = std::net::TcpStream::connect(("127.0.0.1", port));
+    let _ = std::net::TcpStream::connect(("::1", port6));
     accepter.join().unwrap();
+    accepter6.join().unwrap();
+}
+
+/// A listener on `host` that accepts and closes until `stop`.
+fn listen(host: &str, stop: &Arc<AtomicBool>) -> (u16, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind((host, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = stop.clone();
+    let handle = std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            drop(conn);
+        }
+    });
+    (port, handle)
 }
