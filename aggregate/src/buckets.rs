@@ -5,14 +5,32 @@ use crate::{
     invalid, ConfigError,
 };
 
+
 /// Largest number of buckets a histogram may have.
 const MAX_BUCKETS: usize = 512;
 
-/// Upper bounds (`le`) in exported units, ascending, without `+Inf`.
+/// A histogram's buckets: the key of each (as tables store it) and its upper bound
+/// (`le`, in exported units), ascending, without `+Inf`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    /// Bucket keys.
+    pub keys: Vec<f64>,
+    /// Upper bounds.
+    pub bounds: Vec<f64>,
+}
+
+impl Layout {
+    /// The key under which a table stores the histogram's sum: one past the last key.
+    pub fn sum_key(&self) -> f64 {
+        self.keys.last().map_or(0.0, |k| k + 1.0)
+    }
+}
+
+/// Builds the bucket layout of a histogram config.
 ///
 /// # Errors
 /// Missing or inconsistent bucket settings, named by `at`.
-pub fn bounds(m: &MetricConfig, at: &str) -> Result<Vec<f64>, ConfigError> {
+pub fn layout(m: &MetricConfig, at: &str) -> Result<Layout, ConfigError> {
     let kind = m
         .bucket_type
         .ok_or_else(|| invalid(format!("{at}.bucket_type"), "histograms need one of exp2, exp2zero, linear, fixed"))?;
@@ -20,7 +38,9 @@ pub fn bounds(m: &MetricConfig, at: &str) -> Result<Vec<f64>, ConfigError> {
     if !(mult.is_finite() && mult > 0.0) {
         return Err(invalid(format!("{at}.bucket_multiplier"), "must be a positive number"));
     }
-    let range = || -> Result<std::ops::RangeInclusive<i32>, ConfigError> {
+    let keys: Vec<f64> = if kind == BucketType::Fixed {
+        m.bucket_keys.clone()
+    } else {
         let min = m.bucket_min.unwrap_or(0);
         let max = m
             .bucket_max
@@ -28,23 +48,27 @@ pub fn bounds(m: &MetricConfig, at: &str) -> Result<Vec<f64>, ConfigError> {
         if max < min {
             return Err(invalid(format!("{at}.bucket_max"), format!("{max} is below bucket_min {min}")));
         }
-        Ok(min..=max)
+        if (max - min) as usize >= MAX_BUCKETS {
+            return Err(invalid(format!("{at}.bucket_max"), format!("gives {} buckets; at most {MAX_BUCKETS}", max - min + 1)));
+        }
+        (min..=max).map(f64::from).collect()
     };
-    let out: Vec<f64> = match kind {
-        BucketType::Exp2 => range()?.map(|i| mult * 2f64.powi(i)).collect(),
-        BucketType::Exp2zero => std::iter::once(0.0)
-            .chain(range()?.map(|i| mult * 2f64.powi(i)))
-            .collect(),
-        BucketType::Linear => range()?.map(|i| mult * f64::from(i)).collect(),
-        BucketType::Fixed => m.bucket_keys.iter().map(|k| mult * k).collect(),
-    };
-    if out.is_empty() || out.len() > MAX_BUCKETS {
-        return Err(invalid(format!("{at}.bucket_max"), format!("gives {} buckets; 1 to {MAX_BUCKETS} allowed", out.len())));
+    let bounds: Vec<f64> = keys
+        .iter()
+        .map(|&k| match kind {
+            BucketType::Exp2 => mult * k.exp2(),
+            BucketType::Exp2zero if k == 0.0 => 0.0,
+            BucketType::Exp2zero => mult * (k - 1.0).exp2(),
+            BucketType::Linear | BucketType::Fixed => mult * k,
+        })
+        .collect();
+    if bounds.is_empty() || bounds.len() > MAX_BUCKETS {
+        return Err(invalid(format!("{at}.bucket_keys"), format!("gives {} buckets; 1 to {MAX_BUCKETS} allowed", bounds.len())));
     }
-    if out.windows(2).any(|w| w[0] >= w[1]) || out.iter().any(|b| !b.is_finite()) {
+    if bounds.windows(2).any(|w| w[0] >= w[1]) || bounds.iter().any(|b| !b.is_finite()) {
         return Err(invalid(format!("{at}.bucket_keys"), "bounds must be finite and strictly increasing"));
     }
-    Ok(out)
+    Ok(Layout { keys, bounds })
 }
 
 /// For each bound, the largest raw value that counts as at or below it, so a raw value
@@ -78,13 +102,15 @@ mod tests {
     use crate::config::MetricConfig;
 
     fn metric(kind: &str, extra: &str) -> MetricConfig {
-        let yaml = format!("{{name: m, help: h, ring: r, bucket_type: {kind}, {extra}}}");
+        let yaml = format!("{{name: m, help: h, bucket_type: {kind}, {extra}}}");
         serde_yaml_ng::from_str(&yaml).unwrap()
     }
 
     #[test]
     fn exp2_matches_the_seed_buckets() {
-        let b = bounds(&metric("exp2", "bucket_min: 0, bucket_max: 26, bucket_multiplier: 1e-06"), "m").unwrap();
+        let l = layout(&metric("exp2", "bucket_min: 0, bucket_max: 26, bucket_multiplier: 1e-06"), "m").unwrap();
+        assert_eq!(l.sum_key(), 27.0);
+        let b = l.bounds;
         assert_eq!(b.len(), 27);
         assert_eq!(b[0], 1e-06);
         assert_eq!(b[4], 1.6e-05);
@@ -98,18 +124,21 @@ mod tests {
 
     #[test]
     fn other_layouts() {
-        assert_eq!(bounds(&metric("exp2zero", "bucket_max: 2"), "m").unwrap(), vec![0.0, 1.0, 2.0, 4.0]);
-        assert_eq!(bounds(&metric("linear", "bucket_min: 1, bucket_max: 3, bucket_multiplier: 10"), "m").unwrap(), vec![10.0, 20.0, 30.0]);
-        assert_eq!(bounds(&metric("fixed", "bucket_keys: [1, 5, 10]"), "m").unwrap(), vec![1.0, 5.0, 10.0]);
+        let bounds = |m| layout(&m, "m").unwrap().bounds;
+        assert_eq!(bounds(metric("exp2zero", "bucket_max: 3")), vec![0.0, 1.0, 2.0, 4.0]);
+        assert_eq!(bounds(metric("linear", "bucket_min: 1, bucket_max: 3, bucket_multiplier: 10")), vec![10.0, 20.0, 30.0]);
+        assert_eq!(bounds(metric("fixed", "bucket_keys: [1, 5, 10]")), vec![1.0, 5.0, 10.0]);
+        assert_eq!(layout(&metric("fixed", "bucket_keys: [1, 5, 10]"), "m").unwrap().sum_key(), 11.0);
     }
 
     #[test]
     fn bad_layouts_name_the_field() {
-        let err = |m: MetricConfig| bounds(&m, "metrics.histograms[0]").unwrap_err().to_string();
+        let err = |m: MetricConfig| layout(&m, "metrics.histograms[0]").unwrap_err().to_string();
         assert!(err(metric("exp2", "bucket_min: 3")).contains("metrics.histograms[0].bucket_max: required"));
         assert!(err(metric("exp2", "bucket_min: 3, bucket_max: 1")).contains("below bucket_min"));
         assert!(err(metric("fixed", "bucket_keys: [3, 1]")).contains("strictly increasing"));
         assert!(err(metric("fixed", "bucket_keys: []")).contains("0 buckets"));
+        assert!(err(metric("exp2", "bucket_max: 100000")).contains("100001 buckets"));
         assert!(err(metric("exp2", "bucket_max: 100000")).contains("buckets"));
         assert!(err(metric("linear", "bucket_max: 3, bucket_multiplier: -1")).contains("positive"));
     }

@@ -1,4 +1,4 @@
-//! Config of event-stream metrics: ring record layouts and the metrics read from them.
+//! Config of a program's metrics: ring record layouts, and metrics read from rings or maps.
 //!
 //! ```yaml
 //! rings:
@@ -8,6 +8,11 @@
 //!       - { name: cgroup_id, size: 8 }
 //!       - { name: latency_ns, size: 8 }
 //! metrics:
+//!   counters:                   # a table: the map `syscalls_total` read at scrape
+//!     - name: syscalls_total
+//!       help: Syscalls by id
+//!       labels:
+//!         - { name: syscall, size: 8, decoders: [{ name: uint }, { name: syscall }] }
 //!   histograms:
 //!     - name: tcp_connect_latency_seconds
 //!       help: TCP connect latency
@@ -61,35 +66,45 @@ pub struct MetricsConfig {
     pub histograms: Vec<MetricConfig>,
 }
 
-/// One metric.
+/// One metric: from a ring buffer's records (`ring` set) or, as cloudflare/ebpf_exporter
+/// reads them, from the BPF map named like the metric (a "table"), read at scrape time.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricConfig {
-    /// Name, exported with the `ebpf_exporter_` prefix.
+    /// Name, exported with the `ebpf_exporter_` prefix; also the table's map name.
     pub name: String,
     /// Help text.
     pub help: String,
-    /// Ring whose records feed this metric.
-    pub ring: String,
-    /// The field observed (histograms) or summed (counters; absent counts events).
+    /// Ring whose records feed this metric; without it, the map named `name` is read.
+    #[serde(default)]
+    pub ring: Option<String>,
+    /// Table mode: the map is a perf event array whose events are keys to count.
+    #[serde(default)]
+    pub perf_event_array: bool,
+    /// Accepted for compatibility: perf event array counts are kept continuously.
+    #[serde(default)]
+    pub flush_interval: Option<String>,
+    /// Rings: the field observed (histograms) or summed (counters; absent counts events).
     #[serde(default)]
     pub value: Option<ValueConfig>,
-    /// Labels from record fields; pod labels are added to every metric.
+    /// Labels. Rings: from record fields (`field`); pod labels are added to every
+    /// series. Tables: from the map key, laid out by `size` and `padding` in order; a
+    /// histogram's last label is the bucket key.
     #[serde(default)]
     pub labels: Vec<LabelConfig>,
     /// Histogram bucket layout.
     #[serde(default)]
     pub bucket_type: Option<BucketType>,
-    /// First bucket (exp2: power of two; linear: multiple).
+    /// First bucket key.
     #[serde(default)]
     pub bucket_min: Option<i32>,
-    /// Last bucket, inclusive.
+    /// Last bucket key, inclusive.
     #[serde(default)]
     pub bucket_max: Option<i32>,
     /// Unit of a bucket bound.
     #[serde(default)]
     pub bucket_multiplier: Option<f64>,
-    /// Explicit bounds for `fixed` buckets, in multiplier units.
+    /// Bucket keys of `fixed` histograms, in multiplier units.
     #[serde(default)]
     pub bucket_keys: Vec<f64>,
 }
@@ -109,15 +124,25 @@ const fn one() -> f64 {
     1.0
 }
 
-/// A label read from a record field.
+/// A label.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LabelConfig {
     /// Label name.
     pub name: String,
-    /// Field it is read from.
-    pub field: String,
-    /// Decoders applied in order to the field's bytes (default: `uint`).
+    /// Rings: the record field it is read from.
+    #[serde(default)]
+    pub field: Option<String>,
+    /// Tables: bytes of the key it takes.
+    #[serde(default)]
+    pub size: Option<usize>,
+    /// Tables: bytes skipped after it (struct alignment).
+    #[serde(default)]
+    pub padding: usize,
+    /// Tables: decode the previous label's bytes again instead of the next ones.
+    #[serde(default)]
+    pub reuse: bool,
+    /// Decoders applied in order to the bytes (default: `uint`).
     #[serde(default)]
     pub decoders: Vec<DecoderConfig>,
 }
@@ -126,26 +151,42 @@ pub struct LabelConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DecoderConfig {
-    /// Decoder name (`uint`, `hex`, `string`, `inet_subnet`, `static_map`).
+    /// Decoder name (see the README for the list).
     pub name: String,
     /// `static_map`: input value → label value.
     #[serde(default)]
     pub static_map: BTreeMap<String, String>,
-    /// `static_map`: keep inputs missing from the map instead of dropping them.
+    /// `static_map`: keep inputs missing from the map as they are (else `unknown:<in>`).
     #[serde(default)]
     pub allow_unknown: bool,
+    /// `regexp`: patterns; a value matching none drops the label set.
+    #[serde(default)]
+    pub regexps: Vec<String>,
 }
 
-/// Histogram bucket layouts, as cloudflare/ebpf_exporter names them.
+impl DecoderConfig {
+    /// A decoder with no settings.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            static_map: BTreeMap::new(),
+            allow_unknown: false,
+            regexps: Vec::new(),
+        }
+    }
+}
+
+/// Histogram bucket layouts, as cloudflare/ebpf_exporter names them. Key `i` (the
+/// kernel's bucket index in tables) has the upper bound:
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BucketType {
-    /// Bounds `multiplier * 2^i`, i in min..=max.
+    /// `multiplier * 2^i`, i in min..=max.
     Exp2,
-    /// A first bound of 0, then as `exp2`.
+    /// 0 for key 0, else `multiplier * 2^(i-1)`: exp2 that can hold zero.
     Exp2zero,
-    /// Bounds `multiplier * i`, i in min..=max.
+    /// `multiplier * i`, i in min..=max.
     Linear,
-    /// Bounds `multiplier * k` for each of `bucket_keys`.
+    /// `multiplier * k` for each k of `bucket_keys`.
     Fixed,
 }

@@ -40,7 +40,7 @@ pub(crate) fn escape_into(out: &mut String, value: &str) {
 }
 
 /// Writes `{a="x",b="y"` (no closing brace, so `le` can follow).
-pub(crate) fn open_labels(out: &mut String, names: &[String], values: &[&str]) {
+fn open_labels(out: &mut String, names: &[String], values: &[&str]) {
     out.push('{');
     for (i, (n, v)) in names.iter().zip(values).enumerate() {
         if i > 0 {
@@ -50,6 +50,38 @@ pub(crate) fn open_labels(out: &mut String, names: &[String], values: &[&str]) {
         escape_into(out, v);
         out.push('"');
     }
+}
+
+/// Writes `# HELP` and `# TYPE`.
+pub(crate) fn header(out: &mut String, name: &str, help: &str, kind: &str) {
+    let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Writes one sample.
+pub(crate) fn sample(out: &mut String, name: &str, names: &[String], values: &[&str], value: &str) {
+    out.push_str(name);
+    if !names.is_empty() {
+        open_labels(out, names, values);
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
+}
+
+/// Writes one histogram series: cumulative buckets (`counts` has one more entry than
+/// `bounds`, for `+Inf`), `_sum` and `_count`.
+pub(crate) fn histogram(out: &mut String, name: &str, names: &[String], values: &[&str], bounds: &[String], counts: &[u64], sum: f64) {
+    let mut cumulative = 0u64;
+    for (i, c) in counts.iter().enumerate() {
+        cumulative += c;
+        let le = bounds.get(i).map_or("+Inf", String::as_str);
+        let _ = write!(out, "{name}_bucket");
+        open_labels(out, names, values);
+        let sep = if names.is_empty() { "" } else { "," };
+        let _ = writeln!(out, "{sep}le=\"{le}\"}} {cumulative}");
+    }
+    sample(out, &format!("{name}_sum"), names, values, &format_float(sum));
+    sample(out, &format!("{name}_count"), names, values, &cumulative.to_string());
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Aggregate stage: turns records into series and keeps their histograms and counters.
+//! Aggregate stage: turns records into series and keeps their histograms and counters,
+//! and renders map-based metrics ("tables") from map entries at scrape time.
 //!
 //! A [`StreamPlan`] compiled from config says where each field of a ring's records
 //! lies and which metrics read them. A worker's [`StreamAggregator`] keys each record
@@ -10,12 +11,16 @@ pub mod buckets;
 pub mod config;
 pub mod decoder;
 mod exposition;
-mod plan;
+mod program;
 mod registry;
+mod stream;
+mod table;
 
 pub use exposition::format_float;
-pub use plan::StreamPlan;
+pub use program::ProgramPlan;
 pub use registry::{KubeLabelNames, Registry, StreamAggregator, StreamStats};
+pub use stream::{Source, StreamPlan};
+pub use table::TablePlan;
 
 /// Errors in a metrics config; each names the metric and field at fault.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,6 @@
 //! an event costs a hash of a few bytes, a bucket search and two relaxed atomic adds.
 
 use std::{
-    fmt::Write,
     hash::{Hash, Hasher},
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -19,8 +18,8 @@ use rustc_hash::FxHashMap;
 
 use crate::{
     buckets,
-    exposition::{format_float, open_labels},
-    plan::{MetricPlan, StreamPlan},
+    exposition::{self, format_float},
+    stream::{MetricPlan, StreamPlan},
 };
 
 /// Most bytes of label fields one metric may key its series by.
@@ -81,6 +80,8 @@ pub(crate) struct Family {
     histogram: bool,
     bounds: Vec<f64>,
     scale: f64,
+    /// Whether series carry the pod and node labels after the config's labels.
+    pod_labels: bool,
     /// Label names in exposition (sorted) order, and where each value comes from.
     sorted_names: Vec<String>,
     order: Vec<usize>,
@@ -89,12 +90,25 @@ pub(crate) struct Family {
     pub decode_failures: AtomicU64,
 }
 
-/// All event-stream families, for registration and exposition.
+/// All event-stream families, for registration and exposition, and the names of every
+/// metric (tables included) so none is defined twice.
 #[derive(Debug)]
 pub struct Registry {
     families: Mutex<Vec<Arc<Family>>>,
+    names: Mutex<Vec<String>>,
     kube: KubeLabelNames,
     node: String,
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.chars().enumerate().all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()))
+}
+
+/// Indices of `names` in sorted (exposition) order.
+pub(crate) fn sorted_order(names: &[String]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..names.len()).collect();
+    order.sort_by(|&a, &b| names[a].cmp(&names[b]));
+    order
 }
 
 impl Registry {
@@ -102,11 +116,36 @@ impl Registry {
     pub fn new(kube: KubeLabelNames, node: String) -> Self {
         Self {
             families: Mutex::default(),
+            names: Mutex::default(),
             kube,
             node,
         }
     }
 
+    /// Checks a metric's name and label names and reserves the name; returns the
+    /// exported name (`ebpf_exporter_<name>`).
+    pub(crate) fn claim(&self, name: &str, labels: &[String]) -> Result<String, String> {
+        if !valid_name(name) {
+            return Err(format!("{name:?} is not a valid Prometheus metric name"));
+        }
+        for (i, l) in labels.iter().enumerate() {
+            if !valid_name(l) || l == "le" || l.starts_with("__") {
+                return Err(format!("label {l:?} is not a valid label name here"));
+            }
+            if labels[..i].contains(l) {
+                return Err(format!("label {l:?} appears twice (ring metrics also get the pod labels)"));
+            }
+        }
+        let full = format!("ebpf_exporter_{name}");
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if names.contains(&full) {
+            return Err(format!("metric {full} is defined twice"));
+        }
+        names.push(full.clone());
+        Ok(full)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn register(
         &self,
         name: &str,
@@ -115,43 +154,27 @@ impl Registry {
         bounds: Vec<f64>,
         scale: f64,
         mut labels: Vec<String>,
+        pod_labels: bool,
     ) -> Result<Arc<Family>, String> {
-        let full = format!("ebpf_exporter_{name}");
-        let valid = |s: &str| {
-            s.chars().enumerate().all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()))
-                && !s.is_empty()
-        };
-        if !valid(name) {
-            return Err(format!("{name:?} is not a valid Prometheus metric name"));
+        if pod_labels {
+            let k = &self.kube;
+            labels.extend([k.namespace.clone(), k.pod.clone(), k.container.clone(), k.node.clone()]);
         }
-        let k = &self.kube;
-        labels.extend([k.namespace.clone(), k.pod.clone(), k.container.clone(), k.node.clone()]);
-        for (i, l) in labels.iter().enumerate() {
-            if !valid(l) || l == "le" || l.starts_with("__") {
-                return Err(format!("label {l:?} is not a valid label name here"));
-            }
-            if labels[..i].contains(l) {
-                return Err(format!("label {l:?} appears twice (pod labels are added to every metric)"));
-            }
-        }
-        let mut order: Vec<usize> = (0..labels.len()).collect();
-        order.sort_by(|&a, &b| labels[a].cmp(&labels[b]));
+        let full = self.claim(name, &labels)?;
+        let order = sorted_order(&labels);
         let family = Arc::new(Family {
-            name: full.clone(),
+            name: full,
             help: help.into(),
             histogram,
             bounds,
             scale,
+            pod_labels,
             sorted_names: order.iter().map(|&i| labels[i].clone()).collect(),
             order,
             series: DashMap::new(),
             decode_failures: AtomicU64::new(0),
         });
-        let mut families = self.families.lock().unwrap_or_else(|e| e.into_inner());
-        if families.iter().any(|f| f.name == full) {
-            return Err(format!("metric {full} is defined twice"));
-        }
-        families.push(family.clone());
+        self.families.lock().unwrap_or_else(|e| e.into_inner()).push(family.clone());
         Ok(family)
     }
 
@@ -164,7 +187,7 @@ impl Registry {
         }
     }
 
-    /// Events dropped by decoders, per metric name.
+    /// Events left out by decoders, per metric name.
     pub fn decode_failures(&self) -> Vec<(String, u64)> {
         let families = self.families.lock().unwrap_or_else(|e| e.into_inner());
         families.iter().map(|f| (f.name.clone(), f.decode_failures.load(Relaxed))).collect()
@@ -179,32 +202,17 @@ impl Family {
         }
         let sorted = |s: &Series| -> Vec<String> { self.order.iter().map(|&i| s.values[i].clone()).collect() };
         series.sort_by_cached_key(|s| sorted(s));
-        let kind = if self.histogram { "histogram" } else { "counter" };
-        let help = self.help.replace('\\', "\\\\").replace('\n', "\\n");
-        let _ = writeln!(out, "# HELP {} {help}\n# TYPE {} {kind}", self.name, self.name);
+        exposition::header(out, &self.name, &self.help, if self.histogram { "histogram" } else { "counter" });
         let bounds: Vec<String> = self.bounds.iter().map(|&b| format_float(b)).collect();
         for s in series {
             let values = sorted(&s);
             let values: Vec<&str> = values.iter().map(String::as_str).collect();
-            let sum = format_float(buckets::scaled(s.sum.load(Relaxed), self.scale));
-            if !self.histogram {
-                out.push_str(&self.name);
-                open_labels(out, &self.sorted_names, &values);
-                let _ = writeln!(out, "}} {sum}");
-                continue;
-            }
-            let mut cumulative = 0u64;
-            for (i, b) in s.buckets.iter().enumerate() {
-                cumulative += b.load(Relaxed);
-                let le = bounds.get(i).map_or("+Inf", String::as_str);
-                let _ = write!(out, "{}_bucket", self.name);
-                open_labels(out, &self.sorted_names, &values);
-                let _ = writeln!(out, ",le=\"{le}\"}} {cumulative}");
-            }
-            for (suffix, v) in [("sum", sum), ("count", cumulative.to_string())] {
-                let _ = write!(out, "{}_{suffix}", self.name);
-                open_labels(out, &self.sorted_names, &values);
-                let _ = writeln!(out, "}} {v}");
+            let sum = buckets::scaled(s.sum.load(Relaxed), self.scale);
+            if self.histogram {
+                let counts: Vec<u64> = s.buckets.iter().map(|b| b.load(Relaxed)).collect();
+                exposition::histogram(out, &self.name, &self.sorted_names, &values, &bounds, &counts, sum);
+            } else {
+                exposition::sample(out, &self.name, &self.sorted_names, &values, &format_float(sum));
             }
         }
     }
@@ -303,7 +311,7 @@ fn shared_series(m: &MetricPlan, key: SeriesKey, record: &[u8], pod: &PodLabels,
     }
     let mut values = Vec::with_capacity(m.labels.len() + 4);
     for l in &m.labels {
-        match l.chain.decode(&record[l.span.offset..l.span.offset + l.span.size]) {
+        match l.chain.decode(l.span.bytes(record)) {
             Ok(v) => values.push(v),
             Err(e) => {
                 tracing::debug!(metric = %m.family.name, error = %e, "label decode failed");
@@ -311,7 +319,9 @@ fn shared_series(m: &MetricPlan, key: SeriesKey, record: &[u8], pod: &PodLabels,
             }
         }
     }
-    values.extend([pod.namespace.clone(), pod.pod.clone(), pod.container.clone(), node.to_string()]);
+    if m.family.pod_labels {
+        values.extend([pod.namespace.clone(), pod.pod.clone(), pod.container.clone(), node.to_string()]);
+    }
     let buckets = if m.family.histogram { m.raw_bounds.len() + 1 } else { 0 };
     let series = Arc::new(Series {
         values,

@@ -6,7 +6,8 @@ use enrich::PodLabels;
 
 use crate::{
     config::{MetricsConfig, RingConfig},
-    KubeLabelNames, Registry, StreamAggregator, StreamPlan, StreamStats,
+    decoder::Context,
+    KubeLabelNames, ProgramPlan, Registry, StreamAggregator, StreamPlan, StreamStats,
 };
 
 const CONFIG: &str = r#"
@@ -38,6 +39,7 @@ metrics:
 
 #[derive(serde::Deserialize)]
 struct Program {
+    #[serde(default)]
     rings: Vec<RingConfig>,
     metrics: MetricsConfig,
 }
@@ -60,11 +62,15 @@ fn pod(id: u32, ns: &str, name: &str, c: &str) -> PodLabels {
     }
 }
 
-fn compile(yaml: &str) -> Result<(Registry, Vec<StreamPlan>), String> {
+fn program(yaml: &str) -> Result<(Registry, ProgramPlan), String> {
     let p: Program = serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())?;
     let registry = Registry::new(KubeLabelNames::default(), "node-a".into());
-    let plans = StreamPlan::compile_all(&p.rings, &p.metrics, &registry, "").map_err(|e| e.to_string())?;
-    Ok((registry, plans))
+    let plan = ProgramPlan::compile(&p.rings, &p.metrics, &registry, &Context::default(), "").map_err(|e| e.to_string())?;
+    Ok((registry, plan))
+}
+
+fn compile(yaml: &str) -> Result<(Registry, Vec<StreamPlan>), String> {
+    program(yaml).map(|(r, p)| (r, p.streams))
 }
 
 #[test]
@@ -138,11 +144,13 @@ fn config_errors_name_the_key() {
         ("ring: events\n      value", "ring: nope\n      value", "metrics.histograms[0].ring: no ring named \"nope\""),
         ("field: latency_ns", "field: latency", "metrics.histograms[0].value.field: no field \"latency\""),
         ("{ name: inet_subnet }", "{ name: bogus }", "metrics.histograms[0].labels[0].decoders[0].name: unknown decoder \"bogus\""),
-        ("{ name: subnet, size: 4 }", "{ name: subnet, size: 3 }", "inet_subnet needs a 4 byte field"),
+        ("{ name: subnet, size: 4 }", "{ name: subnet, size: 3 }", "inet_subnet takes 4 bytes"),
         ("cgroup_field: cgroup_id", "cgroup_field: latency", "rings[0].cgroup_field: no field"),
         ("name: tcp_connects_total", "name: tcp_connect_latency_seconds", "defined twice"),
         ("name: tcp_connects_total", "name: 9bad", "metrics.counters[0].name: \"9bad\" is not a valid"),
         ("{ name: subnet, field: subnet,", "{ name: app_pod, field: subnet,", "appears twice"),
+        ("{ name: subnet, field: subnet,", "{ name: subnet, size: 4,", "labels[0].size: labels of ring metrics name a field"),
+        ("ring: events\n      value", "value", "metrics.histograms[0].value: map-based metrics take their value from the map"),
     ];
     for (from, to, want) in cases {
         assert!(CONFIG.contains(from), "{from}");
@@ -155,4 +163,123 @@ fn config_errors_name_the_key() {
 fn unknown_keys_are_rejected_by_serde() {
     let err = compile(&CONFIG.replace("bucket_min: 0", "bucket_minimum: 0")).unwrap_err();
     assert!(err.contains("unknown field `bucket_minimum`"), "{err}");
+}
+
+const TABLES: &str = r#"
+metrics:
+  counters:
+    - name: syscalls_total
+      help: Syscalls by cgroup and syscall
+      labels:
+        - { name: cgroup, size: 8 }
+        - { name: syscall, size: 4, padding: 4, decoders: [{ name: uint }, { name: static_map, static_map: { "39": getpid } }] }
+        - { name: parity, size: 4, reuse: true, decoders: [{ name: uint }, { name: regexp, regexps: ["^39$", "^1$"] }] }
+  histograms:
+    - name: read_bytes
+      help: Read sizes
+      bucket_type: exp2
+      bucket_min: 0
+      bucket_max: 2
+      bucket_multiplier: 1024
+      labels:
+        - { name: op, size: 1, padding: 7, decoders: [{ name: uint }] }
+        - { name: bucket, size: 8, decoders: [{ name: uint }] }
+"#;
+
+fn key(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
+}
+
+#[test]
+fn tables_render_like_the_reference_exporter() {
+    let (registry, plan) = program(TABLES).unwrap();
+    assert!(plan.streams.is_empty());
+    let [counters, hist] = &plan.tables[..] else { panic!() };
+    assert_eq!((counters.map.as_str(), counters.key_size), ("syscalls_total", 16));
+    assert_eq!(hist.key_size, 16);
+
+    let k = |cg: u64, sc: u32| key(&[&cg.to_ne_bytes(), &sc.to_ne_bytes(), &[0; 4]]);
+    let entries = vec![
+        (k(5, 39), 10),
+        (k(6, 39), 1),
+        (k(5, 1), 3),   // static_map: unknown:1
+        (k(5, 2), 100), // regexp drops it
+        (vec![1, 2, 3], 7), // short key
+    ];
+    let mut out = String::new();
+    counters.render(&entries, &mut out);
+    assert_eq!(
+        out,
+        "# HELP ebpf_exporter_syscalls_total Syscalls by cgroup and syscall
+# TYPE ebpf_exporter_syscalls_total counter
+ebpf_exporter_syscalls_total{cgroup=\"5\",parity=\"1\",syscall=\"unknown:1\"} 3
+ebpf_exporter_syscalls_total{cgroup=\"5\",parity=\"39\",syscall=\"getpid\"} 10
+ebpf_exporter_syscalls_total{cgroup=\"6\",parity=\"39\",syscall=\"getpid\"} 1
+"
+    );
+    assert_eq!(counters.malformed(), 1);
+
+    let b = |op: u8, bucket: u64| key(&[&[op, 0, 0, 0, 0, 0, 0, 0], &bucket.to_ne_bytes()]);
+    let entries = vec![(b(1, 0), 2), (b(1, 2), 5), (b(1, 3), 4096), (b(1, 9), 1), (b(2, 1), 1)];
+    let mut out = String::new();
+    hist.render(&entries, &mut out);
+    assert_eq!(
+        out,
+        "# HELP ebpf_exporter_read_bytes Read sizes
+# TYPE ebpf_exporter_read_bytes histogram
+ebpf_exporter_read_bytes_bucket{op=\"1\",le=\"1024\"} 2
+ebpf_exporter_read_bytes_bucket{op=\"1\",le=\"2048\"} 2
+ebpf_exporter_read_bytes_bucket{op=\"1\",le=\"4096\"} 7
+ebpf_exporter_read_bytes_bucket{op=\"1\",le=\"+Inf\"} 8
+ebpf_exporter_read_bytes_sum{op=\"1\"} 4.194304e+06
+ebpf_exporter_read_bytes_count{op=\"1\"} 8
+ebpf_exporter_read_bytes_bucket{op=\"2\",le=\"1024\"} 0
+ebpf_exporter_read_bytes_bucket{op=\"2\",le=\"2048\"} 1
+ebpf_exporter_read_bytes_bucket{op=\"2\",le=\"4096\"} 1
+ebpf_exporter_read_bytes_bucket{op=\"2\",le=\"+Inf\"} 1
+ebpf_exporter_read_bytes_sum{op=\"2\"} 0
+ebpf_exporter_read_bytes_count{op=\"2\"} 1
+"
+    );
+    drop(registry);
+}
+
+#[test]
+fn table_errors_name_the_key() {
+    let cases = [
+        ("{ name: cgroup, size: 8 }", "{ name: cgroup }", "metrics.counters[0].labels[0].size: required"),
+        ("{ name: cgroup, size: 8 }", "{ name: cgroup, size: 8, reuse: true }", "labels[0].reuse: the first label"),
+        ("{ name: bucket, size: 8,", "{ name: bucket, size: 3,", "metrics.histograms[0].labels[1].size: the bucket key is an unsigned integer"),
+        ("{ name: cgroup, size: 8 }", "{ name: cgroup, field: x }", "labels[0].field: labels of map-based metrics take size"),
+        ("name: read_bytes", "name: syscalls_total", "defined twice"),
+    ];
+    for (from, to, want) in cases {
+        assert!(TABLES.contains(from), "{from}");
+        let err = program(&TABLES.replacen(from, to, 1)).err().unwrap_or_default();
+        assert!(err.contains(want), "{to}: got {err:?}, want {want:?}");
+    }
+}
+
+#[test]
+fn perf_event_array_counters_are_streams_without_pod_labels() {
+    let yaml = r#"
+metrics:
+  counters:
+    - name: oom_kills
+      help: OOM kills
+      perf_event_array: true
+      flush_interval: 1m
+      labels:
+        - { name: cgroup_path, size: 8, decoders: [{ name: uint }] }
+"#;
+    let (registry, plan) = program(yaml).unwrap();
+    let stream = plan.streams.into_iter().next().unwrap();
+    assert_eq!((stream.ring.as_str(), stream.source, stream.record_size), ("oom_kills", crate::Source::PerfEventArray, 8));
+    let mut agg = StreamAggregator::new(Arc::new(stream), &registry, Arc::default());
+    let p = pod(3, "ns", "p", "c");
+    agg.observe(&9u64.to_ne_bytes(), &p);
+    agg.observe(&9u64.to_ne_bytes(), &p);
+    let mut out = String::new();
+    registry.render(&mut out);
+    assert_eq!(out, "# HELP ebpf_exporter_oom_kills OOM kills\n# TYPE ebpf_exporter_oom_kills counter\nebpf_exporter_oom_kills{cgroup_path=\"9\"} 2\n");
 }

@@ -86,20 +86,43 @@ impl Enricher {
 
     /// Resolves one cgroup id (syscalls and directory reads: call through a cache).
     pub fn resolve(&self, cgroup_id: u64) -> Resolved {
-        let path = match self.cgroups.path_of(cgroup_id) {
-            Ok(p) => p,
+        match self.cgroups.path_of(cgroup_id) {
+            Ok(path) => self.resolve_path(path),
             Err(e) => {
                 // Gone already (ESTALE/ENOENT) or not permitted: nothing more to learn.
                 if e.kind() == io::ErrorKind::PermissionDenied {
                     tracing::warn!(cgroup_id, "cannot resolve cgroup ids: {e} (needs CAP_DAC_READ_SEARCH)");
                 }
-                return Resolved {
+                Resolved {
                     labels: self.none.clone(),
                     settled: true,
                     path: None,
-                };
+                }
             }
-        };
+        }
+    }
+
+    /// Resolves the cgroup v2 membership of a process (`0::<path>` in /proc/<pid>/cgroup).
+    pub fn resolve_pid(&self, pid: u32) -> Resolved {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        match text.lines().find_map(|l| l.strip_prefix("0::")) {
+            Some(path) => self.resolve_path(path.to_string()),
+            None => Resolved {
+                labels: self.none.clone(),
+                settled: true,
+                path: None,
+            },
+        }
+    }
+
+    /// The cgroup's full path on this host (`<mount>/<path>`), if it still exists.
+    pub fn cgroup_path(&self, cgroup_id: u64) -> Option<String> {
+        let rel = self.cgroups.path_of(cgroup_id).ok()?;
+        Some(format!("{}{}", self.cgroups.mount().display(), if rel == "/" { "" } else { &rel }))
+    }
+
+    /// Resolves a cgroup path (relative to the cgroup2 mount).
+    pub fn resolve_path(&self, path: String) -> Resolved {
         let Some(kube) = kubepath::parse(&path) else {
             return Resolved {
                 labels: self.none.clone(),
@@ -122,5 +145,25 @@ impl Enricher {
                 path: Some(path),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_outside_pods_gets_empty_labels() {
+        if !test_support::privileged("a_process_outside_pods_gets_empty_labels") {
+            return;
+        }
+        let e = Enricher::new(CgroupFs::discover().unwrap(), PodLogs::new("/nonexistent", "/nonexistent"));
+        let r = e.resolve_pid(std::process::id());
+        assert_eq!(r.labels.id, 0);
+        assert!(r.settled);
+        assert!(r.path.is_some());
+        let root = e.cgroup_path(CgroupFs::discover().unwrap().id_of("/").unwrap()).unwrap();
+        assert_eq!(root, CgroupFs::discover().unwrap().mount().display().to_string());
+        assert_eq!(e.resolve_pid(u32::MAX).labels.id, 0);
     }
 }

@@ -14,7 +14,7 @@ mod podlogs;
 
 pub use cache::Cache;
 pub use cgroupfs::CgroupFs;
-pub use labels::{Enricher, PodLabels};
+pub use labels::{Enricher, PodLabels, Resolved};
 pub use podlogs::PodLogs;
 
 /// Errors of the enrich stage.

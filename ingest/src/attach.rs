@@ -1,4 +1,5 @@
-//! Attach points derived from ELF section names, the way libbpf names them.
+//! Attach points derived from ELF section names, the way libbpf names them, so an
+//! object needs no attach list in config.
 
 use std::fmt;
 
@@ -16,24 +17,156 @@ pub enum AttachPoint {
     RawTracePoint(String),
     /// `tp_btf/<name>`.
     BtfTracePoint(String),
+    /// `kprobe/<fn>[+offset]` or `kretprobe/<fn>`.
+    KProbe {
+        /// Kernel function.
+        function: String,
+        /// Byte offset into it.
+        offset: u64,
+        /// A return probe.
+        ret: bool,
+    },
+    /// `fentry/<fn>` or `fexit/<fn>`.
+    FEntry {
+        /// Kernel function.
+        function: String,
+        /// On exit rather than entry.
+        exit: bool,
+    },
+    /// `uprobe/<binary>:<symbol>[+offset]`, `uprobe/<binary>:0x<offset>`, `uretprobe/...`.
+    UProbe {
+        /// Binary or library path (or a name found in the usual library paths).
+        target: String,
+        /// Symbol, when attaching by name.
+        symbol: Option<String>,
+        /// Offset from the symbol, or into the file without one.
+        offset: u64,
+        /// A return probe.
+        ret: bool,
+    },
+    /// `usdt/<binary>:<provider>:<name>`.
+    Usdt {
+        /// Binary path.
+        target: String,
+        /// Provider.
+        provider: String,
+        /// Probe name.
+        name: String,
+    },
+    /// `perf_event/type=T,config=C,frequency=F` (or `period=P`), on every online CPU.
+    PerfEvent {
+        /// `perf_event_attr.type` (0 hardware, 1 software, ...).
+        kind: u32,
+        /// `perf_event_attr.config`.
+        config: u64,
+        /// Samples per second, or
+        frequency: Option<u64>,
+        /// events per sample.
+        period: Option<u64>,
+    },
+    /// `xdp/<ifname>`.
+    Xdp(String),
+}
+
+fn number(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
 }
 
 impl AttachPoint {
-    /// Parses a section name; `None` for sections that are not attachable programs.
-    pub fn from_section(section: &str) -> Option<Self> {
-        let (kind, rest) = section.split_once('/')?;
-        match kind {
-            "tracepoint" | "tp" => {
-                let (category, name) = rest.split_once('/')?;
-                Some(Self::TracePoint {
-                    category: category.into(),
-                    name: name.into(),
-                })
+    /// Parses a section name.
+    ///
+    /// # Errors
+    /// A section that is not an attachable program, or whose target is malformed,
+    /// with the reason.
+    pub fn from_section(section: &str) -> Result<Self, String> {
+        let (kind, rest) = section.split_once('/').unwrap_or((section, ""));
+        let need = |what: &str| -> Result<(), String> {
+            if rest.is_empty() {
+                Err(format!("{kind} needs a target: {kind}/{what}"))
+            } else {
+                Ok(())
             }
-            "raw_tp" | "raw_tracepoint" => Some(Self::RawTracePoint(rest.into())),
-            "tp_btf" => Some(Self::BtfTracePoint(rest.into())),
-            _ => None,
-        }
+        };
+        Ok(match kind {
+            "tracepoint" | "tp" => {
+                need("<category>/<name>")?;
+                let (category, name) = rest.split_once('/').ok_or("tracepoint needs <category>/<name>")?;
+                Self::TracePoint { category: category.into(), name: name.into() }
+            }
+            "raw_tp" | "raw_tracepoint" => {
+                need("<name>")?;
+                Self::RawTracePoint(rest.into())
+            }
+            "tp_btf" => {
+                need("<name>")?;
+                Self::BtfTracePoint(rest.into())
+            }
+            "kprobe" | "kretprobe" => {
+                need("<function>")?;
+                let (function, offset) = match rest.split_once('+') {
+                    Some((f, off)) => (f, number(off).ok_or_else(|| format!("bad offset {off:?}"))?),
+                    None => (rest, 0),
+                };
+                Self::KProbe { function: function.into(), offset, ret: kind == "kretprobe" }
+            }
+            "fentry" | "fexit" => {
+                need("<function>")?;
+                Self::FEntry { function: rest.into(), exit: kind == "fexit" }
+            }
+            "uprobe" | "uretprobe" => {
+                need("<binary>:<symbol>")?;
+                let (target, at) = rest.rsplit_once(':').ok_or("uprobe needs <binary>:<symbol>")?;
+                let (symbol, offset) = if let Some(off) = at.strip_prefix("0x") {
+                    (None, u64::from_str_radix(off, 16).map_err(|_| format!("bad offset {at:?}"))?)
+                } else {
+                    match at.split_once('+') {
+                        Some((s, off)) => (Some(s.to_string()), number(off).ok_or_else(|| format!("bad offset {off:?}"))?),
+                        None => (Some(at.to_string()), 0),
+                    }
+                };
+                Self::UProbe { target: target.into(), symbol, offset, ret: kind == "uretprobe" }
+            }
+            "usdt" => {
+                need("<binary>:<provider>:<name>")?;
+                let mut parts = rest.rsplitn(3, ':');
+                let (Some(name), Some(provider), Some(target)) = (parts.next(), parts.next(), parts.next()) else {
+                    return Err("usdt needs <binary>:<provider>:<name>".into());
+                };
+                Self::Usdt { target: target.into(), provider: provider.into(), name: name.into() }
+            }
+            "perf_event" => {
+                need("type=T,config=C,frequency=F")?;
+                let (mut kind, mut config, mut frequency, mut period) = (None, None, None, None);
+                for kv in rest.split(',') {
+                    let (k, v) = kv.split_once('=').ok_or_else(|| format!("{kv:?} is not key=value"))?;
+                    let n = number(v).ok_or_else(|| format!("{k}: {v:?} is not a number"))?;
+                    match k {
+                        "type" => kind = Some(u32::try_from(n).map_err(|_| "type out of range")?),
+                        "config" => config = Some(n),
+                        "frequency" => frequency = Some(n),
+                        "period" => period = Some(n),
+                        other => return Err(format!("unknown perf_event key {other:?} (type, config, frequency, period)")),
+                    }
+                }
+                if frequency.is_some() == period.is_some() {
+                    return Err("perf_event needs exactly one of frequency and period".into());
+                }
+                Self::PerfEvent {
+                    kind: kind.ok_or("perf_event needs type=")?,
+                    config: config.ok_or("perf_event needs config=")?,
+                    frequency,
+                    period,
+                }
+            }
+            "xdp" => {
+                need("<interface>")?;
+                Self::Xdp(rest.into())
+            }
+            _ => return Err("not an attach point this exporter supports (tracepoint, raw_tp, tp_btf, kprobe, kretprobe, fentry, fexit, uprobe, uretprobe, usdt, perf_event, xdp)".into()),
+        })
     }
 }
 
@@ -43,6 +176,31 @@ impl fmt::Display for AttachPoint {
             Self::TracePoint { category, name } => write!(f, "tracepoint/{category}/{name}"),
             Self::RawTracePoint(n) => write!(f, "raw_tp/{n}"),
             Self::BtfTracePoint(n) => write!(f, "tp_btf/{n}"),
+            Self::KProbe { function, offset, ret } => {
+                write!(f, "{}/{function}", if *ret { "kretprobe" } else { "kprobe" })?;
+                if *offset != 0 {
+                    write!(f, "+{offset}")?;
+                }
+                Ok(())
+            }
+            Self::FEntry { function, exit } => write!(f, "{}/{function}", if *exit { "fexit" } else { "fentry" }),
+            Self::UProbe { target, symbol, offset, ret } => {
+                write!(f, "{}/{target}:", if *ret { "uretprobe" } else { "uprobe" })?;
+                match symbol {
+                    Some(s) if *offset != 0 => write!(f, "{s}+{offset}"),
+                    Some(s) => write!(f, "{s}"),
+                    None => write!(f, "0x{offset:x}"),
+                }
+            }
+            Self::Usdt { target, provider, name } => write!(f, "usdt/{target}:{provider}:{name}"),
+            Self::PerfEvent { kind, config, frequency, period } => {
+                write!(f, "perf_event/type={kind},config={config},")?;
+                match (frequency, period) {
+                    (Some(fr), _) => write!(f, "frequency={fr}"),
+                    (_, p) => write!(f, "period={}", p.unwrap_or(0)),
+                }
+            }
+            Self::Xdp(ifname) => write!(f, "xdp/{ifname}"),
         }
     }
 }
@@ -52,28 +210,47 @@ mod tests {
     use super::AttachPoint;
 
     #[test]
-    fn parses_libbpf_section_names() {
-        assert_eq!(
-            AttachPoint::from_section("tracepoint/sock/inet_sock_set_state"),
-            Some(AttachPoint::TracePoint {
-                category: "sock".into(),
-                name: "inet_sock_set_state".into()
-            })
-        );
+    fn parses_and_prints_every_kind() {
+        for s in [
+            "tracepoint/sock/inet_sock_set_state",
+            "raw_tp/sys_enter",
+            "tp_btf/sched_switch",
+            "kprobe/tcp_v4_connect",
+            "kprobe/do_sys_openat2+8",
+            "kretprobe/tcp_v4_connect",
+            "fentry/tcp_v4_connect",
+            "fexit/vfs_read",
+            "uprobe//usr/lib/libc.so.6:malloc",
+            "uprobe//bin/app:main+16",
+            "uprobe//bin/app:0x1234",
+            "uretprobe//bin/bash:readline",
+            "usdt//usr/bin/python3:python:function__entry",
+            "perf_event/type=1,config=0,frequency=99",
+            "perf_event/type=0,config=0,period=100000",
+            "xdp/eth0",
+        ] {
+            let p = AttachPoint::from_section(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert_eq!(p.to_string(), s);
+        }
         assert_eq!(
             AttachPoint::from_section("tp/syscalls/sys_enter_getpid").unwrap().to_string(),
             "tracepoint/syscalls/sys_enter_getpid"
         );
         assert_eq!(
-            AttachPoint::from_section("raw_tp/sys_enter"),
-            Some(AttachPoint::RawTracePoint("sys_enter".into()))
+            AttachPoint::from_section("uprobe//bin/app:main").unwrap(),
+            AttachPoint::UProbe { target: "/bin/app".into(), symbol: Some("main".into()), offset: 0, ret: false }
         );
-        assert_eq!(
-            AttachPoint::from_section("tp_btf/sched_switch"),
-            Some(AttachPoint::BtfTracePoint("sched_switch".into()))
-        );
-        for s in ["license", ".maps", "tracepoint/nocategory", "socket", "xyz/abc"] {
-            assert_eq!(AttachPoint::from_section(s), None, "{s}");
-        }
+    }
+
+    #[test]
+    fn malformed_sections_say_why() {
+        let err = |s| AttachPoint::from_section(s).unwrap_err();
+        assert!(err("kprobe").contains("kprobe needs a target"));
+        assert!(err("tracepoint/nocategory").contains("<category>/<name>"));
+        assert!(err("uprobe/nocolon").contains("<binary>:<symbol>"));
+        assert!(err("perf_event/type=1,config=0").contains("exactly one of frequency and period"));
+        assert!(err("perf_event/type=1,cfg=0,frequency=1").contains("unknown perf_event key"));
+        assert!(err("socket").contains("not an attach point"));
+        assert!(err("usdt/bin:only").contains("<provider>:<name>"));
     }
 }

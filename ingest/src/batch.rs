@@ -60,8 +60,14 @@ impl BatchBuilder {
 
     /// Appends one record (the u32 length prefix keeps 8-byte framing with 4 spare bytes).
     pub(crate) fn push(&mut self, record: &[u8]) {
-        self.buf.put_u32_le(record.len() as u32);
-        self.buf.put_slice(record);
+        self.push_split(record, &[]);
+    }
+
+    /// Appends one record that arrives in two pieces (wrapped around a perf buffer).
+    pub(crate) fn push_split(&mut self, head: &[u8], tail: &[u8]) {
+        self.buf.put_u32_le((head.len() + tail.len()) as u32);
+        self.buf.put_slice(head);
+        self.buf.put_slice(tail);
         let pad = self.buf.len().next_multiple_of(8) - self.buf.len();
         self.buf.put_bytes(0, pad);
         self.len += 1;
@@ -96,7 +102,8 @@ mod tests {
         let mut b = BatchBuilder::new(3, 64);
         let records: Vec<Vec<u8>> = (0..20u8).map(|n| (0..n).collect()).collect();
         for r in &records {
-            b.push(r);
+            let (head, tail) = r.split_at(r.len() / 2);
+            b.push_split(head, tail);
         }
         assert!(b.is_full());
         let batch = b.take();

@@ -10,10 +10,12 @@ mod attach;
 mod batch;
 mod loader;
 mod ring;
+mod table;
 
 pub use attach::AttachPoint;
+pub use aya::Btf;
 pub use batch::{Batch, Records};
-pub use loader::{LoadOptions, LoadedObject};
+pub use loader::{LoadOptions, LoadedObject, ProgramStats};
 pub use ring::{RingReader, RingStats};
 
 /// Errors of the ingest stage.
@@ -27,8 +29,8 @@ pub enum IngestError {
         /// What was wrong.
         reason: String,
     },
-    /// A program's section names no attach point this exporter knows.
-    #[error("object {object}: program {program}: section {section:?} is not an attach point this exporter supports")]
+    /// A program's section names no attach point this exporter can use.
+    #[error("object {object}: program {program}: section {section:?}: {reason}")]
     UnknownSection {
         /// Object name.
         object: String,
@@ -36,6 +38,8 @@ pub enum IngestError {
         program: String,
         /// ELF section.
         section: String,
+        /// Why it cannot be attached.
+        reason: String,
     },
     /// aya failed to load the object.
     #[error("object {object}: load failed")]
@@ -47,7 +51,7 @@ pub enum IngestError {
         source: aya::EbpfError,
     },
     /// The verifier rejected a program, or attaching failed.
-    #[error("object {object}: program {program} ({section}): {action} failed: {detail}")]
+    #[error("object {object}: program {program} ({section}): {action} failed{hint}: {detail}")]
     Program {
         /// Object name.
         object: String,
@@ -59,6 +63,8 @@ pub enum IngestError {
         action: &'static str,
         /// The error, with the verifier log's tail when there is one.
         detail: String,
+        /// What the failure most likely means.
+        hint: &'static str,
     },
     /// A map named in config is missing or has the wrong type.
     #[error("object {object}: map {map}: {reason}")]

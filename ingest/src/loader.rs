@@ -1,13 +1,22 @@
 //! Loads one BPF object into the kernel and attaches every program by its section name.
 
-use std::collections::HashMap;
+use std::{borrow::Cow, sync::Arc};
 
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, ProgramError, RawTracePoint, TracePoint},
+    maps::{MapData, PerCpuArray, PerfEventArray, RingBuf},
+    programs::{
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy},
+        uprobe::UProbeScope,
+        BtfTracePoint, FEntry, FExit, KProbe, PerfEvent, ProgramError, RawTracePoint, TracePoint, UProbe, Xdp,
+        XdpMode,
+    },
     Btf, Ebpf, EbpfLoader,
 };
-use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
+use object::{
+    elf,
+    read::elf::{ElfFile64, FileHeader, SectionHeader},
+    Object, ObjectSection, ObjectSymbol, SectionIndex, SymbolKind,
+};
 
 use crate::{AttachPoint, IngestError};
 
@@ -17,7 +26,7 @@ const DROPS_MAP: &str = "ringbuf_drops";
 const WAKEUP_GLOBAL: &str = "output_wakeup_bytes";
 
 /// How to load an object.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// Ring buffers to size to `ring_bytes` (the ones the config reads).
     pub rings: Vec<String>,
@@ -26,16 +35,25 @@ pub struct LoadOptions {
     pub ring_bytes: Option<u32>,
     /// Unread bytes in a ring at which a submit wakes the reader.
     pub wakeup_bytes: u64,
+    /// Globals `kaddr_<symbol>` to set to kernel addresses.
+    pub kaddrs: Vec<(String, u64)>,
+    /// Kernel BTF to use instead of /sys/kernel/btf/vmlinux (`--btf.path`).
+    pub btf: Option<Arc<Btf>>,
 }
 
-impl Default for LoadOptions {
-    fn default() -> Self {
-        Self {
-            rings: Vec::new(),
-            ring_bytes: None,
-            wakeup_bytes: 1024 * 1024,
-        }
-    }
+/// A program of a loaded object, for self-metrics.
+#[derive(Debug, Clone)]
+pub struct ProgramStats {
+    /// Function name.
+    pub name: String,
+    /// Kernel program id.
+    pub id: u32,
+    /// Program tag (hex), as `bpftool prog` shows it.
+    pub tag: String,
+    /// Time spent running (needs `kernel.bpf_stats_enabled=1`).
+    pub run_time: std::time::Duration,
+    /// Runs (needs `kernel.bpf_stats_enabled=1`).
+    pub run_count: u64,
 }
 
 /// A loaded object whose programs are attached; dropping it detaches them.
@@ -47,24 +65,18 @@ pub struct LoadedObject {
 
 impl std::fmt::Debug for LoadedObject {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedObject")
-            .field("name", &self.name)
-            .field("attached", &self.attached)
-            .finish()
+        f.debug_struct("LoadedObject").field("name", &self.name).field("attached", &self.attached).finish()
     }
 }
 
 /// Maps each program (function) name to its ELF section.
-fn program_sections(object: &str, bytes: &[u8]) -> Result<HashMap<String, String>, IngestError> {
-    let parse = |reason: String| IngestError::Parse {
-        object: object.into(),
-        reason,
-    };
+fn program_sections(object: &str, bytes: &[u8]) -> Result<Vec<(String, String)>, IngestError> {
+    let parse = |reason: String| IngestError::Parse { object: object.into(), reason };
     let file = object::File::parse(bytes).map_err(|e| parse(e.to_string()))?;
     if file.section_by_name(".BTF").is_none() {
         return Err(parse("no .BTF section: compile with clang -g".into()));
     }
-    let mut out = HashMap::new();
+    let mut out = Vec::new();
     for sym in file.symbols() {
         if sym.kind() != SymbolKind::Text || !sym.is_global() {
             continue;
@@ -73,10 +85,41 @@ fn program_sections(object: &str, bytes: &[u8]) -> Result<HashMap<String, String
         let section = file.section_by_index(index).map_err(|e| parse(e.to_string()))?;
         let (Ok(name), Ok(section)) = (sym.name(), section.name()) else { continue };
         if section != ".text" {
-            out.insert(name.to_string(), section.to_string());
+            out.push((name.to_string(), section.to_string()));
         }
     }
+    out.sort();
     Ok(out)
+}
+
+/// aya only knows bare `xdp` sections: end `xdp/<ifname>` names at the slash in the
+/// section string table (same length, so no offset moves).
+fn patch_xdp_sections(bytes: &[u8]) -> Cow<'_, [u8]> {
+    let positions = || -> Option<Vec<usize>> {
+        let file = ElfFile64::<object::Endianness>::parse(bytes).ok()?;
+        let endian = file.endian();
+        let table = file.elf_section_table();
+        let shstrndx = file.elf_header().shstrndx(endian, bytes).ok()?;
+        let base = table.section(SectionIndex(shstrndx as usize)).ok()?.sh_offset(endian) as usize;
+        Some(
+            table
+                .iter()
+                .filter(|s| s.sh_type(endian) == elf::SHT_PROGBITS)
+                .filter(|s| table.section_name(endian, s).is_ok_and(|n| n.starts_with(b"xdp/")))
+                .map(|s| base + s.sh_name(endian) as usize + 3)
+                .collect(),
+        )
+    };
+    match positions() {
+        Some(at) if !at.is_empty() => {
+            let mut patched = bytes.to_vec();
+            for i in at {
+                patched[i] = 0;
+            }
+            Cow::Owned(patched)
+        }
+        _ => Cow::Borrowed(bytes),
+    }
 }
 
 /// Keeps the end of a verifier log: the reason for a rejection is at the bottom.
@@ -87,13 +130,9 @@ fn tail(text: &str, lines: usize) -> String {
 
 fn program_error(e: &ProgramError) -> String {
     match e {
-        ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => format!(
-            "{io_error}; verifier log (last lines):\n{}",
-            tail(&verifier_log.to_string(), 12)
-        ),
+        ProgramError::LoadError { io_error, verifier_log } => {
+            format!("{io_error}; verifier log (last lines):\n{}", tail(&verifier_log.to_string(), 12))
+        }
         other => {
             let mut s = other.to_string();
             let mut src = std::error::Error::source(other);
@@ -107,6 +146,18 @@ fn program_error(e: &ProgramError) -> String {
     }
 }
 
+/// What the kernel's answer to a failed attach most likely means, for the error text.
+fn attach_hint(point: &AttachPoint, detail: &str) -> &'static str {
+    let missing = detail.contains("No such file") || detail.contains("not found") || detail.contains("ENOENT");
+    match point {
+        AttachPoint::KProbe { .. } if missing => " (this kernel lacks kprobes (CONFIG_KPROBES) or the function)",
+        AttachPoint::TracePoint { .. } if missing => " (no such tracepoint on this kernel: see /sys/kernel/tracing/events)",
+        AttachPoint::FEntry { .. } => " (fentry/fexit need CONFIG_FUNCTION_TRACER with BPF trampolines, and the function in BTF)",
+        _ if detail.contains("Permission denied") => " (needs root or CAP_BPF + CAP_PERFMON; a tracepoint program that reads past the record fails here too)",
+        _ => "",
+    }
+}
+
 impl LoadedObject {
     /// Loads `bytes` (ELF with BTF) and attaches each program at its section's attach point.
     ///
@@ -114,43 +165,63 @@ impl LoadedObject {
     /// A parse or load failure, a section this exporter cannot attach, or a program the
     /// verifier rejects (with the log's last lines) or the kernel cannot attach.
     pub fn load(name: &str, bytes: &[u8], opts: &LoadOptions) -> Result<Self, IngestError> {
-        let sections = program_sections(name, bytes)?;
         let mut points = Vec::new();
-        for (program, section) in &sections {
-            match AttachPoint::from_section(section) {
-                Some(point) => points.push((program.clone(), section.clone(), point)),
-                None => {
-                    return Err(IngestError::UnknownSection {
-                        object: name.into(),
-                        program: program.clone(),
-                        section: section.clone(),
-                    })
-                }
+        for (program, section) in program_sections(name, bytes)? {
+            let point = AttachPoint::from_section(&section).map_err(|reason| IngestError::UnknownSection {
+                object: name.into(),
+                program: program.clone(),
+                section: section.clone(),
+                reason,
+            })?;
+            if matches!(point, AttachPoint::Usdt { .. }) {
+                return Err(IngestError::UnknownSection {
+                    object: name.into(),
+                    program,
+                    section,
+                    reason: "usdt probes are not supported yet: aya 0.14 has no USDT argument support; use a uprobe on the probe's function".into(),
+                });
             }
+            points.push((program, section, point));
         }
-        points.sort_by(|a, b| a.0.cmp(&b.0));
+        let bytes = patch_xdp_sections(bytes);
 
         let mut loader = EbpfLoader::new();
         loader.override_global(WAKEUP_GLOBAL, &opts.wakeup_bytes, false);
+        let kaddr_names: Vec<String> = opts.kaddrs.iter().map(|(s, _)| format!("kaddr_{s}")).collect();
+        for ((_, addr), global) in opts.kaddrs.iter().zip(&kaddr_names) {
+            loader.override_global(global, addr, true);
+        }
         if let Some(size) = opts.ring_bytes {
             for ring in &opts.rings {
                 loader.map_max_entries(ring, size);
             }
         }
-        let mut ebpf = loader.load(bytes).map_err(|source| IngestError::Load {
-            object: name.into(),
-            source,
-        })?;
+        loader.btf(opts.btf.as_deref());
+        let mut ebpf = loader.load(&bytes).map_err(|source| IngestError::Load { object: name.into(), source })?;
 
-        let mut btf = None;
+        let mut btf = opts.btf.clone();
+        let mut kernel_btf = || -> Result<Arc<Btf>, IngestError> {
+            if btf.is_none() {
+                let b = Btf::from_sys_fs().map_err(|e| IngestError::Parse {
+                    object: name.into(),
+                    reason: format!("kernel BTF (/sys/kernel/btf/vmlinux; pass --btf.path on kernels without it): {e}"),
+                })?;
+                btf = Some(Arc::new(b));
+            }
+            Ok(btf.clone().unwrap())
+        };
         let mut attached = Vec::new();
         for (program, section, point) in points {
-            let err = |action, e: &ProgramError| IngestError::Program {
-                object: name.into(),
-                program: program.clone(),
-                section: section.clone(),
-                action,
-                detail: program_error(e),
+            let err = |action, e: &ProgramError| {
+                let detail = program_error(e);
+                IngestError::Program {
+                    object: name.into(),
+                    program: program.clone(),
+                    section: section.clone(),
+                    action,
+                    hint: if action == "attach" { attach_hint(&point, &detail) } else { "" },
+                    detail,
+                }
             };
             let prog = ebpf.program_mut(&program).ok_or_else(|| IngestError::Parse {
                 object: name.into(),
@@ -168,24 +239,66 @@ impl LoadedObject {
                     p.attach(tp).map_err(|e| err("attach", &e))?;
                 }
                 AttachPoint::BtfTracePoint(tp) => {
-                    if btf.is_none() {
-                        btf = Some(Btf::from_sys_fs().map_err(|e| IngestError::Parse {
-                            object: name.into(),
-                            reason: format!("kernel BTF: {e}"),
-                        })?);
-                    }
+                    let btf = kernel_btf()?;
                     let p: &mut BtfTracePoint = prog.try_into().map_err(|e| err("load", &e))?;
-                    p.load(tp, btf.as_ref().unwrap()).map_err(|e| err("load", &e))?;
+                    p.load(tp, &btf).map_err(|e| err("load", &e))?;
                     p.attach().map_err(|e| err("attach", &e))?;
                 }
+                AttachPoint::KProbe { function, offset, .. } => {
+                    let p: &mut KProbe = prog.try_into().map_err(|e| err("load", &e))?;
+                    p.load().map_err(|e| err("load", &e))?;
+                    p.attach(function, *offset).map_err(|e| err("attach", &e))?;
+                }
+                AttachPoint::FEntry { function, exit: false } => {
+                    let btf = kernel_btf()?;
+                    let p: &mut FEntry = prog.try_into().map_err(|e| err("load", &e))?;
+                    p.load(function, &btf).map_err(|e| err("load", &e))?;
+                    p.attach().map_err(|e| err("attach", &e))?;
+                }
+                AttachPoint::FEntry { function, exit: true } => {
+                    let btf = kernel_btf()?;
+                    let p: &mut FExit = prog.try_into().map_err(|e| err("load", &e))?;
+                    p.load(function, &btf).map_err(|e| err("load", &e))?;
+                    p.attach().map_err(|e| err("attach", &e))?;
+                }
+                AttachPoint::UProbe { target, symbol, offset, .. } => {
+                    let p: &mut UProbe = prog.try_into().map_err(|e| err("load", &e))?;
+                    p.load().map_err(|e| err("load", &e))?;
+                    use aya::programs::uprobe::UProbeAttachLocation as L;
+                    let location = match symbol {
+                        Some(s) if *offset != 0 => L::SymbolOffset(s, *offset),
+                        Some(s) => L::Symbol(s),
+                        None => L::AbsoluteOffset(*offset),
+                    };
+                    p.attach(location, target, UProbeScope::AllProcesses).map_err(|e| err("attach", &e))?;
+                }
+                AttachPoint::PerfEvent { kind, config, frequency, period } => {
+                    let p: &mut PerfEvent = prog.try_into().map_err(|e| err("load", &e))?;
+                    p.load().map_err(|e| err("load", &e))?;
+                    let policy = match (frequency, period) {
+                        (Some(f), _) => SamplePolicy::Frequency(*f),
+                        (_, p) => SamplePolicy::Period(p.unwrap_or(1)),
+                    };
+                    let cpus = aya::util::online_cpus().map_err(|(what, e)| IngestError::Parse {
+                        object: name.into(),
+                        reason: format!("{what}: {e}"),
+                    })?;
+                    for cpu in cpus {
+                        let config = PerfEventConfig::Pmu { pmu_type: *kind, config: *config };
+                        p.attach(config, PerfEventScope::AllProcessesOneCpu { cpu }, policy, false)
+                            .map_err(|e| err("attach", &e))?;
+                    }
+                }
+                AttachPoint::Xdp(ifname) => {
+                    let p: &mut Xdp = prog.try_into().map_err(|e| err("load", &e))?;
+                    p.load().map_err(|e| err("load", &e))?;
+                    p.attach(ifname, XdpMode::Default).map_err(|e| err("attach", &e))?;
+                }
+                AttachPoint::Usdt { .. } => unreachable!("rejected above"),
             }
             attached.push((program, point));
         }
-        Ok(Self {
-            name: name.into(),
-            ebpf,
-            attached,
-        })
+        Ok(Self { name: name.into(), ebpf, attached })
     }
 
     /// The object's name.
@@ -198,21 +311,45 @@ impl LoadedObject {
         &self.attached
     }
 
+    fn map_error(&self, map: &str, reason: String) -> IngestError {
+        IngestError::Map { object: self.name.clone(), map: map.into(), reason }
+    }
+
     /// Takes a ring buffer map out of the object for a reader.
     ///
     /// # Errors
     /// The map is missing or is not a ring buffer.
     pub fn take_ring(&mut self, map: &str) -> Result<RingBuf<MapData>, IngestError> {
-        let err = |reason: String| IngestError::Map {
-            object: self.name.clone(),
-            map: map.into(),
-            reason,
-        };
-        let m = self
-            .ebpf
-            .take_map(map)
-            .ok_or_else(|| err("no such map in the object".into()))?;
-        RingBuf::try_from(m).map_err(|e| err(e.to_string()))
+        let m = self.ebpf.take_map(map).ok_or_else(|| self.map_error(map, "no such map in the object".into()))?;
+        RingBuf::try_from(m).map_err(|e| self.map_error(map, e.to_string()))
+    }
+
+    /// Takes a perf event array map out of the object for a reader.
+    ///
+    /// # Errors
+    /// The map is missing or is not a perf event array.
+    pub fn take_perf_array(&mut self, map: &str) -> Result<PerfEventArray<MapData>, IngestError> {
+        let m = self.ebpf.take_map(map).ok_or_else(|| self.map_error(map, "no such map in the object".into()))?;
+        PerfEventArray::try_from(m).map_err(|e| self.map_error(map, e.to_string()))
+    }
+
+    /// A map's key size in bytes, as the kernel has it from the object's BTF.
+    ///
+    /// # Errors
+    /// The map is missing.
+    pub fn key_size(&self, map: &str) -> Result<usize, IngestError> {
+        let m = self.ebpf.map(map).ok_or_else(|| self.map_error(map, "no such map in the object".into()))?;
+        let data = crate::table::map_data(m);
+        data.info().map(|i| i.key_size() as usize).map_err(|e| self.map_error(map, e.to_string()))
+    }
+
+    /// Every entry of a hash or array map (per-CPU values summed), for tables.
+    ///
+    /// # Errors
+    /// The map is missing, has values that are not 8-byte counters, or a read fails.
+    pub fn read_table(&self, map: &str) -> Result<Vec<(Vec<u8>, u64)>, IngestError> {
+        let m = self.ebpf.map(map).ok_or_else(|| self.map_error(map, "no such map in the object".into()))?;
+        crate::table::read(m).map_err(|reason| self.map_error(map, reason))
     }
 
     /// Records the kernel side failed to reserve (ring full), summed over CPUs; 0 when the
@@ -221,5 +358,45 @@ impl LoadedObject {
         let Some(map) = self.ebpf.map(DROPS_MAP) else { return 0 };
         let Ok(array) = PerCpuArray::<_, u64>::try_from(map) else { return 0 };
         array.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+
+    /// Id, tag and run statistics of each attached program.
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        self.attached
+            .iter()
+            .filter_map(|(name, _)| {
+                let info = self.ebpf.program(name)?.info().ok()?;
+                Some(ProgramStats {
+                    name: name.clone(),
+                    id: info.id(),
+                    tag: format!("{:016x}", info.tag()),
+                    run_time: info.run_time(),
+                    run_count: info.run_count(),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_of_the_embedded_object() {
+        let o = bpf_programs::find("tcp_connect_latency").unwrap();
+        assert_eq!(
+            program_sections("t", o.bytes).unwrap(),
+            vec![("tcp_connect_state".to_string(), "tracepoint/sock/inet_sock_set_state".to_string())]
+        );
+        assert!(program_sections("t", b"not elf").unwrap_err().to_string().contains("cannot parse"));
+        assert!(matches!(patch_xdp_sections(o.bytes), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn verifier_log_tail_keeps_the_reason() {
+        let log = (1..=30).map(|i| format!("{i}: insn")).collect::<Vec<_>>().join("\n") + "\n\ninvalid mem access\n";
+        let t = tail(&log, 3);
+        assert_eq!(t, "29: insn\n30: insn\ninvalid mem access");
     }
 }

@@ -1,7 +1,10 @@
-//! Drains one BPF ring buffer into batches, on readiness and on a short timer.
+//! Drains one BPF ring buffer (or perf event array) into batches.
 //!
-//! Programs submit without waking the reader until enough data waits (see
-//! `output.bpf.h`), so the timer is what bounds latency on a quiet ring.
+//! Ring buffers are drained on readiness and on a short timer: programs submit
+//! without waking the reader until enough data waits (see `output.bpf.h`), so the
+//! timer bounds latency on a quiet ring. Perf event arrays (kernels before 5.8, or
+//! configs that use them) are drained on the timer only: aya's perf buffers ask for a
+//! wakeup per event, and reacting to each would cost more than the event.
 
 use std::{
     sync::{
@@ -11,7 +14,10 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{
+    perf::{PerfEvent, PerfEventArrayBuffer},
+    MapData, PerfEventArray, RingBuf,
+};
 use crossbeam_channel::{Sender, TrySendError};
 use tokio::{io::unix::AsyncFd, sync::watch};
 
@@ -20,18 +26,25 @@ use crate::{batch::BatchBuilder, Batch, IngestError};
 /// Counters of one reader, read by the exposition.
 #[derive(Debug, Default)]
 pub struct RingStats {
-    /// Records read from the ring.
+    /// Records read.
     pub records: AtomicU64,
     /// Batches handed downstream.
     pub batches: AtomicU64,
     /// Records lost because the downstream queue was full.
     pub queue_dropped: AtomicU64,
+    /// Records the kernel reported lost (perf buffers full).
+    pub kernel_lost: AtomicU64,
+}
+
+enum Source {
+    Ring(AsyncFd<RingBuf<MapData>>),
+    Perf(Vec<PerfEventArrayBuffer<MapData>>),
 }
 
 /// Reads one ring and sends its records downstream in batches.
 pub struct RingReader {
     name: String,
-    ring: AsyncFd<RingBuf<MapData>>,
+    source: Source,
     builder: BatchBuilder,
     drain_interval: Duration,
     stats: Arc<RingStats>,
@@ -44,26 +57,35 @@ impl RingReader {
     /// # Errors
     /// The ring's descriptor cannot be registered with the tokio reactor (call this
     /// inside a runtime).
-    pub fn new(
-        name: &str,
-        ring: RingBuf<MapData>,
-        stream: u32,
-        batch_bytes: usize,
-        drain_interval: Duration,
-    ) -> Result<Self, IngestError> {
+    pub fn new(name: &str, ring: RingBuf<MapData>, stream: u32, batch_bytes: usize, drain_interval: Duration) -> Result<Self, IngestError> {
         // SAFETY: the RingBuf owns its map descriptor and keeps it open, unreplaced,
         // for as long as the AsyncFd owns the RingBuf.
-        let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| IngestError::Poll {
-            ring: name.into(),
-            source: e.into(),
-        })?;
-        Ok(Self {
+        let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| IngestError::Poll { ring: name.into(), source: e.into() })?;
+        Ok(Self::with_source(name, Source::Ring(ring), stream, batch_bytes, drain_interval))
+    }
+
+    /// Opens a perf event array's buffer on every online CPU, `pages` pages each.
+    ///
+    /// # Errors
+    /// A buffer cannot be opened (memory lock limits, CPU list unreadable).
+    pub fn perf(name: &str, mut array: PerfEventArray<MapData>, pages: usize, stream: u32, batch_bytes: usize, drain_interval: Duration) -> Result<Self, IngestError> {
+        let poll = |reason: String| IngestError::Poll { ring: name.into(), source: std::io::Error::other(reason) };
+        let cpus = aya::util::online_cpus().map_err(|(what, e)| poll(format!("{what}: {e}")))?;
+        let buffers = cpus
+            .into_iter()
+            .map(|cpu| array.open(cpu, Some(pages)).map_err(|e| poll(format!("cpu {cpu}: {e}"))))
+            .collect::<Result<_, _>>()?;
+        Ok(Self::with_source(name, Source::Perf(buffers), stream, batch_bytes, drain_interval))
+    }
+
+    fn with_source(name: &str, source: Source, stream: u32, batch_bytes: usize, drain_interval: Duration) -> Self {
+        Self {
             name: name.into(),
-            ring,
+            source,
             builder: BatchBuilder::new(stream, batch_bytes),
             drain_interval,
             stats: Arc::default(),
-        })
+        }
     }
 
     /// The reader's counters.
@@ -76,27 +98,36 @@ impl RingReader {
         let mut tick = tokio::time::interval(self.drain_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                ready = self.ring.readable_mut() => match ready {
-                    Ok(mut guard) => {
-                        drain(guard.get_inner_mut(), &mut self.builder, &tx, &self.stats);
-                        guard.clear_ready();
-                    }
-                    Err(e) => {
-                        tracing::error!(ring = %self.name, error = %e, "ring poll failed; timer drain only");
-                        tick.tick().await;
-                    }
+            match &mut self.source {
+                Source::Ring(ring) => tokio::select! {
+                    ready = ring.readable_mut() => match ready {
+                        Ok(mut guard) => {
+                            drain_ring(guard.get_inner_mut(), &mut self.builder, &tx, &self.stats);
+                            guard.clear_ready();
+                        }
+                        Err(e) => {
+                            tracing::error!(ring = %self.name, error = %e, "ring poll failed; timer drain only");
+                            tick.tick().await;
+                        }
+                    },
+                    _ = tick.tick() => drain_ring(ring.get_mut(), &mut self.builder, &tx, &self.stats),
+                    _ = shutdown.changed() => break,
                 },
-                _ = tick.tick() => drain(self.ring.get_mut(), &mut self.builder, &tx, &self.stats),
-                _ = shutdown.changed() => break,
+                Source::Perf(buffers) => tokio::select! {
+                    _ = tick.tick() => drain_perf(buffers, &mut self.builder, &tx, &self.stats),
+                    _ = shutdown.changed() => break,
+                },
             }
         }
-        drain(self.ring.get_mut(), &mut self.builder, &tx, &self.stats);
+        match &mut self.source {
+            Source::Ring(ring) => drain_ring(ring.get_mut(), &mut self.builder, &tx, &self.stats),
+            Source::Perf(buffers) => drain_perf(buffers, &mut self.builder, &tx, &self.stats),
+        }
     }
 }
 
 /// Copies every ready record into batches and sends them; full queues count drops.
-fn drain(ring: &mut RingBuf<MapData>, builder: &mut BatchBuilder, tx: &Sender<Batch>, stats: &RingStats) {
+fn drain_ring(ring: &mut RingBuf<MapData>, builder: &mut BatchBuilder, tx: &Sender<Batch>, stats: &RingStats) {
     let mut records = 0u64;
     while let Some(item) = ring.next() {
         builder.push(&item);
@@ -106,6 +137,30 @@ fn drain(ring: &mut RingBuf<MapData>, builder: &mut BatchBuilder, tx: &Sender<Ba
             send(builder.take(), tx, stats);
         }
     }
+    finish(records, builder, tx, stats);
+}
+
+/// Drains every CPU's perf buffer (the consumer position moves once per buffer).
+fn drain_perf(buffers: &mut [PerfEventArrayBuffer<MapData>], builder: &mut BatchBuilder, tx: &Sender<Batch>, stats: &RingStats) {
+    let mut records = 0u64;
+    for buf in buffers {
+        buf.for_each(|event| match event {
+            PerfEvent::Sample { head, tail } => {
+                builder.push_split(head, tail);
+                records += 1;
+                if builder.is_full() {
+                    send(builder.take(), tx, stats);
+                }
+            }
+            PerfEvent::Lost { count } => {
+                stats.kernel_lost.fetch_add(count, Relaxed);
+            }
+        });
+    }
+    finish(records, builder, tx, stats);
+}
+
+fn finish(records: u64, builder: &mut BatchBuilder, tx: &Sender<Batch>, stats: &RingStats) {
     if !builder.is_empty() {
         send(builder.take(), tx, stats);
     }

@@ -12,7 +12,8 @@ pub struct StaticMap {
 }
 
 impl StaticMap {
-    /// A table; inputs missing from it are dropped unless `allow_unknown`.
+    /// A table; inputs missing from it become `unknown:<input>`, or stay as they are
+    /// with `allow_unknown`.
     pub fn new(map: &BTreeMap<String, String>, allow_unknown: bool) -> Self {
         Self {
             map: map.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect(),
@@ -23,11 +24,11 @@ impl StaticMap {
 
 impl Decoder for StaticMap {
     fn decode(&self, input: &[u8]) -> Result<Vec<u8>, DecodeError> {
-        match self.map.get(input) {
-            Some(v) => Ok(v.clone()),
-            None if self.allow_unknown => Ok(input.to_vec()),
-            None => Err(DecodeError::Dropped),
-        }
+        Ok(match self.map.get(input) {
+            Some(v) => v.clone(),
+            None if self.allow_unknown => input.to_vec(),
+            None => [b"unknown:", input].concat(),
+        })
     }
 }
 
@@ -36,10 +37,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn maps_and_drops() {
+    fn maps_and_marks_unknown() {
         let table: BTreeMap<String, String> = [("1".to_string(), "read".to_string())].into();
         assert_eq!(StaticMap::new(&table, false).decode(b"1").unwrap(), b"read");
-        assert_eq!(StaticMap::new(&table, false).decode(b"2"), Err(DecodeError::Dropped));
+        assert_eq!(StaticMap::new(&table, false).decode(b"2").unwrap(), b"unknown:2");
         assert_eq!(StaticMap::new(&table, true).decode(b"2").unwrap(), b"2");
     }
 }

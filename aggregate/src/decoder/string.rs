@@ -2,7 +2,7 @@
 
 use super::{DecodeError, Decoder};
 
-/// Text up to the first NUL.
+/// Text up to the first NUL; must be UTF-8.
 #[derive(Debug)]
 pub struct CString;
 

@@ -1,0 +1,220 @@
+//! Event streams: a ring's record layout and the metrics read from each record.
+
+use std::sync::Arc;
+
+use crate::{
+    buckets,
+    config::{FieldConfig, LabelConfig, MetricConfig, MetricsConfig, RingConfig},
+    decoder::{Chain, Context},
+    invalid,
+    program::metrics,
+    registry::{Family, Registry, MAX_KEY},
+    ConfigError,
+};
+
+/// A field's place in a record.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Span {
+    pub offset: usize,
+    pub size: usize,
+}
+
+impl Span {
+    /// Reads an unsigned integer of 1, 2, 4 or 8 bytes (checked at compile time).
+    #[inline]
+    pub fn uint(self, record: &[u8]) -> u64 {
+        let b = &record[self.offset..self.offset + self.size];
+        match self.size {
+            1 => u64::from(b[0]),
+            2 => u64::from(u16::from_ne_bytes([b[0], b[1]])),
+            4 => u64::from(u32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
+            _ => u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+        }
+    }
+
+    pub fn bytes(self, record: &[u8]) -> &[u8] {
+        &record[self.offset..self.offset + self.size]
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct LabelPlan {
+    pub span: Span,
+    pub chain: Chain,
+}
+
+#[derive(Debug)]
+pub(crate) struct MetricPlan {
+    pub family: Arc<Family>,
+    pub value: Option<Span>,
+    /// Histogram bounds in the value field's raw unit; empty for counters.
+    pub raw_bounds: Box<[u64]>,
+    pub labels: Vec<LabelPlan>,
+}
+
+/// Where a stream's records come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A `BPF_MAP_TYPE_RINGBUF`.
+    RingBuf,
+    /// A `BPF_MAP_TYPE_PERF_EVENT_ARRAY` (one buffer per CPU).
+    PerfEventArray,
+}
+
+/// Everything the aggregate stage needs to turn one ring's records into series.
+#[derive(Debug)]
+pub struct StreamPlan {
+    /// Map the records come from.
+    pub ring: String,
+    /// Kind of that map.
+    pub source: Source,
+    /// Bytes a record must have at least.
+    pub record_size: usize,
+    pub(crate) cgroup: Option<Span>,
+    pub(crate) metrics: Vec<MetricPlan>,
+}
+
+impl StreamPlan {
+    /// Compiles ring `ri` with the metrics that read it.
+    pub(crate) fn compile(
+        ring: &RingConfig,
+        all: &MetricsConfig,
+        registry: &Registry,
+        ctx: &Context,
+        at: &str,
+        ri: usize,
+    ) -> Result<Self, ConfigError> {
+        let ring_at = format!("{at}rings[{ri}]");
+        let fields = layout(&ring.fields, &ring_at)?;
+        let field = |name: &str, at: String| {
+            fields.iter().find(|(n, _)| n == name).map(|(_, s)| *s).ok_or_else(|| {
+                let known: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+                invalid(at, format!("no field {name:?} in ring {:?} (fields: {})", ring.name, known.join(", ")))
+            })
+        };
+        let cgroup = match &ring.cgroup_field {
+            Some(name) => {
+                let s = field(name, format!("{ring_at}.cgroup_field"))?;
+                if s.size != 8 {
+                    return Err(invalid(format!("{ring_at}.cgroup_field"), format!("{name:?} is {} bytes; a cgroup id has 8", s.size)));
+                }
+                Some(s)
+            }
+            None => None,
+        };
+        let mut plans = Vec::new();
+        for (m_at, m, histogram) in metrics(all, at).filter(|(_, m, _)| m.ring.as_ref() == Some(&ring.name)) {
+            let labels = m
+                .labels
+                .iter()
+                .enumerate()
+                .map(|(li, l)| {
+                    let l_at = format!("{m_at}.labels[{li}]");
+                    if l.size.is_some() || l.padding != 0 || l.reuse {
+                        return Err(invalid(format!("{l_at}.size"), "labels of ring metrics name a field; size, padding and reuse are for tables"));
+                    }
+                    let name = l.field.as_deref().ok_or_else(|| invalid(format!("{l_at}.field"), "required: the record field this label reads"))?;
+                    Ok((field(name, format!("{l_at}.field"))?, l, l_at))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let value = m.value.as_ref().map(|v| field(&v.field, format!("{m_at}.value.field"))).transpose()?;
+            plans.push(MetricPlan::compile(m, histogram, value, labels, true, registry, ctx, &m_at)?);
+        }
+        Ok(Self {
+            ring: ring.name.clone(),
+            source: Source::RingBuf,
+            record_size: fields.iter().map(|(_, s)| s.offset + s.size).max().unwrap_or(0),
+            cgroup,
+            metrics: plans,
+        })
+    }
+
+    /// A cloudflare-style `perf_event_array` counter: each event is a key laid out like
+    /// the labels, counted once, with no pod labels added (the config's labels only).
+    pub(crate) fn compile_perf_counter(m: &MetricConfig, registry: &Registry, ctx: &Context, m_at: &str) -> Result<Self, ConfigError> {
+        let spans = crate::table::key_layout(&m.labels, m_at)?;
+        let labels = spans
+            .iter()
+            .zip(&m.labels)
+            .enumerate()
+            .map(|(li, (s, l))| (*s, l, format!("{m_at}.labels[{li}]")))
+            .collect();
+        let plan = MetricPlan::compile(m, false, None, labels, false, registry, ctx, m_at)?;
+        Ok(Self {
+            ring: m.name.clone(),
+            source: Source::PerfEventArray,
+            record_size: spans.iter().map(|s| s.offset + s.size).max().unwrap_or(0),
+            cgroup: None,
+            metrics: vec![plan],
+        })
+    }
+
+    /// The cgroup id a record carries (0 when the ring has no cgroup field or the
+    /// record is short).
+    #[inline]
+    pub fn cgroup_id(&self, record: &[u8]) -> u64 {
+        match self.cgroup {
+            Some(s) if record.len() >= self.record_size => s.uint(record),
+            _ => 0,
+        }
+    }
+}
+
+/// Offsets of a record's fields, in order.
+fn layout(fields: &[FieldConfig], at: &str) -> Result<Vec<(String, Span)>, ConfigError> {
+    let mut out: Vec<(String, Span)> = Vec::new();
+    let mut offset = 0;
+    for (fi, f) in fields.iter().enumerate() {
+        if f.size == 0 {
+            return Err(invalid(format!("{at}.fields[{fi}].size"), "must be at least 1"));
+        }
+        if out.iter().any(|(n, _)| *n == f.name) {
+            return Err(invalid(format!("{at}.fields[{fi}].name"), format!("{:?} is defined twice", f.name)));
+        }
+        out.push((f.name.clone(), Span { offset, size: f.size }));
+        offset += f.size;
+    }
+    Ok(out)
+}
+
+impl MetricPlan {
+    #[allow(clippy::too_many_arguments)]
+    fn compile(
+        m: &MetricConfig,
+        histogram: bool,
+        value: Option<Span>,
+        labels: Vec<(Span, &LabelConfig, String)>,
+        pod_labels: bool,
+        registry: &Registry,
+        ctx: &Context,
+        m_at: &str,
+    ) -> Result<Self, ConfigError> {
+        if let (Some(v), Some(s)) = (&m.value, value) {
+            if !matches!(s.size, 1 | 2 | 4 | 8) {
+                return Err(invalid(format!("{m_at}.value.field"), format!("{:?} is {} bytes; values are 1, 2, 4 or 8 byte unsigned integers", v.field, s.size)));
+            }
+            if !(v.scale.is_finite() && v.scale > 0.0) {
+                return Err(invalid(format!("{m_at}.value.scale"), "must be a positive number"));
+            }
+        }
+        if histogram && value.is_none() {
+            return Err(invalid(format!("{m_at}.value"), "histograms of ring records need a value field"));
+        }
+        let scale = m.value.as_ref().map_or(1.0, |v| v.scale);
+        let bounds = if histogram { buckets::layout(m, m_at)?.bounds } else { Vec::new() };
+        let raw_bounds = buckets::raw_bounds(&bounds, scale).into_boxed_slice();
+        let key_len: usize = labels.iter().map(|(s, _, _)| s.size).sum();
+        if key_len > MAX_KEY {
+            return Err(invalid(format!("{m_at}.labels"), format!("label fields total {key_len} bytes; at most {MAX_KEY}")));
+        }
+        let names = m.labels.iter().map(|l| l.name.clone()).collect();
+        let labels = labels
+            .into_iter()
+            .map(|(span, l, l_at)| Ok(LabelPlan { span, chain: Chain::build(&l.decoders, span.size, &l_at, ctx)? }))
+            .collect::<Result<_, ConfigError>>()?;
+        let family = registry
+            .register(&m.name, &m.help, histogram, bounds, scale, names, pod_labels)
+            .map_err(|reason| invalid(format!("{m_at}.name"), reason))?;
+        Ok(Self { family, value, raw_bounds, labels })
+    }
+}

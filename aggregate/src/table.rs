@@ -1,0 +1,198 @@
+//! Tables: metrics read straight from BPF maps at scrape time, in cloudflare/ebpf_exporter's
+//! format. The map named like the metric has keys laid out as the labels (`size` +
+//! `padding` each, `reuse` to read the previous bytes again) and u64 values (summed over
+//! CPUs for per-CPU maps). A histogram's last label is the bucket key; the key one past
+//! the last bucket holds the sum.
+
+use std::{
+    collections::BTreeMap,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+};
+
+use crate::{
+    buckets::{self, Layout},
+    config::{LabelConfig, MetricConfig},
+    decoder::{Chain, Context, DecodeError},
+    exposition::{self, format_float},
+    invalid,
+    registry::{sorted_order, Registry},
+    stream::Span,
+    ConfigError,
+};
+
+/// Offsets of a map key's labels.
+pub(crate) fn key_layout(labels: &[LabelConfig], at: &str) -> Result<Vec<Span>, ConfigError> {
+    let mut spans: Vec<Span> = Vec::new();
+    let mut cursor = 0;
+    for (i, l) in labels.iter().enumerate() {
+        let l_at = format!("{at}.labels[{i}]");
+        if l.field.is_some() {
+            return Err(invalid(format!("{l_at}.field"), "labels of map-based metrics take size (and padding), not field; set ring to read a ring"));
+        }
+        let size = l.size.filter(|&s| s > 0).ok_or_else(|| invalid(format!("{l_at}.size"), "required: bytes of the map key this label takes"))?;
+        let offset = match (l.reuse, spans.last()) {
+            (true, Some(prev)) => prev.offset,
+            (true, None) => return Err(invalid(format!("{l_at}.reuse"), "the first label has no previous bytes to reuse")),
+            (false, _) => cursor,
+        };
+        spans.push(Span { offset, size });
+        cursor = cursor.max(offset + size + l.padding);
+    }
+    Ok(spans)
+}
+
+#[derive(Debug)]
+struct Label {
+    span: Span,
+    chain: Chain,
+    errors: AtomicU64,
+}
+
+/// A compiled map-based metric.
+#[derive(Debug)]
+pub struct TablePlan {
+    /// Map to read (the metric's name).
+    pub map: String,
+    /// Bytes a key must have: the labels' sizes and padding.
+    pub key_size: usize,
+    name: String,
+    help: String,
+    labels: Vec<Label>,
+    sorted_names: Vec<String>,
+    order: Vec<usize>,
+    /// Histograms: the bucket key's place and the bucket layout.
+    bucket: Option<(Span, Layout, f64)>,
+    malformed: AtomicU64,
+}
+
+/// One series being summed from map entries.
+#[derive(Default)]
+struct Row {
+    counts: Vec<u64>,
+    sum: u64,
+}
+
+impl TablePlan {
+    pub(crate) fn compile(m: &MetricConfig, histogram: bool, registry: &Registry, ctx: &Context, at: &str) -> Result<Self, ConfigError> {
+        if m.value.is_some() {
+            return Err(invalid(format!("{at}.value"), "map-based metrics take their value from the map; value is for ring metrics"));
+        }
+        let spans = key_layout(&m.labels, at)?;
+        let key_size = m.labels.iter().zip(&spans).map(|(l, s)| s.offset + s.size + l.padding).max().unwrap_or(0);
+        let mut bucket = None;
+        let mut label_configs = &m.labels[..];
+        if histogram {
+            let layout = buckets::layout(m, at)?;
+            let Some((last, rest)) = spans.split_last() else {
+                return Err(invalid(format!("{at}.labels"), "a map-based histogram's last label is its bucket key; there is none"));
+            };
+            if !matches!(last.size, 1 | 2 | 4 | 8) {
+                return Err(invalid(format!("{at}.labels[{}].size", rest.len()), format!("the bucket key is an unsigned integer of 1, 2, 4 or 8 bytes, not {}", last.size)));
+            }
+            if layout.keys.iter().any(|k| *k < 0.0 || k.fract() != 0.0) {
+                return Err(invalid(format!("{at}.bucket_keys"), "map bucket keys are non-negative integers"));
+            }
+            bucket = Some((*last, layout, m.bucket_multiplier.unwrap_or(1.0)));
+            label_configs = &m.labels[..rest.len()];
+        } else if m.perf_event_array {
+            unreachable!("perf event array counters are streams");
+        }
+        let labels = label_configs
+            .iter()
+            .zip(&spans)
+            .enumerate()
+            .map(|(i, (l, span))| {
+                Ok(Label {
+                    span: *span,
+                    chain: Chain::build(&l.decoders, span.size, &format!("{at}.labels[{i}]"), ctx)?,
+                    errors: AtomicU64::new(0),
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        let names: Vec<String> = label_configs.iter().map(|l| l.name.clone()).collect();
+        let name = registry.claim(&m.name, &names).map_err(|reason| invalid(format!("{at}.name"), reason))?;
+        let order = sorted_order(&names);
+        Ok(Self {
+            map: m.name.clone(),
+            key_size,
+            name,
+            help: m.help.clone(),
+            labels,
+            sorted_names: order.iter().map(|&i| names[i].clone()).collect(),
+            order,
+            bucket,
+            malformed: AtomicU64::new(0),
+        })
+    }
+
+    /// Appends the exposition of the map's current entries (key bytes, value).
+    pub fn render(&self, entries: &[(Vec<u8>, u64)], out: &mut String) {
+        let buckets = self.bucket.as_ref().map_or(0, |(_, l, _)| l.keys.len() + 1);
+        let mut rows: BTreeMap<Vec<String>, Row> = BTreeMap::new();
+        'entry: for (key, value) in entries {
+            if key.len() != self.key_size {
+                self.malformed.fetch_add(1, Relaxed);
+                continue;
+            }
+            let mut values = Vec::with_capacity(self.labels.len());
+            for l in &self.labels {
+                match l.chain.decode(l.span.bytes(key)) {
+                    Ok(v) => values.push(v),
+                    Err(DecodeError::Dropped) => continue 'entry,
+                    Err(DecodeError::Invalid(_)) => {
+                        l.errors.fetch_add(1, Relaxed);
+                        continue 'entry;
+                    }
+                }
+            }
+            let sorted: Vec<String> = self.order.iter().map(|&i| std::mem::take(&mut values[i])).collect();
+            let row = rows.entry(sorted).or_insert_with(|| Row { counts: vec![0; buckets], sum: 0 });
+            match &self.bucket {
+                None => row.sum += value,
+                Some((span, layout, _)) => {
+                    let k = span.uint(key) as f64;
+                    if k == layout.sum_key() {
+                        row.sum += value;
+                    } else {
+                        // Keys below the first bucket count there; above the last, in +Inf.
+                        let i = layout.keys.partition_point(|&b| b < k);
+                        row.counts[i] += value;
+                    }
+                }
+            }
+        }
+        if rows.is_empty() {
+            return;
+        }
+        let kind = if self.bucket.is_some() { "histogram" } else { "counter" };
+        exposition::header(out, &self.name, &self.help, kind);
+        let bounds: Vec<String> = self.bucket.as_ref().map(|(_, l, _)| l.bounds.iter().map(|&b| format_float(b)).collect()).unwrap_or_default();
+        for (values, row) in rows {
+            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+            match &self.bucket {
+                None => exposition::sample(out, &self.name, &self.sorted_names, &values, &row.sum.to_string()),
+                Some((_, _, mult)) => {
+                    exposition::histogram(out, &self.name, &self.sorted_names, &values, &bounds, &row.counts, buckets::scaled(row.sum, *mult))
+                }
+            }
+        }
+    }
+
+    /// Exported metric name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Decode errors so far, per label name (the bucket label excluded).
+    pub fn decode_errors(&self) -> Vec<(&str, u64)> {
+        let names = self.order.iter().zip(&self.sorted_names).map(|(&i, n)| (i, n.as_str()));
+        let mut out: Vec<(usize, &str)> = names.collect();
+        out.sort();
+        out.into_iter().map(|(i, n)| (n, self.labels[i].errors.load(Relaxed))).collect()
+    }
+
+    /// Entries whose key size did not match the labels.
+    pub fn malformed(&self) -> u64 {
+        self.malformed.load(Relaxed)
+    }
+}

@@ -1,0 +1,114 @@
+//! Reads whole BPF hash and array maps for map-based metrics ("tables").
+//!
+//! Keys have whatever size the config's labels describe, so aya's typed maps (sized
+//! keys) do not fit: entries are walked with `BPF_MAP_GET_NEXT_KEY` and read with
+//! `BPF_MAP_LOOKUP_ELEM` on raw byte buffers. Values are u64 counters (u32 accepted);
+//! per-CPU maps are summed over CPUs.
+
+use std::os::fd::{AsFd, AsRawFd};
+
+use aya::maps::{Map, MapData};
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+
+/// The `bpf_attr` member these two commands use.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value_or_next_key: u64,
+    flags: u64,
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut ElemAttr) -> std::io::Result<()> {
+    // SAFETY: attr is a valid, fully initialized bpf_attr prefix of the given size whose
+    // pointers refer to live buffers of the map's key and value sizes.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut ElemAttr, std::mem::size_of::<ElemAttr>()) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// The map's data and whether it is per-CPU; other map types are not tables.
+pub(crate) fn table_data(m: &Map) -> Option<(&MapData, bool)> {
+    Some(match m {
+        Map::HashMap(d) | Map::LruHashMap(d) | Map::Array(d) => (d, false),
+        Map::PerCpuHashMap(d) | Map::PerCpuLruHashMap(d) | Map::PerCpuArray(d) => (d, true),
+        _ => return None,
+    })
+}
+
+/// The map's data, for info queries.
+pub(crate) fn map_data(m: &Map) -> &MapData {
+    match m {
+        Map::RingBuf(d) | Map::PerfEventArray(d) => d,
+        other => table_data(other).map(|(d, _)| d).expect("map kinds used by the exporter"),
+    }
+}
+
+/// Number of possible CPUs: the stride count of per-CPU values.
+fn possible_cpus() -> Result<usize, String> {
+    aya::util::nr_cpus().map_err(|(what, e)| format!("{what}: {e}"))
+}
+
+/// All entries of a table map as (key bytes, value).
+pub(crate) fn read(m: &Map) -> Result<Vec<(Vec<u8>, u64)>, String> {
+    let (data, per_cpu) = table_data(m).ok_or("not a hash or array map; tables read those")?;
+    let info = data.info().map_err(|e| e.to_string())?;
+    let (key_size, value_size) = (info.key_size() as usize, info.value_size() as usize);
+    if value_size != 8 && value_size != 4 {
+        return Err(format!("values are {value_size} bytes; table values are u64 (or u32) counters"));
+    }
+    let stride = value_size.next_multiple_of(8);
+    let cpus = if per_cpu { possible_cpus()? } else { 1 };
+    let fd = data.fd().as_fd().as_raw_fd() as u32;
+    let mut out = Vec::new();
+    let mut key = vec![0u8; key_size];
+    let mut next = vec![0u8; key_size];
+    let mut value = vec![0u8; if per_cpu { stride * cpus } else { value_size }];
+    let mut first = true;
+    loop {
+        let mut attr = ElemAttr {
+            map_fd: fd,
+            key: if first { 0 } else { key.as_ptr() as u64 },
+            value_or_next_key: next.as_mut_ptr() as u64,
+            ..ElemAttr::default()
+        };
+        match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) => return Err(format!("BPF_MAP_GET_NEXT_KEY: {e}")),
+        }
+        first = false;
+        std::mem::swap(&mut key, &mut next);
+        let mut attr = ElemAttr {
+            map_fd: fd,
+            key: key.as_ptr() as u64,
+            value_or_next_key: value.as_mut_ptr() as u64,
+            ..ElemAttr::default()
+        };
+        match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+            Ok(()) => {}
+            // Deleted between the two calls: skip it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(format!("BPF_MAP_LOOKUP_ELEM: {e}")),
+        }
+        let total = (0..cpus)
+            .map(|cpu| {
+                let v = &value[cpu * stride..cpu * stride + value_size];
+                if value_size == 8 {
+                    u64::from_ne_bytes(v.try_into().unwrap())
+                } else {
+                    u64::from(u32::from_ne_bytes(v.try_into().unwrap()))
+                }
+            })
+            .fold(0u64, u64::wrapping_add);
+        out.push((key.clone(), total));
+    }
+    Ok(out)
+}
