@@ -36,6 +36,7 @@ pub struct Config {
     #[serde(default)]
     pub pipeline: Pipeline,
     /// Programs by name: an object and the metrics built from it.
+    #[serde(default)]
     pub programs: BTreeMap<String, Program>,
 }
 
@@ -153,6 +154,8 @@ pub struct Pipeline {
     pub ring_bytes: u32,
     /// Unread bytes at which a program wakes the reader (default: a quarter ring).
     pub wakeup_bytes: Option<u64>,
+    /// Pages (4 KiB) per CPU of each perf event array buffer.
+    pub perf_pages: usize,
 }
 
 impl Default for Pipeline {
@@ -163,24 +166,48 @@ impl Default for Pipeline {
             drain_interval_ms: 10,
             ring_bytes: 4 * 1024 * 1024,
             wakeup_bytes: None,
+            perf_pages: 64,
         }
     }
 }
 
-/// One program.
+/// One program: the config of one object, as in cloudflare/ebpf_exporter's
+/// `<name>.yaml` plus our `rings` and `object`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Program {
-    /// A built-in object's name or a path to a `.bpf.o`; default: the built-in object
+    /// A built-in object's name or a path to a `.bpf.o` (relative to the config);
+    /// default: `<name>.bpf.o` beside a config dir's file, else the built-in object
     /// named like the program.
     #[serde(default)]
     pub object: Option<String>,
     /// Ring buffers read, with their record layouts.
     #[serde(default)]
     pub rings: Vec<RingConfig>,
-    /// Metrics built from the rings.
+    /// Metrics built from rings and maps.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Kernel symbols whose addresses are set in the object's `kaddr_<symbol>` globals.
+    #[serde(default)]
+    pub kaddrs: Vec<String>,
+    /// The reference exporter's OpenTelemetry tracing section: accepted, not supported.
+    #[serde(default)]
+    pub tracing: Option<serde_yaml_ng::Value>,
+}
+
+impl Program {
+    /// Reads `<dir>/<name>.yaml` (a cloudflare/ebpf_exporter config file).
+    ///
+    /// # Errors
+    /// The file is missing, is not YAML, or has unknown keys or wrong values: the
+    /// message names the file, the key and the reason.
+    pub fn load(path: &Path) -> Result<Self> {
+        std::fs::metadata(path).with_context(|| format!("config file {}", path.display()))?;
+        Figment::from(Yaml::file_exact(path)).extract().map_err(|e| {
+            let errors: Vec<String> = e.into_iter().map(|e| describe(&e)).collect();
+            anyhow::anyhow!("invalid config in {}:\n  {}", path.display(), errors.join("\n  "))
+        })
+    }
 }
 
 impl Config {

@@ -1,31 +1,33 @@
 //! kube-ebpf-exporter: eBPF programs in, Prometheus metrics with pod labels out.
 //!
 //! Flow: bpf (kernel programs) → ingest (ring readers) → enrich (cgroup → pod) →
-//! aggregate (series) → HTTP exposition. This file parses flags and config, builds
-//! each stage, and serves `/metrics` and `/healthz`.
+//! aggregate (series) → HTTP exposition. This file parses flags and config, starts
+//! each program, wires the stages and serves `/metrics` and `/healthz`.
 
 mod config;
 mod pipeline;
+mod programs;
 mod telemetry;
 
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use aggregate::{Registry, StreamPlan, StreamStats};
-use anyhow::{bail, Context, Result};
+use aggregate::{decoder::Context, Registry, Source as StreamSource, StreamStats};
+use anyhow::{bail, Context as _, Result};
 use axum::{extract::State, http::header, response::IntoResponse, routing::get, Router};
 use clap::Parser;
 use enrich::{CgroupFs, Enricher, PodLogs};
-use ingest::{LoadOptions, LoadedObject, RingReader};
+use ingest::RingReader;
 use tokio::sync::watch;
 
 use crate::{
-    config::Config,
+    config::{Config, Program},
     pipeline::{EnrichStats, Stream},
+    programs::{Failure, Running, Setup, Source},
     telemetry::Telemetry,
 };
 
@@ -33,12 +35,34 @@ use crate::{
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// YAML config file; without it the embedded default config runs.
+    /// YAML config file; without it (and without --config.dir) the embedded default runs.
     #[arg(long = "config.file", value_name = "PATH")]
     config_file: Option<PathBuf>,
+    /// Directory of `<name>.yaml` configs, each beside its compiled `<name>.bpf.o`.
+    #[arg(long = "config.dir", value_name = "DIR")]
+    config_dir: Option<PathBuf>,
+    /// Comma-separated config names to run from --config.dir (default: every .yaml).
+    #[arg(long = "config.names", value_name = "NAMES", value_delimiter = ',')]
+    config_names: Vec<String>,
+    /// Load and attach every config, report each, and exit (non-zero if any failed).
+    #[arg(long = "config.check")]
+    config_check: bool,
+    /// Stop at the first config that fails, instead of skipping it and reporting it
+    /// in ebpf_exporter_config_failed.
+    #[arg(long = "config.strict")]
+    config_strict: bool,
     /// Address to serve metrics on (`host:port` or `:port`); overrides the config.
     #[arg(long = "web.listen-address", value_name = "ADDR")]
     listen_address: Option<String>,
+    /// Path of the metrics page; overrides the config.
+    #[arg(long = "web.telemetry-path", value_name = "PATH")]
+    telemetry_path: Option<String>,
+    /// External kernel BTF, for kernels without /sys/kernel/btf/vmlinux.
+    #[arg(long = "btf.path", value_name = "PATH")]
+    btf_path: Option<PathBuf>,
+    /// Value of the node_id label (default: $NODE_NAME, else the hostname).
+    #[arg(long = "node-id", env = "NODE_ID", value_name = "NAME")]
+    node_id: Option<String>,
     /// The kubelet's pod log directory; overrides the config.
     #[arg(long = "kubelet.pod-logs-dir", value_name = "DIR")]
     pod_logs_dir: Option<String>,
@@ -61,116 +85,133 @@ fn node_id(config: &Config) -> String {
             return n;
         }
     }
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "unknown".into())
 }
 
-fn object_bytes(program: &str, object: Option<&str>, base: Option<&Path>) -> Result<Vec<u8>> {
-    let name = object.unwrap_or(program);
-    if let Some(o) = bpf_programs::find(name) {
-        return Ok(o.bytes.to_vec());
+/// Every program to run: the main config's, then the config dir's.
+fn program_sources(args: &Args, config: &mut Config, source: &str) -> Result<Vec<(Source, Result<Program, Failure>)>> {
+    let mut out = Vec::new();
+    if args.config_dir.is_none() || args.config_file.is_some() {
+        for (name, program) in std::mem::take(&mut config.programs) {
+            out.push((Source::inline(&name, &program, args.config_file.as_deref(), source), Ok(program)));
+        }
     }
-    let path = match base {
-        Some(dir) if Path::new(name).is_relative() => dir.join(name),
-        _ => PathBuf::from(name),
-    };
-    std::fs::read(&path).with_context(|| {
-        let builtin: Vec<&str> = bpf_programs::OBJECTS.iter().map(|o| o.name).collect();
-        format!(
-            "programs.{program}.object: {name:?} is neither a built-in object ({}) nor a readable file {}",
-            builtin.join(", "),
-            path.display()
-        )
-    })
+    if let Some(dir) = &args.config_dir {
+        let mut names = args.config_names.clone();
+        if names.is_empty() {
+            let entries = std::fs::read_dir(dir).with_context(|| format!("--config.dir {}", dir.display()))?;
+            names = entries
+                .filter_map(|e| e.ok()?.file_name().into_string().ok()?.strip_suffix(".yaml").map(str::to_string))
+                .collect();
+            names.sort();
+        }
+        for name in names {
+            let loaded = Program::load(&dir.join(format!("{name}.yaml")))
+                .map_err(|e| Failure { name: name.clone(), stage: programs::Stage::Config, message: format!("{e:#}") });
+            let src = match &loaded {
+                Ok(p) => Source::dir(dir, &name, p),
+                Err(_) => Source { name: name.clone(), at: String::new(), object: programs::Object::File(PathBuf::new()) },
+            };
+            out.push((src, loaded));
+        }
+    }
+    Ok(out)
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let mut config = Config::load(args.config_file.as_deref())?;
-    if let Some(a) = args.listen_address {
-        config.web.listen_address = a;
+    if let Some(a) = &args.listen_address {
+        config.web.listen_address.clone_from(a);
     }
-    if let Some(d) = args.pod_logs_dir {
-        config.kubernetes.pod_logs_dir = d;
+    if let Some(p) = &args.telemetry_path {
+        config.web.telemetry_path.clone_from(p);
     }
-    if let Some(d) = args.container_logs_dir {
-        config.kubernetes.container_logs_dir = d;
+    if let Some(n) = &args.node_id {
+        config.node_id = Some(n.clone());
     }
-    let source = args
-        .config_file
-        .as_ref()
-        .map_or("embedded default config".to_string(), |p| p.display().to_string());
-    let addr = listen_addr(&config.web.listen_address)
-        .with_context(|| format!("{source}: web.listen_address"))?;
-    let telemetry = Telemetry::install()?;
+    if let Some(d) = &args.pod_logs_dir {
+        config.kubernetes.pod_logs_dir.clone_from(d);
+    }
+    if let Some(d) = &args.container_logs_dir {
+        config.kubernetes.container_logs_dir.clone_from(d);
+    }
+    let source = args.config_file.as_ref().map_or("embedded default config".to_string(), |p| p.display().to_string());
+    let addr = listen_addr(&config.web.listen_address).with_context(|| format!("{source}: web.listen_address"))?;
+    if !config.web.telemetry_path.starts_with('/') || config.web.telemetry_path == "/healthz" {
+        bail!("{source}: web.telemetry_path: {:?} must start with / and not be /healthz", config.web.telemetry_path);
+    }
+    let btf = match &args.btf_path {
+        Some(p) => Some(Arc::new(
+            ingest::Btf::parse_file(p, Default::default()).with_context(|| format!("--btf.path {}", p.display()))?,
+        )),
+        None => None,
+    };
 
-    // Compile every program's metrics before touching the kernel: config errors first.
     let node = node_id(&config);
-    let registry = Arc::new(Registry::new((&config.kubernetes.labels).into(), node.clone()));
-    let mut compiled = Vec::new();
-    for (name, program) in &config.programs {
-        let at = format!("{source}: programs.{name}.");
-        let plans = StreamPlan::compile_all(&program.rings, &program.metrics, &registry, &at)?;
-        let bytes = object_bytes(name, program.object.as_deref(), args.config_file.as_deref().and_then(Path::parent))?;
-        compiled.push((name.clone(), plans, bytes));
-    }
-
     let cgroups = CgroupFs::discover().context("enrich: cgroup v2 hierarchy")?;
     let pods = PodLogs::new(&config.kubernetes.pod_logs_dir, &config.kubernetes.container_logs_dir);
     let enricher = Arc::new(Enricher::new(cgroups, pods));
+    let registry = Arc::new(Registry::new((&config.kubernetes.labels).into(), node.clone()));
+    let decoders = Context::new(Some(enricher.clone()));
+    let sources = program_sources(&args, &mut config, &source)?;
+    let setup = Setup { registry: &registry, decoders: &decoders, pipeline: &config.pipeline, btf };
 
+    let mut running: Vec<Running> = Vec::new();
+    let mut failures: Vec<Failure> = Vec::new();
+    for (src, program) in sources {
+        match program.and_then(|p| setup.start(&src, &p)) {
+            Ok(r) => running.push(r),
+            Err(f) if args.config_strict => bail!("config {} failed ({}): {}", f.name, f.stage.as_str(), f.message),
+            Err(f) => {
+                tracing::error!(config = %f.name, stage = f.stage.as_str(), "skipping config: {}", f.message);
+                failures.push(f);
+            }
+        }
+    }
+    if args.config_check {
+        for r in &running {
+            println!("ok      {}: {} program(s) attached", r.name, r.object.attached().len());
+        }
+        for f in &failures {
+            println!("FAILED  {} ({}): {}", f.name, f.stage.as_str(), f.message);
+        }
+        std::process::exit(i32::from(!failures.is_empty()));
+    }
+    if running.is_empty() {
+        let reasons: Vec<String> = failures.iter().map(|f| f.message.clone()).collect();
+        bail!("no config could be started; nothing to export:\n  {}", reasons.join("\n  "));
+    }
+
+    let telemetry = Telemetry::install()?;
     let p = &config.pipeline;
     let (tx, rx) = crossbeam_channel::bounded(p.queue_batches.max(1));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut streams = Vec::new();
-    let mut objects = Vec::new();
     let mut readers = Vec::new();
-    for (name, plans, bytes) in compiled {
-        let opts = LoadOptions {
-            rings: plans.iter().map(|p| p.ring.clone()).collect(),
-            ring_bytes: Some(p.ring_bytes),
-            wakeup_bytes: p.wakeup_bytes.unwrap_or(u64::from(p.ring_bytes) / 4),
-        };
-        let mut object = LoadedObject::load(&name, &bytes, &opts).map_err(|e| {
-            let hint = if unsafe { libc::geteuid() } != 0 { " (not running as root: loading BPF needs CAP_BPF, CAP_PERFMON and CAP_DAC_READ_SEARCH)" } else { "" };
-            anyhow::anyhow!("{source}: programs.{name}: {e}{hint}")
-        })?;
-        for (prog, point) in object.attached() {
-            tracing::info!(program = %name, function = %prog, at = %point, "attached");
-        }
-        for plan in plans {
-            let stream = streams.len() as u32;
-            let ring = object.take_ring(&plan.ring)?;
-            let reader = RingReader::new(
-                &format!("{name}/{}", plan.ring),
-                ring,
-                stream,
-                p.batch_bytes,
-                Duration::from_millis(p.drain_interval_ms.max(1)),
-            )?;
-            telemetry.add_ring(&name, &plan.ring, reader.stats());
+    let drain = Duration::from_millis(p.drain_interval_ms.max(1));
+    for r in &mut running {
+        for plan in std::mem::take(&mut r.plan.streams) {
+            let id = streams.len() as u32;
+            let label = format!("{}/{}", r.name, plan.ring);
+            let reader = match plan.source {
+                StreamSource::RingBuf => RingReader::new(&label, r.object.take_ring(&plan.ring)?, id, p.batch_bytes, drain)?,
+                StreamSource::PerfEventArray => {
+                    RingReader::perf(&label, r.object.take_perf_array(&plan.ring)?, p.perf_pages, id, p.batch_bytes, drain)?
+                }
+            };
+            telemetry.add_ring(&r.name, &plan.ring, reader.stats());
             readers.push(tokio::spawn(reader.run(tx.clone(), shutdown_rx.clone())));
-            streams.push(Stream {
-                program: name.clone(),
-                plan: Arc::new(plan),
-                stats: Arc::new(StreamStats::default()),
-            });
+            streams.push(Stream { program: r.name.clone(), plan: Arc::new(plan), stats: Arc::new(StreamStats::default()) });
         }
-        objects.push(object);
     }
     drop(tx);
-    if streams.is_empty() {
-        bail!("{source}: no program reads any ring; nothing to export");
-    }
     let streams = Arc::new(streams);
     let enrich_stats = Arc::new(EnrichStats::default());
     let worker = {
@@ -185,7 +226,8 @@ async fn main() -> Result<()> {
         telemetry,
         streams,
         enrich_stats,
-        objects: Mutex::new(objects),
+        running: Mutex::new(running),
+        failures,
     });
     let app = Router::new()
         .route(&config.web.telemetry_path, get(metrics))
@@ -218,16 +260,31 @@ struct AppState {
     telemetry: Telemetry,
     streams: Arc<Vec<Stream>>,
     enrich_stats: Arc<EnrichStats>,
-    objects: Mutex<Vec<LoadedObject>>,
+    running: Mutex<Vec<Running>>,
+    failures: Vec<Failure>,
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
-    let mut out = String::with_capacity(64 * 1024);
-    s.registry.render(&mut out);
-    {
-        let objects = s.objects.lock().unwrap_or_else(|e| e.into_inner());
-        s.telemetry.update(&objects, &s.streams, &s.enrich_stats, &s.registry);
-    }
-    out.push_str(&s.telemetry.render());
+    let out = tokio::task::spawn_blocking(move || {
+        let mut out = String::with_capacity(64 * 1024);
+        s.registry.render(&mut out);
+        let running = s.running.lock().unwrap_or_else(|e| e.into_inner());
+        for r in running.iter() {
+            for t in &r.plan.tables {
+                match r.object.read_table(&t.map) {
+                    Ok(entries) => t.render(&entries, &mut out),
+                    Err(e) => {
+                        tracing::warn!(config = %r.name, "{e}");
+                        s.telemetry.table_read_error(&r.name, &t.map);
+                    }
+                }
+            }
+        }
+        s.telemetry.update(&running, &s.failures, &s.streams, &s.enrich_stats, &s.registry);
+        out.push_str(&s.telemetry.render());
+        out
+    })
+    .await
+    .unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
 }

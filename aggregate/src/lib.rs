@@ -18,7 +18,7 @@ mod table;
 
 pub use exposition::format_float;
 pub use program::ProgramPlan;
-pub use registry::{KubeLabelNames, Registry, StreamAggregator, StreamStats};
+pub use registry::{DecodeFailures, KubeLabelNames, Registry, StreamAggregator, StreamStats};
 pub use stream::{Source, StreamPlan};
 pub use table::TablePlan;
 

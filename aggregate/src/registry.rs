@@ -18,6 +18,7 @@ use rustc_hash::FxHashMap;
 
 use crate::{
     buckets,
+    decoder::DecodeError,
     exposition::{self, format_float},
     stream::{MetricPlan, StreamPlan},
 };
@@ -85,9 +86,11 @@ pub(crate) struct Family {
     /// Label names in exposition (sorted) order, and where each value comes from.
     sorted_names: Vec<String>,
     order: Vec<usize>,
-    series: DashMap<SeriesKey, Option<Arc<Series>>>,
-    /// Events whose labels a decoder rejected or dropped.
-    pub decode_failures: AtomicU64,
+    series: DashMap<SeriesKey, Slot>,
+    /// Events left out because a filter decoder (`regexp`) dropped their labels.
+    filtered: AtomicU64,
+    /// Events left out because a label's decoder rejected its bytes, per config label.
+    invalid: Box<[AtomicU64]>,
 }
 
 /// All event-stream families, for registration and exposition, and the names of every
@@ -156,6 +159,7 @@ impl Registry {
         mut labels: Vec<String>,
         pod_labels: bool,
     ) -> Result<Arc<Family>, String> {
+        let config_labels = labels.len();
         if pod_labels {
             let k = &self.kube;
             labels.extend([k.namespace.clone(), k.pod.clone(), k.container.clone(), k.node.clone()]);
@@ -172,7 +176,8 @@ impl Registry {
             sorted_names: order.iter().map(|&i| labels[i].clone()).collect(),
             order,
             series: DashMap::new(),
-            decode_failures: AtomicU64::new(0),
+            filtered: AtomicU64::new(0),
+            invalid: (0..config_labels).map(|_| AtomicU64::new(0)).collect(),
         });
         self.families.lock().unwrap_or_else(|e| e.into_inner()).push(family.clone());
         Ok(family)
@@ -187,16 +192,57 @@ impl Registry {
         }
     }
 
-    /// Events left out by decoders, per metric name.
-    pub fn decode_failures(&self) -> Vec<(String, u64)> {
+    /// Events left out by decoders: per metric, (label, events its decoder rejected)
+    /// and events filtered out by design.
+    pub fn decode_failures(&self) -> Vec<DecodeFailures> {
         let families = self.families.lock().unwrap_or_else(|e| e.into_inner());
-        families.iter().map(|f| (f.name.clone(), f.decode_failures.load(Relaxed))).collect()
+        families
+            .iter()
+            .map(|f| DecodeFailures {
+                metric: f.name.clone(),
+                invalid: f
+                    .invalid
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (f.sorted_names[f.order.iter().position(|&o| o == i).unwrap()].clone(), n.load(Relaxed)))
+                    .collect(),
+                filtered: f.filtered.load(Relaxed),
+            })
+            .collect()
     }
+}
+
+/// Decoder outcomes of one stream metric.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeFailures {
+    /// Exported metric name.
+    pub metric: String,
+    /// Per config label: events whose bytes its decoders rejected.
+    pub invalid: Vec<(String, u64)>,
+    /// Events a filter decoder dropped.
+    pub filtered: u64,
+}
+
+/// What a series key resolves to.
+#[derive(Debug, Clone)]
+pub(crate) enum Slot {
+    Series(Arc<Series>),
+    /// A filter decoder dropped the labels.
+    Filtered,
+    /// The decoders of this config label rejected its bytes.
+    Invalid(usize),
 }
 
 impl Family {
     fn render(&self, out: &mut String) {
-        let mut series: Vec<Arc<Series>> = self.series.iter().filter_map(|e| e.value().clone()).collect();
+        let mut series: Vec<Arc<Series>> = self
+            .series
+            .iter()
+            .filter_map(|e| match e.value() {
+                Slot::Series(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect();
         if series.is_empty() {
             return;
         }
@@ -230,7 +276,7 @@ pub struct StreamStats {
 /// A worker's view of one stream: its plan and a lock-free local series cache.
 pub struct StreamAggregator {
     plan: Arc<StreamPlan>,
-    local: Vec<FxHashMap<SeriesKey, Option<Arc<Series>>>>,
+    local: Vec<FxHashMap<SeriesKey, Slot>>,
     stats: Arc<StreamStats>,
     node: String,
     records: u64,
@@ -282,9 +328,16 @@ impl StreamAggregator {
                     local.entry(key).or_insert(s)
                 }
             };
-            let Some(series) = series else {
-                m.family.decode_failures.fetch_add(1, Relaxed);
-                continue;
+            let series = match series {
+                Slot::Series(s) => s,
+                Slot::Filtered => {
+                    m.family.filtered.fetch_add(1, Relaxed);
+                    continue;
+                }
+                Slot::Invalid(label) => {
+                    m.family.invalid[*label].fetch_add(1, Relaxed);
+                    continue;
+                }
             };
             let raw = m.value.map_or(1, |v| v.uint(record));
             if m.family.histogram {
@@ -303,19 +356,21 @@ impl StreamAggregator {
 }
 
 /// The family's series for `key`, creating it (decoding its labels) on first sight.
-/// `None` marks keys whose labels a decoder rejects, so they are not decoded again.
+/// Keys whose labels a decoder rejects or filters are remembered as such, so they are
+/// not decoded again.
 #[cold]
-fn shared_series(m: &MetricPlan, key: SeriesKey, record: &[u8], pod: &PodLabels, node: &str) -> Option<Arc<Series>> {
+fn shared_series(m: &MetricPlan, key: SeriesKey, record: &[u8], pod: &PodLabels, node: &str) -> Slot {
     if let Some(s) = m.family.series.get(&key) {
         return s.clone();
     }
     let mut values = Vec::with_capacity(m.labels.len() + 4);
-    for l in &m.labels {
+    for (i, l) in m.labels.iter().enumerate() {
         match l.chain.decode(l.span.bytes(record)) {
             Ok(v) => values.push(v),
             Err(e) => {
                 tracing::debug!(metric = %m.family.name, error = %e, "label decode failed");
-                return m.family.series.entry(key).or_insert(None).clone();
+                let slot = if e == DecodeError::Dropped { Slot::Filtered } else { Slot::Invalid(i) };
+                return m.family.series.entry(key).or_insert(slot).clone();
             }
         }
     }
@@ -328,5 +383,5 @@ fn shared_series(m: &MetricPlan, key: SeriesKey, record: &[u8], pod: &PodLabels,
         buckets: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
         sum: AtomicU64::new(0),
     });
-    m.family.series.entry(key).or_insert(Some(series)).clone()
+    m.family.series.entry(key).or_insert(Slot::Series(series)).clone()
 }

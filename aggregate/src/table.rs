@@ -55,6 +55,8 @@ pub struct TablePlan {
     pub map: String,
     /// Bytes a key must have: the labels' sizes and padding.
     pub key_size: usize,
+    /// The metric's config path, for errors found later (key size against the map).
+    pub at: String,
     name: String,
     help: String,
     labels: Vec<Label>,
@@ -115,6 +117,7 @@ impl TablePlan {
         Ok(Self {
             map: m.name.clone(),
             key_size,
+            at: at.to_string(),
             name,
             help: m.help.clone(),
             labels,

@@ -131,7 +131,12 @@ fn decoder_failures_are_counted_not_exported() {
         agg.observe(&record(1, 10, 99, 1), &p); // family 99: inet_subnet rejects
     }
     let failures = registry.decode_failures();
-    assert!(failures.contains(&("ebpf_exporter_tcp_connect_latency_seconds".into(), 3)), "{failures:?}");
+    let want = crate::DecodeFailures {
+        metric: "ebpf_exporter_tcp_connect_latency_seconds".into(),
+        invalid: vec![("subnet".into(), 3)],
+        filtered: 0,
+    };
+    assert!(failures.contains(&want), "{failures:?}");
     let mut out = String::new();
     registry.render(&mut out);
     assert!(!out.contains("tcp_connect_latency_seconds_bucket"), "{out}");

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use aggregate::{
     config::{MetricsConfig, RingConfig},
-    KubeLabelNames, Registry, StreamPlan,
+    decoder::Context,
+    KubeLabelNames, ProgramPlan, Registry, StreamPlan,
 };
 
 /// Resident set size of this process in bytes (from /proc/self/statm).
@@ -26,8 +27,8 @@ pub fn tcp_connect_stream() -> (Arc<Registry>, Arc<StreamPlan>) {
     let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).unwrap();
     let program: Program = serde_yaml_ng::from_value(doc["programs"]["tcp_connect_latency"].clone()).unwrap();
     let registry = Arc::new(Registry::new(KubeLabelNames::default(), "bench".into()));
-    let plan = StreamPlan::compile_all(&program.rings, &program.metrics, &registry, "").unwrap();
-    (registry, Arc::new(plan.into_iter().next().unwrap()))
+    let plan = ProgramPlan::compile(&program.rings, &program.metrics, &registry, &Context::default(), "").unwrap();
+    (registry, Arc::new(plan.streams.into_iter().next().unwrap()))
 }
 
 /// One TCP connect record.

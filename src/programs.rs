@@ -1,0 +1,168 @@
+//! Turns program configs into running programs: compile metrics, find the object, load
+//! and attach it. A failure names the config and its stage; whether it stops startup
+//! is the caller's choice (`--config.strict`).
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use aggregate::{decoder::Context, ProgramPlan, Registry};
+use ingest::{Btf, LoadOptions, LoadedObject};
+
+use crate::config::{Pipeline, Program};
+
+/// Where a program's config came from, for messages and relative object paths.
+pub struct Source {
+    /// Program (config) name.
+    pub name: String,
+    /// Prefix of every error location (`<file>: ` or `<file>: programs.<name>.`).
+    pub at: String,
+    /// The object: built-in name or path.
+    pub object: Object,
+}
+
+/// A program's object.
+pub enum Object {
+    /// Embedded in the binary.
+    Builtin(&'static [u8]),
+    /// A `.bpf.o` file.
+    File(PathBuf),
+}
+
+impl Source {
+    /// A program from the main config (embedded default or `--config.file`).
+    pub fn inline(name: &str, program: &Program, file: Option<&Path>, source: &str) -> Self {
+        let object_name = program.object.as_deref().unwrap_or(name);
+        let object = match bpf_programs::find(object_name) {
+            Some(o) => Object::Builtin(o.bytes),
+            None => Object::File(match file.and_then(Path::parent) {
+                Some(dir) if Path::new(object_name).is_relative() => dir.join(object_name),
+                _ => PathBuf::from(object_name),
+            }),
+        };
+        Self { name: name.into(), at: format!("{source}: programs.{name}."), object }
+    }
+
+    /// A program from `<dir>/<name>.yaml`, with its object `<dir>/<name>.bpf.o`.
+    pub fn dir(dir: &Path, name: &str, program: &Program) -> Self {
+        let object = match &program.object {
+            Some(o) => bpf_programs::find(o).map_or_else(|| Object::File(dir.join(o)), |b| Object::Builtin(b.bytes)),
+            None => Object::File(dir.join(format!("{name}.bpf.o"))),
+        };
+        Self { name: name.into(), at: format!("{}: ", dir.join(format!("{name}.yaml")).display()), object }
+    }
+}
+
+/// How far a program got before failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Reading or compiling its config.
+    Config,
+    /// Reading, loading (verifier) or sizing its object.
+    Load,
+    /// Attaching its programs.
+    Attach,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Config => "config",
+            Stage::Load => "load",
+            Stage::Attach => "attach",
+        }
+    }
+}
+
+/// A program that could not start.
+#[derive(Debug)]
+pub struct Failure {
+    /// Program name.
+    pub name: String,
+    /// Where it failed.
+    pub stage: Stage,
+    /// The full error.
+    pub message: String,
+}
+
+/// A loaded, attached program and what aggregates its data.
+pub struct Running {
+    /// Program name.
+    pub name: String,
+    /// The kernel side.
+    pub object: LoadedObject,
+    /// Streams and tables.
+    pub plan: ProgramPlan,
+}
+
+/// Shared inputs of program setup.
+pub struct Setup<'a> {
+    pub registry: &'a Registry,
+    pub decoders: &'a Context,
+    pub pipeline: &'a Pipeline,
+    pub btf: Option<Arc<Btf>>,
+}
+
+impl Setup<'_> {
+    /// Compiles, loads and attaches one program.
+    pub fn start(&self, src: &Source, program: &Program) -> Result<Running, Failure> {
+        let fail = |stage, message: String| Failure { name: src.name.clone(), stage, message };
+        let at = &src.at;
+        if program.tracing.is_some() {
+            tracing::warn!(program = %src.name, "{at}tracing: OpenTelemetry tracing is not supported; the section is ignored");
+        }
+        let plan = ProgramPlan::compile(&program.rings, &program.metrics, self.registry, self.decoders, at)
+            .map_err(|e| fail(Stage::Config, format!("{at}{e}")))?;
+        let mut kaddrs = Vec::new();
+        if !program.kaddrs.is_empty() {
+            let syms = self.decoders.kallsyms();
+            for (i, sym) in program.kaddrs.iter().enumerate() {
+                let addr = syms.address(sym).ok_or_else(|| {
+                    fail(Stage::Config, format!("{at}kaddrs[{i}]: symbol {sym:?} is not in /proc/kallsyms (or it is unreadable)"))
+                })?;
+                kaddrs.push((sym.clone(), addr));
+            }
+        }
+        let bytes: std::borrow::Cow<[u8]> = match &src.object {
+            Object::Builtin(b) => (*b).into(),
+            Object::File(path) => std::fs::read(path)
+                .map_err(|e| {
+                    let builtin: Vec<&str> = bpf_programs::OBJECTS.iter().map(|o| o.name).collect();
+                    fail(Stage::Load, format!("{at}object: cannot read {}: {e} (built-in objects: {})", path.display(), builtin.join(", ")))
+                })?
+                .into(),
+        };
+        let p = self.pipeline;
+        let opts = LoadOptions {
+            rings: plan.streams.iter().map(|s| s.ring.clone()).collect(),
+            ring_bytes: Some(p.ring_bytes),
+            wakeup_bytes: p.wakeup_bytes.unwrap_or(u64::from(p.ring_bytes) / 4),
+            kaddrs,
+            btf: self.btf.clone(),
+        };
+        let object = LoadedObject::load(&src.name, &bytes, &opts).map_err(|e| {
+            let stage = if matches!(e, ingest::IngestError::Program { action: "attach", .. }) { Stage::Attach } else { Stage::Load };
+            // SAFETY: geteuid has no preconditions.
+            let hint = if unsafe { libc::geteuid() } != 0 {
+                " (not running as root: loading BPF needs CAP_BPF, CAP_PERFMON and CAP_DAC_READ_SEARCH)"
+            } else {
+                ""
+            };
+            fail(stage, format!("{at}{e}{hint}"))
+        })?;
+        for t in &plan.tables {
+            let key = object.key_size(&t.map).map_err(|e| fail(Stage::Config, format!("{}.name: {e}", t.at)))?;
+            if key != t.key_size {
+                return Err(fail(
+                    Stage::Config,
+                    format!("{}.labels: sizes and padding add up to {} bytes, but map {:?} has {key}-byte keys (from its BTF)", t.at, t.key_size, t.map),
+                ));
+            }
+        }
+        for (prog, point) in object.attached() {
+            tracing::info!(program = %src.name, function = %prog, at = %point, "attached");
+        }
+        Ok(Running { name: src.name.clone(), object, plan })
+    }
+}
