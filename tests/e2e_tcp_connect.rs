@@ -4,9 +4,8 @@
 mod common;
 
 use std::{
-    fs,
     net::TcpListener,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -15,39 +14,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{sample, samples, Exporter};
+use common::{sample, samples, Cgroups, Exporter, Pod, TempDir};
 
-const NS: &str = "shop";
-const POD: &str = "web-6b7f9c-x2v4q";
-const CONTAINER: &str = "nginx";
-const UID: &str = "0f8fd5a6-1c3e-4a5b-9b7d-2e4f6a8c0b1d";
-const CID: &str = "5f2a7f1c8e6b4b9aa2f3c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1";
+const POD: Pod = Pod {
+    namespace: "shop",
+    name: "web-6b7f9c-x2v4q",
+    container: "nginx",
+    uid: "0f8fd5a6-1c3e-4a5b-9b7d-2e4f6a8c0b1d",
+    container_id: "5f2a7f1c8e6b4b9aa2f3c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1",
+};
 const METRIC: &str = "ebpf_exporter_tcp_connect_latency_seconds";
-
-fn cgroup2_mount() -> PathBuf {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            (right.split_whitespace().next()? == "cgroup2").then(|| left.split_whitespace().nth(4).unwrap().into())
-        })
-        .expect("no cgroup2 mount")
-}
-
-/// Removes the cgroup directories (deepest first) and the temp dir.
-struct Cleanup {
-    cgroups: Vec<PathBuf>,
-    dir: PathBuf,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for cg in self.cgroups.iter().rev() {
-            let _ = fs::remove_dir(cg);
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// Runs `n` TCP connects to `host:port` from a new bash, first moved into `cgroup` if given.
 fn connect_n(n: usize, host: &str, port: u16, cgroup: Option<&Path>) {
@@ -65,42 +41,12 @@ fn pod_connects_are_counted_exactly_under_the_pod() {
     if !test_support::privileged("pod_connects_are_counted_exactly_under_the_pod") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("kebpf-e2e-{}", std::process::id()));
-    let (pods, containers) = (dir.join("pods"), dir.join("containers"));
-    fs::create_dir_all(pods.join(format!("{NS}_{POD}_{UID}/{CONTAINER}"))).unwrap();
-    fs::write(pods.join(format!("{NS}_{POD}_{UID}/{CONTAINER}/0.log")), "").unwrap();
-    fs::create_dir_all(&containers).unwrap();
-    std::os::unix::fs::symlink(
-        pods.join(format!("{NS}_{POD}_{UID}/{CONTAINER}/0.log")),
-        containers.join(format!("{POD}_{NS}_{CONTAINER}-{CID}.log")),
-    )
-    .unwrap();
-
-    // A kubelet (systemd driver) container cgroup, under a test-owned parent.
-    let root = cgroup2_mount().join(format!("kebpf-e2e-{}", std::process::id()));
-    let uid = UID.replace('-', "_");
-    let mut cgroups = vec![root.clone()];
-    for part in [
-        "kubepods.slice".to_string(),
-        "kubepods-burstable.slice".into(),
-        format!("kubepods-burstable-pod{uid}.slice"),
-        format!("cri-containerd-{CID}.scope"),
-    ] {
-        cgroups.push(cgroups.last().unwrap().join(part));
-    }
-    let container_cg = cgroups.last().unwrap().clone();
-    let _cleanup = Cleanup { cgroups: cgroups.clone(), dir: dir.clone() };
-    fs::create_dir_all(&container_cg).unwrap();
-
-    let exporter = Exporter::start(
-        &[
-            "--kubelet.pod-logs-dir",
-            pods.to_str().unwrap(),
-            "--kubelet.container-logs-dir",
-            containers.to_str().unwrap(),
-        ],
-        &dir.join("exporter.log"),
-    );
+    let dir = TempDir::new("e2e");
+    let mut cgroups = Cgroups::new("e2e");
+    let container_cg = POD.cgroup(&mut cgroups);
+    let flags = POD.logs(&dir.0);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let exporter = Exporter::start(&flags, &dir.0.join("exporter.log"));
 
     let stop = Arc::new(AtomicBool::new(false));
     let (port, accepter) = listen("127.0.0.1", &stop);
@@ -113,9 +59,8 @@ fn pod_connects_are_counted_exactly_under_the_pod() {
     connect_n(M, "127.0.0.1", port, None);
     connect_n(N6, "::1", port6, Some(&container_cg));
 
-    let node = fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
-    let node = std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty()).unwrap_or(node);
-    let pod = format!("app_container=\"{CONTAINER}\",app_namespace=\"{NS}\",app_pod=\"{POD}\",node_id=\"{node}\"");
+    let node = common::node();
+    let pod = format!("{},node_id=\"{node}\"", POD.labels());
     let labels = format!("{pod},subnet=\"127\"");
     let labels6 = format!("{pod},subnet=\"0::/16\"");
     let deadline = Instant::now() + Duration::from_secs(15);

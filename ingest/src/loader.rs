@@ -122,6 +122,28 @@ fn patch_xdp_sections(bytes: &[u8]) -> Cow<'_, [u8]> {
     }
 }
 
+/// Finds a uprobe target given by name as libbpf does: libraries (`*.so*`) in the
+/// usual library directories, programs on `PATH`; paths are used as they are.
+fn resolve_uprobe_target(target: &str) -> std::path::PathBuf {
+    let path = std::path::Path::new(target);
+    if target.contains('/') {
+        return path.to_path_buf();
+    }
+    let dirs: Vec<std::path::PathBuf> = if target.contains(".so") {
+        let arch = if cfg!(target_arch = "x86_64") { "x86_64-linux-gnu" } else { "aarch64-linux-gnu" };
+        std::env::var("LD_LIBRARY_PATH")
+            .unwrap_or_default()
+            .split(':')
+            .filter(|d| !d.is_empty())
+            .map(Into::into)
+            .chain([format!("/lib/{arch}"), format!("/usr/lib/{arch}"), "/lib64".into(), "/usr/lib64".into(), "/lib".into(), "/usr/lib".into()].map(Into::into))
+            .collect()
+    } else {
+        std::env::var("PATH").unwrap_or_default().split(':').map(Into::into).collect()
+    };
+    dirs.into_iter().map(|d| d.join(target)).find(|p| p.exists()).unwrap_or_else(|| path.to_path_buf())
+}
+
 /// Keeps the end of a verifier log: the reason for a rejection is at the bottom.
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -270,7 +292,7 @@ impl LoadedObject {
                         Some(s) => L::Symbol(s),
                         None => L::AbsoluteOffset(*offset),
                     };
-                    p.attach(location, target, UProbeScope::AllProcesses).map_err(|e| err("attach", &e))?;
+                    p.attach(location, resolve_uprobe_target(target), UProbeScope::AllProcesses).map_err(|e| err("attach", &e))?;
                 }
                 AttachPoint::PerfEvent { kind, config, frequency, period } => {
                     let p: &mut PerfEvent = prog.try_into().map_err(|e| err("load", &e))?;
@@ -391,6 +413,14 @@ mod tests {
         );
         assert!(program_sections("t", b"not elf").unwrap_err().to_string().contains("cannot parse"));
         assert!(matches!(patch_xdp_sections(o.bytes), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn uprobe_targets_resolve_like_libbpf() {
+        assert_eq!(resolve_uprobe_target("/bin/app"), std::path::PathBuf::from("/bin/app"));
+        assert!(resolve_uprobe_target("libc.so.6").is_absolute(), "libc is in a library dir");
+        assert!(resolve_uprobe_target("sh").is_absolute(), "sh is on PATH");
+        assert_eq!(resolve_uprobe_target("no-such-lib.so.9"), std::path::PathBuf::from("no-such-lib.so.9"));
     }
 
     #[test]

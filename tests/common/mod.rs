@@ -87,3 +87,176 @@ pub fn samples<'a>(metrics: &'a str, name: &str) -> Vec<(&'a str, f64)> {
         .map(|(labels, v)| (labels, v.parse().unwrap()))
         .collect()
 }
+
+/// A directory removed (with everything in it) on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// A fresh directory named after the test and this process.
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("kebpf-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The cgroup2 mount point, from /proc/self/mountinfo.
+pub fn cgroup2_mount() -> std::path::PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2").then(|| left.split_whitespace().nth(4).unwrap().into())
+        })
+        .expect("no cgroup2 mount")
+}
+
+/// Test cgroups below one test-owned parent, removed deepest first on drop (after
+/// the processes in them have exited).
+pub struct Cgroups {
+    dirs: Vec<std::path::PathBuf>,
+}
+
+impl Cgroups {
+    /// A parent cgroup for this test: `<mount>/kebpf-<name>-<pid>`.
+    pub fn new(name: &str) -> Self {
+        let root = cgroup2_mount().join(format!("kebpf-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        Self { dirs: vec![root] }
+    }
+
+    /// Creates `parts` below the parent, one level each; returns the deepest.
+    pub fn create(&mut self, parts: &[&str]) -> std::path::PathBuf {
+        let mut dir = self.dirs[0].clone();
+        for p in parts {
+            dir = dir.join(p);
+            if !dir.exists() {
+                std::fs::create_dir(&dir).unwrap();
+                self.dirs.push(dir.clone());
+            }
+        }
+        dir
+    }
+
+    /// The path of a cgroup as the `cgroup` decoder prints it.
+    pub fn display(dir: &std::path::Path) -> String {
+        dir.display().to_string()
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for d in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// A pod as the kubelet lays it out: a systemd-driver container cgroup and the log
+/// directories that name it.
+pub struct Pod {
+    pub namespace: &'static str,
+    pub name: &'static str,
+    pub container: &'static str,
+    pub uid: &'static str,
+    pub container_id: &'static str,
+}
+
+impl Pod {
+    /// The container's cgroup (burstable QoS) below `cgroups`' parent.
+    pub fn cgroup(&self, cgroups: &mut Cgroups) -> std::path::PathBuf {
+        let uid = self.uid.replace('-', "_");
+        cgroups.create(&[
+            "kubepods.slice",
+            "kubepods-burstable.slice",
+            &format!("kubepods-burstable-pod{uid}.slice"),
+            &format!("cri-containerd-{}.scope", self.container_id),
+        ])
+    }
+
+    /// Writes `pods/<ns>_<pod>_<uid>/<container>/0.log` and its link in `containers/`
+    /// under `root`; returns the exporter flags that point at them.
+    pub fn logs(&self, root: &std::path::Path) -> Vec<String> {
+        let (pods, containers) = (root.join("pods"), root.join("containers"));
+        let dir = pods.join(format!("{}_{}_{}/{}", self.namespace, self.name, self.uid, self.container));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("0.log"), "").unwrap();
+        std::fs::create_dir_all(&containers).unwrap();
+        let link = containers.join(format!("{}_{}_{}-{}.log", self.name, self.namespace, self.container, self.container_id));
+        let _ = std::os::unix::fs::symlink(dir.join("0.log"), link);
+        vec![
+            "--kubelet.pod-logs-dir".into(),
+            pods.display().to_string(),
+            "--kubelet.container-logs-dir".into(),
+            containers.display().to_string(),
+        ]
+    }
+
+    /// `app_container="..",app_namespace="..",app_pod=".."` (sorted, as exported).
+    pub fn labels(&self) -> String {
+        format!("app_container=\"{}\",app_namespace=\"{}\",app_pod=\"{}\"", self.container, self.namespace, self.name)
+    }
+}
+
+/// Compiles `examples/<name>.bpf.c` with the README's command into `dir`, beside a
+/// copy of `examples/<name>.yaml`.
+pub fn compile_example(name: &str, dir: &std::path::Path) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let arch = if cfg!(target_arch = "x86_64") { "x86" } else { "arm64" };
+    let out = Command::new(std::env::var("CLANG").unwrap_or_else(|_| "clang".into()))
+        .args(["-O2", "-g", "-target", "bpf", &format!("-D__TARGET_ARCH_{arch}"), "-I"])
+        .arg(root.join("bpf/include"))
+        .arg("-c")
+        .arg(root.join(format!("examples/{name}.bpf.c")))
+        .arg("-o")
+        .arg(dir.join(format!("{name}.bpf.o")))
+        .output()
+        .expect("clang");
+    assert!(out.status.success(), "clang failed on {name}: {}", String::from_utf8_lossy(&out.stderr));
+    std::fs::copy(root.join(format!("examples/{name}.yaml")), dir.join(format!("{name}.yaml"))).unwrap();
+}
+
+/// The workload program (tests/workload.c), compiled once per test binary.
+pub fn workload() -> &'static std::path::Path {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let bin = std::env::temp_dir().join(format!("kebpf-workload-{}", std::process::id()));
+        let status = Command::new("cc").args(["-O1", "-o"]).arg(&bin).arg(root.join("tests/workload.c")).status().expect("cc");
+        assert!(status.success(), "cc failed on tests/workload.c");
+        bin
+    })
+}
+
+/// Runs the workload inside `cgroup` (or where the test runs, for `None`).
+pub fn run_workload(cgroup: Option<&std::path::Path>, args: &[&str]) {
+    let cg = cgroup.map_or("-".to_string(), |c| c.display().to_string());
+    let status = Command::new(workload()).arg(cg).args(args).status().unwrap();
+    assert!(status.success(), "workload {args:?} failed");
+}
+
+/// Scrapes until `name{labels}` reads `want` (or 15 s pass), then a little longer to
+/// catch overcounting; returns the final page.
+pub fn wait_for(exporter: &Exporter, name: &str, labels: &str, want: f64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while sample(&exporter.metrics(), name, labels) != Some(want) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    exporter.metrics()
+}
+
+/// The node label the exporter uses without flags.
+pub fn node() -> String {
+    std::env::var("NODE_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string())
+}

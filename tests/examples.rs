@@ -1,0 +1,139 @@
+//! Each config pair in examples/ compiled with the README's command, run by the real
+//! exporter from --config.dir, driven by a workload with known counts, and checked for
+//! exact values on /metrics. Needs root and BPF.
+
+mod common;
+
+use common::{compile_example, node, run_workload, sample, wait_for, Cgroups, Exporter, Pod, TempDir};
+
+const POD: Pod = Pod {
+    namespace: "shop",
+    name: "api-7c9d8-kq2xz",
+    container: "app",
+    uid: "4b6f8d2e-9a1c-4e3f-8b7d-0c2e4f6a8b1d",
+    container_id: "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90",
+};
+
+/// Compiles `example` into a temp config dir and starts the exporter on it.
+fn start(example: &str, dir: &TempDir, extra: &[String]) -> Exporter {
+    compile_example(example, &dir.0);
+    let mut args = vec!["--config.dir".to_string(), dir.0.display().to_string(), "--config.names".into(), example.into(), "--config.strict".into()];
+    args.extend_from_slice(extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Exporter::start(&args, &dir.0.join("exporter.log"))
+}
+
+macro_rules! privileged {
+    ($name:literal) => {
+        if !test_support::privileged($name) {
+            return;
+        }
+    };
+}
+
+#[test]
+fn getpid_calls_table_counter_with_kube_decoders() {
+    privileged!("getpid_calls_table_counter_with_kube_decoders");
+    let dir = TempDir::new("ex-getpid");
+    let mut cgroups = Cgroups::new("ex-getpid");
+    let cg = POD.cgroup(&mut cgroups);
+    let exporter = start("getpid-calls", &dir, &POD.logs(&dir.0));
+    run_workload(Some(&cg), &["getpid", "1234"]);
+    let name = "ebpf_exporter_getpid_calls_total";
+    let page = wait_for(&exporter, name, &POD.labels(), 1234.0);
+    assert_eq!(sample(&page, name, &POD.labels()), Some(1234.0), "{page}");
+    assert!(page.contains("ebpf_exporter_enabled_configs{name=\"getpid-calls\"} 1"), "{page}");
+    assert!(page.contains("ebpf_exporter_ebpf_program_info{config=\"getpid-calls\",program=\"count_getpid\""), "{page}");
+}
+
+#[test]
+fn syscall_latency_ring_histogram_with_syscall_decoder() {
+    privileged!("syscall_latency_ring_histogram_with_syscall_decoder");
+    let dir = TempDir::new("ex-syscall");
+    let mut cgroups = Cgroups::new("ex-syscall");
+    let cg = POD.cgroup(&mut cgroups);
+    let exporter = start("syscall-latency", &dir, &POD.logs(&dir.0));
+    run_workload(Some(&cg), &["getpid", "777"]);
+    let name = "ebpf_exporter_syscall_latency_seconds_count";
+    let labels = format!("{},node_id=\"{}\",syscall=\"getpid\"", POD.labels(), node());
+    let page = wait_for(&exporter, name, &labels, 777.0);
+    assert_eq!(sample(&page, name, &labels), Some(777.0), "{page}");
+    let inf = sample(&page, "ebpf_exporter_syscall_latency_seconds_bucket", &format!("{labels},le=\"+Inf\""));
+    assert_eq!(inf, Some(777.0));
+}
+
+#[test]
+fn process_forks_tp_btf_table_with_cgroup_decoder() {
+    privileged!("process_forks_tp_btf_table_with_cgroup_decoder");
+    let dir = TempDir::new("ex-forks");
+    let mut cgroups = Cgroups::new("ex-forks");
+    let cg = cgroups.create(&["forker"]);
+    let exporter = start("process-forks", &dir, &[]);
+    run_workload(Some(&cg), &["fork", "25"]);
+    let name = "ebpf_exporter_process_forks_total";
+    let labels = format!("cgroup=\"{}\"", Cgroups::display(&cg));
+    let page = wait_for(&exporter, name, &labels, 25.0);
+    assert_eq!(sample(&page, name, &labels), Some(25.0), "{page}");
+}
+
+#[test]
+fn usleep_uprobe_table_histogram_with_sum_key() {
+    privileged!("usleep_uprobe_table_histogram_with_sum_key");
+    let dir = TempDir::new("ex-usleep");
+    let mut cgroups = Cgroups::new("ex-usleep");
+    let cg = cgroups.create(&["sleeper"]);
+    let exporter = start("usleep-durations", &dir, &[]);
+    run_workload(Some(&cg), &["usleep", "1", "3", "3", "100", "5000"]);
+    let name = "ebpf_exporter_usleep_requested_seconds";
+    let labels = format!("cgroup=\"{}\"", Cgroups::display(&cg));
+    let page = wait_for(&exporter, &format!("{name}_count"), &labels, 5.0);
+    let bucket = |le: &str| sample(&page, &format!("{name}_bucket"), &format!("{labels},le=\"{le}\""));
+    // log2 buckets: 1 µs → le 1e-06; 3 → 4e-06; 100 → 0.000128; 5000 → 0.008192.
+    assert_eq!(bucket("1e-06"), Some(1.0), "{page}");
+    assert_eq!(bucket("2e-06"), Some(1.0));
+    assert_eq!(bucket("4e-06"), Some(3.0));
+    assert_eq!(bucket("6.4e-05"), Some(3.0));
+    assert_eq!(bucket("0.000128"), Some(4.0));
+    assert_eq!(bucket("0.004096"), Some(4.0));
+    assert_eq!(bucket("0.008192"), Some(5.0));
+    assert_eq!(bucket("+Inf"), Some(5.0));
+    assert_eq!(sample(&page, &format!("{name}_sum"), &labels), Some(0.005107));
+    assert_eq!(sample(&page, &format!("{name}_count"), &labels), Some(5.0));
+}
+
+#[test]
+fn open_errors_ring_counter_with_errno_decoder() {
+    privileged!("open_errors_ring_counter_with_errno_decoder");
+    let dir = TempDir::new("ex-open");
+    let mut cgroups = Cgroups::new("ex-open");
+    let cg = POD.cgroup(&mut cgroups);
+    let exporter = start("open-errors", &dir, &POD.logs(&dir.0));
+    run_workload(Some(&cg), &["open-missing", "42"]);
+    let name = "ebpf_exporter_open_errors_total";
+    let labels = format!("{},errno=\"ENOENT\",node_id=\"{}\"", POD.labels(), node());
+    let labels = sorted_labels(&labels);
+    let page = wait_for(&exporter, name, &labels, 42.0);
+    assert_eq!(sample(&page, name, &labels), Some(42.0), "{page}");
+}
+
+#[test]
+fn signals_perf_event_array_counter() {
+    privileged!("signals_perf_event_array_counter");
+    let dir = TempDir::new("ex-signals");
+    let mut cgroups = Cgroups::new("ex-signals");
+    let cg = cgroups.create(&["signaller"]);
+    let exporter = start("signals", &dir, &[]);
+    run_workload(Some(&cg), &["kill", "300", "0"]);
+    let name = "ebpf_exporter_signals_sent_total";
+    let labels = format!("cgroup=\"{}\",signal=\"0\"", Cgroups::display(&cg));
+    let page = wait_for(&exporter, name, &labels, 300.0);
+    assert_eq!(sample(&page, name, &labels), Some(300.0), "{page}");
+    assert!(page.contains("ebpf_exporter_ring_lost_records_total{program=\"signals\",ring=\"signals_sent_total\"} 0"), "{page}");
+}
+
+/// Sorts `a="x",b="y"` pairs by name, as the exposition writes them.
+fn sorted_labels(labels: &str) -> String {
+    let mut pairs: Vec<&str> = labels.split(',').collect();
+    pairs.sort();
+    pairs.join(",")
+}

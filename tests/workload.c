@@ -1,0 +1,78 @@
+/* Test workload with exact, known syscall counts.
+ *
+ *   workload <cgroup dir | -> <command> [args...]
+ *
+ * Moves itself into the cgroup first (so the loader's and libc's start-up calls are not
+ * counted there), then runs one command:
+ *   getpid N          N getpid() calls
+ *   open-missing N    N openat() calls that fail with ENOENT
+ *   fork N            N fork()s; each child exits at once
+ *   usleep V...       usleep(V) for each V (microseconds)
+ *   kill N SIG        N kill(self, SIG) calls (SIG 0 delivers nothing)
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void join_cgroup(const char *dir)
+{
+	char path[4096], pid[32];
+	int fd, n;
+
+	if (strcmp(dir, "-") == 0)
+		return;
+	snprintf(path, sizeof(path), "%s/cgroup.procs", dir);
+	n = snprintf(pid, sizeof(pid), "%d", getpid());
+	fd = open(path, O_WRONLY);
+	if (fd < 0 || write(fd, pid, n) != n) {
+		perror(path);
+		exit(2);
+	}
+	close(fd);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 3) {
+		fprintf(stderr, "usage: %s <cgroup dir|-> <command> [args...]\n", argv[0]);
+		return 2;
+	}
+	join_cgroup(argv[1]);
+	const char *cmd = argv[2];
+	long n = argc > 3 ? atol(argv[3]) : 0;
+
+	if (strcmp(cmd, "getpid") == 0) {
+		for (long i = 0; i < n; i++)
+			syscall(SYS_getpid);
+	} else if (strcmp(cmd, "open-missing") == 0) {
+		for (long i = 0; i < n; i++)
+			if (open("/nonexistent/kube-ebpf-exporter-test", O_RDONLY) >= 0 || errno != ENOENT)
+				return 3;
+	} else if (strcmp(cmd, "fork") == 0) {
+		for (long i = 0; i < n; i++) {
+			pid_t child = fork();
+			if (child == 0)
+				_exit(0);
+			if (child < 0 || waitpid(child, NULL, 0) != child)
+				return 3;
+		}
+	} else if (strcmp(cmd, "usleep") == 0) {
+		for (int i = 3; i < argc; i++)
+			usleep((useconds_t)atol(argv[i]));
+	} else if (strcmp(cmd, "kill") == 0) {
+		int sig = argc > 4 ? atoi(argv[4]) : 0;
+		for (long i = 0; i < n; i++)
+			if (kill(getpid(), sig) != 0)
+				return 3;
+	} else {
+		fprintf(stderr, "unknown command %s\n", cmd);
+		return 2;
+	}
+	return 0;
+}
