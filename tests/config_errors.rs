@@ -71,3 +71,139 @@ fn missing_file_is_named() {
     assert!(!ok);
     assert!(err.contains("/nonexistent/kebpf.yaml") && err.contains("No such file"), "{err}");
 }
+
+/// Writes a BPF C source into `dir` and compiles it as `<name>.bpf.o` with our headers.
+fn compile_c(dir: &std::path::Path, name: &str, source: &str) {
+    let src = dir.join(format!("{name}.bpf.c"));
+    std::fs::write(&src, source).unwrap();
+    let include = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bpf/include");
+    let out = Command::new("clang")
+        .args(["-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86", "-I"])
+        .arg(include)
+        .arg("-c")
+        .arg(&src)
+        .arg("-o")
+        .arg(dir.join(format!("{name}.bpf.o")))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+const COUNTER_C: &str = r#"
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 16); __type(key, __u64); __type(value, __u64); } calls_total SEC(".maps");
+SEC("ATTACH") int prog(void *ctx) { __u64 k = 1, v = 1; bpf_map_update_elem(&calls_total, &k, &v, BPF_ANY); return 0; }
+char LICENSE[] SEC("license") = "GPL";
+"#;
+
+const COUNTER_YAML: &str = "metrics:\n  counters:\n    - name: calls_total\n      help: Calls\n      labels:\n        - { name: key, size: SIZE, decoders: [{ name: uint }] }\n";
+
+/// A config dir holding `name.yaml` (+ `name.bpf.o` when `c` is given).
+fn config_dir(test: &str, name: &str, yaml: &str, c: Option<&str>) -> common::TempDir {
+    let dir = common::TempDir::new(test);
+    std::fs::write(dir.0.join(format!("{name}.yaml")), yaml).unwrap();
+    if let Some(c) = c {
+        compile_c(&dir.0, name, c);
+    }
+    dir
+}
+
+fn check(dir: &common::TempDir, extra: &[&str]) -> (bool, String, String) {
+    let out = Command::new(common::BIN)
+        .args(["--config.dir", dir.0.to_str().unwrap(), "--config.check"])
+        .args(extra)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn label_sizes_are_checked_against_the_map_key() {
+    if !test_support::privileged("label_sizes_are_checked_against_the_map_key") {
+        return;
+    }
+    let c = COUNTER_C.replace("ATTACH", "tracepoint/syscalls/sys_enter_getppid");
+    let dir = config_dir("keysize", "calls", &COUNTER_YAML.replace("SIZE", "4"), Some(&c));
+    let (ok, out, _) = check(&dir, &[]);
+    assert!(!ok, "{out}");
+    let yaml = dir.0.join("calls.yaml");
+    assert!(
+        out.contains(&format!("FAILED  calls (config): {}: metrics.counters[0].labels: sizes and padding add up to 4 bytes, but map \"calls_total\" has 8-byte keys", yaml.display())),
+        "{out}"
+    );
+    let dir = config_dir("keysize-ok", "calls", &COUNTER_YAML.replace("SIZE", "8"), Some(&c));
+    let (ok, out, _) = check(&dir, &[]);
+    assert!(ok && out.contains("ok      calls: 1 program(s) attached"), "{out}");
+}
+
+#[test]
+fn missing_object_is_named() {
+    if !test_support::privileged("missing_object_is_named") {
+        return;
+    }
+    let dir = config_dir("noobj", "calls", &COUNTER_YAML.replace("SIZE", "8"), None);
+    let (ok, out, _) = check(&dir, &[]);
+    assert!(!ok);
+    assert!(out.contains(&format!("object: cannot read {}", dir.0.join("calls.bpf.o").display())), "{out}");
+    assert!(out.contains("No such file"), "{out}");
+}
+
+#[test]
+fn attach_points_the_kernel_lacks_are_explained() {
+    if !test_support::privileged("attach_points_the_kernel_lacks_are_explained") {
+        return;
+    }
+    let c = COUNTER_C.replace("ATTACH", "tracepoint/syscalls/sys_enter_no_such_call");
+    let dir = config_dir("noattach", "calls", &COUNTER_YAML.replace("SIZE", "8"), Some(&c));
+    let (ok, out, _) = check(&dir, &[]);
+    assert!(!ok);
+    assert!(out.contains("FAILED  calls (attach)"), "{out}");
+    assert!(out.contains("(tracepoint/syscalls/sys_enter_no_such_call): attach failed (no such tracepoint on this kernel"), "{out}");
+}
+
+#[test]
+fn verifier_rejections_show_the_log() {
+    if !test_support::privileged("verifier_rejections_show_the_log") {
+        return;
+    }
+    // Reads a map value without the NULL check the verifier insists on.
+    let c = COUNTER_C.replace(
+        "__u64 k = 1, v = 1; bpf_map_update_elem(&calls_total, &k, &v, BPF_ANY); return 0;",
+        "__u64 k = 1; __u64 *v = bpf_map_lookup_elem(&calls_total, &k); return *v;",
+    )
+    .replace("ATTACH", "tracepoint/syscalls/sys_enter_getppid");
+    let dir = config_dir("verifier", "calls", &COUNTER_YAML.replace("SIZE", "8"), Some(&c));
+    let (ok, out, _) = check(&dir, &[]);
+    assert!(!ok);
+    assert!(out.contains("FAILED  calls (load)"), "{out}");
+    assert!(out.contains("load failed") && out.contains("verifier log (last lines)"), "{out}");
+    assert!(out.contains("invalid mem access 'map_value_or_null'"), "{out}");
+}
+
+#[test]
+fn a_bad_config_is_skipped_and_reported_unless_strict() {
+    if !test_support::privileged("a_bad_config_is_skipped_and_reported_unless_strict") {
+        return;
+    }
+    let c = COUNTER_C.replace("ATTACH", "tracepoint/syscalls/sys_enter_getppid");
+    let dir = config_dir("skip", "good", &COUNTER_YAML.replace("SIZE", "8"), Some(&c));
+    std::fs::write(dir.0.join("bad.yaml"), "metrics:\n  counters:\n    - name: x\n      help: y\n      labels: [{ name: k, size: 8, decoders: [{ name: bogus }] }]\n").unwrap();
+    let exporter = common::Exporter::start(&["--config.dir", dir.0.to_str().unwrap()], &dir.0.join("exporter.log"));
+    let page = exporter.metrics();
+    assert!(page.contains("ebpf_exporter_enabled_configs{name=\"good\"} 1"), "{page}");
+    assert!(page.contains("ebpf_exporter_config_failed{name=\"bad\",stage=\"config\"} 1"), "{page}");
+    drop(exporter);
+    let log = std::fs::read_to_string(dir.0.join("exporter.log")).unwrap();
+    assert!(log.contains("bad.yaml: metrics.counters[0].labels[0].decoders[0].name: unknown decoder \"bogus\""), "{log}");
+
+    let out = Command::new(common::BIN)
+        .args(["--config.dir", dir.0.to_str().unwrap(), "--config.strict", "--web.listen-address", "127.0.0.1:0"])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("config bad failed (config)"));
+}
