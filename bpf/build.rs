@@ -21,7 +21,11 @@ fn main() {
     sources.sort();
     for src in sources {
         println!("cargo:rerun-if-changed={}", src.display());
-        let name = src.file_name().unwrap().to_string_lossy().replace(".bpf.c", ".bpf.o");
+        let name = src
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace(".bpf.c", ".bpf.o");
         let status = Command::new(&clang)
             .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
             .arg(format!("-D__TARGET_ARCH_{arch}"))
@@ -32,9 +36,7 @@ fn main() {
             .arg("-o")
             .arg(out.join(&name))
             .status()
-            .unwrap_or_else(|e| {
-                panic!("cannot run {clang} (install clang and libbpf-dev): {e}")
-            });
+            .unwrap_or_else(|e| panic!("cannot run {clang} (install clang and libbpf-dev): {e}"));
         assert!(status.success(), "clang failed on {}", src.display());
     }
 }

@@ -203,10 +203,16 @@ impl Program {
     /// message names the file, the key and the reason.
     pub fn load(path: &Path) -> Result<Self> {
         std::fs::metadata(path).with_context(|| format!("config file {}", path.display()))?;
-        Figment::from(Yaml::file_exact(path)).extract().map_err(|e| {
-            let errors: Vec<String> = e.into_iter().map(|e| describe(&e)).collect();
-            anyhow::anyhow!("invalid config in {}:\n  {}", path.display(), errors.join("\n  "))
-        })
+        Figment::from(Yaml::file_exact(path))
+            .extract()
+            .map_err(|e| {
+                let errors: Vec<String> = e.into_iter().map(|e| describe(&e)).collect();
+                anyhow::anyhow!(
+                    "invalid config in {}:\n  {}",
+                    path.display(),
+                    errors.join("\n  ")
+                )
+            })
     }
 }
 
@@ -219,10 +225,17 @@ impl Config {
     pub fn load(file: Option<&Path>) -> Result<Self> {
         let (figment, source) = match file {
             Some(path) => {
-                std::fs::metadata(path).with_context(|| format!("config file {}", path.display()))?;
-                (Figment::from(Yaml::file_exact(path)), path.display().to_string())
+                std::fs::metadata(path)
+                    .with_context(|| format!("config file {}", path.display()))?;
+                (
+                    Figment::from(Yaml::file_exact(path)),
+                    path.display().to_string(),
+                )
             }
-            None => (Figment::from(Yaml::string(DEFAULT)), "the embedded default config".to_string()),
+            None => (
+                Figment::from(Yaml::string(DEFAULT)),
+                "the embedded default config".to_string(),
+            ),
         };
         let figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
         figment.extract().map_err(|e| {
@@ -234,7 +247,11 @@ impl Config {
 
 /// One figment error as `key: reason (source)`.
 fn describe(e: &figment::Error) -> String {
-    let key = if e.path.is_empty() { "<top level>".to_string() } else { e.path.join(".") };
+    let key = if e.path.is_empty() {
+        "<top level>".to_string()
+    } else {
+        e.path.join(".")
+    };
     let from = e
         .metadata
         .as_ref()
@@ -265,14 +282,26 @@ mod tests {
         std::fs::write(&file, DEFAULT.replace("telemetry_path:", "telemetry_pth:")).unwrap();
         let err = format!("{:#}", Config::load(Some(&file)).unwrap_err());
         assert!(err.contains(&file.display().to_string()), "{err}");
-        assert!(err.contains("web.telemetry_pth") && err.contains("unknown field"), "{err}");
+        assert!(
+            err.contains("web.telemetry_pth") && err.contains("unknown field"),
+            "{err}"
+        );
 
         std::fs::write(&file, DEFAULT.replace("bucket_max: 26", "bucket_max: lots")).unwrap();
         let err = format!("{:#}", Config::load(Some(&file)).unwrap_err());
-        assert!(err.contains("bucket_max") && err.contains("invalid type"), "{err}");
+        assert!(
+            err.contains("bucket_max") && err.contains("invalid type"),
+            "{err}"
+        );
 
-        let err = format!("{:#}", Config::load(Some(&dir.join("missing.yaml"))).unwrap_err());
-        assert!(err.contains("missing.yaml") && err.contains("No such file"), "{err}");
+        let err = format!(
+            "{:#}",
+            Config::load(Some(&dir.join("missing.yaml"))).unwrap_err()
+        );
+        assert!(
+            err.contains("missing.yaml") && err.contains("No such file"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

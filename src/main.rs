@@ -72,8 +72,13 @@ struct Args {
 }
 
 fn listen_addr(s: &str) -> Result<SocketAddr> {
-    let full = if s.starts_with(':') { format!("0.0.0.0{s}") } else { s.to_string() };
-    full.parse().with_context(|| format!("listen address {s:?} is not host:port or :port"))
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
+    full.parse()
+        .with_context(|| format!("listen address {s:?} is not host:port or :port"))
 }
 
 fn node_id(config: &Config) -> String {
@@ -85,32 +90,56 @@ fn node_id(config: &Config) -> String {
             return n;
         }
     }
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Every program to run: the main config's, then the config dir's.
-fn program_sources(args: &Args, config: &mut Config, source: &str) -> Result<Vec<(Source, Result<Program, Failure>)>> {
+fn program_sources(
+    args: &Args,
+    config: &mut Config,
+    source: &str,
+) -> Result<Vec<(Source, Result<Program, Failure>)>> {
     let mut out = Vec::new();
     if args.config_dir.is_none() || args.config_file.is_some() {
         for (name, program) in std::mem::take(&mut config.programs) {
-            out.push((Source::inline(&name, &program, args.config_file.as_deref(), source), Ok(program)));
+            out.push((
+                Source::inline(&name, &program, args.config_file.as_deref(), source),
+                Ok(program),
+            ));
         }
     }
     if let Some(dir) = &args.config_dir {
         let mut names = args.config_names.clone();
         if names.is_empty() {
-            let entries = std::fs::read_dir(dir).with_context(|| format!("--config.dir {}", dir.display()))?;
+            let entries = std::fs::read_dir(dir)
+                .with_context(|| format!("--config.dir {}", dir.display()))?;
             names = entries
-                .filter_map(|e| e.ok()?.file_name().into_string().ok()?.strip_suffix(".yaml").map(str::to_string))
+                .filter_map(|e| {
+                    e.ok()?
+                        .file_name()
+                        .into_string()
+                        .ok()?
+                        .strip_suffix(".yaml")
+                        .map(str::to_string)
+                })
                 .collect();
             names.sort();
         }
         for name in names {
-            let loaded = Program::load(&dir.join(format!("{name}.yaml")))
-                .map_err(|e| Failure { name: name.clone(), stage: programs::Stage::Config, message: format!("{e:#}") });
+            let loaded = Program::load(&dir.join(format!("{name}.yaml"))).map_err(|e| Failure {
+                name: name.clone(),
+                stage: programs::Stage::Config,
+                message: format!("{e:#}"),
+            });
             let src = match &loaded {
                 Ok(p) => Source::dir(dir, &name, p),
-                Err(_) => Source { name: name.clone(), at: String::new(), object: programs::Object::File(PathBuf::new()) },
+                Err(_) => Source {
+                    name: name.clone(),
+                    at: String::new(),
+                    object: programs::Object::File(PathBuf::new()),
+                },
             };
             out.push((src, loaded));
         }
@@ -121,7 +150,9 @@ fn program_sources(args: &Args, config: &mut Config, source: &str) -> Result<Vec
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -142,33 +173,59 @@ async fn main() -> Result<()> {
     if let Some(d) = &args.container_logs_dir {
         config.kubernetes.container_logs_dir.clone_from(d);
     }
-    let source = args.config_file.as_ref().map_or("embedded default config".to_string(), |p| p.display().to_string());
-    let addr = listen_addr(&config.web.listen_address).with_context(|| format!("{source}: web.listen_address"))?;
+    let source = args
+        .config_file
+        .as_ref()
+        .map_or("embedded default config".to_string(), |p| {
+            p.display().to_string()
+        });
+    let addr = listen_addr(&config.web.listen_address)
+        .with_context(|| format!("{source}: web.listen_address"))?;
     if !config.web.telemetry_path.starts_with('/') || config.web.telemetry_path == "/healthz" {
-        bail!("{source}: web.telemetry_path: {:?} must start with / and not be /healthz", config.web.telemetry_path);
+        bail!(
+            "{source}: web.telemetry_path: {:?} must start with / and not be /healthz",
+            config.web.telemetry_path
+        );
     }
     let btf = match &args.btf_path {
         Some(p) => Some(Arc::new(
-            ingest::Btf::parse_file(p, Default::default()).with_context(|| format!("--btf.path {}", p.display()))?,
+            ingest::Btf::parse_file(p, Default::default())
+                .with_context(|| format!("--btf.path {}", p.display()))?,
         )),
         None => None,
     };
 
     let node = node_id(&config);
     let cgroups = CgroupFs::discover().context("enrich: cgroup v2 hierarchy")?;
-    let pods = PodLogs::new(&config.kubernetes.pod_logs_dir, &config.kubernetes.container_logs_dir);
+    let pods = PodLogs::new(
+        &config.kubernetes.pod_logs_dir,
+        &config.kubernetes.container_logs_dir,
+    );
     let enricher = Arc::new(Enricher::new(cgroups, pods));
-    let registry = Arc::new(Registry::new((&config.kubernetes.labels).into(), node.clone()));
+    let registry = Arc::new(Registry::new(
+        (&config.kubernetes.labels).into(),
+        node.clone(),
+    ));
     let decoders = Context::new(Some(enricher.clone()));
     let sources = program_sources(&args, &mut config, &source)?;
-    let setup = Setup { registry: &registry, decoders: &decoders, pipeline: &config.pipeline, btf };
+    let setup = Setup {
+        registry: &registry,
+        decoders: &decoders,
+        pipeline: &config.pipeline,
+        btf,
+    };
 
     let mut running: Vec<Running> = Vec::new();
     let mut failures: Vec<Failure> = Vec::new();
     for (src, program) in sources {
         match program.and_then(|p| setup.start(&src, &p)) {
             Ok(r) => running.push(r),
-            Err(f) if args.config_strict => bail!("config {} failed ({}): {}", f.name, f.stage.as_str(), f.message),
+            Err(f) if args.config_strict => bail!(
+                "config {} failed ({}): {}",
+                f.name,
+                f.stage.as_str(),
+                f.message
+            ),
             Err(f) => {
                 tracing::error!(config = %f.name, stage = f.stage.as_str(), "skipping config: {}", f.message);
                 failures.push(f);
@@ -177,7 +234,11 @@ async fn main() -> Result<()> {
     }
     if args.config_check {
         for r in &running {
-            println!("ok      {}: {} program(s) attached", r.name, r.object.attached().len());
+            println!(
+                "ok      {}: {} program(s) attached",
+                r.name,
+                r.object.attached().len()
+            );
         }
         for f in &failures {
             println!("FAILED  {} ({}): {}", f.name, f.stage.as_str(), f.message);
@@ -186,7 +247,10 @@ async fn main() -> Result<()> {
     }
     if running.is_empty() {
         let reasons: Vec<String> = failures.iter().map(|f| f.message.clone()).collect();
-        bail!("no config could be started; nothing to export:\n  {}", reasons.join("\n  "));
+        bail!(
+            "no config could be started; nothing to export:\n  {}",
+            reasons.join("\n  ")
+        );
     }
 
     let telemetry = Telemetry::install()?;
@@ -201,21 +265,37 @@ async fn main() -> Result<()> {
             let id = streams.len() as u32;
             let label = format!("{}/{}", r.name, plan.ring);
             let reader = match plan.source {
-                StreamSource::RingBuf => RingReader::new(&label, r.object.take_ring(&plan.ring)?, id, p.batch_bytes, drain)?,
-                StreamSource::PerfEventArray => {
-                    RingReader::perf(&label, r.object.take_perf_array(&plan.ring)?, p.perf_pages, id, p.batch_bytes, drain)?
-                }
+                StreamSource::RingBuf => RingReader::new(
+                    &label,
+                    r.object.take_ring(&plan.ring)?,
+                    id,
+                    p.batch_bytes,
+                    drain,
+                )?,
+                StreamSource::PerfEventArray => RingReader::perf(
+                    &label,
+                    r.object.take_perf_array(&plan.ring)?,
+                    p.perf_pages,
+                    id,
+                    p.batch_bytes,
+                    drain,
+                )?,
             };
             telemetry.add_ring(&r.name, &plan.ring, reader.stats());
             readers.push(tokio::spawn(reader.run(tx.clone(), shutdown_rx.clone())));
-            streams.push(Stream { program: r.name.clone(), plan: Arc::new(plan), stats: Arc::new(StreamStats::default()) });
+            streams.push(Stream {
+                program: r.name.clone(),
+                plan: Arc::new(plan),
+                stats: Arc::new(StreamStats::default()),
+            });
         }
     }
     drop(tx);
     let streams = Arc::new(streams);
     let enrich_stats = Arc::new(EnrichStats::default());
     let worker = {
-        let (streams, registry, enrich_stats) = (streams.clone(), registry.clone(), enrich_stats.clone());
+        let (streams, registry, enrich_stats) =
+            (streams.clone(), registry.clone(), enrich_stats.clone());
         std::thread::Builder::new()
             .name("aggregate".into())
             .spawn(move || pipeline::run_worker(rx, streams, registry, enricher, enrich_stats))?
@@ -239,7 +319,8 @@ async fn main() -> Result<()> {
     tracing::info!(%addr, node = %node, path = %config.web.telemetry_path, "serving metrics");
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {},
                 _ = term.recv() => {},
@@ -280,11 +361,23 @@ async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
                 }
             }
         }
-        s.telemetry.update(&running, &s.failures, &s.streams, &s.enrich_stats, &s.registry);
+        s.telemetry.update(
+            &running,
+            &s.failures,
+            &s.streams,
+            &s.enrich_stats,
+            &s.registry,
+        );
         out.push_str(&s.telemetry.render());
         out
     })
     .await
     .unwrap_or_default();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
 }

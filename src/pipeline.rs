@@ -47,14 +47,20 @@ pub fn run_worker(
         .map(|s| StreamAggregator::new(s.plan.clone(), &registry, s.stats.clone()))
         .collect();
     for batch in rx {
-        let Some(agg) = aggs.get_mut(batch.stream as usize) else { continue };
+        let Some(agg) = aggs.get_mut(batch.stream as usize) else {
+            continue;
+        };
         let now = Instant::now();
         for record in batch.records() {
             let labels = cache.get(agg.plan().cgroup_id(record), now);
             agg.observe(record, labels);
         }
         agg.flush_stats();
-        enrich_stats.hits.fetch_add(std::mem::take(&mut cache.hits), Relaxed);
-        enrich_stats.misses.fetch_add(std::mem::take(&mut cache.misses), Relaxed);
+        enrich_stats
+            .hits
+            .fetch_add(std::mem::take(&mut cache.hits), Relaxed);
+        enrich_stats
+            .misses
+            .fetch_add(std::mem::take(&mut cache.misses), Relaxed);
     }
 }

@@ -41,16 +41,25 @@ impl Source {
                 _ => PathBuf::from(object_name),
             }),
         };
-        Self { name: name.into(), at: format!("{source}: programs.{name}."), object }
+        Self {
+            name: name.into(),
+            at: format!("{source}: programs.{name}."),
+            object,
+        }
     }
 
     /// A program from `<dir>/<name>.yaml`, with its object `<dir>/<name>.bpf.o`.
     pub fn dir(dir: &Path, name: &str, program: &Program) -> Self {
         let object = match &program.object {
-            Some(o) => bpf_programs::find(o).map_or_else(|| Object::File(dir.join(o)), |b| Object::Builtin(b.bytes)),
+            Some(o) => bpf_programs::find(o)
+                .map_or_else(|| Object::File(dir.join(o)), |b| Object::Builtin(b.bytes)),
             None => Object::File(dir.join(format!("{name}.bpf.o"))),
         };
-        Self { name: name.into(), at: format!("{}: ", dir.join(format!("{name}.yaml")).display()), object }
+        Self {
+            name: name.into(),
+            at: format!("{}: ", dir.join(format!("{name}.yaml")).display()),
+            object,
+        }
     }
 }
 
@@ -107,13 +116,23 @@ pub struct Setup<'a> {
 impl Setup<'_> {
     /// Compiles, loads and attaches one program.
     pub fn start(&self, src: &Source, program: &Program) -> Result<Running, Failure> {
-        let fail = |stage, message: String| Failure { name: src.name.clone(), stage, message };
+        let fail = |stage, message: String| Failure {
+            name: src.name.clone(),
+            stage,
+            message,
+        };
         let at = &src.at;
         if program.tracing.is_some() {
             tracing::warn!(program = %src.name, "{at}tracing: OpenTelemetry tracing is not supported; the section is ignored");
         }
-        let plan = ProgramPlan::compile(&program.rings, &program.metrics, self.registry, self.decoders, at)
-            .map_err(|e| fail(Stage::Config, format!("{at}{e}")))?;
+        let plan = ProgramPlan::compile(
+            &program.rings,
+            &program.metrics,
+            self.registry,
+            self.decoders,
+            at,
+        )
+        .map_err(|e| fail(Stage::Config, format!("{at}{e}")))?;
         let mut kaddrs = Vec::new();
         if !program.kaddrs.is_empty() {
             let syms = self.decoders.kallsyms();
@@ -129,7 +148,14 @@ impl Setup<'_> {
             Object::File(path) => std::fs::read(path)
                 .map_err(|e| {
                     let builtin: Vec<&str> = bpf_programs::OBJECTS.iter().map(|o| o.name).collect();
-                    fail(Stage::Load, format!("{at}object: cannot read {}: {e} (built-in objects: {})", path.display(), builtin.join(", ")))
+                    fail(
+                        Stage::Load,
+                        format!(
+                            "{at}object: cannot read {}: {e} (built-in objects: {})",
+                            path.display(),
+                            builtin.join(", ")
+                        ),
+                    )
                 })?
                 .into(),
         };
@@ -152,7 +178,9 @@ impl Setup<'_> {
             fail(stage, format!("{at}{e}{hint}"))
         })?;
         for t in &plan.tables {
-            let key = object.key_size(&t.map).map_err(|e| fail(Stage::Config, format!("{}.name: {e}", t.at)))?;
+            let key = object
+                .key_size(&t.map)
+                .map_err(|e| fail(Stage::Config, format!("{}.name: {e}", t.at)))?;
             if key != t.key_size {
                 return Err(fail(
                     Stage::Config,
@@ -163,6 +191,10 @@ impl Setup<'_> {
         for (prog, point) in object.attached() {
             tracing::info!(program = %src.name, function = %prog, at = %point, "attached");
         }
-        Ok(Running { name: src.name.clone(), object, plan })
+        Ok(Running {
+            name: src.name.clone(),
+            object,
+            plan,
+        })
     }
 }

@@ -24,33 +24,95 @@ pub struct Telemetry {
 impl Telemetry {
     /// Installs the global recorder and describes every self-metric.
     pub fn install() -> Result<Self> {
-        let handle = PrometheusBuilder::new().install_recorder().context("installing the metrics recorder")?;
+        let handle = PrometheusBuilder::new()
+            .install_recorder()
+            .context("installing the metrics recorder")?;
         describe_gauge!("ebpf_exporter_build_info", "Build of the exporter, value 1");
-        describe_gauge!("ebpf_exporter_enabled_configs", "The set of enabled configs");
-        describe_gauge!("ebpf_exporter_config_failed", "Configs that could not start, by the stage that failed (config, load, attach)");
-        describe_gauge!("ebpf_exporter_ebpf_program_info", "Info about ebpf programs");
-        describe_gauge!("ebpf_exporter_ebpf_program_attached", "Whether a program is attached");
-        describe_gauge!("ebpf_exporter_ebpf_program_run_time_seconds", "How long the program has been executing (kernel.bpf_stats_enabled=1)");
-        describe_counter!("ebpf_exporter_ebpf_program_run_count_total", "How many times the program has run (kernel.bpf_stats_enabled=1)");
-        describe_counter!("ebpf_exporter_ring_records_total", "Records read from a ring buffer or perf event array");
-        describe_counter!("ebpf_exporter_ring_reserve_failures_total", "Records a program could not write because its ring was full, summed over CPUs");
-        describe_counter!("ebpf_exporter_ring_lost_records_total", "Records the kernel reports lost because a perf buffer was full");
-        describe_counter!("ebpf_exporter_ingest_queue_dropped_records_total", "Records dropped because the queue to the aggregate stage was full");
-        describe_counter!("ebpf_exporter_aggregate_records_total", "Records aggregated into metrics");
-        describe_counter!("ebpf_exporter_aggregate_malformed_records_total", "Records shorter than their configured layout, not aggregated");
-        describe_counter!("ebpf_exporter_decoder_errors_total", "Events or map entries left out because a label's decoder rejected its bytes");
-        describe_counter!("ebpf_exporter_decoder_filtered_total", "Events left out of a metric by a filter decoder (regexp)");
-        describe_counter!("ebpf_exporter_table_malformed_keys_total", "Map entries whose key size does not match the metric's labels");
-        describe_counter!("ebpf_exporter_table_read_errors_total", "Failed reads of a map at scrape time");
-        describe_counter!("ebpf_exporter_enrich_cache_hits_total", "cgroup lookups answered by a worker's cache");
-        describe_counter!("ebpf_exporter_enrich_cache_misses_total", "cgroup lookups resolved through cgroupfs and pod metadata");
+        describe_gauge!(
+            "ebpf_exporter_enabled_configs",
+            "The set of enabled configs"
+        );
+        describe_gauge!(
+            "ebpf_exporter_config_failed",
+            "Configs that could not start, by the stage that failed (config, load, attach)"
+        );
+        describe_gauge!(
+            "ebpf_exporter_ebpf_program_info",
+            "Info about ebpf programs"
+        );
+        describe_gauge!(
+            "ebpf_exporter_ebpf_program_attached",
+            "Whether a program is attached"
+        );
+        describe_gauge!(
+            "ebpf_exporter_ebpf_program_run_time_seconds",
+            "How long the program has been executing (kernel.bpf_stats_enabled=1)"
+        );
+        describe_counter!(
+            "ebpf_exporter_ebpf_program_run_count_total",
+            "How many times the program has run (kernel.bpf_stats_enabled=1)"
+        );
+        describe_counter!(
+            "ebpf_exporter_ring_records_total",
+            "Records read from a ring buffer or perf event array"
+        );
+        describe_counter!(
+            "ebpf_exporter_ring_reserve_failures_total",
+            "Records a program could not write because its ring was full, summed over CPUs"
+        );
+        describe_counter!(
+            "ebpf_exporter_ring_lost_records_total",
+            "Records the kernel reports lost because a perf buffer was full"
+        );
+        describe_counter!(
+            "ebpf_exporter_ingest_queue_dropped_records_total",
+            "Records dropped because the queue to the aggregate stage was full"
+        );
+        describe_counter!(
+            "ebpf_exporter_aggregate_records_total",
+            "Records aggregated into metrics"
+        );
+        describe_counter!(
+            "ebpf_exporter_aggregate_malformed_records_total",
+            "Records shorter than their configured layout, not aggregated"
+        );
+        describe_counter!(
+            "ebpf_exporter_decoder_errors_total",
+            "Events or map entries left out because a label's decoder rejected its bytes"
+        );
+        describe_counter!(
+            "ebpf_exporter_decoder_filtered_total",
+            "Events left out of a metric by a filter decoder (regexp)"
+        );
+        describe_counter!(
+            "ebpf_exporter_table_malformed_keys_total",
+            "Map entries whose key size does not match the metric's labels"
+        );
+        describe_counter!(
+            "ebpf_exporter_table_read_errors_total",
+            "Failed reads of a map at scrape time"
+        );
+        describe_counter!(
+            "ebpf_exporter_enrich_cache_hits_total",
+            "cgroup lookups answered by a worker's cache"
+        );
+        describe_counter!(
+            "ebpf_exporter_enrich_cache_misses_total",
+            "cgroup lookups resolved through cgroupfs and pod metadata"
+        );
         gauge!("ebpf_exporter_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-        Ok(Self { handle, rings: Mutex::default() })
+        Ok(Self {
+            handle,
+            rings: Mutex::default(),
+        })
     }
 
     /// Registers a ring reader's counters.
     pub fn add_ring(&self, program: &str, ring: &str, stats: Arc<RingStats>) {
-        self.rings.lock().unwrap().push((program.into(), ring.into(), stats));
+        self.rings
+            .lock()
+            .unwrap()
+            .push((program.into(), ring.into(), stats));
     }
 
     /// Counts a failed map read.
@@ -59,24 +121,37 @@ impl Telemetry {
     }
 
     /// Copies the stages' counters into the recorder.
-    pub fn update(&self, running: &[Running], failures: &[Failure], streams: &[Stream], enrich: &EnrichStats, registry: &Registry) {
+    pub fn update(
+        &self,
+        running: &[Running],
+        failures: &[Failure],
+        streams: &[Stream],
+        enrich: &EnrichStats,
+        registry: &Registry,
+    ) {
         for (program, ring, s) in self.rings.lock().unwrap().iter() {
             let labels = [("program", program.clone()), ("ring", ring.clone())];
             counter!("ebpf_exporter_ring_records_total", &labels).absolute(s.records.load(Relaxed));
-            counter!("ebpf_exporter_ring_lost_records_total", &labels).absolute(s.kernel_lost.load(Relaxed));
-            counter!("ebpf_exporter_ingest_queue_dropped_records_total", &labels).absolute(s.queue_dropped.load(Relaxed));
+            counter!("ebpf_exporter_ring_lost_records_total", &labels)
+                .absolute(s.kernel_lost.load(Relaxed));
+            counter!("ebpf_exporter_ingest_queue_dropped_records_total", &labels)
+                .absolute(s.queue_dropped.load(Relaxed));
         }
-        let stats_enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1");
+        let stats_enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+            .is_ok_and(|v| v.trim() == "1");
         for r in running {
             gauge!("ebpf_exporter_enabled_configs", "name" => r.name.clone()).set(1.0);
-            counter!("ebpf_exporter_ring_reserve_failures_total", "program" => r.name.clone()).absolute(r.object.ring_drops());
+            counter!("ebpf_exporter_ring_reserve_failures_total", "program" => r.name.clone())
+                .absolute(r.object.ring_drops());
             for p in r.object.program_stats() {
                 let id = p.id.to_string();
                 gauge!("ebpf_exporter_ebpf_program_info", "config" => r.name.clone(), "program" => p.name, "tag" => p.tag, "id" => id.clone()).set(1.0);
                 gauge!("ebpf_exporter_ebpf_program_attached", "id" => id.clone()).set(1.0);
                 if stats_enabled {
-                    gauge!("ebpf_exporter_ebpf_program_run_time_seconds", "id" => id.clone()).set(p.run_time.as_secs_f64());
-                    counter!("ebpf_exporter_ebpf_program_run_count_total", "id" => id).absolute(p.run_count);
+                    gauge!("ebpf_exporter_ebpf_program_run_time_seconds", "id" => id.clone())
+                        .set(p.run_time.as_secs_f64());
+                    counter!("ebpf_exporter_ebpf_program_run_count_total", "id" => id)
+                        .absolute(p.run_count);
                 }
             }
             for t in &r.plan.tables {
@@ -90,15 +165,21 @@ impl Telemetry {
             gauge!("ebpf_exporter_config_failed", "name" => f.name.clone(), "stage" => f.stage.as_str()).set(1.0);
         }
         for s in streams {
-            let labels = [("program", s.program.clone()), ("ring", s.plan.ring.clone())];
-            counter!("ebpf_exporter_aggregate_records_total", &labels).absolute(s.stats.records.load(Relaxed));
-            counter!("ebpf_exporter_aggregate_malformed_records_total", &labels).absolute(s.stats.malformed.load(Relaxed));
+            let labels = [
+                ("program", s.program.clone()),
+                ("ring", s.plan.ring.clone()),
+            ];
+            counter!("ebpf_exporter_aggregate_records_total", &labels)
+                .absolute(s.stats.records.load(Relaxed));
+            counter!("ebpf_exporter_aggregate_malformed_records_total", &labels)
+                .absolute(s.stats.malformed.load(Relaxed));
         }
         for f in registry.decode_failures() {
             for (label, n) in f.invalid {
                 counter!("ebpf_exporter_decoder_errors_total", "metric" => f.metric.clone(), "label" => label).absolute(n);
             }
-            counter!("ebpf_exporter_decoder_filtered_total", "metric" => f.metric).absolute(f.filtered);
+            counter!("ebpf_exporter_decoder_filtered_total", "metric" => f.metric)
+                .absolute(f.filtered);
         }
         counter!("ebpf_exporter_enrich_cache_hits_total").absolute(enrich.hits.load(Relaxed));
         counter!("ebpf_exporter_enrich_cache_misses_total").absolute(enrich.misses.load(Relaxed));

@@ -11,7 +11,10 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
         .env("RUST_BACKTRACE", "0")
         .output()
         .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A config file in a temp dir, removed on drop.
@@ -19,7 +22,8 @@ struct TempConfig(std::path::PathBuf);
 
 impl TempConfig {
     fn new(name: &str, text: &str) -> Self {
-        let file = std::env::temp_dir().join(format!("kebpf-config-{}-{name}.yaml", std::process::id()));
+        let file =
+            std::env::temp_dir().join(format!("kebpf-config-{}-{name}.yaml", std::process::id()));
         std::fs::write(&file, text).unwrap();
         Self(file)
     }
@@ -35,17 +39,29 @@ const DEFAULT: &str = include_str!("../src/default.yaml");
 
 #[test]
 fn unknown_key_names_file_key_and_reason() {
-    let file = TempConfig::new("unknown", &DEFAULT.replace("bucket_type: exp2", "bucket_kind: exp2"));
+    let file = TempConfig::new(
+        "unknown",
+        &DEFAULT.replace("bucket_type: exp2", "bucket_kind: exp2"),
+    );
     let (ok, err) = run(&["--config.file", file.0.to_str().unwrap()], &[]);
     assert!(!ok);
     assert!(err.contains(file.0.to_str().unwrap()), "{err}");
-    assert!(err.contains("programs.tcp_connect_latency.metrics.histograms"), "{err}");
-    assert!(err.contains("unknown field") && err.contains("bucket_kind"), "{err}");
+    assert!(
+        err.contains("programs.tcp_connect_latency.metrics.histograms"),
+        "{err}"
+    );
+    assert!(
+        err.contains("unknown field") && err.contains("bucket_kind"),
+        "{err}"
+    );
 }
 
 #[test]
 fn semantic_errors_name_the_key() {
-    let file = TempConfig::new("semantic", &DEFAULT.replace("field: latency_ns", "field: latency_us"));
+    let file = TempConfig::new(
+        "semantic",
+        &DEFAULT.replace("field: latency_ns", "field: latency_us"),
+    );
     let (ok, err) = run(&["--config.file", file.0.to_str().unwrap()], &[]);
     assert!(!ok);
     assert!(
@@ -59,9 +75,15 @@ fn semantic_errors_name_the_key() {
 
 #[test]
 fn environment_overrides_are_checked_too() {
-    let (ok, err) = run(&[], &[("KUBE_EBPF_EXPORTER__PIPELINE__QUEUE_BATCHES", "lots")]);
+    let (ok, err) = run(
+        &[],
+        &[("KUBE_EBPF_EXPORTER__PIPELINE__QUEUE_BATCHES", "lots")],
+    );
     assert!(!ok);
-    assert!(err.contains("pipeline.queue_batches") && err.contains("invalid type"), "{err}");
+    assert!(
+        err.contains("pipeline.queue_batches") && err.contains("invalid type"),
+        "{err}"
+    );
     assert!(err.contains("KUBE_EBPF_EXPORTER__"), "{err}");
 }
 
@@ -69,7 +91,10 @@ fn environment_overrides_are_checked_too() {
 fn missing_file_is_named() {
     let (ok, err) = run(&["--config.file", "/nonexistent/kebpf.yaml"], &[]);
     assert!(!ok);
-    assert!(err.contains("/nonexistent/kebpf.yaml") && err.contains("No such file"), "{err}");
+    assert!(
+        err.contains("/nonexistent/kebpf.yaml") && err.contains("No such file"),
+        "{err}"
+    );
 }
 
 /// Writes a BPF C source into `dir` and compiles it as `<name>.bpf.o` with our headers.
@@ -86,7 +111,11 @@ fn compile_c(dir: &std::path::Path, name: &str, source: &str) {
         .arg(dir.join(format!("{name}.bpf.o")))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 const COUNTER_C: &str = r#"
@@ -126,7 +155,12 @@ fn label_sizes_are_checked_against_the_map_key() {
         return;
     }
     let c = COUNTER_C.replace("ATTACH", "tracepoint/syscalls/sys_enter_getppid");
-    let dir = config_dir("keysize", "calls", &COUNTER_YAML.replace("SIZE", "4"), Some(&c));
+    let dir = config_dir(
+        "keysize",
+        "calls",
+        &COUNTER_YAML.replace("SIZE", "4"),
+        Some(&c),
+    );
     let (ok, out, _) = check(&dir, &[]);
     assert!(!ok, "{out}");
     let yaml = dir.0.join("calls.yaml");
@@ -134,9 +168,17 @@ fn label_sizes_are_checked_against_the_map_key() {
         out.contains(&format!("FAILED  calls (config): {}: metrics.counters[0].labels: sizes and padding add up to 4 bytes, but map \"calls_total\" has 8-byte keys", yaml.display())),
         "{out}"
     );
-    let dir = config_dir("keysize-ok", "calls", &COUNTER_YAML.replace("SIZE", "8"), Some(&c));
+    let dir = config_dir(
+        "keysize-ok",
+        "calls",
+        &COUNTER_YAML.replace("SIZE", "8"),
+        Some(&c),
+    );
     let (ok, out, _) = check(&dir, &[]);
-    assert!(ok && out.contains("ok      calls: 1 program(s) attached"), "{out}");
+    assert!(
+        ok && out.contains("ok      calls: 1 program(s) attached"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -147,7 +189,13 @@ fn missing_object_is_named() {
     let dir = config_dir("noobj", "calls", &COUNTER_YAML.replace("SIZE", "8"), None);
     let (ok, out, _) = check(&dir, &[]);
     assert!(!ok);
-    assert!(out.contains(&format!("object: cannot read {}", dir.0.join("calls.bpf.o").display())), "{out}");
+    assert!(
+        out.contains(&format!(
+            "object: cannot read {}",
+            dir.0.join("calls.bpf.o").display()
+        )),
+        "{out}"
+    );
     assert!(out.contains("No such file"), "{out}");
 }
 
@@ -157,7 +205,12 @@ fn attach_points_the_kernel_lacks_are_explained() {
         return;
     }
     let c = COUNTER_C.replace("ATTACH", "tracepoint/syscalls/sys_enter_no_such_call");
-    let dir = config_dir("noattach", "calls", &COUNTER_YAML.replace("SIZE", "8"), Some(&c));
+    let dir = config_dir(
+        "noattach",
+        "calls",
+        &COUNTER_YAML.replace("SIZE", "8"),
+        Some(&c),
+    );
     let (ok, out, _) = check(&dir, &[]);
     assert!(!ok);
     assert!(out.contains("FAILED  calls (attach)"), "{out}");
@@ -170,17 +223,29 @@ fn verifier_rejections_show_the_log() {
         return;
     }
     // Reads a map value without the NULL check the verifier insists on.
-    let c = COUNTER_C.replace(
-        "__u64 k = 1, v = 1; bpf_map_update_elem(&calls_total, &k, &v, BPF_ANY); return 0;",
-        "__u64 k = 1; __u64 *v = bpf_map_lookup_elem(&calls_total, &k); return *v;",
-    )
-    .replace("ATTACH", "tracepoint/syscalls/sys_enter_getppid");
-    let dir = config_dir("verifier", "calls", &COUNTER_YAML.replace("SIZE", "8"), Some(&c));
+    let c = COUNTER_C
+        .replace(
+            "__u64 k = 1, v = 1; bpf_map_update_elem(&calls_total, &k, &v, BPF_ANY); return 0;",
+            "__u64 k = 1; __u64 *v = bpf_map_lookup_elem(&calls_total, &k); return *v;",
+        )
+        .replace("ATTACH", "tracepoint/syscalls/sys_enter_getppid");
+    let dir = config_dir(
+        "verifier",
+        "calls",
+        &COUNTER_YAML.replace("SIZE", "8"),
+        Some(&c),
+    );
     let (ok, out, _) = check(&dir, &[]);
     assert!(!ok);
     assert!(out.contains("FAILED  calls (load)"), "{out}");
-    assert!(out.contains("load failed") && out.contains("verifier log (last lines)"), "{out}");
-    assert!(out.contains("invalid mem access 'map_value_or_null'"), "{out}");
+    assert!(
+        out.contains("load failed") && out.contains("verifier log (last lines)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("invalid mem access 'map_value_or_null'"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -191,19 +256,81 @@ fn a_bad_config_is_skipped_and_reported_unless_strict() {
     let c = COUNTER_C.replace("ATTACH", "tracepoint/syscalls/sys_enter_getppid");
     let dir = config_dir("skip", "good", &COUNTER_YAML.replace("SIZE", "8"), Some(&c));
     std::fs::write(dir.0.join("bad.yaml"), "metrics:\n  counters:\n    - name: x\n      help: y\n      labels: [{ name: k, size: 8, decoders: [{ name: bogus }] }]\n").unwrap();
-    let exporter = common::Exporter::start(&["--config.dir", dir.0.to_str().unwrap()], &dir.0.join("exporter.log"));
+    let exporter = common::Exporter::start(
+        &["--config.dir", dir.0.to_str().unwrap()],
+        &dir.0.join("exporter.log"),
+    );
     let page = exporter.metrics();
-    assert!(page.contains("ebpf_exporter_enabled_configs{name=\"good\"} 1"), "{page}");
-    assert!(page.contains("ebpf_exporter_config_failed{name=\"bad\",stage=\"config\"} 1"), "{page}");
+    assert!(
+        page.contains("ebpf_exporter_enabled_configs{name=\"good\"} 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains("ebpf_exporter_config_failed{name=\"bad\",stage=\"config\"} 1"),
+        "{page}"
+    );
     drop(exporter);
     let log = std::fs::read_to_string(dir.0.join("exporter.log")).unwrap();
-    assert!(log.contains("bad.yaml: metrics.counters[0].labels[0].decoders[0].name: unknown decoder \"bogus\""), "{log}");
+    assert!(
+        log.contains(
+            "bad.yaml: metrics.counters[0].labels[0].decoders[0].name: unknown decoder \"bogus\""
+        ),
+        "{log}"
+    );
 
     let out = Command::new(common::BIN)
-        .args(["--config.dir", dir.0.to_str().unwrap(), "--config.strict", "--web.listen-address", "127.0.0.1:0"])
+        .args([
+            "--config.dir",
+            dir.0.to_str().unwrap(),
+            "--config.strict",
+            "--web.listen-address",
+            "127.0.0.1:0",
+        ])
         .env("RUST_BACKTRACE", "0")
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("config bad failed (config)"));
+}
+
+#[test]
+fn every_attach_kind_this_kernel_has_attaches_and_the_others_say_why() {
+    if !test_support::privileged(
+        "every_attach_kind_this_kernel_has_attaches_and_the_others_say_why",
+    ) {
+        return;
+    }
+    let dir = common::TempDir::new("attach-kinds");
+    let kinds = [
+        ("perf", "perf_event/type=1,config=0,frequency=99", "0"),
+        ("uretprobe", "uretprobe/libc.so.6:usleep", "0"),
+        ("xdp", "xdp/lo", "2"),
+        ("kprobe", "kprobe/do_nanosleep", "0"),
+        ("usdt", "usdt//usr/bin/true:provider:probe", "0"),
+    ];
+    for (name, section, ret) in kinds {
+        let c = format!("#include \"vmlinux.h\"\n#include <bpf/bpf_helpers.h>\nSEC(\"{section}\") int prog(void *ctx) {{ return {ret}; }}\nchar LICENSE[] SEC(\"license\") = \"GPL\";\n");
+        compile_c(&dir.0, name, &c);
+        std::fs::write(dir.0.join(format!("{name}.yaml")), "metrics: {}\n").unwrap();
+    }
+    let (ok, out, _) = check(&dir, &[]);
+    assert!(!ok);
+    for name in ["perf", "uretprobe", "xdp"] {
+        assert!(
+            out.contains(&format!("ok      {name}: 1 program(s) attached")),
+            "{out}"
+        );
+    }
+    // This kernel has no kprobes (CONFIG_KPROBES unset); real nodes do.
+    let kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    if !kprobes {
+        assert!(
+            out.contains("FAILED  kprobe (attach)") && out.contains("this kernel lacks kprobes"),
+            "{out}"
+        );
+    }
+    assert!(
+        out.contains("FAILED  usdt (load)") && out.contains("usdt probes are not supported yet"),
+        "{out}"
+    );
 }

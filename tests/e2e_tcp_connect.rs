@@ -27,7 +27,9 @@ const METRIC: &str = "ebpf_exporter_tcp_connect_latency_seconds";
 
 /// Runs `n` TCP connects to `host:port` from a new bash, first moved into `cgroup` if given.
 fn connect_n(n: usize, host: &str, port: u16, cgroup: Option<&Path>) {
-    let connects = format!("for i in $(seq {n}); do exec 3<>/dev/tcp/{host}/{port} || exit 1; exec 3>&-; done");
+    let connects = format!(
+        "for i in $(seq {n}); do exec 3<>/dev/tcp/{host}/{port} || exit 1; exec 3>&-; done"
+    );
     let script = match cgroup {
         Some(cg) => format!("echo $$ > {}/cgroup.procs && {connects}", cg.display()),
         None => connects,
@@ -75,10 +77,22 @@ fn pod_connects_are_counted_exactly_under_the_pod() {
     // Give stragglers a chance to show up wrongly before checking exactness.
     std::thread::sleep(Duration::from_millis(300));
     let metrics = exporter.metrics();
-    assert_eq!(sample(&metrics, &format!("{METRIC}_count"), &labels), Some(N as f64), "{metrics}");
-    assert_eq!(sample(&metrics, &format!("{METRIC}_count"), &labels6), Some(N6 as f64), "{metrics}");
     assert_eq!(
-        sample(&metrics, &format!("{METRIC}_bucket"), &format!("{labels},le=\"+Inf\"")),
+        sample(&metrics, &format!("{METRIC}_count"), &labels),
+        Some(N as f64),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, &format!("{METRIC}_count"), &labels6),
+        Some(N6 as f64),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!("{METRIC}_bucket"),
+            &format!("{labels},le=\"+Inf\"")
+        ),
         Some(N as f64)
     );
     let sum = sample(&metrics, &format!("{METRIC}_sum"), &labels).unwrap();
@@ -94,9 +108,16 @@ fn pod_connects_are_counted_exactly_under_the_pod() {
         .filter(|(l, _)| l.contains("app_pod=\"\"") && l.contains("subnet=\"127\""))
         .map(|(_, v)| v)
         .sum();
-    assert!(outside >= M as f64, "outside connects: {outside} < {M}\n{metrics}");
     assert!(
-        sample(&metrics, "ebpf_exporter_ring_reserve_failures_total", "program=\"tcp_connect_latency\"") == Some(0.0),
+        outside >= M as f64,
+        "outside connects: {outside} < {M}\n{metrics}"
+    );
+    assert!(
+        sample(
+            &metrics,
+            "ebpf_exporter_ring_reserve_failures_total",
+            "program=\"tcp_connect_latency\""
+        ) == Some(0.0),
         "{metrics}"
     );
 

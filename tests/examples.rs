@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{compile_example, node, run_workload, sample, wait_for, Cgroups, Exporter, Pod, TempDir};
+use common::{
+    compile_example, node, run_workload, sample, wait_for, Cgroups, Exporter, Pod, TempDir,
+};
 
 const POD: Pod = Pod {
     namespace: "shop",
@@ -17,7 +19,13 @@ const POD: Pod = Pod {
 /// Compiles `example` into a temp config dir and starts the exporter on it.
 fn start(example: &str, dir: &TempDir, extra: &[String]) -> Exporter {
     compile_example(example, &dir.0);
-    let mut args = vec!["--config.dir".to_string(), dir.0.display().to_string(), "--config.names".into(), example.into(), "--config.strict".into()];
+    let mut args = vec![
+        "--config.dir".to_string(),
+        dir.0.display().to_string(),
+        "--config.names".into(),
+        example.into(),
+        "--config.strict".into(),
+    ];
     args.extend_from_slice(extra);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Exporter::start(&args, &dir.0.join("exporter.log"))
@@ -42,8 +50,16 @@ fn getpid_calls_table_counter_with_kube_decoders() {
     let name = "ebpf_exporter_getpid_calls_total";
     let page = wait_for(&exporter, name, &POD.labels(), 1234.0);
     assert_eq!(sample(&page, name, &POD.labels()), Some(1234.0), "{page}");
-    assert!(page.contains("ebpf_exporter_enabled_configs{name=\"getpid-calls\"} 1"), "{page}");
-    assert!(page.contains("ebpf_exporter_ebpf_program_info{config=\"getpid-calls\",program=\"count_getpid\""), "{page}");
+    assert!(
+        page.contains("ebpf_exporter_enabled_configs{name=\"getpid-calls\"} 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains(
+            "ebpf_exporter_ebpf_program_info{config=\"getpid-calls\",program=\"count_getpid\""
+        ),
+        "{page}"
+    );
 }
 
 #[test]
@@ -58,7 +74,11 @@ fn syscall_latency_ring_histogram_with_syscall_decoder() {
     let labels = format!("{},node_id=\"{}\",syscall=\"getpid\"", POD.labels(), node());
     let page = wait_for(&exporter, name, &labels, 777.0);
     assert_eq!(sample(&page, name, &labels), Some(777.0), "{page}");
-    let inf = sample(&page, "ebpf_exporter_syscall_latency_seconds_bucket", &format!("{labels},le=\"+Inf\""));
+    let inf = sample(
+        &page,
+        "ebpf_exporter_syscall_latency_seconds_bucket",
+        &format!("{labels},le=\"+Inf\""),
+    );
     assert_eq!(inf, Some(777.0));
 }
 
@@ -87,7 +107,13 @@ fn usleep_uprobe_table_histogram_with_sum_key() {
     let name = "ebpf_exporter_usleep_requested_seconds";
     let labels = format!("cgroup=\"{}\"", Cgroups::display(&cg));
     let page = wait_for(&exporter, &format!("{name}_count"), &labels, 5.0);
-    let bucket = |le: &str| sample(&page, &format!("{name}_bucket"), &format!("{labels},le=\"{le}\""));
+    let bucket = |le: &str| {
+        sample(
+            &page,
+            &format!("{name}_bucket"),
+            &format!("{labels},le=\"{le}\""),
+        )
+    };
     // log2 buckets: 1 µs → le 1e-06; 3 → 4e-06; 100 → 0.000128; 5000 → 0.008192.
     assert_eq!(bucket("1e-06"), Some(1.0), "{page}");
     assert_eq!(bucket("2e-06"), Some(1.0));
@@ -97,7 +123,10 @@ fn usleep_uprobe_table_histogram_with_sum_key() {
     assert_eq!(bucket("0.004096"), Some(4.0));
     assert_eq!(bucket("0.008192"), Some(5.0));
     assert_eq!(bucket("+Inf"), Some(5.0));
-    assert_eq!(sample(&page, &format!("{name}_sum"), &labels), Some(0.005107));
+    assert_eq!(
+        sample(&page, &format!("{name}_sum"), &labels),
+        Some(0.005107)
+    );
     assert_eq!(sample(&page, &format!("{name}_count"), &labels), Some(5.0));
 }
 

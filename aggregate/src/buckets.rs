@@ -5,7 +5,6 @@ use crate::{
     invalid, ConfigError,
 };
 
-
 /// Largest number of buckets a histogram may have.
 const MAX_BUCKETS: usize = 512;
 
@@ -31,12 +30,18 @@ impl Layout {
 /// # Errors
 /// Missing or inconsistent bucket settings, named by `at`.
 pub fn layout(m: &MetricConfig, at: &str) -> Result<Layout, ConfigError> {
-    let kind = m
-        .bucket_type
-        .ok_or_else(|| invalid(format!("{at}.bucket_type"), "histograms need one of exp2, exp2zero, linear, fixed"))?;
+    let kind = m.bucket_type.ok_or_else(|| {
+        invalid(
+            format!("{at}.bucket_type"),
+            "histograms need one of exp2, exp2zero, linear, fixed",
+        )
+    })?;
     let mult = m.bucket_multiplier.unwrap_or(1.0);
     if !(mult.is_finite() && mult > 0.0) {
-        return Err(invalid(format!("{at}.bucket_multiplier"), "must be a positive number"));
+        return Err(invalid(
+            format!("{at}.bucket_multiplier"),
+            "must be a positive number",
+        ));
     }
     let keys: Vec<f64> = if kind == BucketType::Fixed {
         m.bucket_keys.clone()
@@ -46,10 +51,16 @@ pub fn layout(m: &MetricConfig, at: &str) -> Result<Layout, ConfigError> {
             .bucket_max
             .ok_or_else(|| invalid(format!("{at}.bucket_max"), "required for this bucket_type"))?;
         if max < min {
-            return Err(invalid(format!("{at}.bucket_max"), format!("{max} is below bucket_min {min}")));
+            return Err(invalid(
+                format!("{at}.bucket_max"),
+                format!("{max} is below bucket_min {min}"),
+            ));
         }
         if (max - min) as usize >= MAX_BUCKETS {
-            return Err(invalid(format!("{at}.bucket_max"), format!("gives {} buckets; at most {MAX_BUCKETS}", max - min + 1)));
+            return Err(invalid(
+                format!("{at}.bucket_max"),
+                format!("gives {} buckets; at most {MAX_BUCKETS}", max - min + 1),
+            ));
         }
         (min..=max).map(f64::from).collect()
     };
@@ -63,10 +74,16 @@ pub fn layout(m: &MetricConfig, at: &str) -> Result<Layout, ConfigError> {
         })
         .collect();
     if bounds.is_empty() || bounds.len() > MAX_BUCKETS {
-        return Err(invalid(format!("{at}.bucket_keys"), format!("gives {} buckets; 1 to {MAX_BUCKETS} allowed", bounds.len())));
+        return Err(invalid(
+            format!("{at}.bucket_keys"),
+            format!("gives {} buckets; 1 to {MAX_BUCKETS} allowed", bounds.len()),
+        ));
     }
     if bounds.windows(2).any(|w| w[0] >= w[1]) || bounds.iter().any(|b| !b.is_finite()) {
-        return Err(invalid(format!("{at}.bucket_keys"), "bounds must be finite and strictly increasing"));
+        return Err(invalid(
+            format!("{at}.bucket_keys"),
+            "bounds must be finite and strictly increasing",
+        ));
     }
     Ok(Layout { keys, bounds })
 }
@@ -108,7 +125,14 @@ mod tests {
 
     #[test]
     fn exp2_matches_the_seed_buckets() {
-        let l = layout(&metric("exp2", "bucket_min: 0, bucket_max: 26, bucket_multiplier: 1e-06"), "m").unwrap();
+        let l = layout(
+            &metric(
+                "exp2",
+                "bucket_min: 0, bucket_max: 26, bucket_multiplier: 1e-06",
+            ),
+            "m",
+        )
+        .unwrap();
         assert_eq!(l.sum_key(), 27.0);
         let b = l.bounds;
         assert_eq!(b.len(), 27);
@@ -125,16 +149,34 @@ mod tests {
     #[test]
     fn other_layouts() {
         let bounds = |m| layout(&m, "m").unwrap().bounds;
-        assert_eq!(bounds(metric("exp2zero", "bucket_max: 3")), vec![0.0, 1.0, 2.0, 4.0]);
-        assert_eq!(bounds(metric("linear", "bucket_min: 1, bucket_max: 3, bucket_multiplier: 10")), vec![10.0, 20.0, 30.0]);
-        assert_eq!(bounds(metric("fixed", "bucket_keys: [1, 5, 10]")), vec![1.0, 5.0, 10.0]);
-        assert_eq!(layout(&metric("fixed", "bucket_keys: [1, 5, 10]"), "m").unwrap().sum_key(), 11.0);
+        assert_eq!(
+            bounds(metric("exp2zero", "bucket_max: 3")),
+            vec![0.0, 1.0, 2.0, 4.0]
+        );
+        assert_eq!(
+            bounds(metric(
+                "linear",
+                "bucket_min: 1, bucket_max: 3, bucket_multiplier: 10"
+            )),
+            vec![10.0, 20.0, 30.0]
+        );
+        assert_eq!(
+            bounds(metric("fixed", "bucket_keys: [1, 5, 10]")),
+            vec![1.0, 5.0, 10.0]
+        );
+        assert_eq!(
+            layout(&metric("fixed", "bucket_keys: [1, 5, 10]"), "m")
+                .unwrap()
+                .sum_key(),
+            11.0
+        );
     }
 
     #[test]
     fn bad_layouts_name_the_field() {
         let err = |m: MetricConfig| layout(&m, "metrics.histograms[0]").unwrap_err().to_string();
-        assert!(err(metric("exp2", "bucket_min: 3")).contains("metrics.histograms[0].bucket_max: required"));
+        assert!(err(metric("exp2", "bucket_min: 3"))
+            .contains("metrics.histograms[0].bucket_max: required"));
         assert!(err(metric("exp2", "bucket_min: 3, bucket_max: 1")).contains("below bucket_min"));
         assert!(err(metric("fixed", "bucket_keys: [3, 1]")).contains("strictly increasing"));
         assert!(err(metric("fixed", "bucket_keys: []")).contains("0 buckets"));

@@ -24,7 +24,11 @@ pub fn format_float(f: f64) -> String {
     if (-4..6).contains(&exp) {
         return format!("{f}");
     }
-    format!("{mantissa}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
+    format!(
+        "{mantissa}e{}{:02}",
+        if exp < 0 { '-' } else { '+' },
+        exp.abs()
+    )
 }
 
 /// Escapes a label value (`\`, `"` and newline).
@@ -70,7 +74,15 @@ pub(crate) fn sample(out: &mut String, name: &str, names: &[String], values: &[&
 
 /// Writes one histogram series: cumulative buckets (`counts` has one more entry than
 /// `bounds`, for `+Inf`), `_sum` and `_count`.
-pub(crate) fn histogram(out: &mut String, name: &str, names: &[String], values: &[&str], bounds: &[String], counts: &[u64], sum: f64) {
+pub(crate) fn histogram(
+    out: &mut String,
+    name: &str,
+    names: &[String],
+    values: &[&str],
+    bounds: &[String],
+    counts: &[u64],
+    sum: f64,
+) {
     let mut cumulative = 0u64;
     for (i, c) in counts.iter().enumerate() {
         cumulative += c;
@@ -80,8 +92,20 @@ pub(crate) fn histogram(out: &mut String, name: &str, names: &[String], values: 
         let sep = if names.is_empty() { "" } else { "," };
         let _ = writeln!(out, "{sep}le=\"{le}\"}} {cumulative}");
     }
-    sample(out, &format!("{name}_sum"), names, values, &format_float(sum));
-    sample(out, &format!("{name}_count"), names, values, &cumulative.to_string());
+    sample(
+        out,
+        &format!("{name}_sum"),
+        names,
+        values,
+        &format_float(sum),
+    );
+    sample(
+        out,
+        &format!("{name}_count"),
+        names,
+        values,
+        &cumulative.to_string(),
+    );
 }
 
 #[cfg(test)]

@@ -16,9 +16,20 @@ pub struct ProgramPlan {
 }
 
 /// Metrics of both kinds with their config paths.
-pub(crate) fn metrics<'a>(m: &'a MetricsConfig, at: &'a str) -> impl Iterator<Item = (String, &'a MetricConfig, bool)> {
-    let counters = m.counters.iter().enumerate().map(move |(i, c)| (format!("{at}metrics.counters[{i}]"), c, false));
-    let histograms = m.histograms.iter().enumerate().map(move |(i, h)| (format!("{at}metrics.histograms[{i}]"), h, true));
+pub(crate) fn metrics<'a>(
+    m: &'a MetricsConfig,
+    at: &'a str,
+) -> impl Iterator<Item = (String, &'a MetricConfig, bool)> {
+    let counters = m
+        .counters
+        .iter()
+        .enumerate()
+        .map(move |(i, c)| (format!("{at}metrics.counters[{i}]"), c, false));
+    let histograms = m
+        .histograms
+        .iter()
+        .enumerate()
+        .map(move |(i, h)| (format!("{at}metrics.histograms[{i}]"), h, true));
     counters.chain(histograms)
 }
 
@@ -42,16 +53,27 @@ impl ProgramPlan {
         for (m_at, m, histogram) in metrics(metrics_config, at) {
             match &m.ring {
                 Some(ring) if !rings.iter().any(|r| &r.name == ring) => {
-                    return Err(invalid(format!("{m_at}.ring"), format!("no ring named {ring:?} under rings")));
+                    return Err(invalid(
+                        format!("{m_at}.ring"),
+                        format!("no ring named {ring:?} under rings"),
+                    ));
                 }
                 Some(_) if m.perf_event_array => {
-                    return Err(invalid(format!("{m_at}.perf_event_array"), "a metric reads either a ring or a perf event array"));
+                    return Err(invalid(
+                        format!("{m_at}.perf_event_array"),
+                        "a metric reads either a ring or a perf event array",
+                    ));
                 }
                 Some(_) => {}
                 None if m.perf_event_array && histogram => {
-                    return Err(invalid(format!("{m_at}.perf_event_array"), "perf event arrays feed counters only"));
+                    return Err(invalid(
+                        format!("{m_at}.perf_event_array"),
+                        "perf event arrays feed counters only",
+                    ));
                 }
-                None if m.perf_event_array => perf.push(StreamPlan::compile_perf_counter(m, registry, ctx, &m_at)?),
+                None if m.perf_event_array => {
+                    perf.push(StreamPlan::compile_perf_counter(m, registry, ctx, &m_at)?)
+                }
                 None => tables.push(TablePlan::compile(m, histogram, registry, ctx, &m_at)?),
             }
         }

@@ -104,7 +104,10 @@ pub struct Registry {
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().enumerate().all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()))
+    !s.is_empty()
+        && s.chars()
+            .enumerate()
+            .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()))
 }
 
 /// Indices of `names` in sorted (exposition) order.
@@ -136,7 +139,9 @@ impl Registry {
                 return Err(format!("label {l:?} is not a valid label name here"));
             }
             if labels[..i].contains(l) {
-                return Err(format!("label {l:?} appears twice (ring metrics also get the pod labels)"));
+                return Err(format!(
+                    "label {l:?} appears twice (ring metrics also get the pod labels)"
+                ));
             }
         }
         let full = format!("ebpf_exporter_{name}");
@@ -162,7 +167,12 @@ impl Registry {
         let config_labels = labels.len();
         if pod_labels {
             let k = &self.kube;
-            labels.extend([k.namespace.clone(), k.pod.clone(), k.container.clone(), k.node.clone()]);
+            labels.extend([
+                k.namespace.clone(),
+                k.pod.clone(),
+                k.container.clone(),
+                k.node.clone(),
+            ]);
         }
         let full = self.claim(name, &labels)?;
         let order = sorted_order(&labels);
@@ -179,13 +189,20 @@ impl Registry {
             filtered: AtomicU64::new(0),
             invalid: (0..config_labels).map(|_| AtomicU64::new(0)).collect(),
         });
-        self.families.lock().unwrap_or_else(|e| e.into_inner()).push(family.clone());
+        self.families
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(family.clone());
         Ok(family)
     }
 
     /// Appends the text exposition of every family.
     pub fn render(&self, out: &mut String) {
-        let mut families = self.families.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut families = self
+            .families
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         families.sort_by(|a, b| a.name.cmp(&b.name));
         for f in families {
             f.render(out);
@@ -204,7 +221,12 @@ impl Registry {
                     .invalid
                     .iter()
                     .enumerate()
-                    .map(|(i, n)| (f.sorted_names[f.order.iter().position(|&o| o == i).unwrap()].clone(), n.load(Relaxed)))
+                    .map(|(i, n)| {
+                        (
+                            f.sorted_names[f.order.iter().position(|&o| o == i).unwrap()].clone(),
+                            n.load(Relaxed),
+                        )
+                    })
                     .collect(),
                 filtered: f.filtered.load(Relaxed),
             })
@@ -246,9 +268,20 @@ impl Family {
         if series.is_empty() {
             return;
         }
-        let sorted = |s: &Series| -> Vec<String> { self.order.iter().map(|&i| s.values[i].clone()).collect() };
+        let sorted = |s: &Series| -> Vec<String> {
+            self.order.iter().map(|&i| s.values[i].clone()).collect()
+        };
         series.sort_by_cached_key(|s| sorted(s));
-        exposition::header(out, &self.name, &self.help, if self.histogram { "histogram" } else { "counter" });
+        exposition::header(
+            out,
+            &self.name,
+            &self.help,
+            if self.histogram {
+                "histogram"
+            } else {
+                "counter"
+            },
+        );
         let bounds: Vec<String> = self.bounds.iter().map(|&b| format_float(b)).collect();
         for s in series {
             let values = sorted(&s);
@@ -256,9 +289,23 @@ impl Family {
             let sum = buckets::scaled(s.sum.load(Relaxed), self.scale);
             if self.histogram {
                 let counts: Vec<u64> = s.buckets.iter().map(|b| b.load(Relaxed)).collect();
-                exposition::histogram(out, &self.name, &self.sorted_names, &values, &bounds, &counts, sum);
+                exposition::histogram(
+                    out,
+                    &self.name,
+                    &self.sorted_names,
+                    &values,
+                    &bounds,
+                    &counts,
+                    sum,
+                );
             } else {
-                exposition::sample(out, &self.name, &self.sorted_names, &values, &format_float(sum));
+                exposition::sample(
+                    out,
+                    &self.name,
+                    &self.sorted_names,
+                    &values,
+                    &format_float(sum),
+                );
             }
         }
     }
@@ -317,7 +364,8 @@ impl StreamAggregator {
             };
             let mut at = 0;
             for l in &m.labels {
-                key.bytes[at..at + l.span.size].copy_from_slice(&record[l.span.offset..l.span.offset + l.span.size]);
+                key.bytes[at..at + l.span.size]
+                    .copy_from_slice(&record[l.span.offset..l.span.offset + l.span.size]);
                 at += l.span.size;
             }
             key.len = at as u8;
@@ -350,8 +398,12 @@ impl StreamAggregator {
 
     /// Publishes the counts gathered since the last flush (call once per batch).
     pub fn flush_stats(&mut self) {
-        self.stats.records.fetch_add(std::mem::take(&mut self.records), Relaxed);
-        self.stats.malformed.fetch_add(std::mem::take(&mut self.malformed), Relaxed);
+        self.stats
+            .records
+            .fetch_add(std::mem::take(&mut self.records), Relaxed);
+        self.stats
+            .malformed
+            .fetch_add(std::mem::take(&mut self.malformed), Relaxed);
     }
 }
 
@@ -359,7 +411,13 @@ impl StreamAggregator {
 /// Keys whose labels a decoder rejects or filters are remembered as such, so they are
 /// not decoded again.
 #[cold]
-fn shared_series(m: &MetricPlan, key: SeriesKey, record: &[u8], pod: &PodLabels, node: &str) -> Slot {
+fn shared_series(
+    m: &MetricPlan,
+    key: SeriesKey,
+    record: &[u8],
+    pod: &PodLabels,
+    node: &str,
+) -> Slot {
     if let Some(s) = m.family.series.get(&key) {
         return s.clone();
     }
@@ -369,19 +427,36 @@ fn shared_series(m: &MetricPlan, key: SeriesKey, record: &[u8], pod: &PodLabels,
             Ok(v) => values.push(v),
             Err(e) => {
                 tracing::debug!(metric = %m.family.name, error = %e, "label decode failed");
-                let slot = if e == DecodeError::Dropped { Slot::Filtered } else { Slot::Invalid(i) };
+                let slot = if e == DecodeError::Dropped {
+                    Slot::Filtered
+                } else {
+                    Slot::Invalid(i)
+                };
                 return m.family.series.entry(key).or_insert(slot).clone();
             }
         }
     }
     if m.family.pod_labels {
-        values.extend([pod.namespace.clone(), pod.pod.clone(), pod.container.clone(), node.to_string()]);
+        values.extend([
+            pod.namespace.clone(),
+            pod.pod.clone(),
+            pod.container.clone(),
+            node.to_string(),
+        ]);
     }
-    let buckets = if m.family.histogram { m.raw_bounds.len() + 1 } else { 0 };
+    let buckets = if m.family.histogram {
+        m.raw_bounds.len() + 1
+    } else {
+        0
+    };
     let series = Arc::new(Series {
         values,
         buckets: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
         sum: AtomicU64::new(0),
     });
-    m.family.series.entry(key).or_insert(Slot::Series(series)).clone()
+    m.family
+        .series
+        .entry(key)
+        .or_insert(Slot::Series(series))
+        .clone()
 }

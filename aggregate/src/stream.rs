@@ -87,23 +87,39 @@ impl StreamPlan {
         let ring_at = format!("{at}rings[{ri}]");
         let fields = layout(&ring.fields, &ring_at)?;
         let field = |name: &str, at: String| {
-            fields.iter().find(|(n, _)| n == name).map(|(_, s)| *s).ok_or_else(|| {
-                let known: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
-                invalid(at, format!("no field {name:?} in ring {:?} (fields: {})", ring.name, known.join(", ")))
-            })
+            fields
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, s)| *s)
+                .ok_or_else(|| {
+                    let known: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+                    invalid(
+                        at,
+                        format!(
+                            "no field {name:?} in ring {:?} (fields: {})",
+                            ring.name,
+                            known.join(", ")
+                        ),
+                    )
+                })
         };
         let cgroup = match &ring.cgroup_field {
             Some(name) => {
                 let s = field(name, format!("{ring_at}.cgroup_field"))?;
                 if s.size != 8 {
-                    return Err(invalid(format!("{ring_at}.cgroup_field"), format!("{name:?} is {} bytes; a cgroup id has 8", s.size)));
+                    return Err(invalid(
+                        format!("{ring_at}.cgroup_field"),
+                        format!("{name:?} is {} bytes; a cgroup id has 8", s.size),
+                    ));
                 }
                 Some(s)
             }
             None => None,
         };
         let mut plans = Vec::new();
-        for (m_at, m, histogram) in metrics(all, at).filter(|(_, m, _)| m.ring.as_ref() == Some(&ring.name)) {
+        for (m_at, m, histogram) in
+            metrics(all, at).filter(|(_, m, _)| m.ring.as_ref() == Some(&ring.name))
+        {
             let labels = m
                 .labels
                 .iter()
@@ -117,13 +133,23 @@ impl StreamPlan {
                     Ok((field(name, format!("{l_at}.field"))?, l, l_at))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let value = m.value.as_ref().map(|v| field(&v.field, format!("{m_at}.value.field"))).transpose()?;
-            plans.push(MetricPlan::compile(m, histogram, value, labels, true, registry, ctx, &m_at)?);
+            let value = m
+                .value
+                .as_ref()
+                .map(|v| field(&v.field, format!("{m_at}.value.field")))
+                .transpose()?;
+            plans.push(MetricPlan::compile(
+                m, histogram, value, labels, true, registry, ctx, &m_at,
+            )?);
         }
         Ok(Self {
             ring: ring.name.clone(),
             source: Source::RingBuf,
-            record_size: fields.iter().map(|(_, s)| s.offset + s.size).max().unwrap_or(0),
+            record_size: fields
+                .iter()
+                .map(|(_, s)| s.offset + s.size)
+                .max()
+                .unwrap_or(0),
             cgroup,
             metrics: plans,
         })
@@ -131,7 +157,12 @@ impl StreamPlan {
 
     /// A cloudflare-style `perf_event_array` counter: each event is a key laid out like
     /// the labels, counted once, with no pod labels added (the config's labels only).
-    pub(crate) fn compile_perf_counter(m: &MetricConfig, registry: &Registry, ctx: &Context, m_at: &str) -> Result<Self, ConfigError> {
+    pub(crate) fn compile_perf_counter(
+        m: &MetricConfig,
+        registry: &Registry,
+        ctx: &Context,
+        m_at: &str,
+    ) -> Result<Self, ConfigError> {
         let spans = crate::table::key_layout(&m.labels, m_at)?;
         let labels = spans
             .iter()
@@ -166,12 +197,24 @@ fn layout(fields: &[FieldConfig], at: &str) -> Result<Vec<(String, Span)>, Confi
     let mut offset = 0;
     for (fi, f) in fields.iter().enumerate() {
         if f.size == 0 {
-            return Err(invalid(format!("{at}.fields[{fi}].size"), "must be at least 1"));
+            return Err(invalid(
+                format!("{at}.fields[{fi}].size"),
+                "must be at least 1",
+            ));
         }
         if out.iter().any(|(n, _)| *n == f.name) {
-            return Err(invalid(format!("{at}.fields[{fi}].name"), format!("{:?} is defined twice", f.name)));
+            return Err(invalid(
+                format!("{at}.fields[{fi}].name"),
+                format!("{:?} is defined twice", f.name),
+            ));
         }
-        out.push((f.name.clone(), Span { offset, size: f.size }));
+        out.push((
+            f.name.clone(),
+            Span {
+                offset,
+                size: f.size,
+            },
+        ));
         offset += f.size;
     }
     Ok(out)
@@ -191,30 +234,61 @@ impl MetricPlan {
     ) -> Result<Self, ConfigError> {
         if let (Some(v), Some(s)) = (&m.value, value) {
             if !matches!(s.size, 1 | 2 | 4 | 8) {
-                return Err(invalid(format!("{m_at}.value.field"), format!("{:?} is {} bytes; values are 1, 2, 4 or 8 byte unsigned integers", v.field, s.size)));
+                return Err(invalid(
+                    format!("{m_at}.value.field"),
+                    format!(
+                        "{:?} is {} bytes; values are 1, 2, 4 or 8 byte unsigned integers",
+                        v.field, s.size
+                    ),
+                ));
             }
             if !(v.scale.is_finite() && v.scale > 0.0) {
-                return Err(invalid(format!("{m_at}.value.scale"), "must be a positive number"));
+                return Err(invalid(
+                    format!("{m_at}.value.scale"),
+                    "must be a positive number",
+                ));
             }
         }
         if histogram && value.is_none() {
-            return Err(invalid(format!("{m_at}.value"), "histograms of ring records need a value field"));
+            return Err(invalid(
+                format!("{m_at}.value"),
+                "histograms of ring records need a value field",
+            ));
         }
         let scale = m.value.as_ref().map_or(1.0, |v| v.scale);
-        let bounds = if histogram { buckets::layout(m, m_at)?.bounds } else { Vec::new() };
+        let bounds = if histogram {
+            buckets::layout(m, m_at)?.bounds
+        } else {
+            Vec::new()
+        };
         let raw_bounds = buckets::raw_bounds(&bounds, scale).into_boxed_slice();
         let key_len: usize = labels.iter().map(|(s, _, _)| s.size).sum();
         if key_len > MAX_KEY {
-            return Err(invalid(format!("{m_at}.labels"), format!("label fields total {key_len} bytes; at most {MAX_KEY}")));
+            return Err(invalid(
+                format!("{m_at}.labels"),
+                format!("label fields total {key_len} bytes; at most {MAX_KEY}"),
+            ));
         }
         let names = m.labels.iter().map(|l| l.name.clone()).collect();
         let labels = labels
             .into_iter()
-            .map(|(span, l, l_at)| Ok(LabelPlan { span, chain: Chain::build(&l.decoders, span.size, &l_at, ctx)? }))
+            .map(|(span, l, l_at)| {
+                Ok(LabelPlan {
+                    span,
+                    chain: Chain::build(&l.decoders, span.size, &l_at, ctx)?,
+                })
+            })
             .collect::<Result<_, ConfigError>>()?;
         let family = registry
-            .register(&m.name, &m.help, histogram, bounds, scale, names, pod_labels)
+            .register(
+                &m.name, &m.help, histogram, bounds, scale, names, pod_labels,
+            )
             .map_err(|reason| invalid(format!("{m_at}.name"), reason))?;
-        Ok(Self { family, value, raw_bounds, labels })
+        Ok(Self {
+            family,
+            value,
+            raw_bounds,
+            labels,
+        })
     }
 }

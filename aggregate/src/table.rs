@@ -29,10 +29,20 @@ pub(crate) fn key_layout(labels: &[LabelConfig], at: &str) -> Result<Vec<Span>, 
         if l.field.is_some() {
             return Err(invalid(format!("{l_at}.field"), "labels of map-based metrics take size (and padding), not field; set ring to read a ring"));
         }
-        let size = l.size.filter(|&s| s > 0).ok_or_else(|| invalid(format!("{l_at}.size"), "required: bytes of the map key this label takes"))?;
+        let size = l.size.filter(|&s| s > 0).ok_or_else(|| {
+            invalid(
+                format!("{l_at}.size"),
+                "required: bytes of the map key this label takes",
+            )
+        })?;
         let offset = match (l.reuse, spans.last()) {
             (true, Some(prev)) => prev.offset,
-            (true, None) => return Err(invalid(format!("{l_at}.reuse"), "the first label has no previous bytes to reuse")),
+            (true, None) => {
+                return Err(invalid(
+                    format!("{l_at}.reuse"),
+                    "the first label has no previous bytes to reuse",
+                ))
+            }
             (false, _) => cursor,
         };
         spans.push(Span { offset, size });
@@ -75,24 +85,51 @@ struct Row {
 }
 
 impl TablePlan {
-    pub(crate) fn compile(m: &MetricConfig, histogram: bool, registry: &Registry, ctx: &Context, at: &str) -> Result<Self, ConfigError> {
+    pub(crate) fn compile(
+        m: &MetricConfig,
+        histogram: bool,
+        registry: &Registry,
+        ctx: &Context,
+        at: &str,
+    ) -> Result<Self, ConfigError> {
         if m.value.is_some() {
-            return Err(invalid(format!("{at}.value"), "map-based metrics take their value from the map; value is for ring metrics"));
+            return Err(invalid(
+                format!("{at}.value"),
+                "map-based metrics take their value from the map; value is for ring metrics",
+            ));
         }
         let spans = key_layout(&m.labels, at)?;
-        let key_size = m.labels.iter().zip(&spans).map(|(l, s)| s.offset + s.size + l.padding).max().unwrap_or(0);
+        let key_size = m
+            .labels
+            .iter()
+            .zip(&spans)
+            .map(|(l, s)| s.offset + s.size + l.padding)
+            .max()
+            .unwrap_or(0);
         let mut bucket = None;
         let mut label_configs = &m.labels[..];
         if histogram {
             let layout = buckets::layout(m, at)?;
             let Some((last, rest)) = spans.split_last() else {
-                return Err(invalid(format!("{at}.labels"), "a map-based histogram's last label is its bucket key; there is none"));
+                return Err(invalid(
+                    format!("{at}.labels"),
+                    "a map-based histogram's last label is its bucket key; there is none",
+                ));
             };
             if !matches!(last.size, 1 | 2 | 4 | 8) {
-                return Err(invalid(format!("{at}.labels[{}].size", rest.len()), format!("the bucket key is an unsigned integer of 1, 2, 4 or 8 bytes, not {}", last.size)));
+                return Err(invalid(
+                    format!("{at}.labels[{}].size", rest.len()),
+                    format!(
+                        "the bucket key is an unsigned integer of 1, 2, 4 or 8 bytes, not {}",
+                        last.size
+                    ),
+                ));
             }
             if layout.keys.iter().any(|k| *k < 0.0 || k.fract() != 0.0) {
-                return Err(invalid(format!("{at}.bucket_keys"), "map bucket keys are non-negative integers"));
+                return Err(invalid(
+                    format!("{at}.bucket_keys"),
+                    "map bucket keys are non-negative integers",
+                ));
             }
             bucket = Some((*last, layout, m.bucket_multiplier.unwrap_or(1.0)));
             label_configs = &m.labels[..rest.len()];
@@ -112,7 +149,9 @@ impl TablePlan {
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
         let names: Vec<String> = label_configs.iter().map(|l| l.name.clone()).collect();
-        let name = registry.claim(&m.name, &names).map_err(|reason| invalid(format!("{at}.name"), reason))?;
+        let name = registry
+            .claim(&m.name, &names)
+            .map_err(|reason| invalid(format!("{at}.name"), reason))?;
         let order = sorted_order(&names);
         Ok(Self {
             map: m.name.clone(),
@@ -148,8 +187,15 @@ impl TablePlan {
                     }
                 }
             }
-            let sorted: Vec<String> = self.order.iter().map(|&i| std::mem::take(&mut values[i])).collect();
-            let row = rows.entry(sorted).or_insert_with(|| Row { counts: vec![0; buckets], sum: 0 });
+            let sorted: Vec<String> = self
+                .order
+                .iter()
+                .map(|&i| std::mem::take(&mut values[i]))
+                .collect();
+            let row = rows.entry(sorted).or_insert_with(|| Row {
+                counts: vec![0; buckets],
+                sum: 0,
+            });
             match &self.bucket {
                 None => row.sum += value,
                 Some((span, layout, _)) => {
@@ -167,16 +213,36 @@ impl TablePlan {
         if rows.is_empty() {
             return;
         }
-        let kind = if self.bucket.is_some() { "histogram" } else { "counter" };
+        let kind = if self.bucket.is_some() {
+            "histogram"
+        } else {
+            "counter"
+        };
         exposition::header(out, &self.name, &self.help, kind);
-        let bounds: Vec<String> = self.bucket.as_ref().map(|(_, l, _)| l.bounds.iter().map(|&b| format_float(b)).collect()).unwrap_or_default();
+        let bounds: Vec<String> = self
+            .bucket
+            .as_ref()
+            .map(|(_, l, _)| l.bounds.iter().map(|&b| format_float(b)).collect())
+            .unwrap_or_default();
         for (values, row) in rows {
             let values: Vec<&str> = values.iter().map(String::as_str).collect();
             match &self.bucket {
-                None => exposition::sample(out, &self.name, &self.sorted_names, &values, &row.sum.to_string()),
-                Some((_, _, mult)) => {
-                    exposition::histogram(out, &self.name, &self.sorted_names, &values, &bounds, &row.counts, buckets::scaled(row.sum, *mult))
-                }
+                None => exposition::sample(
+                    out,
+                    &self.name,
+                    &self.sorted_names,
+                    &values,
+                    &row.sum.to_string(),
+                ),
+                Some((_, _, mult)) => exposition::histogram(
+                    out,
+                    &self.name,
+                    &self.sorted_names,
+                    &values,
+                    &bounds,
+                    &row.counts,
+                    buckets::scaled(row.sum, *mult),
+                ),
             }
         }
     }
@@ -188,10 +254,16 @@ impl TablePlan {
 
     /// Decode errors so far, per label name (the bucket label excluded).
     pub fn decode_errors(&self) -> Vec<(&str, u64)> {
-        let names = self.order.iter().zip(&self.sorted_names).map(|(&i, n)| (i, n.as_str()));
+        let names = self
+            .order
+            .iter()
+            .zip(&self.sorted_names)
+            .map(|(&i, n)| (i, n.as_str()));
         let mut out: Vec<(usize, &str)> = names.collect();
         out.sort();
-        out.into_iter().map(|(i, n)| (n, self.labels[i].errors.load(Relaxed))).collect()
+        out.into_iter()
+            .map(|(i, n)| (n, self.labels[i].errors.load(Relaxed)))
+            .collect()
     }
 
     /// Entries whose key size did not match the labels.

@@ -65,7 +65,8 @@ fn pod(id: u32, ns: &str, name: &str, c: &str) -> PodLabels {
 fn program(yaml: &str) -> Result<(Registry, ProgramPlan), String> {
     let p: Program = serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())?;
     let registry = Registry::new(KubeLabelNames::default(), "node-a".into());
-    let plan = ProgramPlan::compile(&p.rings, &p.metrics, &registry, &Context::default(), "").map_err(|e| e.to_string())?;
+    let plan = ProgramPlan::compile(&p.rings, &p.metrics, &registry, &Context::default(), "")
+        .map_err(|e| e.to_string())?;
     Ok((registry, plan))
 }
 
@@ -90,7 +91,10 @@ fn records_become_seed_style_exposition() {
     agg.observe(&r[..10], &coredns); // short: malformed
     agg.flush_stats();
     assert_eq!(stats.records.load(std::sync::atomic::Ordering::Relaxed), 4);
-    assert_eq!(stats.malformed.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        stats.malformed.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 
     let mut out = String::new();
     registry.render(&mut out);
@@ -125,7 +129,11 @@ ebpf_exporter_tcp_connects_total{{app_container=\"coredns\",app_namespace=\"kube
 #[test]
 fn decoder_failures_are_counted_not_exported() {
     let (registry, plans) = compile(CONFIG).unwrap();
-    let mut agg = StreamAggregator::new(Arc::new(plans.into_iter().next().unwrap()), &registry, Arc::default());
+    let mut agg = StreamAggregator::new(
+        Arc::new(plans.into_iter().next().unwrap()),
+        &registry,
+        Arc::default(),
+    );
     let p = pod(0, "", "", "");
     for _ in 0..3 {
         agg.observe(&record(1, 10, 99, 1), &p); // family 99: inet_subnet rejects
@@ -146,20 +154,62 @@ fn decoder_failures_are_counted_not_exported() {
 #[test]
 fn config_errors_name_the_key() {
     let cases = [
-        ("ring: events\n      value", "ring: nope\n      value", "metrics.histograms[0].ring: no ring named \"nope\""),
-        ("field: latency_ns", "field: latency", "metrics.histograms[0].value.field: no field \"latency\""),
-        ("{ name: inet_subnet }", "{ name: bogus }", "metrics.histograms[0].labels[0].decoders[0].name: unknown decoder \"bogus\""),
-        ("{ name: subnet, size: 4 }", "{ name: subnet, size: 3 }", "inet_subnet takes 4 bytes"),
-        ("cgroup_field: cgroup_id", "cgroup_field: latency", "rings[0].cgroup_field: no field"),
-        ("name: tcp_connects_total", "name: tcp_connect_latency_seconds", "defined twice"),
-        ("name: tcp_connects_total", "name: 9bad", "metrics.counters[0].name: \"9bad\" is not a valid"),
-        ("{ name: subnet, field: subnet,", "{ name: app_pod, field: subnet,", "appears twice"),
-        ("{ name: subnet, field: subnet,", "{ name: subnet, size: 4,", "labels[0].size: labels of ring metrics name a field"),
-        ("ring: events\n      value", "value", "metrics.histograms[0].value: map-based metrics take their value from the map"),
+        (
+            "ring: events\n      value",
+            "ring: nope\n      value",
+            "metrics.histograms[0].ring: no ring named \"nope\"",
+        ),
+        (
+            "field: latency_ns",
+            "field: latency",
+            "metrics.histograms[0].value.field: no field \"latency\"",
+        ),
+        (
+            "{ name: inet_subnet }",
+            "{ name: bogus }",
+            "metrics.histograms[0].labels[0].decoders[0].name: unknown decoder \"bogus\"",
+        ),
+        (
+            "{ name: subnet, size: 4 }",
+            "{ name: subnet, size: 3 }",
+            "inet_subnet takes 4 bytes",
+        ),
+        (
+            "cgroup_field: cgroup_id",
+            "cgroup_field: latency",
+            "rings[0].cgroup_field: no field",
+        ),
+        (
+            "name: tcp_connects_total",
+            "name: tcp_connect_latency_seconds",
+            "defined twice",
+        ),
+        (
+            "name: tcp_connects_total",
+            "name: 9bad",
+            "metrics.counters[0].name: \"9bad\" is not a valid",
+        ),
+        (
+            "{ name: subnet, field: subnet,",
+            "{ name: app_pod, field: subnet,",
+            "appears twice",
+        ),
+        (
+            "{ name: subnet, field: subnet,",
+            "{ name: subnet, size: 4,",
+            "labels[0].size: labels of ring metrics name a field",
+        ),
+        (
+            "ring: events\n      value",
+            "value",
+            "metrics.histograms[0].value: map-based metrics take their value from the map",
+        ),
     ];
     for (from, to, want) in cases {
         assert!(CONFIG.contains(from), "{from}");
-        let err = compile(&CONFIG.replacen(from, to, 1)).err().unwrap_or_default();
+        let err = compile(&CONFIG.replacen(from, to, 1))
+            .err()
+            .unwrap_or_default();
         assert!(err.contains(want), "{to}: got {err:?}, want {want:?}");
     }
 }
@@ -199,16 +249,21 @@ fn key(parts: &[&[u8]]) -> Vec<u8> {
 fn tables_render_like_the_reference_exporter() {
     let (registry, plan) = program(TABLES).unwrap();
     assert!(plan.streams.is_empty());
-    let [counters, hist] = &plan.tables[..] else { panic!() };
-    assert_eq!((counters.map.as_str(), counters.key_size), ("syscalls_total", 16));
+    let [counters, hist] = &plan.tables[..] else {
+        panic!()
+    };
+    assert_eq!(
+        (counters.map.as_str(), counters.key_size),
+        ("syscalls_total", 16)
+    );
     assert_eq!(hist.key_size, 16);
 
     let k = |cg: u64, sc: u32| key(&[&cg.to_ne_bytes(), &sc.to_ne_bytes(), &[0; 4]]);
     let entries = vec![
         (k(5, 39), 10),
         (k(6, 39), 1),
-        (k(5, 1), 3),   // static_map: unknown:1
-        (k(5, 2), 100), // regexp drops it
+        (k(5, 1), 3),       // static_map: unknown:1
+        (k(5, 2), 100),     // regexp drops it
         (vec![1, 2, 3], 7), // short key
     ];
     let mut out = String::new();
@@ -225,7 +280,13 @@ ebpf_exporter_syscalls_total{cgroup=\"6\",parity=\"39\",syscall=\"getpid\"} 1
     assert_eq!(counters.malformed(), 1);
 
     let b = |op: u8, bucket: u64| key(&[&[op, 0, 0, 0, 0, 0, 0, 0], &bucket.to_ne_bytes()]);
-    let entries = vec![(b(1, 0), 2), (b(1, 2), 5), (b(1, 3), 4096), (b(1, 9), 1), (b(2, 1), 1)];
+    let entries = vec![
+        (b(1, 0), 2),
+        (b(1, 2), 5),
+        (b(1, 3), 4096),
+        (b(1, 9), 1),
+        (b(2, 1), 1),
+    ];
     let mut out = String::new();
     hist.render(&entries, &mut out);
     assert_eq!(
@@ -252,15 +313,33 @@ ebpf_exporter_read_bytes_count{op=\"2\"} 1
 #[test]
 fn table_errors_name_the_key() {
     let cases = [
-        ("{ name: cgroup, size: 8 }", "{ name: cgroup }", "metrics.counters[0].labels[0].size: required"),
-        ("{ name: cgroup, size: 8 }", "{ name: cgroup, size: 8, reuse: true }", "labels[0].reuse: the first label"),
-        ("{ name: bucket, size: 8,", "{ name: bucket, size: 3,", "metrics.histograms[0].labels[1].size: the bucket key is an unsigned integer"),
-        ("{ name: cgroup, size: 8 }", "{ name: cgroup, field: x }", "labels[0].field: labels of map-based metrics take size"),
+        (
+            "{ name: cgroup, size: 8 }",
+            "{ name: cgroup }",
+            "metrics.counters[0].labels[0].size: required",
+        ),
+        (
+            "{ name: cgroup, size: 8 }",
+            "{ name: cgroup, size: 8, reuse: true }",
+            "labels[0].reuse: the first label",
+        ),
+        (
+            "{ name: bucket, size: 8,",
+            "{ name: bucket, size: 3,",
+            "metrics.histograms[0].labels[1].size: the bucket key is an unsigned integer",
+        ),
+        (
+            "{ name: cgroup, size: 8 }",
+            "{ name: cgroup, field: x }",
+            "labels[0].field: labels of map-based metrics take size",
+        ),
         ("name: read_bytes", "name: syscalls_total", "defined twice"),
     ];
     for (from, to, want) in cases {
         assert!(TABLES.contains(from), "{from}");
-        let err = program(&TABLES.replacen(from, to, 1)).err().unwrap_or_default();
+        let err = program(&TABLES.replacen(from, to, 1))
+            .err()
+            .unwrap_or_default();
         assert!(err.contains(want), "{to}: got {err:?}, want {want:?}");
     }
 }
@@ -279,7 +358,10 @@ metrics:
 "#;
     let (registry, plan) = program(yaml).unwrap();
     let stream = plan.streams.into_iter().next().unwrap();
-    assert_eq!((stream.ring.as_str(), stream.source, stream.record_size), ("oom_kills", crate::Source::PerfEventArray, 8));
+    assert_eq!(
+        (stream.ring.as_str(), stream.source, stream.record_size),
+        ("oom_kills", crate::Source::PerfEventArray, 8)
+    );
     let mut agg = StreamAggregator::new(Arc::new(stream), &registry, Arc::default());
     let p = pod(3, "ns", "p", "c");
     agg.observe(&9u64.to_ne_bytes(), &p);

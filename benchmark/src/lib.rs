@@ -25,9 +25,17 @@ pub fn tcp_connect_stream() -> (Arc<Registry>, Arc<StreamPlan>) {
     }
     let text = include_str!("../../src/default.yaml");
     let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).unwrap();
-    let program: Program = serde_yaml_ng::from_value(doc["programs"]["tcp_connect_latency"].clone()).unwrap();
+    let program: Program =
+        serde_yaml_ng::from_value(doc["programs"]["tcp_connect_latency"].clone()).unwrap();
     let registry = Arc::new(Registry::new(KubeLabelNames::default(), "bench".into()));
-    let plan = ProgramPlan::compile(&program.rings, &program.metrics, &registry, &Context::default(), "").unwrap();
+    let plan = ProgramPlan::compile(
+        &program.rings,
+        &program.metrics,
+        &registry,
+        &Context::default(),
+        "",
+    )
+    .unwrap();
     (registry, Arc::new(plan.streams.into_iter().next().unwrap()))
 }
 

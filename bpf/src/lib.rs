@@ -50,7 +50,11 @@ mod tests {
             assert_eq!(o.bytes.as_ptr() as usize % 8, 0, "{} misaligned", o.name);
             assert_eq!(&o.bytes[..4], b"\x7fELF", "{}", o.name);
             assert_eq!(o.bytes[18], 247, "{} is not EM_BPF", o.name); // e_machine
-            assert!(o.bytes.windows(4).any(|w| w == b".BTF"), "{} lacks BTF", o.name);
+            assert!(
+                o.bytes.windows(4).any(|w| w == b".BTF"),
+                "{} lacks BTF",
+                o.name
+            );
         }
     }
 }

@@ -137,7 +137,10 @@ mod tests {
         assert_eq!(cgroup2_mount(pure), Some("/sys/fs/cgroup".into()));
         let spaced = "30 23 0:26 / /mnt/my\\040cg rw - cgroup2 none rw\n";
         assert_eq!(cgroup2_mount(spaced), Some("/mnt/my cg".into()));
-        assert_eq!(cgroup2_mount("35 31 0:30 / /x rw - cgroup cgroup rw\n"), None);
+        assert_eq!(
+            cgroup2_mount("35 31 0:30 / /x rw - cgroup cgroup rw\n"),
+            None
+        );
         assert_eq!(cgroup2_mount("garbage\n\n"), None);
     }
 

@@ -108,7 +108,8 @@ mod tests {
         assert_eq!(parse(&kind), pod(true));
         let k3s = format!("/kubepods/besteffort/pod{UID}/{ID}");
         assert_eq!(parse(&format!("/k3s{k3s}")), pod(true));
-        let test_root = format!("/kebpf-test-1/kubepods.slice/kubepods-pod{u}.slice/cri-containerd-{ID}.scope");
+        let test_root =
+            format!("/kebpf-test-1/kubepods.slice/kubepods-pod{u}.slice/cri-containerd-{ID}.scope");
         assert_eq!(parse(&test_root), pod(true));
     }
 

@@ -91,7 +91,10 @@ impl Enricher {
             Err(e) => {
                 // Gone already (ESTALE/ENOENT) or not permitted: nothing more to learn.
                 if e.kind() == io::ErrorKind::PermissionDenied {
-                    tracing::warn!(cgroup_id, "cannot resolve cgroup ids: {e} (needs CAP_DAC_READ_SEARCH)");
+                    tracing::warn!(
+                        cgroup_id,
+                        "cannot resolve cgroup ids: {e} (needs CAP_DAC_READ_SEARCH)"
+                    );
                 }
                 Resolved {
                     labels: self.none.clone(),
@@ -118,7 +121,11 @@ impl Enricher {
     /// The cgroup's full path on this host (`<mount>/<path>`), if it still exists.
     pub fn cgroup_path(&self, cgroup_id: u64) -> Option<String> {
         let rel = self.cgroups.path_of(cgroup_id).ok()?;
-        Some(format!("{}{}", self.cgroups.mount().display(), if rel == "/" { "" } else { &rel }))
+        Some(format!(
+            "{}{}",
+            self.cgroups.mount().display(),
+            if rel == "/" { "" } else { &rel }
+        ))
     }
 
     /// Resolves a cgroup path (relative to the cgroup2 mount).
@@ -130,11 +137,18 @@ impl Enricher {
                 path: Some(path),
             };
         };
-        match self.pods.lookup(&kube.pod_uid, kube.container_id.as_deref()) {
+        match self
+            .pods
+            .lookup(&kube.pod_uid, kube.container_id.as_deref())
+        {
             Some(meta) => {
                 let settled = kube.container_id.is_none() || meta.container.is_some();
                 Resolved {
-                    labels: self.intern(meta.namespace, meta.pod, meta.container.unwrap_or_default()),
+                    labels: self.intern(
+                        meta.namespace,
+                        meta.pod,
+                        meta.container.unwrap_or_default(),
+                    ),
                     settled,
                     path: Some(path),
                 }
@@ -157,13 +171,21 @@ mod tests {
         if !test_support::privileged("a_process_outside_pods_gets_empty_labels") {
             return;
         }
-        let e = Enricher::new(CgroupFs::discover().unwrap(), PodLogs::new("/nonexistent", "/nonexistent"));
+        let e = Enricher::new(
+            CgroupFs::discover().unwrap(),
+            PodLogs::new("/nonexistent", "/nonexistent"),
+        );
         let r = e.resolve_pid(std::process::id());
         assert_eq!(r.labels.id, 0);
         assert!(r.settled);
         assert!(r.path.is_some());
-        let root = e.cgroup_path(CgroupFs::discover().unwrap().id_of("/").unwrap()).unwrap();
-        assert_eq!(root, CgroupFs::discover().unwrap().mount().display().to_string());
+        let root = e
+            .cgroup_path(CgroupFs::discover().unwrap().id_of("/").unwrap())
+            .unwrap();
+        assert_eq!(
+            root,
+            CgroupFs::discover().unwrap().mount().display().to_string()
+        );
         assert_eq!(e.resolve_pid(u32::MAX).labels.id, 0);
     }
 }

@@ -101,7 +101,9 @@ impl PodLogs {
         index.containers.clear();
         for name in dir_names(&self.containers_dir) {
             if let Some((container, id)) = split_container_log(&name) {
-                index.containers.insert(id.to_ascii_lowercase(), container.to_string());
+                index
+                    .containers
+                    .insert(id.to_ascii_lowercase(), container.to_string());
             }
         }
         index.scanned = Some(Instant::now());
@@ -163,7 +165,10 @@ mod tests {
 
     #[test]
     fn splits_names() {
-        assert_eq!(split_pod_dir("kube-system_coredns-5d78c9869d-x2v4q_0f8f"), Some(("kube-system", "coredns-5d78c9869d-x2v4q", "0f8f")));
+        assert_eq!(
+            split_pod_dir("kube-system_coredns-5d78c9869d-x2v4q_0f8f"),
+            Some(("kube-system", "coredns-5d78c9869d-x2v4q", "0f8f"))
+        );
         assert_eq!(split_pod_dir("nounderscore"), None);
         assert_eq!(
             split_container_log(&format!("coredns-abc_kube-system_coredns-{ID}.log")),
@@ -185,7 +190,11 @@ mod tests {
         let pod_dir = pods.join(format!("shop_web-7d4b9_{UID}"));
         fs::create_dir_all(pod_dir.join("nginx")).unwrap();
         fs::create_dir_all(pod_dir.join("sidecar")).unwrap();
-        fs::write(containers.join(format!("web-7d4b9_shop_sidecar-{ID2}.log")), "").unwrap();
+        fs::write(
+            containers.join(format!("web-7d4b9_shop_sidecar-{ID2}.log")),
+            "",
+        )
+        .unwrap();
         std::thread::sleep(Duration::from_millis(260));
         let meta = |c: Option<&str>| PodMeta {
             namespace: "shop".into(),
@@ -197,7 +206,11 @@ mod tests {
         assert_eq!(logs.lookup(UID, Some(ID)), Some(meta(None)));
         assert_eq!(logs.lookup(UID, None), Some(meta(None)));
         fs::remove_dir_all(pod_dir.join("sidecar")).unwrap();
-        assert_eq!(logs.lookup(UID, Some(ID)), Some(meta(Some("nginx"))), "only container");
+        assert_eq!(
+            logs.lookup(UID, Some(ID)),
+            Some(meta(Some("nginx"))),
+            "only container"
+        );
         fs::remove_dir_all(&root).unwrap();
     }
 }

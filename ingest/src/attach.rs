@@ -176,15 +176,30 @@ impl fmt::Display for AttachPoint {
             Self::TracePoint { category, name } => write!(f, "tracepoint/{category}/{name}"),
             Self::RawTracePoint(n) => write!(f, "raw_tp/{n}"),
             Self::BtfTracePoint(n) => write!(f, "tp_btf/{n}"),
-            Self::KProbe { function, offset, ret } => {
-                write!(f, "{}/{function}", if *ret { "kretprobe" } else { "kprobe" })?;
+            Self::KProbe {
+                function,
+                offset,
+                ret,
+            } => {
+                write!(
+                    f,
+                    "{}/{function}",
+                    if *ret { "kretprobe" } else { "kprobe" }
+                )?;
                 if *offset != 0 {
                     write!(f, "+{offset}")?;
                 }
                 Ok(())
             }
-            Self::FEntry { function, exit } => write!(f, "{}/{function}", if *exit { "fexit" } else { "fentry" }),
-            Self::UProbe { target, symbol, offset, ret } => {
+            Self::FEntry { function, exit } => {
+                write!(f, "{}/{function}", if *exit { "fexit" } else { "fentry" })
+            }
+            Self::UProbe {
+                target,
+                symbol,
+                offset,
+                ret,
+            } => {
                 write!(f, "{}/{target}:", if *ret { "uretprobe" } else { "uprobe" })?;
                 match symbol {
                     Some(s) if *offset != 0 => write!(f, "{s}+{offset}"),
@@ -192,8 +207,17 @@ impl fmt::Display for AttachPoint {
                     None => write!(f, "0x{offset:x}"),
                 }
             }
-            Self::Usdt { target, provider, name } => write!(f, "usdt/{target}:{provider}:{name}"),
-            Self::PerfEvent { kind, config, frequency, period } => {
+            Self::Usdt {
+                target,
+                provider,
+                name,
+            } => write!(f, "usdt/{target}:{provider}:{name}"),
+            Self::PerfEvent {
+                kind,
+                config,
+                frequency,
+                period,
+            } => {
                 write!(f, "perf_event/type={kind},config={config},")?;
                 match (frequency, period) {
                     (Some(fr), _) => write!(f, "frequency={fr}"),
@@ -233,12 +257,19 @@ mod tests {
             assert_eq!(p.to_string(), s);
         }
         assert_eq!(
-            AttachPoint::from_section("tp/syscalls/sys_enter_getpid").unwrap().to_string(),
+            AttachPoint::from_section("tp/syscalls/sys_enter_getpid")
+                .unwrap()
+                .to_string(),
             "tracepoint/syscalls/sys_enter_getpid"
         );
         assert_eq!(
             AttachPoint::from_section("uprobe//bin/app:main").unwrap(),
-            AttachPoint::UProbe { target: "/bin/app".into(), symbol: Some("main".into()), offset: 0, ret: false }
+            AttachPoint::UProbe {
+                target: "/bin/app".into(),
+                symbol: Some("main".into()),
+                offset: 0,
+                ret: false
+            }
         );
     }
 

@@ -48,10 +48,10 @@ pub enum IngestError {
         object: String,
         /// The loader's error.
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
     /// The verifier rejected a program, or attaching failed.
-    #[error("object {object}: program {program} ({section}): {action} failed{hint}: {detail}")]
+    #[error("object {object}: program {program} ({section}): {action} failed{detail}")]
     Program {
         /// Object name.
         object: String,
@@ -61,10 +61,9 @@ pub enum IngestError {
         section: String,
         /// `load` or `attach`.
         action: &'static str,
-        /// The error, with the verifier log's tail when there is one.
+        /// What the failure most likely means, then the error, with the verifier log's
+        /// tail when there is one (starts with ` (hint)` or `: `).
         detail: String,
-        /// What the failure most likely means.
-        hint: &'static str,
     },
     /// A map named in config is missing or has the wrong type.
     #[error("object {object}: map {map}: {reason}")]

@@ -7,8 +7,8 @@ use aya::{
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy},
         uprobe::UProbeScope,
-        BtfTracePoint, FEntry, FExit, KProbe, PerfEvent, ProgramError, RawTracePoint, TracePoint, UProbe, Xdp,
-        XdpMode,
+        BtfTracePoint, FEntry, FExit, KProbe, PerfEvent, ProgramError, RawTracePoint, TracePoint,
+        UProbe, Xdp, XdpMode,
     },
     Btf, Ebpf, EbpfLoader,
 };
@@ -65,13 +65,19 @@ pub struct LoadedObject {
 
 impl std::fmt::Debug for LoadedObject {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedObject").field("name", &self.name).field("attached", &self.attached).finish()
+        f.debug_struct("LoadedObject")
+            .field("name", &self.name)
+            .field("attached", &self.attached)
+            .finish()
     }
 }
 
 /// Maps each program (function) name to its ELF section.
 fn program_sections(object: &str, bytes: &[u8]) -> Result<Vec<(String, String)>, IngestError> {
-    let parse = |reason: String| IngestError::Parse { object: object.into(), reason };
+    let parse = |reason: String| IngestError::Parse {
+        object: object.into(),
+        reason,
+    };
     let file = object::File::parse(bytes).map_err(|e| parse(e.to_string()))?;
     if file.section_by_name(".BTF").is_none() {
         return Err(parse("no .BTF section: compile with clang -g".into()));
@@ -81,9 +87,15 @@ fn program_sections(object: &str, bytes: &[u8]) -> Result<Vec<(String, String)>,
         if sym.kind() != SymbolKind::Text || !sym.is_global() {
             continue;
         }
-        let Some(index) = sym.section_index() else { continue };
-        let section = file.section_by_index(index).map_err(|e| parse(e.to_string()))?;
-        let (Ok(name), Ok(section)) = (sym.name(), section.name()) else { continue };
+        let Some(index) = sym.section_index() else {
+            continue;
+        };
+        let section = file
+            .section_by_index(index)
+            .map_err(|e| parse(e.to_string()))?;
+        let (Ok(name), Ok(section)) = (sym.name(), section.name()) else {
+            continue;
+        };
         if section != ".text" {
             out.push((name.to_string(), section.to_string()));
         }
@@ -100,12 +112,19 @@ fn patch_xdp_sections(bytes: &[u8]) -> Cow<'_, [u8]> {
         let endian = file.endian();
         let table = file.elf_section_table();
         let shstrndx = file.elf_header().shstrndx(endian, bytes).ok()?;
-        let base = table.section(SectionIndex(shstrndx as usize)).ok()?.sh_offset(endian) as usize;
+        let base = table
+            .section(SectionIndex(shstrndx as usize))
+            .ok()?
+            .sh_offset(endian) as usize;
         Some(
             table
                 .iter()
                 .filter(|s| s.sh_type(endian) == elf::SHT_PROGBITS)
-                .filter(|s| table.section_name(endian, s).is_ok_and(|n| n.starts_with(b"xdp/")))
+                .filter(|s| {
+                    table
+                        .section_name(endian, s)
+                        .is_ok_and(|n| n.starts_with(b"xdp/"))
+                })
                 .map(|s| base + s.sh_name(endian) as usize + 3)
                 .collect(),
         )
@@ -130,18 +149,39 @@ fn resolve_uprobe_target(target: &str) -> std::path::PathBuf {
         return path.to_path_buf();
     }
     let dirs: Vec<std::path::PathBuf> = if target.contains(".so") {
-        let arch = if cfg!(target_arch = "x86_64") { "x86_64-linux-gnu" } else { "aarch64-linux-gnu" };
+        let arch = if cfg!(target_arch = "x86_64") {
+            "x86_64-linux-gnu"
+        } else {
+            "aarch64-linux-gnu"
+        };
         std::env::var("LD_LIBRARY_PATH")
             .unwrap_or_default()
             .split(':')
             .filter(|d| !d.is_empty())
             .map(Into::into)
-            .chain([format!("/lib/{arch}"), format!("/usr/lib/{arch}"), "/lib64".into(), "/usr/lib64".into(), "/lib".into(), "/usr/lib".into()].map(Into::into))
+            .chain(
+                [
+                    format!("/lib/{arch}"),
+                    format!("/usr/lib/{arch}"),
+                    "/lib64".into(),
+                    "/usr/lib64".into(),
+                    "/lib".into(),
+                    "/usr/lib".into(),
+                ]
+                .map(Into::into),
+            )
             .collect()
     } else {
-        std::env::var("PATH").unwrap_or_default().split(':').map(Into::into).collect()
+        std::env::var("PATH")
+            .unwrap_or_default()
+            .split(':')
+            .map(Into::into)
+            .collect()
     };
-    dirs.into_iter().map(|d| d.join(target)).find(|p| p.exists()).unwrap_or_else(|| path.to_path_buf())
+    dirs.into_iter()
+        .map(|d| d.join(target))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| path.to_path_buf())
 }
 
 /// Keeps the end of a verifier log: the reason for a rejection is at the bottom.
@@ -152,8 +192,14 @@ fn tail(text: &str, lines: usize) -> String {
 
 fn program_error(e: &ProgramError) -> String {
     match e {
-        ProgramError::LoadError { io_error, verifier_log } => {
-            format!("{io_error}; verifier log (last lines):\n{}", tail(&verifier_log.to_string(), 12))
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            format!(
+                "{io_error}; verifier log (last lines):\n{}",
+                tail(&verifier_log.to_string(), 12)
+            )
         }
         other => {
             let mut s = other.to_string();
@@ -169,9 +215,15 @@ fn program_error(e: &ProgramError) -> String {
 }
 
 /// What the kernel's answer to a failed attach most likely means, for the error text.
-fn attach_hint(point: &AttachPoint, detail: &str) -> &'static str {
-    let missing = detail.contains("No such file") || detail.contains("not found") || detail.contains("ENOENT");
+fn attach_hint(point: &AttachPoint, action: &str, detail: &str) -> &'static str {
+    let missing = detail.contains("No such file")
+        || detail.contains("not found")
+        || detail.contains("ENOENT");
     match point {
+        AttachPoint::FEntry { .. } if action == "load" && detail.contains("not permitted") => {
+            " (this kernel refuses fentry/fexit programs: no BPF trampoline support)"
+        }
+        _ if action == "load" => "",
         AttachPoint::KProbe { .. } if missing => " (this kernel lacks kprobes (CONFIG_KPROBES) or the function)",
         AttachPoint::TracePoint { .. } if missing => " (no such tracepoint on this kernel: see /sys/kernel/tracing/events)",
         AttachPoint::FEntry { .. } => " (fentry/fexit need CONFIG_FUNCTION_TRACER with BPF trampolines, and the function in BTF)",
@@ -189,11 +241,13 @@ impl LoadedObject {
     pub fn load(name: &str, bytes: &[u8], opts: &LoadOptions) -> Result<Self, IngestError> {
         let mut points = Vec::new();
         for (program, section) in program_sections(name, bytes)? {
-            let point = AttachPoint::from_section(&section).map_err(|reason| IngestError::UnknownSection {
-                object: name.into(),
-                program: program.clone(),
-                section: section.clone(),
-                reason,
+            let point = AttachPoint::from_section(&section).map_err(|reason| {
+                IngestError::UnknownSection {
+                    object: name.into(),
+                    program: program.clone(),
+                    section: section.clone(),
+                    reason,
+                }
             })?;
             if matches!(point, AttachPoint::Usdt { .. }) {
                 return Err(IngestError::UnknownSection {
@@ -209,7 +263,11 @@ impl LoadedObject {
 
         let mut loader = EbpfLoader::new();
         loader.override_global(WAKEUP_GLOBAL, &opts.wakeup_bytes, false);
-        let kaddr_names: Vec<String> = opts.kaddrs.iter().map(|(s, _)| format!("kaddr_{s}")).collect();
+        let kaddr_names: Vec<String> = opts
+            .kaddrs
+            .iter()
+            .map(|(s, _)| format!("kaddr_{s}"))
+            .collect();
         for ((_, addr), global) in opts.kaddrs.iter().zip(&kaddr_names) {
             loader.override_global(global, addr, true);
         }
@@ -219,7 +277,10 @@ impl LoadedObject {
             }
         }
         loader.btf(opts.btf.as_deref());
-        let mut ebpf = loader.load(&bytes).map_err(|source| IngestError::Load { object: name.into(), source })?;
+        let mut ebpf = loader.load(&bytes).map_err(|source| IngestError::Load {
+            object: name.into(),
+            source: Box::new(source),
+        })?;
 
         let mut btf = opts.btf.clone();
         let mut kernel_btf = || -> Result<Arc<Btf>, IngestError> {
@@ -241,14 +302,15 @@ impl LoadedObject {
                     program: program.clone(),
                     section: section.clone(),
                     action,
-                    hint: if action == "attach" { attach_hint(&point, &detail) } else { "" },
-                    detail,
+                    detail: format!("{}: {detail}", attach_hint(&point, action, &detail)),
                 }
             };
-            let prog = ebpf.program_mut(&program).ok_or_else(|| IngestError::Parse {
-                object: name.into(),
-                reason: format!("program {program} not found by the loader"),
-            })?;
+            let prog = ebpf
+                .program_mut(&program)
+                .ok_or_else(|| IngestError::Parse {
+                    object: name.into(),
+                    reason: format!("program {program} not found by the loader"),
+                })?;
             match &point {
                 AttachPoint::TracePoint { category, name: tp } => {
                     let p: &mut TracePoint = prog.try_into().map_err(|e| err("load", &e))?;
@@ -266,24 +328,37 @@ impl LoadedObject {
                     p.load(tp, &btf).map_err(|e| err("load", &e))?;
                     p.attach().map_err(|e| err("attach", &e))?;
                 }
-                AttachPoint::KProbe { function, offset, .. } => {
+                AttachPoint::KProbe {
+                    function, offset, ..
+                } => {
                     let p: &mut KProbe = prog.try_into().map_err(|e| err("load", &e))?;
                     p.load().map_err(|e| err("load", &e))?;
                     p.attach(function, *offset).map_err(|e| err("attach", &e))?;
                 }
-                AttachPoint::FEntry { function, exit: false } => {
+                AttachPoint::FEntry {
+                    function,
+                    exit: false,
+                } => {
                     let btf = kernel_btf()?;
                     let p: &mut FEntry = prog.try_into().map_err(|e| err("load", &e))?;
                     p.load(function, &btf).map_err(|e| err("load", &e))?;
                     p.attach().map_err(|e| err("attach", &e))?;
                 }
-                AttachPoint::FEntry { function, exit: true } => {
+                AttachPoint::FEntry {
+                    function,
+                    exit: true,
+                } => {
                     let btf = kernel_btf()?;
                     let p: &mut FExit = prog.try_into().map_err(|e| err("load", &e))?;
                     p.load(function, &btf).map_err(|e| err("load", &e))?;
                     p.attach().map_err(|e| err("attach", &e))?;
                 }
-                AttachPoint::UProbe { target, symbol, offset, .. } => {
+                AttachPoint::UProbe {
+                    target,
+                    symbol,
+                    offset,
+                    ..
+                } => {
                     let p: &mut UProbe = prog.try_into().map_err(|e| err("load", &e))?;
                     p.load().map_err(|e| err("load", &e))?;
                     use aya::programs::uprobe::UProbeAttachLocation as L;
@@ -292,35 +367,59 @@ impl LoadedObject {
                         Some(s) => L::Symbol(s),
                         None => L::AbsoluteOffset(*offset),
                     };
-                    p.attach(location, resolve_uprobe_target(target), UProbeScope::AllProcesses).map_err(|e| err("attach", &e))?;
+                    p.attach(
+                        location,
+                        resolve_uprobe_target(target),
+                        UProbeScope::AllProcesses,
+                    )
+                    .map_err(|e| err("attach", &e))?;
                 }
-                AttachPoint::PerfEvent { kind, config, frequency, period } => {
+                AttachPoint::PerfEvent {
+                    kind,
+                    config,
+                    frequency,
+                    period,
+                } => {
                     let p: &mut PerfEvent = prog.try_into().map_err(|e| err("load", &e))?;
                     p.load().map_err(|e| err("load", &e))?;
                     let policy = match (frequency, period) {
                         (Some(f), _) => SamplePolicy::Frequency(*f),
                         (_, p) => SamplePolicy::Period(p.unwrap_or(1)),
                     };
-                    let cpus = aya::util::online_cpus().map_err(|(what, e)| IngestError::Parse {
-                        object: name.into(),
-                        reason: format!("{what}: {e}"),
-                    })?;
+                    let cpus =
+                        aya::util::online_cpus().map_err(|(what, e)| IngestError::Parse {
+                            object: name.into(),
+                            reason: format!("{what}: {e}"),
+                        })?;
                     for cpu in cpus {
-                        let config = PerfEventConfig::Pmu { pmu_type: *kind, config: *config };
-                        p.attach(config, PerfEventScope::AllProcessesOneCpu { cpu }, policy, false)
-                            .map_err(|e| err("attach", &e))?;
+                        let config = PerfEventConfig::Pmu {
+                            pmu_type: *kind,
+                            config: *config,
+                        };
+                        p.attach(
+                            config,
+                            PerfEventScope::AllProcessesOneCpu { cpu },
+                            policy,
+                            false,
+                        )
+                        .map_err(|e| err("attach", &e))?;
                     }
                 }
                 AttachPoint::Xdp(ifname) => {
                     let p: &mut Xdp = prog.try_into().map_err(|e| err("load", &e))?;
                     p.load().map_err(|e| err("load", &e))?;
-                    p.attach(ifname, XdpMode::Default).map_err(|e| err("attach", &e))?;
+                    p.attach(ifname, XdpMode::Default)
+                        .map_err(|e| err("attach", &e))?;
                 }
                 AttachPoint::Usdt { .. } => unreachable!("rejected above"),
             }
             attached.push((program, point));
         }
-        Ok(Self { name: name.into(), ebpf, attached })
+        Ok(Self {
+            name: name.into(),
+            ebpf,
+            attached,
+        })
     }
 
     /// The object's name.
@@ -334,7 +433,11 @@ impl LoadedObject {
     }
 
     fn map_error(&self, map: &str, reason: String) -> IngestError {
-        IngestError::Map { object: self.name.clone(), map: map.into(), reason }
+        IngestError::Map {
+            object: self.name.clone(),
+            map: map.into(),
+            reason,
+        }
     }
 
     /// Takes a ring buffer map out of the object for a reader.
@@ -342,7 +445,10 @@ impl LoadedObject {
     /// # Errors
     /// The map is missing or is not a ring buffer.
     pub fn take_ring(&mut self, map: &str) -> Result<RingBuf<MapData>, IngestError> {
-        let m = self.ebpf.take_map(map).ok_or_else(|| self.map_error(map, "no such map in the object".into()))?;
+        let m = self
+            .ebpf
+            .take_map(map)
+            .ok_or_else(|| self.map_error(map, "no such map in the object".into()))?;
         RingBuf::try_from(m).map_err(|e| self.map_error(map, e.to_string()))
     }
 
@@ -351,7 +457,10 @@ impl LoadedObject {
     /// # Errors
     /// The map is missing or is not a perf event array.
     pub fn take_perf_array(&mut self, map: &str) -> Result<PerfEventArray<MapData>, IngestError> {
-        let m = self.ebpf.take_map(map).ok_or_else(|| self.map_error(map, "no such map in the object".into()))?;
+        let m = self
+            .ebpf
+            .take_map(map)
+            .ok_or_else(|| self.map_error(map, "no such map in the object".into()))?;
         PerfEventArray::try_from(m).map_err(|e| self.map_error(map, e.to_string()))
     }
 
@@ -360,9 +469,14 @@ impl LoadedObject {
     /// # Errors
     /// The map is missing.
     pub fn key_size(&self, map: &str) -> Result<usize, IngestError> {
-        let m = self.ebpf.map(map).ok_or_else(|| self.map_error(map, "no such map in the object".into()))?;
+        let m = self
+            .ebpf
+            .map(map)
+            .ok_or_else(|| self.map_error(map, "no such map in the object".into()))?;
         let data = crate::table::map_data(m);
-        data.info().map(|i| i.key_size() as usize).map_err(|e| self.map_error(map, e.to_string()))
+        data.info()
+            .map(|i| i.key_size() as usize)
+            .map_err(|e| self.map_error(map, e.to_string()))
     }
 
     /// Every entry of a hash or array map (per-CPU values summed), for tables.
@@ -370,15 +484,22 @@ impl LoadedObject {
     /// # Errors
     /// The map is missing, has values that are not 8-byte counters, or a read fails.
     pub fn read_table(&self, map: &str) -> Result<Vec<(Vec<u8>, u64)>, IngestError> {
-        let m = self.ebpf.map(map).ok_or_else(|| self.map_error(map, "no such map in the object".into()))?;
+        let m = self
+            .ebpf
+            .map(map)
+            .ok_or_else(|| self.map_error(map, "no such map in the object".into()))?;
         crate::table::read(m).map_err(|reason| self.map_error(map, reason))
     }
 
     /// Records the kernel side failed to reserve (ring full), summed over CPUs; 0 when the
     /// object does not use `output.bpf.h`.
     pub fn ring_drops(&self) -> u64 {
-        let Some(map) = self.ebpf.map(DROPS_MAP) else { return 0 };
-        let Ok(array) = PerCpuArray::<_, u64>::try_from(map) else { return 0 };
+        let Some(map) = self.ebpf.map(DROPS_MAP) else {
+            return 0;
+        };
+        let Ok(array) = PerCpuArray::<_, u64>::try_from(map) else {
+            return 0;
+        };
         array.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 
@@ -409,23 +530,42 @@ mod tests {
         let o = bpf_programs::find("tcp_connect_latency").unwrap();
         assert_eq!(
             program_sections("t", o.bytes).unwrap(),
-            vec![("tcp_connect_state".to_string(), "tracepoint/sock/inet_sock_set_state".to_string())]
+            vec![(
+                "tcp_connect_state".to_string(),
+                "tracepoint/sock/inet_sock_set_state".to_string()
+            )]
         );
-        assert!(program_sections("t", b"not elf").unwrap_err().to_string().contains("cannot parse"));
+        assert!(program_sections("t", b"not elf")
+            .unwrap_err()
+            .to_string()
+            .contains("cannot parse"));
         assert!(matches!(patch_xdp_sections(o.bytes), Cow::Borrowed(_)));
     }
 
     #[test]
     fn uprobe_targets_resolve_like_libbpf() {
-        assert_eq!(resolve_uprobe_target("/bin/app"), std::path::PathBuf::from("/bin/app"));
-        assert!(resolve_uprobe_target("libc.so.6").is_absolute(), "libc is in a library dir");
+        assert_eq!(
+            resolve_uprobe_target("/bin/app"),
+            std::path::PathBuf::from("/bin/app")
+        );
+        assert!(
+            resolve_uprobe_target("libc.so.6").is_absolute(),
+            "libc is in a library dir"
+        );
         assert!(resolve_uprobe_target("sh").is_absolute(), "sh is on PATH");
-        assert_eq!(resolve_uprobe_target("no-such-lib.so.9"), std::path::PathBuf::from("no-such-lib.so.9"));
+        assert_eq!(
+            resolve_uprobe_target("no-such-lib.so.9"),
+            std::path::PathBuf::from("no-such-lib.so.9")
+        );
     }
 
     #[test]
     fn verifier_log_tail_keeps_the_reason() {
-        let log = (1..=30).map(|i| format!("{i}: insn")).collect::<Vec<_>>().join("\n") + "\n\ninvalid mem access\n";
+        let log = (1..=30)
+            .map(|i| format!("{i}: insn"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n\ninvalid mem access\n";
         let t = tail(&log, 3);
         assert_eq!(t, "29: insn\n30: insn\ninvalid mem access");
     }

@@ -57,28 +57,69 @@ impl RingReader {
     /// # Errors
     /// The ring's descriptor cannot be registered with the tokio reactor (call this
     /// inside a runtime).
-    pub fn new(name: &str, ring: RingBuf<MapData>, stream: u32, batch_bytes: usize, drain_interval: Duration) -> Result<Self, IngestError> {
+    pub fn new(
+        name: &str,
+        ring: RingBuf<MapData>,
+        stream: u32,
+        batch_bytes: usize,
+        drain_interval: Duration,
+    ) -> Result<Self, IngestError> {
         // SAFETY: the RingBuf owns its map descriptor and keeps it open, unreplaced,
         // for as long as the AsyncFd owns the RingBuf.
-        let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| IngestError::Poll { ring: name.into(), source: e.into() })?;
-        Ok(Self::with_source(name, Source::Ring(ring), stream, batch_bytes, drain_interval))
+        let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| IngestError::Poll {
+            ring: name.into(),
+            source: e.into(),
+        })?;
+        Ok(Self::with_source(
+            name,
+            Source::Ring(ring),
+            stream,
+            batch_bytes,
+            drain_interval,
+        ))
     }
 
     /// Opens a perf event array's buffer on every online CPU, `pages` pages each.
     ///
     /// # Errors
     /// A buffer cannot be opened (memory lock limits, CPU list unreadable).
-    pub fn perf(name: &str, mut array: PerfEventArray<MapData>, pages: usize, stream: u32, batch_bytes: usize, drain_interval: Duration) -> Result<Self, IngestError> {
-        let poll = |reason: String| IngestError::Poll { ring: name.into(), source: std::io::Error::other(reason) };
+    pub fn perf(
+        name: &str,
+        mut array: PerfEventArray<MapData>,
+        pages: usize,
+        stream: u32,
+        batch_bytes: usize,
+        drain_interval: Duration,
+    ) -> Result<Self, IngestError> {
+        let poll = |reason: String| IngestError::Poll {
+            ring: name.into(),
+            source: std::io::Error::other(reason),
+        };
         let cpus = aya::util::online_cpus().map_err(|(what, e)| poll(format!("{what}: {e}")))?;
         let buffers = cpus
             .into_iter()
-            .map(|cpu| array.open(cpu, Some(pages)).map_err(|e| poll(format!("cpu {cpu}: {e}"))))
+            .map(|cpu| {
+                array
+                    .open(cpu, Some(pages))
+                    .map_err(|e| poll(format!("cpu {cpu}: {e}")))
+            })
             .collect::<Result<_, _>>()?;
-        Ok(Self::with_source(name, Source::Perf(buffers), stream, batch_bytes, drain_interval))
+        Ok(Self::with_source(
+            name,
+            Source::Perf(buffers),
+            stream,
+            batch_bytes,
+            drain_interval,
+        ))
     }
 
-    fn with_source(name: &str, source: Source, stream: u32, batch_bytes: usize, drain_interval: Duration) -> Self {
+    fn with_source(
+        name: &str,
+        source: Source,
+        stream: u32,
+        batch_bytes: usize,
+        drain_interval: Duration,
+    ) -> Self {
         Self {
             name: name.into(),
             source,
@@ -127,7 +168,12 @@ impl RingReader {
 }
 
 /// Copies every ready record into batches and sends them; full queues count drops.
-fn drain_ring(ring: &mut RingBuf<MapData>, builder: &mut BatchBuilder, tx: &Sender<Batch>, stats: &RingStats) {
+fn drain_ring(
+    ring: &mut RingBuf<MapData>,
+    builder: &mut BatchBuilder,
+    tx: &Sender<Batch>,
+    stats: &RingStats,
+) {
     let mut records = 0u64;
     while let Some(item) = ring.next() {
         builder.push(&item);
@@ -141,7 +187,12 @@ fn drain_ring(ring: &mut RingBuf<MapData>, builder: &mut BatchBuilder, tx: &Send
 }
 
 /// Drains every CPU's perf buffer (the consumer position moves once per buffer).
-fn drain_perf(buffers: &mut [PerfEventArrayBuffer<MapData>], builder: &mut BatchBuilder, tx: &Sender<Batch>, stats: &RingStats) {
+fn drain_perf(
+    buffers: &mut [PerfEventArrayBuffer<MapData>],
+    builder: &mut BatchBuilder,
+    tx: &Sender<Batch>,
+    stats: &RingStats,
+) {
     let mut records = 0u64;
     for buf in buffers {
         buf.for_each(|event| match event {

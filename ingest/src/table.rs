@@ -26,7 +26,14 @@ struct ElemAttr {
 fn bpf(cmd: libc::c_long, attr: &mut ElemAttr) -> std::io::Result<()> {
     // SAFETY: attr is a valid, fully initialized bpf_attr prefix of the given size whose
     // pointers refer to live buffers of the map's key and value sizes.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut ElemAttr, std::mem::size_of::<ElemAttr>()) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut ElemAttr,
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
     if r < 0 {
         Err(std::io::Error::last_os_error())
     } else {
@@ -47,7 +54,9 @@ pub(crate) fn table_data(m: &Map) -> Option<(&MapData, bool)> {
 pub(crate) fn map_data(m: &Map) -> &MapData {
     match m {
         Map::RingBuf(d) | Map::PerfEventArray(d) => d,
-        other => table_data(other).map(|(d, _)| d).expect("map kinds used by the exporter"),
+        other => table_data(other)
+            .map(|(d, _)| d)
+            .expect("map kinds used by the exporter"),
     }
 }
 
@@ -62,7 +71,9 @@ pub(crate) fn read(m: &Map) -> Result<Vec<(Vec<u8>, u64)>, String> {
     let info = data.info().map_err(|e| e.to_string())?;
     let (key_size, value_size) = (info.key_size() as usize, info.value_size() as usize);
     if value_size != 8 && value_size != 4 {
-        return Err(format!("values are {value_size} bytes; table values are u64 (or u32) counters"));
+        return Err(format!(
+            "values are {value_size} bytes; table values are u64 (or u32) counters"
+        ));
     }
     let stride = value_size.next_multiple_of(8);
     let cpus = if per_cpu { possible_cpus()? } else { 1 };

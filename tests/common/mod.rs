@@ -27,7 +27,11 @@ impl Drop for Exporter {
 
 /// A free loopback port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Exporter {
@@ -46,12 +50,19 @@ impl Exporter {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = e.child.try_wait().unwrap() {
-                panic!("exporter exited ({status}): {}", std::fs::read_to_string(log).unwrap());
+                panic!(
+                    "exporter exited ({status}): {}",
+                    std::fs::read_to_string(log).unwrap()
+                );
             }
             if get(&e.addr, "/healthz").is_some_and(|b| b.starts_with("ok")) {
                 return e;
             }
-            assert!(Instant::now() < deadline, "exporter not healthy: {}", std::fs::read_to_string(log).unwrap());
+            assert!(
+                Instant::now() < deadline,
+                "exporter not healthy: {}",
+                std::fs::read_to_string(log).unwrap()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -68,13 +79,17 @@ pub fn get(addr: &str, path: &str) -> Option<String> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
-    resp.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+    resp.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
 }
 
 /// The value of the sample whose name and full label set match exactly.
 pub fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
     let prefix = format!("{name}{{{labels}}} ");
-    metrics.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.parse().unwrap())
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.parse().unwrap())
 }
 
 /// All samples of `name` as (labels, value).
@@ -113,7 +128,8 @@ pub fn cgroup2_mount() -> std::path::PathBuf {
     info.lines()
         .find_map(|l| {
             let (left, right) = l.split_once(" - ")?;
-            (right.split_whitespace().next()? == "cgroup2").then(|| left.split_whitespace().nth(4).unwrap().into())
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| left.split_whitespace().nth(4).unwrap().into())
         })
         .expect("no cgroup2 mount")
 }
@@ -185,11 +201,17 @@ impl Pod {
     /// under `root`; returns the exporter flags that point at them.
     pub fn logs(&self, root: &std::path::Path) -> Vec<String> {
         let (pods, containers) = (root.join("pods"), root.join("containers"));
-        let dir = pods.join(format!("{}_{}_{}/{}", self.namespace, self.name, self.uid, self.container));
+        let dir = pods.join(format!(
+            "{}_{}_{}/{}",
+            self.namespace, self.name, self.uid, self.container
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("0.log"), "").unwrap();
         std::fs::create_dir_all(&containers).unwrap();
-        let link = containers.join(format!("{}_{}_{}-{}.log", self.name, self.namespace, self.container, self.container_id));
+        let link = containers.join(format!(
+            "{}_{}_{}-{}.log",
+            self.name, self.namespace, self.container, self.container_id
+        ));
         let _ = std::os::unix::fs::symlink(dir.join("0.log"), link);
         vec![
             "--kubelet.pod-logs-dir".into(),
@@ -201,7 +223,10 @@ impl Pod {
 
     /// `app_container="..",app_namespace="..",app_pod=".."` (sorted, as exported).
     pub fn labels(&self) -> String {
-        format!("app_container=\"{}\",app_namespace=\"{}\",app_pod=\"{}\"", self.container, self.namespace, self.name)
+        format!(
+            "app_container=\"{}\",app_namespace=\"{}\",app_pod=\"{}\"",
+            self.container, self.namespace, self.name
+        )
     }
 }
 
@@ -209,9 +234,20 @@ impl Pod {
 /// copy of `examples/<name>.yaml`.
 pub fn compile_example(name: &str, dir: &std::path::Path) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let arch = if cfg!(target_arch = "x86_64") { "x86" } else { "arm64" };
+    let arch = if cfg!(target_arch = "x86_64") {
+        "x86"
+    } else {
+        "arm64"
+    };
     let out = Command::new(std::env::var("CLANG").unwrap_or_else(|_| "clang".into()))
-        .args(["-O2", "-g", "-target", "bpf", &format!("-D__TARGET_ARCH_{arch}"), "-I"])
+        .args([
+            "-O2",
+            "-g",
+            "-target",
+            "bpf",
+            &format!("-D__TARGET_ARCH_{arch}"),
+            "-I",
+        ])
         .arg(root.join("bpf/include"))
         .arg("-c")
         .arg(root.join(format!("examples/{name}.bpf.c")))
@@ -219,8 +255,16 @@ pub fn compile_example(name: &str, dir: &std::path::Path) {
         .arg(dir.join(format!("{name}.bpf.o")))
         .output()
         .expect("clang");
-    assert!(out.status.success(), "clang failed on {name}: {}", String::from_utf8_lossy(&out.stderr));
-    std::fs::copy(root.join(format!("examples/{name}.yaml")), dir.join(format!("{name}.yaml"))).unwrap();
+    assert!(
+        out.status.success(),
+        "clang failed on {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::copy(
+        root.join(format!("examples/{name}.yaml")),
+        dir.join(format!("{name}.yaml")),
+    )
+    .unwrap();
 }
 
 /// The workload program (tests/workload.c), compiled once per test binary.
@@ -229,7 +273,12 @@ pub fn workload() -> &'static std::path::Path {
     BIN.get_or_init(|| {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let bin = std::env::temp_dir().join(format!("kebpf-workload-{}", std::process::id()));
-        let status = Command::new("cc").args(["-O1", "-o"]).arg(&bin).arg(root.join("tests/workload.c")).status().expect("cc");
+        let status = Command::new("cc")
+            .args(["-O1", "-o"])
+            .arg(&bin)
+            .arg(root.join("tests/workload.c"))
+            .status()
+            .expect("cc");
         assert!(status.success(), "cc failed on tests/workload.c");
         bin
     })
@@ -238,7 +287,11 @@ pub fn workload() -> &'static std::path::Path {
 /// Runs the workload inside `cgroup` (or where the test runs, for `None`).
 pub fn run_workload(cgroup: Option<&std::path::Path>, args: &[&str]) {
     let cg = cgroup.map_or("-".to_string(), |c| c.display().to_string());
-    let status = Command::new(workload()).arg(cg).args(args).status().unwrap();
+    let status = Command::new(workload())
+        .arg(cg)
+        .args(args)
+        .status()
+        .unwrap();
     assert!(status.success(), "workload {args:?} failed");
 }
 
@@ -258,5 +311,10 @@ pub fn node() -> String {
     std::env::var("NODE_NAME")
         .ok()
         .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string())
+        .unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap()
+                .trim()
+                .to_string()
+        })
 }

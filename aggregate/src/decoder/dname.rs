@@ -15,7 +15,9 @@ impl Decoder for Dname {
             if n == 0 {
                 break;
             }
-            let Some(label) = input.get(at + 1..at + 1 + n) else { return Ok(input.to_vec()) };
+            let Some(label) = input.get(at + 1..at + 1 + n) else {
+                return Ok(input.to_vec());
+            };
             if !out.is_empty() {
                 out.push(b'.');
             }
@@ -35,10 +37,20 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(Dname.decode(b"\x07example\x03com\x00").unwrap(), b"example.com");
-        assert_eq!(Dname.decode(b"\x03www\x07example\x03com").unwrap(), b"www.example.com");
+        assert_eq!(
+            Dname.decode(b"\x07example\x03com\x00").unwrap(),
+            b"example.com"
+        );
+        assert_eq!(
+            Dname.decode(b"\x03www\x07example\x03com").unwrap(),
+            b"www.example.com"
+        );
         assert_eq!(Dname.decode(b"").unwrap(), b".");
         assert_eq!(Dname.decode(b"\x00\x00").unwrap(), b".");
-        assert_eq!(Dname.decode(b"\x09short").unwrap(), b"\x09short", "truncated: unchanged");
+        assert_eq!(
+            Dname.decode(b"\x09short").unwrap(),
+            b"\x09short",
+            "truncated: unchanged"
+        );
     }
 }

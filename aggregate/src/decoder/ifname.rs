@@ -8,7 +8,11 @@ pub struct IfName;
 
 impl Decoder for IfName {
     fn decode(&self, input: &[u8]) -> Result<Vec<u8>, DecodeError> {
-        let raw = if input.len() >= 4 && !input.iter().all(u8::is_ascii_digit) { &input[..4] } else { input };
+        let raw = if input.len() >= 4 && !input.iter().all(u8::is_ascii_digit) {
+            &input[..4]
+        } else {
+            input
+        };
         let index = number(raw, 4)?;
         let mut buf = [0u8; libc::IF_NAMESIZE];
         // SAFETY: buf holds IF_NAMESIZE bytes as if_indextoname requires.
@@ -31,7 +35,10 @@ mod tests {
     fn loopback_and_unknown() {
         assert_eq!(IfName.decode(&1u32.to_ne_bytes()).unwrap(), b"lo");
         assert_eq!(IfName.decode(b"1").unwrap(), b"lo");
-        assert_eq!(IfName.decode(&999_999u32.to_ne_bytes()).unwrap(), b"unknown:999999");
+        assert_eq!(
+            IfName.decode(&999_999u32.to_ne_bytes()).unwrap(),
+            b"unknown:999999"
+        );
         assert!(IfName.decode(&[1, 2]).is_err());
     }
 }

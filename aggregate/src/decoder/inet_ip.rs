@@ -14,9 +14,14 @@ impl Decoder for InetIp {
             4 => Ipv4Addr::from(<[u8; 4]>::try_from(input).unwrap()).to_string(),
             16 => {
                 let v6 = Ipv6Addr::from(<[u8; 16]>::try_from(input).unwrap());
-                v6.to_ipv4_mapped().map_or_else(|| v6.to_string(), |v4| v4.to_string())
+                v6.to_ipv4_mapped()
+                    .map_or_else(|| v6.to_string(), |v4| v4.to_string())
             }
-            n => return Err(DecodeError::Invalid(format!("inet_ip needs 4 or 16 bytes, got {n}"))),
+            n => {
+                return Err(DecodeError::Invalid(format!(
+                    "inet_ip needs 4 or 16 bytes, got {n}"
+                )))
+            }
         };
         Ok(text.into_bytes())
     }

@@ -11,9 +11,12 @@ pub struct Ksym(pub Arc<Kallsyms>);
 
 impl Decoder for Ksym {
     fn decode(&self, input: &[u8]) -> Result<Vec<u8>, DecodeError> {
-        let raw: [u8; 8] = input
-            .try_into()
-            .map_err(|_| DecodeError::Invalid(format!("ksym needs an 8 byte address, got {} bytes", input.len())))?;
+        let raw: [u8; 8] = input.try_into().map_err(|_| {
+            DecodeError::Invalid(format!(
+                "ksym needs an 8 byte address, got {} bytes",
+                input.len()
+            ))
+        })?;
         let addr = u64::from_ne_bytes(raw);
         Ok(match self.0.symbol(addr) {
             Some(s) => s.as_bytes().to_vec(),
@@ -29,8 +32,11 @@ pub struct Kstack(pub Arc<Kallsyms>);
 
 impl Decoder for Kstack {
     fn decode(&self, input: &[u8]) -> Result<Vec<u8>, DecodeError> {
-        if input.len() % 8 != 0 {
-            return Err(DecodeError::Invalid(format!("kstack needs a multiple of 8 bytes, got {}", input.len())));
+        if !input.len().is_multiple_of(8) {
+            return Err(DecodeError::Invalid(format!(
+                "kstack needs a multiple of 8 bytes, got {}",
+                input.len()
+            )));
         }
         let frames: Vec<&str> = input
             .chunks_exact(8)
@@ -47,13 +53,18 @@ mod tests {
     use super::*;
 
     fn syms() -> Arc<Kallsyms> {
-        Arc::new(Kallsyms::parse("ffffffff81000000 T _text\nffffffff81000100 t do_thing\n"))
+        Arc::new(Kallsyms::parse(
+            "ffffffff81000000 T _text\nffffffff81000100 t do_thing\n",
+        ))
     }
 
     #[test]
     fn ksym() {
         let d = Ksym(syms());
-        assert_eq!(d.decode(&0xffffffff81000104u64.to_ne_bytes()).unwrap(), b"do_thing");
+        assert_eq!(
+            d.decode(&0xffffffff81000104u64.to_ne_bytes()).unwrap(),
+            b"do_thing"
+        );
         assert_eq!(d.decode(&5u64.to_ne_bytes()).unwrap(), b"unknown_addr:0x5");
         assert!(d.decode(&[1, 2, 3, 4]).is_err());
     }
@@ -62,7 +73,13 @@ mod tests {
     fn kstack() {
         let d = Kstack(syms());
         let mut stack = Vec::new();
-        for a in [0xffffffff81000104u64, 0xffffffff81000001, 1, 0, 0xffffffff81000104] {
+        for a in [
+            0xffffffff81000104u64,
+            0xffffffff81000001,
+            1,
+            0,
+            0xffffffff81000104,
+        ] {
             stack.extend(a.to_ne_bytes());
         }
         assert_eq!(d.decode(&stack).unwrap(), b"do_thing\n_text\n??");

@@ -46,7 +46,12 @@ impl Decoder for Kube {
             KubeKey::Cgroup => self.enricher.resolve(number(input, 8)?).labels,
             KubeKey::Pid => {
                 let pid = number(input, 4)?;
-                self.enricher.resolve_pid(u32::try_from(pid).map_err(|_| DecodeError::Invalid(format!("{pid} is not a pid")))?).labels
+                self.enricher
+                    .resolve_pid(
+                        u32::try_from(pid)
+                            .map_err(|_| DecodeError::Invalid(format!("{pid} is not a pid")))?,
+                    )
+                    .labels
             }
         };
         Ok(match self.field {

@@ -13,7 +13,9 @@ impl MajorMinor {
     /// Reads names from `partitions` (normally /proc/partitions) at each decode: device
     /// numbers are decoded once per series, and disks come and go.
     pub fn new(partitions: impl Into<std::path::PathBuf>) -> Self {
-        Self { partitions: partitions.into() }
+        Self {
+            partitions: partitions.into(),
+        }
     }
 }
 
@@ -25,15 +27,21 @@ pub(crate) fn split(dev: u32) -> (u32, u32) {
 impl Decoder for MajorMinor {
     fn decode(&self, input: &[u8]) -> Result<Vec<u8>, DecodeError> {
         let Some(raw) = input.get(..4) else {
-            return Err(DecodeError::Invalid(format!("majorminor needs 4 bytes, got {}", input.len())));
+            return Err(DecodeError::Invalid(format!(
+                "majorminor needs 4 bytes, got {}",
+                input.len()
+            )));
         };
         let (major, minor) = split(u32::from_ne_bytes(raw.try_into().unwrap()));
         let table = std::fs::read_to_string(&self.partitions).unwrap_or_default();
         let name = table.lines().find_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() == 4 && f[0] == major.to_string() && f[1] == minor.to_string()).then(|| f[3].to_string())
+            (f.len() == 4 && f[0] == major.to_string() && f[1] == minor.to_string())
+                .then(|| f[3].to_string())
         });
-        Ok(name.unwrap_or_else(|| format!("unknown:{major}:{minor}")).into_bytes())
+        Ok(name
+            .unwrap_or_else(|| format!("unknown:{major}:{minor}"))
+            .into_bytes())
     }
 }
 
@@ -46,7 +54,9 @@ mod tests {
         let file = std::env::temp_dir().join(format!("partitions-{}", std::process::id()));
         std::fs::write(&file, "major minor  #blocks  name\n\n 259        0  500107608 nvme0n1\n   8       17  1000 sdb1\n").unwrap();
         let d = MajorMinor::new(&file);
-        let enc = |major: u32, minor: u32| ((minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)).to_ne_bytes();
+        let enc = |major: u32, minor: u32| {
+            ((minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)).to_ne_bytes()
+        };
         assert_eq!(d.decode(&enc(259, 0)).unwrap(), b"nvme0n1");
         assert_eq!(d.decode(&enc(8, 17)).unwrap(), b"sdb1");
         assert_eq!(d.decode(&enc(8, 300)).unwrap(), b"unknown:8:300");

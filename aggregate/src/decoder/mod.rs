@@ -14,8 +14,8 @@ mod ifname;
 mod inet_ip;
 mod inet_subnet;
 pub mod kallsyms;
-mod kube;
 mod ksym;
+mod kube;
 mod majorminor;
 mod pci;
 mod regexp;
@@ -77,7 +77,9 @@ impl Context {
     }
 
     fn pci(&self) -> Option<Arc<PciDb>> {
-        self.pci.get_or_init(|| PciDb::load_system().map(Arc::new)).clone()
+        self.pci
+            .get_or_init(|| PciDb::load_system().map(Arc::new))
+            .clone()
     }
 }
 
@@ -94,9 +96,18 @@ impl Chain {
     /// # Errors
     /// An unknown decoder, a bad decoder setting, or a first decoder that cannot take
     /// `size` bytes; named by `at` (the label's config path).
-    pub fn build(configs: &[DecoderConfig], size: usize, at: &str, ctx: &Context) -> Result<Self, ConfigError> {
+    pub fn build(
+        configs: &[DecoderConfig],
+        size: usize,
+        at: &str,
+        ctx: &Context,
+    ) -> Result<Self, ConfigError> {
         let default = [DecoderConfig::named("uint")];
-        let configs = if configs.is_empty() { &default[..] } else { configs };
+        let configs = if configs.is_empty() {
+            &default[..]
+        } else {
+            configs
+        };
         let mut chain: Vec<Box<dyn Decoder>> = Vec::new();
         for (i, c) in configs.iter().enumerate() {
             let at = format!("{at}.decoders[{i}]");
@@ -110,12 +121,19 @@ impl Chain {
                 Ok(())
             };
             let needs_enricher = || {
-                ctx.enricher
-                    .clone()
-                    .ok_or_else(|| invalid(format!("{at}.name"), format!("{} needs the enrich stage", c.name)))
+                ctx.enricher.clone().ok_or_else(|| {
+                    invalid(
+                        format!("{at}.name"),
+                        format!("{} needs the enrich stage", c.name),
+                    )
+                })
             };
             let kube = |key, field| -> Result<Box<dyn Decoder>, ConfigError> {
-                Ok(Box::new(kube::Kube { enricher: needs_enricher()?, key, field }))
+                Ok(Box::new(kube::Kube {
+                    enricher: needs_enricher()?,
+                    key,
+                    field,
+                }))
             };
             use kube::{KubeField as F, KubeKey as K};
             let d: Box<dyn Decoder> = match c.name.as_str() {
@@ -132,7 +150,7 @@ impl Chain {
                     Box::new(ksym::Ksym(ctx.kallsyms()))
                 }
                 "kstack" => {
-                    if i == 0 && (size == 0 || size % 8 != 0) {
+                    if i == 0 && (size == 0 || !size.is_multiple_of(8)) {
                         return Err(invalid(format!("{at}.name"), format!("kstack takes an array of 8 byte addresses, but the label is {size} bytes")));
                     }
                     Box::new(ksym::Kstack(ctx.kallsyms()))
@@ -152,19 +170,41 @@ impl Chain {
                 }
                 "dname" => Box::new(dname::Dname),
                 "cgroup" => Box::new(cgroup::Cgroup(needs_enricher()?)),
-                "regexp" => Box::new(regexp::Regexp::new(&c.regexps).map_err(|e| invalid(format!("{at}.regexps"), e))?),
-                "static_map" => Box::new(static_map::StaticMap::new(&c.static_map, c.allow_unknown)),
-                "pci_vendor" => Box::new(pci::Pci { db: ctx.pci(), kind: pci::PciKind::Vendor }),
-                "pci_device" => Box::new(pci::Pci { db: ctx.pci(), kind: pci::PciKind::Device }),
-                "pci_class" => Box::new(pci::Pci { db: ctx.pci(), kind: pci::PciKind::Class }),
-                "pci_subclass" => Box::new(pci::Pci { db: ctx.pci(), kind: pci::PciKind::Subclass }),
+                "regexp" => Box::new(
+                    regexp::Regexp::new(&c.regexps)
+                        .map_err(|e| invalid(format!("{at}.regexps"), e))?,
+                ),
+                "static_map" => {
+                    Box::new(static_map::StaticMap::new(&c.static_map, c.allow_unknown))
+                }
+                "pci_vendor" => Box::new(pci::Pci {
+                    db: ctx.pci(),
+                    kind: pci::PciKind::Vendor,
+                }),
+                "pci_device" => Box::new(pci::Pci {
+                    db: ctx.pci(),
+                    kind: pci::PciKind::Device,
+                }),
+                "pci_class" => Box::new(pci::Pci {
+                    db: ctx.pci(),
+                    kind: pci::PciKind::Class,
+                }),
+                "pci_subclass" => Box::new(pci::Pci {
+                    db: ctx.pci(),
+                    kind: pci::PciKind::Subclass,
+                }),
                 "kube_namespace" => kube(K::Cgroup, F::Namespace)?,
                 "kube_pod" => kube(K::Cgroup, F::Pod)?,
                 "kube_container" => kube(K::Cgroup, F::Container)?,
                 "kube_podnamespace" => kube(K::Pid, F::Namespace)?,
                 "kube_podname" => kube(K::Pid, F::Pod)?,
                 "kube_containername" => kube(K::Pid, F::Container)?,
-                other => return Err(invalid(format!("{at}.name"), format!("unknown decoder {other:?}; known: {NAMES}"))),
+                other => {
+                    return Err(invalid(
+                        format!("{at}.name"),
+                        format!("unknown decoder {other:?}; known: {NAMES}"),
+                    ))
+                }
             };
             chain.push(d);
         }
@@ -180,7 +220,8 @@ impl Chain {
         for d in &self.0 {
             value = d.decode(&value)?;
         }
-        String::from_utf8(value).map_err(|_| DecodeError::Invalid("label value is not UTF-8".into()))
+        String::from_utf8(value)
+            .map_err(|_| DecodeError::Invalid("label value is not UTF-8".into()))
     }
 }
 
@@ -195,26 +236,52 @@ mod tests {
 
     #[test]
     fn chains_text_through_decoders() {
-        assert_eq!(chain(&["uint", "errno"], 4).unwrap().decode(&2u32.to_ne_bytes()).unwrap(), "ENOENT");
-        assert_eq!(chain(&[], 2).unwrap().decode(&7u16.to_ne_bytes()).unwrap(), "7");
-        assert_eq!(chain(&["hex"], 2).unwrap().decode(&[0xff, 0]).unwrap(), "ff00");
+        assert_eq!(
+            chain(&["uint", "errno"], 4)
+                .unwrap()
+                .decode(&2u32.to_ne_bytes())
+                .unwrap(),
+            "ENOENT"
+        );
+        assert_eq!(
+            chain(&[], 2).unwrap().decode(&7u16.to_ne_bytes()).unwrap(),
+            "7"
+        );
+        assert_eq!(
+            chain(&["hex"], 2).unwrap().decode(&[0xff, 0]).unwrap(),
+            "ff00"
+        );
     }
 
     #[test]
     fn build_errors_name_the_decoder() {
         let e = chain(&["nope"], 8).unwrap_err();
-        assert!(e.starts_with("labels[0].decoders[0].name: unknown decoder \"nope\"; known: uint"), "{e}");
-        assert!(chain(&["uint"], 3).unwrap_err().contains("uint takes a 1, 2, 4 or 8 byte integer, but the label is 3 bytes"));
+        assert!(
+            e.starts_with("labels[0].decoders[0].name: unknown decoder \"nope\"; known: uint"),
+            "{e}"
+        );
+        assert!(chain(&["uint"], 3)
+            .unwrap_err()
+            .contains("uint takes a 1, 2, 4 or 8 byte integer, but the label is 3 bytes"));
         assert!(chain(&["ksym"], 4).unwrap_err().contains("8 byte address"));
-        assert!(chain(&["kstack"], 12).unwrap_err().contains("array of 8 byte"));
-        assert!(chain(&["kube_pod"], 8).unwrap_err().contains("needs the enrich stage"));
-        assert!(chain(&["uint", "regexp"], 8).unwrap_err().contains("labels[0].decoders[1].regexps: regexp needs at least one pattern"));
+        assert!(chain(&["kstack"], 12)
+            .unwrap_err()
+            .contains("array of 8 byte"));
+        assert!(chain(&["kube_pod"], 8)
+            .unwrap_err()
+            .contains("needs the enrich stage"));
+        assert!(chain(&["uint", "regexp"], 8)
+            .unwrap_err()
+            .contains("labels[0].decoders[1].regexps: regexp needs at least one pattern"));
         // Only the first decoder sees the raw field.
         assert!(chain(&["string", "uint"], 3).is_ok());
     }
 
     #[test]
     fn non_utf8_results_are_errors() {
-        assert!(chain(&["dname"], 3).unwrap().decode(b"\x02\xff\xfe").is_err());
+        assert!(chain(&["dname"], 3)
+            .unwrap()
+            .decode(b"\x02\xff\xfe")
+            .is_err());
     }
 }

@@ -31,17 +31,24 @@ impl PciDb {
             }
             let hex_name = |s: &str| {
                 let (id, name) = s.split_once("  ")?;
-                Some((u32::from_str_radix(id.trim(), 16).ok()?, name.trim().to_string()))
+                Some((
+                    u32::from_str_radix(id.trim(), 16).ok()?,
+                    name.trim().to_string(),
+                ))
             };
             if let Some(rest) = line.strip_prefix('\t') {
-                let Some((id, name)) = hex_name(rest) else { continue };
+                let Some((id, name)) = hex_name(rest) else {
+                    continue;
+                };
                 match (vendor, class) {
                     (Some(v), None) => _ = db.devices.insert((v, id as u16), name),
                     (None, Some(c)) => _ = db.subclasses.insert((c, id as u8), name),
                     _ => {}
                 }
             } else if let Some(rest) = line.strip_prefix("C ") {
-                let Some((id, name)) = hex_name(rest) else { continue };
+                let Some((id, name)) = hex_name(rest) else {
+                    continue;
+                };
                 (vendor, class) = (None, Some(id as u8));
                 db.classes.insert(id as u8, name);
             } else if let Some((id, name)) = hex_name(line) {
@@ -85,21 +92,35 @@ pub struct Pci {
 
 impl Decoder for Pci {
     fn decode(&self, input: &[u8]) -> Result<Vec<u8>, DecodeError> {
-        let Some(db) = &self.db else { return Ok(MISSING.into()) };
+        let Some(db) = &self.db else {
+            return Ok(MISSING.into());
+        };
         let n = number(input, 8)?;
         let found = match self.kind {
-            PciKind::Vendor => db.vendors.get(&(n as u16)).cloned().ok_or(format!("unknown pci vendor: 0x{:04x}", n as u16)),
+            PciKind::Vendor => db
+                .vendors
+                .get(&(n as u16))
+                .cloned()
+                .ok_or(format!("unknown pci vendor: 0x{:04x}", n as u16)),
             PciKind::Device => db
                 .devices
                 .get(&((n >> 16) as u16, n as u16))
                 .cloned()
                 .ok_or(format!("unknown pci device: 0x{:08x}", n as u32)),
-            PciKind::Class => db.classes.get(&(n as u8)).cloned().ok_or(format!("unknown pci class: 0x{:02x}", n as u8)),
+            PciKind::Class => db
+                .classes
+                .get(&(n as u8))
+                .cloned()
+                .ok_or(format!("unknown pci class: 0x{:02x}", n as u8)),
             PciKind::Subclass => db
                 .subclasses
                 .get(&((n >> 8) as u8, n as u8))
                 .cloned()
-                .ok_or(format!("unknown pci subclass: 0x{:02x} (class 0x{:02x})", n as u8, (n >> 8) as u8)),
+                .ok_or(format!(
+                    "unknown pci subclass: 0x{:02x} (class 0x{:02x})",
+                    n as u8,
+                    (n >> 8) as u8
+                )),
         };
         Ok(found.unwrap_or_else(|e| e).into_bytes())
     }
@@ -112,18 +133,49 @@ mod tests {
     const IDS: &str = "# comment\n8086  Intel Corporation\n\t1000  82542 Gigabit Ethernet Controller (Fiber)\n\t\t8086 1000  PRO/1000 Gigabit Server Adapter\n10de  NVIDIA Corporation\nC 02  Network controller\n\t00  Ethernet controller\n\t\t00  prog-if\nC 03  Display controller\n";
 
     fn pci(kind: PciKind) -> Pci {
-        Pci { db: Some(Arc::new(PciDb::parse(IDS))), kind }
+        Pci {
+            db: Some(Arc::new(PciDb::parse(IDS))),
+            kind,
+        }
     }
 
     #[test]
     fn lookups() {
-        assert_eq!(pci(PciKind::Vendor).decode(b"32902").unwrap(), b"Intel Corporation");
-        assert_eq!(pci(PciKind::Device).decode(format!("{}", 0x8086_1000u32).as_bytes()).unwrap(), b"82542 Gigabit Ethernet Controller (Fiber)");
-        assert_eq!(pci(PciKind::Class).decode(b"2").unwrap(), b"Network controller");
-        assert_eq!(pci(PciKind::Subclass).decode(b"512").unwrap(), b"Ethernet controller");
-        assert_eq!(pci(PciKind::Vendor).decode(b"1").unwrap(), b"unknown pci vendor: 0x0001");
-        assert_eq!(pci(PciKind::Subclass).decode(b"513").unwrap(), b"unknown pci subclass: 0x01 (class 0x02)");
+        assert_eq!(
+            pci(PciKind::Vendor).decode(b"32902").unwrap(),
+            b"Intel Corporation"
+        );
+        assert_eq!(
+            pci(PciKind::Device)
+                .decode(format!("{}", 0x8086_1000u32).as_bytes())
+                .unwrap(),
+            b"82542 Gigabit Ethernet Controller (Fiber)"
+        );
+        assert_eq!(
+            pci(PciKind::Class).decode(b"2").unwrap(),
+            b"Network controller"
+        );
+        assert_eq!(
+            pci(PciKind::Subclass).decode(b"512").unwrap(),
+            b"Ethernet controller"
+        );
+        assert_eq!(
+            pci(PciKind::Vendor).decode(b"1").unwrap(),
+            b"unknown pci vendor: 0x0001"
+        );
+        assert_eq!(
+            pci(PciKind::Subclass).decode(b"513").unwrap(),
+            b"unknown pci subclass: 0x01 (class 0x02)"
+        );
         assert!(pci(PciKind::Class).decode(b"zz").is_err());
-        assert_eq!(Pci { db: None, kind: PciKind::Class }.decode(b"2").unwrap(), b"missing pci.ids db");
+        assert_eq!(
+            Pci {
+                db: None,
+                kind: PciKind::Class
+            }
+            .decode(b"2")
+            .unwrap(),
+            b"missing pci.ids db"
+        );
     }
 }

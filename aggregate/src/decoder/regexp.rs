@@ -16,13 +16,16 @@ impl Regexp {
         if patterns.is_empty() {
             return Err("regexp needs at least one pattern under regexps".into());
         }
-        regex::RegexSet::new(patterns).map(Self).map_err(|e| e.to_string())
+        regex::RegexSet::new(patterns)
+            .map(Self)
+            .map_err(|e| e.to_string())
     }
 }
 
 impl Decoder for Regexp {
     fn decode(&self, input: &[u8]) -> Result<Vec<u8>, DecodeError> {
-        let text = std::str::from_utf8(input).map_err(|_| DecodeError::Invalid("regexp input is not UTF-8".into()))?;
+        let text = std::str::from_utf8(input)
+            .map_err(|_| DecodeError::Invalid("regexp input is not UTF-8".into()))?;
         if self.0.is_match(text) {
             Ok(input.to_vec())
         } else {

@@ -16,7 +16,10 @@ impl StaticMap {
     /// with `allow_unknown`.
     pub fn new(map: &BTreeMap<String, String>, allow_unknown: bool) -> Self {
         Self {
-            map: map.iter().map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec())).collect(),
+            map: map
+                .iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect(),
             allow_unknown,
         }
     }
@@ -40,7 +43,10 @@ mod tests {
     fn maps_and_marks_unknown() {
         let table: BTreeMap<String, String> = [("1".to_string(), "read".to_string())].into();
         assert_eq!(StaticMap::new(&table, false).decode(b"1").unwrap(), b"read");
-        assert_eq!(StaticMap::new(&table, false).decode(b"2").unwrap(), b"unknown:2");
+        assert_eq!(
+            StaticMap::new(&table, false).decode(b"2").unwrap(),
+            b"unknown:2"
+        );
         assert_eq!(StaticMap::new(&table, true).decode(b"2").unwrap(), b"2");
     }
 }

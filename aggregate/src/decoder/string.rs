@@ -10,7 +10,8 @@ impl Decoder for CString {
     fn decode(&self, input: &[u8]) -> Result<Vec<u8>, DecodeError> {
         let end = input.iter().position(|&b| b == 0).unwrap_or(input.len());
         let text = &input[..end];
-        std::str::from_utf8(text).map_err(|e| DecodeError::Invalid(format!("string is not UTF-8: {e}")))?;
+        std::str::from_utf8(text)
+            .map_err(|e| DecodeError::Invalid(format!("string is not UTF-8: {e}")))?;
         Ok(text.to_vec())
     }
 }

@@ -33,13 +33,20 @@ mod tests {
         assert_eq!(Syscall.decode(b"39").unwrap(), b"getpid");
         assert_eq!(Syscall.decode(b"0").unwrap(), b"read");
         assert_eq!(Syscall.decode(&257u64.to_ne_bytes()).unwrap(), b"openat");
-        assert_eq!(Syscall.decode(b"100000").unwrap(), b"unknown_syscall:100000");
+        assert_eq!(
+            Syscall.decode(b"100000").unwrap(),
+            b"unknown_syscall:100000"
+        );
         assert!(Syscall.decode(b"-1").is_err());
     }
 
     #[test]
     fn tables_are_sorted() {
-        for t in [tables::SYSCALLS_X86_64, tables::SYSCALLS_GENERIC, tables::ERRNOS] {
+        for t in [
+            tables::SYSCALLS_X86_64,
+            tables::SYSCALLS_GENERIC,
+            tables::ERRNOS,
+        ] {
             assert!(t.windows(2).all(|w| w[0].0 < w[1].0));
         }
     }

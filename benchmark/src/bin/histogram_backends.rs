@@ -19,7 +19,9 @@ fn latency(i: u64) -> u64 {
 }
 
 fn main() {
-    let events: u64 = std::env::args().nth(1).map_or(10_000_000, |s| s.parse().unwrap());
+    let events: u64 = std::env::args()
+        .nth(1)
+        .map_or(10_000_000, |s| s.parse().unwrap());
     println!("events per backend: {events} (one series, seed exp2 buckets 1e-06..67.108864 s)");
 
     // metrics-exporter-prometheus: every sample is kept until a render/upkeep drains it.
@@ -52,7 +54,12 @@ fn main() {
     // The aggregate stage: fixed atomic bucket counters per series.
     let (registry, plan) = tcp_connect_stream();
     let mut agg = StreamAggregator::new(plan, &registry, Arc::new(StreamStats::default()));
-    let pod = PodLabels { id: 1, namespace: "ns".into(), pod: "p".into(), container: "c".into() };
+    let pod = PodLabels {
+        id: 1,
+        namespace: "ns".into(),
+        pod: "p".into(),
+        container: "c".into(),
+    };
     let rss0 = rss_bytes();
     let t = Instant::now();
     for i in 0..events {

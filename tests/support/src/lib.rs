@@ -28,12 +28,17 @@ pub fn unavailable_reason() -> Option<String> {
 /// True when `test` may run; otherwise prints why it is skipped, or panics when
 /// skips are not allowed.
 pub fn privileged(test: &str) -> bool {
-    let Some(reason) = unavailable_reason() else { return true };
+    let Some(reason) = unavailable_reason() else {
+        return true;
+    };
     if std::env::var(REQUIRE_VAR).is_ok_and(|v| v == "1") {
         panic!("{test}: needs root and BPF but {reason}, and {REQUIRE_VAR}=1 forbids skipping");
     }
     // Written past the test harness's output capture, so the skip is always seen.
     use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: needs root and BPF, but {reason}");
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: needs root and BPF, but {reason}"
+    );
     false
 }
