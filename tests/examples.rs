@@ -166,3 +166,31 @@ fn sorted_labels(labels: &str) -> String {
     pairs.sort();
     pairs.join(",")
 }
+
+#[test]
+fn getpid_by_pid_table_with_pid_keyed_kube_decoders() {
+    privileged!("getpid_by_pid_table_with_pid_keyed_kube_decoders");
+    let dir = TempDir::new("ex-bypid");
+    let mut cgroups = Cgroups::new("ex-bypid");
+    let cg = POD.cgroup(&mut cgroups);
+    let exporter = start("getpid-by-pid", &dir, &POD.logs(&dir.0));
+    // The process must still exist at scrape time: pid → /proc/<pid>/cgroup → pod.
+    let mut held = std::process::Command::new(common::workload())
+        .args([cg.to_str().unwrap(), "getpid", "321"])
+        .env("WORKLOAD_HOLD", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(held.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "done\n");
+    let name = "ebpf_exporter_getpid_calls_by_pid_total";
+    let page = wait_for(&exporter, name, &POD.labels(), 321.0);
+    held.kill().unwrap();
+    held.wait().unwrap();
+    assert_eq!(sample(&page, name, &POD.labels()), Some(321.0), "{page}");
+}

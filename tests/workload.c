@@ -9,6 +9,7 @@
  *   fork N            N fork()s; each child exits at once
  *   usleep V...       usleep(V) for each V (microseconds)
  *   kill N SIG        N kill(self, SIG) calls (SIG 0 delivers nothing)
+ * With WORKLOAD_HOLD=1 it then waits until killed, so its pid stays resolvable.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,15 +23,15 @@
 
 static void join_cgroup(const char *dir)
 {
-	char path[4096], pid[32];
-	int fd, n;
+	char path[4096];
+	int fd;
 
 	if (strcmp(dir, "-") == 0)
 		return;
 	snprintf(path, sizeof(path), "%s/cgroup.procs", dir);
-	n = snprintf(pid, sizeof(pid), "%d", getpid());
 	fd = open(path, O_WRONLY);
-	if (fd < 0 || write(fd, pid, n) != n) {
+	/* "0" is the writer itself: no getpid() to skew the counts. */
+	if (fd < 0 || write(fd, "0", 1) != 1) {
 		perror(path);
 		exit(2);
 	}
@@ -73,6 +74,12 @@ int main(int argc, char **argv)
 	} else {
 		fprintf(stderr, "unknown command %s\n", cmd);
 		return 2;
+	}
+	if (getenv("WORKLOAD_HOLD")) {
+		/* Tell the test we are done, then wait to be killed. */
+		puts("done");
+		fflush(stdout);
+		pause();
 	}
 	return 0;
 }

@@ -1,0 +1,73 @@
+//! Flags that change where things come from: --btf.path, --node-id / NODE_ID,
+//! --web.telemetry-path.
+
+mod common;
+
+use std::process::Command;
+
+use common::{compile_example, get, Exporter, TempDir};
+
+#[test]
+fn btf_path_is_used_and_a_bad_one_is_named() {
+    if !test_support::privileged("btf_path_is_used_and_a_bad_one_is_named") {
+        return;
+    }
+    let dir = TempDir::new("btf");
+    compile_example("process-forks", &dir.0);
+    let run = |btf: &str| {
+        Command::new(common::BIN)
+            .args([
+                "--config.dir",
+                dir.0.to_str().unwrap(),
+                "--config.check",
+                "--btf.path",
+                btf,
+            ])
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap()
+    };
+    let ok = run("/sys/kernel/btf/vmlinux");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    let bad = run("/nonexistent/vmlinux");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--btf.path /nonexistent/vmlinux"));
+}
+
+#[test]
+fn node_id_and_telemetry_path() {
+    if !test_support::privileged("node_id_and_telemetry_path") {
+        return;
+    }
+    let dir = TempDir::new("flags");
+    let exporter = Exporter::start(
+        &[
+            "--node-id",
+            "node-from-flag",
+            "--web.telemetry-path",
+            "/custom",
+        ],
+        &dir.0.join("log"),
+    );
+    let page = || get(&exporter.addr, "/custom").unwrap();
+    // Our own scrapes are TCP connects the default program sees.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !page().contains("node_id=\"node-from-flag\"") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(page().contains("node_id=\"node-from-flag\""), "{}", page());
+    assert!(
+        !get(&exporter.addr, "/metrics")
+            .unwrap()
+            .contains("ebpf_exporter_"),
+        "only /custom serves metrics"
+    );
+    drop(exporter);
+
+    let out = Command::new(common::BIN).args(["--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[env: NODE_ID=]"));
+}
