@@ -62,3 +62,42 @@ impl Decoder for Kube {
         .into_bytes())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use enrich::{CgroupFs, PodLogs};
+
+    use super::*;
+
+    #[test]
+    fn outside_pods_is_empty_and_bad_input_is_an_error() {
+        if !test_support::privileged(
+            "kube decoders outside_pods_is_empty_and_bad_input_is_an_error",
+        ) {
+            return;
+        }
+        let enricher = Arc::new(Enricher::new(
+            CgroupFs::discover().unwrap(),
+            PodLogs::new("/nonexistent", "/nonexistent"),
+        ));
+        let by_pid = Kube {
+            enricher: enricher.clone(),
+            key: KubeKey::Pid,
+            field: KubeField::Pod,
+        };
+        assert_eq!(
+            by_pid.decode(&std::process::id().to_ne_bytes()).unwrap(),
+            b""
+        );
+        assert_eq!(by_pid.decode(b"4294967295").unwrap(), b"", "no such pid");
+        assert!(by_pid.decode(b"99999999999").is_err(), "not a pid");
+        assert!(by_pid.decode(&[1, 2, 3]).is_err());
+        let by_cgroup = Kube {
+            enricher,
+            key: KubeKey::Cgroup,
+            field: KubeField::Namespace,
+        };
+        assert_eq!(by_cgroup.decode(&1u64.to_ne_bytes()).unwrap(), b"");
+        assert!(by_cgroup.decode(b"").is_err());
+    }
+}

@@ -277,6 +277,42 @@ mod tests {
         assert!(chain(&["string", "uint"], 3).is_ok());
     }
 
+    proptest::proptest! {
+        /// No decoder panics on any input, whatever came before it in a chain.
+        #[test]
+        fn decoders_never_panic(input in proptest::collection::vec(proptest::num::u8::ANY, 0..48)) {
+            static CTX: std::sync::LazyLock<Context> = std::sync::LazyLock::new(Context::default);
+            let ctx = &*CTX;
+            for name in NAMES.split(", ").filter(|n| !n.starts_with("kube_") && *n != "cgroup" && *n != "regexp") {
+                let mut c = DecoderConfig::named(name);
+                c.static_map.insert("1".into(), "one".into());
+                if let Ok(chain) = Chain::build(&[c], input.len(), "l", ctx) {
+                    let _ = chain.decode(&input);
+                }
+            }
+        }
+
+        /// Config parsing and compiling never panics on arbitrary label layouts.
+        #[test]
+        fn config_compiling_never_panics(sizes in proptest::collection::vec(0usize..80, 0..6), reuse in proptest::bool::ANY, kind in 0usize..4) {
+            let labels: Vec<String> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| format!("{{ name: l{i}, size: {s}, reuse: {} }}", reuse && i > 0))
+                .collect();
+            let bucket = ["exp2", "exp2zero", "linear", "fixed"][kind];
+            let yaml = format!(
+                "metrics:\n  histograms:\n    - {{ name: h, help: h, bucket_type: {bucket}, bucket_max: 3, bucket_keys: [1, 2], labels: [{}] }}\n",
+                labels.join(", ")
+            );
+            #[derive(serde::Deserialize)]
+            struct P { metrics: crate::config::MetricsConfig }
+            let p: P = serde_yaml_ng::from_str(&yaml).unwrap();
+            let registry = crate::Registry::new(Default::default(), "n".into());
+            let _ = crate::ProgramPlan::compile(&[], &p.metrics, &registry, &Context::default(), "");
+        }
+    }
+
     #[test]
     fn non_utf8_results_are_errors() {
         assert!(chain(&["dname"], 3)
