@@ -1,6 +1,9 @@
 //! The exporter's config: defaults embedded, a YAML file, `KUBE_EBPF_EXPORTER__*` overrides.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use aggregate::{
     config::{MetricsConfig, RingConfig},
@@ -35,6 +38,9 @@ pub struct Config {
     /// Queues, batches and ring sizes.
     #[serde(default)]
     pub pipeline: Pipeline,
+    /// The JSON event tap (`/events`, `kube-ebpf-exporter tap`) and its file sink.
+    #[serde(default)]
+    pub tap: TapConfig,
     /// Programs by name: an object and the metrics built from it.
     #[serde(default)]
     pub programs: BTreeMap<String, Program>,
@@ -169,6 +175,51 @@ impl Default for Pipeline {
             perf_pages: 64,
         }
     }
+}
+
+/// Event tap settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TapConfig {
+    /// Serve `/events` (and feed the sink); off removes the tap entirely.
+    pub enabled: bool,
+    /// Batches waiting for the tap thread; beyond it, tap events are dropped and counted.
+    pub input_batches: usize,
+    /// Lines waiting for each subscriber; a slower reader loses events (counted).
+    pub queue_events: usize,
+    /// Cluster name written into every event.
+    pub cluster: Option<String>,
+    /// Write selected configs' events to files.
+    pub sink: Option<SinkConfig>,
+}
+
+impl Default for TapConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            input_batches: 256,
+            queue_events: 4096,
+            cluster: None,
+            sink: None,
+        }
+    }
+}
+
+/// The file sink: hourly-rotated gzip JSON lines.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Directory of `events-<YYYYMMDDHH>.jsonl.gz` files.
+    pub dir: PathBuf,
+    /// Configs whose events (rings) or non-zero entries at each scrape (tables) are written.
+    pub configs: Vec<String>,
+    /// Disk budget; the oldest files go first.
+    #[serde(default = "default_sink_bytes")]
+    pub max_bytes: u64,
+}
+
+fn default_sink_bytes() -> u64 {
+    1 << 30
 }
 
 /// One program: the config of one object, as in cloudflare/ebpf_exporter's

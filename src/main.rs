@@ -7,6 +7,7 @@
 mod config;
 mod pipeline;
 mod programs;
+mod tap_client;
 mod telemetry;
 
 use std::{
@@ -18,10 +19,18 @@ use std::{
 
 use aggregate::{decoder::Context, Registry, Source as StreamSource, StreamStats};
 use anyhow::{bail, Context as _, Result};
-use axum::{extract::State, http::header, response::IntoResponse, routing::get, Router};
+use axum::{
+    extract::{RawQuery, State},
+    http::header,
+    response::IntoResponse,
+    routing::get,
+    Router,
+};
+use bytes::Bytes;
 use clap::Parser;
 use enrich::{CgroupFs, Enricher, PodLogs};
 use ingest::RingReader;
+use tap::Tap;
 use tokio::sync::watch;
 
 use crate::{
@@ -33,7 +42,21 @@ use crate::{
 
 /// Prometheus exporter for custom eBPF metrics, with Kubernetes pod labels.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    args: Args,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Print live, enriched events from a running exporter (its /events).
+    Tap(tap_client::TapArgs),
+}
+
+#[derive(Debug, clap::Args)]
 struct Args {
     /// YAML config file; without it (and without --config.dir) the embedded default runs.
     #[arg(long = "config.file", value_name = "PATH")]
@@ -147,8 +170,15 @@ fn program_sources(
     Ok(out)
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::Tap(t)) => tap_client::run(t),
+        None => tokio::runtime::Runtime::new()?.block_on(serve(cli.args)),
+    }
+}
+
+async fn serve(args: Args) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -156,7 +186,6 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args = Args::parse();
     let mut config = Config::load(args.config_file.as_deref())?;
     if let Some(a) = &args.listen_address {
         config.web.listen_address.clone_from(a);
@@ -292,13 +321,42 @@ async fn main() -> Result<()> {
     }
     drop(tx);
     let streams = Arc::new(streams);
+    let tap = config.tap.enabled.then(|| {
+        let views = streams
+            .iter()
+            .map(|s| tap::Stream {
+                config: s.program.clone(),
+                plan: s.plan.clone(),
+            })
+            .collect();
+        let t = &config.tap;
+        Tap::start(
+            views,
+            enricher.clone(),
+            node.clone(),
+            t.cluster.clone(),
+            t.input_batches,
+            t.queue_events,
+        )
+    });
+    let sink = match (&tap, &config.tap.sink) {
+        (Some(tap), Some(sink)) => Some(start_sink(tap, sink, &running, &config.tap)?),
+        (None, Some(_)) => bail!("{source}: tap.sink: needs tap.enabled"),
+        _ => None,
+    };
     let enrich_stats = Arc::new(EnrichStats::default());
     let worker = {
-        let (streams, registry, enrich_stats) =
-            (streams.clone(), registry.clone(), enrich_stats.clone());
+        let (streams, registry, enrich_stats, tap) = (
+            streams.clone(),
+            registry.clone(),
+            enrich_stats.clone(),
+            tap.clone(),
+        );
         std::thread::Builder::new()
             .name("aggregate".into())
-            .spawn(move || pipeline::run_worker(rx, streams, registry, enricher, enrich_stats))?
+            .spawn(move || {
+                pipeline::run_worker(rx, streams, registry, enricher, enrich_stats, tap)
+            })?
     };
 
     let state = Arc::new(AppState {
@@ -308,11 +366,17 @@ async fn main() -> Result<()> {
         enrich_stats,
         running: Mutex::new(running),
         failures,
+        tap,
+        sink,
+        node: node.clone(),
     });
-    let app = Router::new()
+    let mut app = Router::new()
         .route(&config.web.telemetry_path, get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(state);
+        .route("/healthz", get(|| async { "ok\n" }));
+    if state.tap.is_some() {
+        app = app.route("/events", get(events));
+    }
+    let app = app.with_state(state);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("{source}: web.listen_address: cannot listen on {addr}"))?;
@@ -343,6 +407,119 @@ struct AppState {
     enrich_stats: Arc<EnrichStats>,
     running: Mutex<Vec<Running>>,
     failures: Vec<Failure>,
+    tap: Option<Arc<Tap>>,
+    sink: Option<Sink>,
+    node: String,
+}
+
+/// The file sink's input, for tables written at each scrape.
+struct Sink {
+    configs: Vec<String>,
+    tx: crossbeam_channel::Sender<Bytes>,
+    cluster: Option<String>,
+}
+
+/// Subscribes the file sink to its configs' events and starts its thread.
+fn start_sink(
+    tap: &Tap,
+    sink: &config::SinkConfig,
+    running: &[Running],
+    t: &config::TapConfig,
+) -> Result<Sink> {
+    for (i, name) in sink.configs.iter().enumerate() {
+        if !running.iter().any(|r| &r.name == name) {
+            bail!("tap.sink.configs[{i}]: no running config named {name:?}");
+        }
+    }
+    let (tx, rx) = crossbeam_channel::bounded(t.queue_events.max(1));
+    for name in &sink.configs {
+        if tap.streams().iter().any(|s| &s.config == name) {
+            tap.subscribe_channel(
+                tap::Filter {
+                    config: Some(name.clone()),
+                    ..Default::default()
+                },
+                tx.clone(),
+            );
+        }
+    }
+    let file = tap::sink::FileSink::new(&sink.dir, sink.max_bytes)
+        .with_context(|| format!("tap.sink.dir: {}", sink.dir.display()))?;
+    std::thread::Builder::new()
+        .name("sink".into())
+        .spawn(move || file.run(rx))?;
+    Ok(Sink {
+        configs: sink.configs.clone(),
+        tx,
+        cluster: t.cluster.clone(),
+    })
+}
+
+/// `/events`: NDJSON of live events matching the query's filters; 400 on a bad filter.
+async fn events(
+    State(s): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+) -> axum::response::Response {
+    let tap = s.tap.as_ref().expect("route exists only with a tap");
+    let filter = match tap::Filter::parse(query.as_deref().unwrap_or(""), tap.streams()) {
+        Ok(f) => f,
+        Err(e) => {
+            return (
+                axum::http::StatusCode::BAD_REQUEST,
+                format!("bad filter: {e}\n"),
+            )
+                .into_response()
+        }
+    };
+    let rx = tap.subscribe_http(filter);
+    let body = axum::body::Body::from_stream(tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+        Ok::<_, std::convert::Infallible>,
+    ));
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
+/// Writes a table's non-zero series to the sink as JSON lines.
+fn sink_table(
+    sink: &Sink,
+    config: &str,
+    node: &str,
+    t: &aggregate::TablePlan,
+    rows: &aggregate::Rows,
+) {
+    let time = tap::rfc3339_nanos(std::time::SystemTime::now());
+    for e in t.entries(rows).filter(|e| {
+        e.value != 0
+            || e.histogram
+                .as_ref()
+                .is_some_and(|h| h.1.iter().any(|&c| c != 0))
+    }) {
+        let labels: serde_json::Map<String, serde_json::Value> = e
+            .labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), (*v).into()))
+            .collect();
+        let mut line = serde_json::json!({ "time": time, "config": config, "metric": t.name(), "node": node, "labels": labels });
+        if let Some(c) = &sink.cluster {
+            line["cluster"] = c.as_str().into();
+        }
+        match &e.histogram {
+            Some((bounds, counts, sum)) => {
+                line["buckets"] = serde_json::json!(bounds
+                    .iter()
+                    .map(|b| aggregate::format_float(*b))
+                    .chain(["+Inf".into()])
+                    .zip(counts)
+                    .collect::<Vec<_>>());
+                line["sum"] = (*sum).into();
+                line["count"] = counts.iter().sum::<u64>().into();
+            }
+            None => line["value"] = e.value.into(),
+        }
+        let mut bytes = serde_json::to_vec(&line).expect("JSON of strings and numbers");
+        bytes.push(b'\n');
+        let _ = sink.tx.try_send(Bytes::from(bytes));
+    }
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
@@ -351,9 +528,16 @@ async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
         s.registry.render(&mut out);
         let running = s.running.lock().unwrap_or_else(|e| e.into_inner());
         for r in running.iter() {
+            let sink = s.sink.as_ref().filter(|k| k.configs.contains(&r.name));
             for t in &r.plan.tables {
                 match r.object.read_table(&t.map) {
-                    Ok(entries) => t.render(&entries, &mut out),
+                    Ok(entries) => {
+                        let rows = t.rows(&entries);
+                        t.render(&rows, &mut out);
+                        if let Some(sink) = sink {
+                            sink_table(sink, &r.name, &s.node, t, &rows);
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(config = %r.name, "{e}");
                         s.telemetry.table_read_error(&r.name, &t.map);
@@ -367,6 +551,7 @@ async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
             &s.streams,
             &s.enrich_stats,
             &s.registry,
+            s.tap.as_deref(),
         );
         out.push_str(&s.telemetry.render());
         out

@@ -40,6 +40,7 @@ pub fn run_worker(
     registry: Arc<Registry>,
     enricher: Arc<Enricher>,
     enrich_stats: Arc<EnrichStats>,
+    tap: Option<Arc<tap::Tap>>,
 ) {
     let mut cache = Cache::new(enricher);
     let mut aggs: Vec<StreamAggregator> = streams
@@ -56,6 +57,9 @@ pub fn run_worker(
             agg.observe(record, labels);
         }
         agg.flush_stats();
+        if let Some(tap) = &tap {
+            tap.offer(&batch);
+        }
         enrich_stats
             .hits
             .fetch_add(std::mem::take(&mut cache.hits), Relaxed);

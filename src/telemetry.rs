@@ -100,6 +100,18 @@ impl Telemetry {
             "ebpf_exporter_enrich_cache_misses_total",
             "cgroup lookups resolved through cgroupfs and pod metadata"
         );
+        describe_gauge!(
+            "ebpf_exporter_tap_subscribers",
+            "Event tap subscribers (HTTP streams and the file sink's configs)"
+        );
+        describe_counter!(
+            "ebpf_exporter_tap_events_total",
+            "Events sent to tap subscribers"
+        );
+        describe_counter!(
+            "ebpf_exporter_tap_dropped_events_total",
+            "Tap events not delivered: a slow subscriber's full queue, a subscriber's rate, or the tap's own full queue; metrics never wait for the tap"
+        );
         gauge!("ebpf_exporter_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         Ok(Self {
             handle,
@@ -128,7 +140,21 @@ impl Telemetry {
         streams: &[Stream],
         enrich: &EnrichStats,
         registry: &Registry,
+        tap: Option<&tap::Tap>,
     ) {
+        if let Some(tap) = tap {
+            let st = tap.stats();
+            gauge!("ebpf_exporter_tap_subscribers").set(tap.subscribers() as f64);
+            counter!("ebpf_exporter_tap_events_total").absolute(st.events.load(Relaxed));
+            for (reason, n) in [
+                ("slow_subscriber", &st.dropped_slow),
+                ("rate", &st.dropped_rate),
+                ("tap_queue_full", &st.dropped_input),
+            ] {
+                counter!("ebpf_exporter_tap_dropped_events_total", "reason" => reason)
+                    .absolute(n.load(Relaxed));
+            }
+        }
         for (program, ring, s) in self.rings.lock().unwrap().iter() {
             let labels = [("program", program.clone()), ("ring", ring.clone())];
             counter!("ebpf_exporter_ring_records_total", &labels).absolute(s.records.load(Relaxed));

@@ -16,13 +16,6 @@ use std::{
 
 use common::{sample, samples, Cgroups, Exporter, Pod, TempDir};
 
-const POD: Pod = Pod {
-    namespace: "shop",
-    name: "web-6b7f9c-x2v4q",
-    container: "nginx",
-    uid: "0f8fd5a6-1c3e-4a5b-9b7d-2e4f6a8c0b1d",
-    container_id: "5f2a7f1c8e6b4b9aa2f3c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1",
-};
 const METRIC: &str = "ebpf_exporter_tcp_connect_latency_seconds";
 
 /// Runs `n` TCP connects to `host:port` from a new bash, first moved into `cgroup` if given.
@@ -43,10 +36,11 @@ fn pod_connects_are_counted_exactly_under_the_pod() {
     if !test_support::privileged("pod_connects_are_counted_exactly_under_the_pod") {
         return;
     }
+    let pod = Pod::new("shop", "web-6b7f9c-x2v4q", "nginx");
     let dir = TempDir::new("e2e");
     let mut cgroups = Cgroups::new("e2e");
-    let container_cg = POD.cgroup(&mut cgroups);
-    let flags = POD.logs(&dir.0);
+    let container_cg = pod.cgroup(&mut cgroups);
+    let flags = pod.logs(&dir.0);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let exporter = Exporter::start(&flags, &dir.0.join("exporter.log"));
 
@@ -62,7 +56,7 @@ fn pod_connects_are_counted_exactly_under_the_pod() {
     connect_n(N6, "::1", port6, Some(&container_cg));
 
     let node = common::node();
-    let pod = format!("{},node_id=\"{node}\"", POD.labels());
+    let pod = format!("{},node_id=\"{node}\"", pod.labels());
     let labels = format!("{pod},subnet=\"127\"");
     let labels6 = format!("{pod},subnet=\"0::/16\"");
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -8,14 +8,6 @@ use common::{
     compile_example, node, run_workload, sample, wait_for, Cgroups, Exporter, Pod, TempDir,
 };
 
-const POD: Pod = Pod {
-    namespace: "shop",
-    name: "api-7c9d8-kq2xz",
-    container: "app",
-    uid: "4b6f8d2e-9a1c-4e3f-8b7d-0c2e4f6a8b1d",
-    container_id: "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90",
-};
-
 /// Compiles `example` into a temp config dir and starts the exporter on it.
 fn start(example: &str, dir: &TempDir, extra: &[String]) -> Exporter {
     compile_example(example, &dir.0);
@@ -42,14 +34,15 @@ macro_rules! privileged {
 #[test]
 fn getpid_calls_table_counter_with_kube_decoders() {
     privileged!("getpid_calls_table_counter_with_kube_decoders");
+    let pod = Pod::new("shop", "getpid-7c9d8-kq2xz", "app");
     let dir = TempDir::new("ex-getpid");
     let mut cgroups = Cgroups::new("ex-getpid");
-    let cg = POD.cgroup(&mut cgroups);
-    let exporter = start("getpid-calls", &dir, &POD.logs(&dir.0));
+    let cg = pod.cgroup(&mut cgroups);
+    let exporter = start("getpid-calls", &dir, &pod.logs(&dir.0));
     run_workload(Some(&cg), &["getpid", "1234"]);
     let name = "ebpf_exporter_getpid_calls_total";
-    let page = wait_for(&exporter, name, &POD.labels(), 1234.0);
-    assert_eq!(sample(&page, name, &POD.labels()), Some(1234.0), "{page}");
+    let page = wait_for(&exporter, name, &pod.labels(), 1234.0);
+    assert_eq!(sample(&page, name, &pod.labels()), Some(1234.0), "{page}");
     assert!(
         page.contains("ebpf_exporter_enabled_configs{name=\"getpid-calls\"} 1"),
         "{page}"
@@ -65,13 +58,14 @@ fn getpid_calls_table_counter_with_kube_decoders() {
 #[test]
 fn syscall_latency_ring_histogram_with_syscall_decoder() {
     privileged!("syscall_latency_ring_histogram_with_syscall_decoder");
+    let pod = Pod::new("shop", "syscalls-5f6b7-x9z2q", "app");
     let dir = TempDir::new("ex-syscall");
     let mut cgroups = Cgroups::new("ex-syscall");
-    let cg = POD.cgroup(&mut cgroups);
-    let exporter = start("syscall-latency", &dir, &POD.logs(&dir.0));
+    let cg = pod.cgroup(&mut cgroups);
+    let exporter = start("syscall-latency", &dir, &pod.logs(&dir.0));
     run_workload(Some(&cg), &["getpid", "777"]);
     let name = "ebpf_exporter_syscall_latency_seconds_count";
-    let labels = format!("{},node_id=\"{}\",syscall=\"getpid\"", POD.labels(), node());
+    let labels = format!("{},node_id=\"{}\",syscall=\"getpid\"", pod.labels(), node());
     let page = wait_for(&exporter, name, &labels, 777.0);
     assert_eq!(sample(&page, name, &labels), Some(777.0), "{page}");
     let inf = sample(
@@ -133,13 +127,14 @@ fn usleep_uprobe_table_histogram_with_sum_key() {
 #[test]
 fn open_errors_ring_counter_with_errno_decoder() {
     privileged!("open_errors_ring_counter_with_errno_decoder");
+    let pod = Pod::new("shop", "opener-8d7c6-p3l4m", "app");
     let dir = TempDir::new("ex-open");
     let mut cgroups = Cgroups::new("ex-open");
-    let cg = POD.cgroup(&mut cgroups);
-    let exporter = start("open-errors", &dir, &POD.logs(&dir.0));
+    let cg = pod.cgroup(&mut cgroups);
+    let exporter = start("open-errors", &dir, &pod.logs(&dir.0));
     run_workload(Some(&cg), &["open-missing", "42"]);
     let name = "ebpf_exporter_open_errors_total";
-    let labels = format!("{},errno=\"ENOENT\",node_id=\"{}\"", POD.labels(), node());
+    let labels = format!("{},errno=\"ENOENT\",node_id=\"{}\"", pod.labels(), node());
     let labels = sorted_labels(&labels);
     let page = wait_for(&exporter, name, &labels, 42.0);
     assert_eq!(sample(&page, name, &labels), Some(42.0), "{page}");
@@ -170,10 +165,11 @@ fn sorted_labels(labels: &str) -> String {
 #[test]
 fn getpid_by_pid_table_with_pid_keyed_kube_decoders() {
     privileged!("getpid_by_pid_table_with_pid_keyed_kube_decoders");
+    let pod = Pod::new("shop", "bypid-4e5f6-r7s8t", "app");
     let dir = TempDir::new("ex-bypid");
     let mut cgroups = Cgroups::new("ex-bypid");
-    let cg = POD.cgroup(&mut cgroups);
-    let exporter = start("getpid-by-pid", &dir, &POD.logs(&dir.0));
+    let cg = pod.cgroup(&mut cgroups);
+    let exporter = start("getpid-by-pid", &dir, &pod.logs(&dir.0));
     // The process must still exist at scrape time: pid → /proc/<pid>/cgroup → pod.
     let mut held = std::process::Command::new(common::workload())
         .args([cg.to_str().unwrap(), "getpid", "321"])
@@ -189,8 +185,8 @@ fn getpid_by_pid_table_with_pid_keyed_kube_decoders() {
     .unwrap();
     assert_eq!(line, "done\n");
     let name = "ebpf_exporter_getpid_calls_by_pid_total";
-    let page = wait_for(&exporter, name, &POD.labels(), 321.0);
+    let page = wait_for(&exporter, name, &pod.labels(), 321.0);
     held.kill().unwrap();
     held.wait().unwrap();
-    assert_eq!(sample(&page, name, &POD.labels()), Some(321.0), "{page}");
+    assert_eq!(sample(&page, name, &pod.labels()), Some(321.0), "{page}");
 }

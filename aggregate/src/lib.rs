@@ -19,8 +19,8 @@ mod table;
 pub use exposition::format_float;
 pub use program::ProgramPlan;
 pub use registry::{DecodeFailures, KubeLabelNames, Registry, StreamAggregator, StreamStats};
-pub use stream::{Source, StreamPlan};
-pub use table::TablePlan;
+pub use stream::{FieldView, Raw, Source, StreamPlan};
+pub use table::{Rows, TableEntry, TablePlan};
 
 /// Errors in a metrics config; each names the metric and field at fault.
 #[derive(Debug, thiserror::Error)]

@@ -40,7 +40,54 @@ impl Span {
 #[derive(Debug)]
 pub(crate) struct LabelPlan {
     pub span: Span,
-    pub chain: Chain,
+    pub chain: Arc<Chain>,
+}
+
+/// A record field as the event tap shows it: raw, as its label, as its scaled value.
+#[derive(Debug, Clone)]
+pub struct FieldView {
+    /// Field name (the label name for perf event array keys).
+    pub name: String,
+    span: Span,
+    /// The first label reading this field: its name and decoders.
+    label: Option<(String, Arc<Chain>)>,
+    /// The scale of the first metric whose value is this field.
+    pub scale: Option<f64>,
+}
+
+/// A field's raw value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Raw {
+    /// Fields of 1, 2, 4 or 8 bytes, as native unsigned integers.
+    Uint(u64),
+    /// Other sizes, as hex.
+    Hex(String),
+}
+
+impl FieldView {
+    /// The raw value in `record` (which the caller checked is long enough).
+    pub fn raw(&self, record: &[u8]) -> Raw {
+        match self.span.size {
+            1 | 2 | 4 | 8 => Raw::Uint(self.span.uint(record)),
+            _ => Raw::Hex(
+                self.span
+                    .bytes(record)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The label this field feeds and its decoded value, if a label reads it.
+    pub fn label(
+        &self,
+        record: &[u8],
+    ) -> Option<(&str, Result<String, crate::decoder::DecodeError>)> {
+        self.label
+            .as_ref()
+            .map(|(name, chain)| (name.as_str(), chain.decode(self.span.bytes(record))))
+    }
 }
 
 #[derive(Debug)]
@@ -72,6 +119,7 @@ pub struct StreamPlan {
     pub record_size: usize,
     pub(crate) cgroup: Option<Span>,
     pub(crate) metrics: Vec<MetricPlan>,
+    fields: Vec<FieldView>,
 }
 
 impl StreamPlan {
@@ -142,6 +190,35 @@ impl StreamPlan {
                 m, histogram, value, labels, true, registry, ctx, &m_at,
             )?);
         }
+        let mut views: Vec<FieldView> = fields
+            .iter()
+            .map(|(name, span)| FieldView {
+                name: name.clone(),
+                span: *span,
+                label: None,
+                scale: None,
+            })
+            .collect();
+        for (m, plan) in all
+            .counters
+            .iter()
+            .chain(&all.histograms)
+            .filter(|m| m.ring.as_ref() == Some(&ring.name))
+            .zip(&plans)
+        {
+            for (l, lp) in m.labels.iter().zip(&plan.labels) {
+                let view = views
+                    .iter_mut()
+                    .find(|v| Some(&v.name) == l.field.as_ref())
+                    .unwrap();
+                view.label
+                    .get_or_insert_with(|| (l.name.clone(), lp.chain.clone()));
+            }
+            if let Some(v) = &m.value {
+                let view = views.iter_mut().find(|f| f.name == v.field).unwrap();
+                view.scale.get_or_insert(v.scale);
+            }
+        }
         Ok(Self {
             ring: ring.name.clone(),
             source: Source::RingBuf,
@@ -152,6 +229,7 @@ impl StreamPlan {
                 .unwrap_or(0),
             cgroup,
             metrics: plans,
+            fields: views,
         })
     }
 
@@ -171,13 +249,35 @@ impl StreamPlan {
             .map(|(li, (s, l))| (*s, l, format!("{m_at}.labels[{li}]")))
             .collect();
         let plan = MetricPlan::compile(m, false, None, labels, false, registry, ctx, m_at)?;
+        let fields = m
+            .labels
+            .iter()
+            .zip(&plan.labels)
+            .map(|(l, lp)| FieldView {
+                name: l.name.clone(),
+                span: lp.span,
+                label: Some((l.name.clone(), lp.chain.clone())),
+                scale: None,
+            })
+            .collect();
         Ok(Self {
             ring: m.name.clone(),
             source: Source::PerfEventArray,
             record_size: spans.iter().map(|s| s.offset + s.size).max().unwrap_or(0),
             cgroup: None,
             metrics: vec![plan],
+            fields,
         })
+    }
+
+    /// Whether records carry a cgroup id.
+    pub fn has_cgroup(&self) -> bool {
+        self.cgroup.is_some()
+    }
+
+    /// The record's fields, for the event tap.
+    pub fn fields(&self) -> &[FieldView] {
+        &self.fields
     }
 
     /// The cgroup id a record carries (0 when the ring has no cgroup field or the
@@ -275,7 +375,7 @@ impl MetricPlan {
             .map(|(span, l, l_at)| {
                 Ok(LabelPlan {
                     span,
-                    chain: Chain::build(&l.decoders, span.size, &l_at, ctx)?,
+                    chain: Arc::new(Chain::build(&l.decoders, span.size, &l_at, ctx)?),
                 })
             })
             .collect::<Result<_, ConfigError>>()?;

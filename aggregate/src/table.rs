@@ -77,6 +77,21 @@ pub struct TablePlan {
     malformed: AtomicU64,
 }
 
+/// A table's series, decoded from one read of its map.
+#[derive(Default)]
+pub struct Rows(BTreeMap<Vec<String>, Row>);
+
+/// One decoded series of a table.
+#[derive(Debug)]
+pub struct TableEntry<'a> {
+    /// (label name, value) in exposition order.
+    pub labels: Vec<(&'a str, &'a str)>,
+    /// Counter value, or the raw sum for histograms.
+    pub value: u64,
+    /// Histograms: bounds, per-bucket counts (`+Inf` last), sum in exported units.
+    pub histogram: Option<(Vec<f64>, Vec<u64>, f64)>,
+}
+
 /// One series being summed from map entries.
 #[derive(Default)]
 struct Row {
@@ -167,8 +182,9 @@ impl TablePlan {
         })
     }
 
-    /// Appends the exposition of the map's current entries (key bytes, value).
-    pub fn render(&self, entries: &[(Vec<u8>, u64)], out: &mut String) {
+    /// Decodes the map's entries (key bytes, value) into series, summing entries that
+    /// decode to the same labels.
+    pub fn rows(&self, entries: &[(Vec<u8>, u64)]) -> Rows {
         let buckets = self.bucket.as_ref().map_or(0, |(_, l, _)| l.keys.len() + 1);
         let mut rows: BTreeMap<Vec<String>, Row> = BTreeMap::new();
         'entry: for (key, value) in entries {
@@ -210,7 +226,12 @@ impl TablePlan {
                 }
             }
         }
-        if rows.is_empty() {
+        Rows(rows)
+    }
+
+    /// Appends the exposition of decoded rows.
+    pub fn render(&self, rows: &Rows, out: &mut String) {
+        if rows.0.is_empty() {
             return;
         }
         let kind = if self.bucket.is_some() {
@@ -224,7 +245,7 @@ impl TablePlan {
             .as_ref()
             .map(|(_, l, _)| l.bounds.iter().map(|&b| format_float(b)).collect())
             .unwrap_or_default();
-        for (values, row) in rows {
+        for (values, row) in &rows.0 {
             let values: Vec<&str> = values.iter().map(String::as_str).collect();
             match &self.bucket {
                 None => exposition::sample(
@@ -245,6 +266,27 @@ impl TablePlan {
                 ),
             }
         }
+    }
+
+    /// The rows as JSON-ready entries for the event sink: labels, and the value
+    /// (counters) or bucket bounds with counts, sum and count (histograms).
+    pub fn entries<'a>(&'a self, rows: &'a Rows) -> impl Iterator<Item = TableEntry<'a>> {
+        rows.0.iter().map(move |(values, row)| TableEntry {
+            labels: self
+                .sorted_names
+                .iter()
+                .map(String::as_str)
+                .zip(values.iter().map(String::as_str))
+                .collect(),
+            value: row.sum,
+            histogram: self.bucket.as_ref().map(|(_, layout, mult)| {
+                (
+                    layout.bounds.clone(),
+                    row.counts.clone(),
+                    buckets::scaled(row.sum, *mult),
+                )
+            }),
+        })
     }
 
     /// Exported metric name.

@@ -267,7 +267,7 @@ fn tables_render_like_the_reference_exporter() {
         (vec![1, 2, 3], 7), // short key
     ];
     let mut out = String::new();
-    counters.render(&entries, &mut out);
+    counters.render(&counters.rows(&entries), &mut out);
     assert_eq!(
         out,
         "# HELP ebpf_exporter_syscalls_total Syscalls by cgroup and syscall
@@ -288,7 +288,7 @@ ebpf_exporter_syscalls_total{cgroup=\"6\",parity=\"39\",syscall=\"getpid\"} 1
         (b(2, 1), 1),
     ];
     let mut out = String::new();
-    hist.render(&entries, &mut out);
+    hist.render(&hist.rows(&entries), &mut out);
     assert_eq!(
         out,
         "# HELP ebpf_exporter_read_bytes Read sizes

@@ -36,6 +36,8 @@ pub struct Resolved {
     pub settled: bool,
     /// The cgroup path, when it could be found.
     pub path: Option<String>,
+    /// Why the labels are empty or incomplete, for people reading the event tap.
+    pub unknown: Option<String>,
 }
 
 /// Resolves cgroup ids to pod labels (the slow path behind [`crate::Cache`]).
@@ -90,18 +92,24 @@ impl Enricher {
             Ok(path) => self.resolve_path(path),
             Err(e) => {
                 // Gone already (ESTALE/ENOENT) or not permitted: nothing more to learn.
-                if e.kind() == io::ErrorKind::PermissionDenied {
-                    tracing::warn!(
-                        cgroup_id,
-                        "cannot resolve cgroup ids: {e} (needs CAP_DAC_READ_SEARCH)"
-                    );
-                }
-                Resolved {
-                    labels: self.none.clone(),
-                    settled: true,
-                    path: None,
-                }
+                let why = if e.kind() == io::ErrorKind::PermissionDenied {
+                    let why = format!("cannot resolve cgroup ids: {e} (needs CAP_DAC_READ_SEARCH)");
+                    tracing::warn!(cgroup_id, "{why}");
+                    why
+                } else {
+                    format!("cgroup {cgroup_id} no longer exists ({e})")
+                };
+                self.unattributed(None, why)
             }
+        }
+    }
+
+    fn unattributed(&self, path: Option<String>, why: String) -> Resolved {
+        Resolved {
+            labels: self.none.clone(),
+            settled: true,
+            path,
+            unknown: Some(why),
         }
     }
 
@@ -110,11 +118,10 @@ impl Enricher {
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
         match text.lines().find_map(|l| l.strip_prefix("0::")) {
             Some(path) => self.resolve_path(path.to_string()),
-            None => Resolved {
-                labels: self.none.clone(),
-                settled: true,
-                path: None,
-            },
+            None => self.unattributed(
+                None,
+                format!("process {pid} is gone or has no cgroup v2 membership"),
+            ),
         }
     }
 
@@ -131,32 +138,37 @@ impl Enricher {
     /// Resolves a cgroup path (relative to the cgroup2 mount).
     pub fn resolve_path(&self, path: String) -> Resolved {
         let Some(kube) = kubepath::parse(&path) else {
-            return Resolved {
-                labels: self.none.clone(),
-                settled: true,
-                path: Some(path),
-            };
+            return self.unattributed(Some(path), "not in a Kubernetes pod's cgroup".into());
         };
         match self
             .pods
             .lookup(&kube.pod_uid, kube.container_id.as_deref())
         {
             Some(meta) => {
-                let settled = kube.container_id.is_none() || meta.container.is_some();
+                let unknown = match (&kube.container_id, &meta.container) {
+                    (Some(id), None) => Some(format!(
+                        "container {id} of pod {} is not in the kubelet's logs",
+                        kube.pod_uid
+                    )),
+                    _ => None,
+                };
                 Resolved {
                     labels: self.intern(
                         meta.namespace,
                         meta.pod,
                         meta.container.unwrap_or_default(),
                     ),
-                    settled,
+                    settled: unknown.is_none(),
                     path: Some(path),
+                    unknown,
                 }
             }
             None => Resolved {
-                labels: self.none.clone(),
                 settled: false,
-                path: Some(path),
+                ..self.unattributed(
+                    Some(path),
+                    format!("pod {} is not in the kubelet's logs (yet)", kube.pod_uid),
+                )
             },
         }
     }

@@ -83,9 +83,13 @@ pub fn get(addr: &str, path: &str) -> Option<String> {
         .map(|(_, body)| body.to_string())
 }
 
-/// The value of the sample whose name and full label set match exactly.
+/// The value of the sample whose name and full label set ("" for none) match exactly.
 pub fn sample(metrics: &str, name: &str, labels: &str) -> Option<f64> {
-    let prefix = format!("{name}{{{labels}}} ");
+    let prefix = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(&prefix))
@@ -181,11 +185,35 @@ pub struct Pod {
     pub namespace: &'static str,
     pub name: &'static str,
     pub container: &'static str,
-    pub uid: &'static str,
-    pub container_id: &'static str,
+    pub uid: String,
+    pub container_id: String,
 }
 
 impl Pod {
+    /// A pod whose uid and container id derive from its name: tests running at the
+    /// same time (all exporters see every event) must use different names.
+    pub fn new(namespace: &'static str, name: &'static str, container: &'static str) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (namespace, name, container).hash(&mut h);
+        let x = h.finish();
+        let hex = format!("{x:016x}{:016x}", x.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15);
+        Self {
+            namespace,
+            name,
+            container,
+            uid: format!(
+                "{}-{}-4{}-8{}-{}",
+                &hex[0..8],
+                &hex[8..12],
+                &hex[13..16],
+                &hex[17..20],
+                &hex[20..32]
+            ),
+            container_id: format!("{hex}{hex}"),
+        }
+    }
+
     /// The container's cgroup (burstable QoS) below `cgroups`' parent.
     pub fn cgroup(&self, cgroups: &mut Cgroups) -> std::path::PathBuf {
         let uid = self.uid.replace('-', "_");
@@ -317,4 +345,20 @@ pub fn node() -> String {
                 .trim()
                 .to_string()
         })
+}
+
+/// Opens a streaming GET and returns (status line, reader positioned at the body).
+pub fn open_stream(addr: &str, path: &str) -> (String, std::io::BufReader<TcpStream>) {
+    use std::io::BufRead;
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut reader = std::io::BufReader::new(s);
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    let mut header = String::new();
+    while reader.read_line(&mut header).unwrap() > 2 {
+        header.clear();
+    }
+    (status, reader)
 }

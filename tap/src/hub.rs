@@ -1,0 +1,373 @@
+//! The tap's hub: takes batches from workers, decodes and attributes their records,
+//! and fans JSON lines out to subscribers.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use aggregate::{Raw, StreamPlan};
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use enrich::{Enricher, Resolved};
+use ingest::Batch;
+use rustc_hash::FxHashMap;
+use serde_json::{json, Map, Value};
+
+use crate::{time::rfc3339_nanos, Filter};
+
+/// A stream (ring) as the tap sees it.
+#[derive(Debug, Clone)]
+pub struct Stream {
+    /// Config (program) the ring belongs to.
+    pub config: String,
+    /// Its layout and labels.
+    pub plan: Arc<StreamPlan>,
+}
+
+/// Tap counters, exported as self-metrics.
+#[derive(Debug, Default)]
+pub struct TapStats {
+    /// Events sent to subscribers (one per subscriber that got it).
+    pub events: AtomicU64,
+    /// Events a subscriber lost because its queue was full (a slow reader).
+    pub dropped_slow: AtomicU64,
+    /// Events skipped by a subscriber's `rate`.
+    pub dropped_rate: AtomicU64,
+    /// Records the tap thread could not take because its own queue was full.
+    pub dropped_input: AtomicU64,
+}
+
+/// Where a subscriber's lines go.
+enum Output {
+    Http(tokio::sync::mpsc::Sender<Bytes>),
+    File(Sender<Bytes>),
+}
+
+struct Subscriber {
+    filter: Filter,
+    out: Output,
+    sent: u64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// The tap: cheap to offer batches to, free when nobody subscribes.
+pub struct Tap {
+    active: AtomicUsize,
+    tx: Sender<(SystemTime, Batch)>,
+    subscribers: Mutex<Vec<Subscriber>>,
+    streams: Vec<Stream>,
+    stats: TapStats,
+    queue: usize,
+}
+
+impl Tap {
+    /// A tap over `streams` (indexed like batch streams) with its own thread.
+    /// `input_batches` bounds the batches waiting for it; `queue` the lines waiting
+    /// for each subscriber.
+    pub fn start(
+        streams: Vec<Stream>,
+        enricher: Arc<Enricher>,
+        node: String,
+        cluster: Option<String>,
+        input_batches: usize,
+        queue: usize,
+    ) -> Arc<Self> {
+        let (tx, rx) = crossbeam_channel::bounded(input_batches.max(1));
+        let tap = Arc::new(Self {
+            active: AtomicUsize::new(0),
+            tx,
+            subscribers: Mutex::default(),
+            streams,
+            stats: TapStats::default(),
+            queue: queue.max(1),
+        });
+        let worker = Worker {
+            tap: Arc::downgrade(&tap),
+            enricher,
+            node,
+            cluster,
+            attributions: FxHashMap::default(),
+        };
+        std::thread::Builder::new()
+            .name("tap".into())
+            .spawn(move || worker.run(rx))
+            .expect("spawning the tap thread");
+        tap
+    }
+
+    /// Offers a batch; one relaxed load when nobody listens.
+    #[inline]
+    pub fn offer(&self, batch: &Batch) {
+        if self.active.load(Relaxed) == 0 {
+            return;
+        }
+        if let Err(TrySendError::Full((_, b)) | TrySendError::Disconnected((_, b))) =
+            self.tx.try_send((SystemTime::now(), batch.clone()))
+        {
+            self.stats
+                .dropped_input
+                .fetch_add(u64::from(b.len), Relaxed);
+        }
+    }
+
+    /// Adds an HTTP subscriber: lines arrive on the returned receiver.
+    pub fn subscribe_http(&self, filter: Filter) -> tokio::sync::mpsc::Receiver<Bytes> {
+        let (tx, rx) = tokio::sync::mpsc::channel(self.queue);
+        self.add(filter, Output::Http(tx));
+        rx
+    }
+
+    /// Adds a subscriber that sends lines to `tx` (the file sink; several filters may
+    /// share one channel).
+    pub fn subscribe_channel(&self, filter: Filter, tx: Sender<Bytes>) {
+        self.add(filter, Output::File(tx));
+    }
+
+    fn add(&self, filter: Filter, out: Output) {
+        let tokens = filter.rate.map_or(0.0, |r| r as f64);
+        let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        subs.push(Subscriber {
+            filter,
+            out,
+            sent: 0,
+            tokens,
+            refilled: Instant::now(),
+        });
+        self.active.store(subs.len(), Relaxed);
+    }
+
+    /// The streams subscribers can filter on.
+    pub fn streams(&self) -> &[Stream] {
+        &self.streams
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &TapStats {
+        &self.stats
+    }
+
+    /// Current subscribers.
+    pub fn subscribers(&self) -> usize {
+        self.active.load(Relaxed)
+    }
+}
+
+/// The tap thread's state.
+struct Worker {
+    tap: std::sync::Weak<Tap>,
+    enricher: Arc<Enricher>,
+    node: String,
+    cluster: Option<String>,
+    attributions: FxHashMap<u64, (Resolved, Instant)>,
+}
+
+/// A field of one event, decoded for filters and JSON.
+struct FieldValue<'a> {
+    name: &'a str,
+    raw: Raw,
+    label: Option<(&'a str, Result<String, String>)>,
+    scaled: Option<f64>,
+}
+
+impl FieldValue<'_> {
+    fn equals(&self, want: &str) -> bool {
+        let raw = match &self.raw {
+            Raw::Uint(n) => n.to_string(),
+            Raw::Hex(h) => h.clone(),
+        };
+        raw == want || matches!(&self.label, Some((_, Ok(v))) if v == want)
+    }
+
+    fn json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert(
+            "raw".into(),
+            match &self.raw {
+                Raw::Uint(n) => json!(n),
+                Raw::Hex(h) => json!(h),
+            },
+        );
+        if let Some((name, v)) = &self.label {
+            m.insert("label".into(), json!(name));
+            match v {
+                Ok(v) => m.insert("value".into(), json!(v)),
+                Err(e) => m.insert("error".into(), json!(e)),
+            };
+        }
+        if let Some(s) = self.scaled {
+            m.insert("scaled".into(), json!(s));
+        }
+        Value::Object(m)
+    }
+}
+
+impl Worker {
+    fn run(mut self, rx: Receiver<(SystemTime, Batch)>) {
+        for (time, batch) in rx {
+            let Some(tap) = self.tap.upgrade() else {
+                return;
+            };
+            let Some(stream) = tap.streams.get(batch.stream as usize) else {
+                continue;
+            };
+            let mut subs = tap.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+            for record in batch.records() {
+                self.deliver(&tap, &mut subs, stream, time, record);
+                if subs.is_empty() {
+                    break;
+                }
+            }
+            tap.active.store(subs.len(), Relaxed);
+        }
+    }
+
+    fn attribution(&mut self, cgroup_id: u64) -> &Resolved {
+        let now = Instant::now();
+        let stale = self
+            .attributions
+            .get(&cgroup_id)
+            .is_none_or(|(r, at)| !r.settled && now.duration_since(*at) > Duration::from_secs(1));
+        if stale {
+            if self.attributions.len() > 65_536 {
+                self.attributions.clear();
+            }
+            self.attributions
+                .insert(cgroup_id, (self.enricher.resolve(cgroup_id), now));
+        }
+        &self.attributions[&cgroup_id].0
+    }
+
+    fn deliver(
+        &mut self,
+        tap: &Tap,
+        subs: &mut Vec<Subscriber>,
+        stream: &Stream,
+        time: SystemTime,
+        record: &[u8],
+    ) {
+        let plan = &stream.plan;
+        if record.len() < plan.record_size {
+            return;
+        }
+        let cgroup = plan.has_cgroup().then(|| plan.cgroup_id(record));
+        let (ns, pod, container, path, unknown) = match cgroup {
+            Some(id) => {
+                let r = self.attribution(id);
+                (
+                    r.labels.namespace.clone(),
+                    r.labels.pod.clone(),
+                    r.labels.container.clone(),
+                    r.path.clone(),
+                    r.unknown.clone(),
+                )
+            }
+            None => (
+                String::new(),
+                String::new(),
+                String::new(),
+                None,
+                Some("this ring has no cgroup field".to_string()),
+            ),
+        };
+        if !subs
+            .iter()
+            .any(|s| s.filter.matches_pod(&stream.config, &ns, &pod, &container))
+        {
+            return;
+        }
+        let fields: Vec<FieldValue> = plan
+            .fields()
+            .iter()
+            .map(|f| FieldValue {
+                name: &f.name,
+                raw: f.raw(record),
+                label: f
+                    .label(record)
+                    .map(|(n, v)| (n, v.map_err(|e| e.to_string()))),
+                scaled: f.scale.and_then(|s| match f.raw(record) {
+                    Raw::Uint(n) => Some(aggregate::buckets::scaled(n, s)),
+                    Raw::Hex(_) => None,
+                }),
+            })
+            .collect();
+        let mut line: Option<Bytes> = None;
+        let now = Instant::now();
+        subs.retain_mut(|s| {
+            if !s.filter.matches_pod(&stream.config, &ns, &pod, &container)
+                || !s
+                    .filter
+                    .fields
+                    .iter()
+                    .all(|(k, v)| fields.iter().any(|f| f.name == k && f.equals(v)))
+            {
+                return true;
+            }
+            if let Some(rate) = s.filter.rate {
+                let rate = rate as f64;
+                s.tokens =
+                    (s.tokens + now.duration_since(s.refilled).as_secs_f64() * rate).min(rate);
+                s.refilled = now;
+                if s.tokens < 1.0 {
+                    tap.stats.dropped_rate.fetch_add(1, Relaxed);
+                    return true;
+                }
+                s.tokens -= 1.0;
+            }
+            let line = line.get_or_insert_with(|| {
+                let mut event = Map::new();
+                event.insert("time".into(), json!(rfc3339_nanos(time)));
+                event.insert("config".into(), json!(stream.config));
+                event.insert("ring".into(), json!(plan.ring));
+                event.insert("node".into(), json!(self.node));
+                if let Some(c) = &self.cluster {
+                    event.insert("cluster".into(), json!(c));
+                }
+                if let Some(id) = cgroup {
+                    event.insert("cgroup_id".into(), json!(id));
+                }
+                if let Some(p) = &path {
+                    event.insert("cgroup_path".into(), json!(p));
+                }
+                event.insert("namespace".into(), json!(ns));
+                event.insert("pod".into(), json!(pod));
+                event.insert("container".into(), json!(container));
+                if let Some(u) = &unknown {
+                    event.insert("unknown".into(), json!(u));
+                }
+                let f: Map<String, Value> = fields
+                    .iter()
+                    .map(|f| (f.name.to_string(), f.json()))
+                    .collect();
+                event.insert("fields".into(), Value::Object(f));
+                let mut text =
+                    serde_json::to_vec(&Value::Object(event)).expect("JSON of strings and numbers");
+                text.push(b'\n');
+                Bytes::from(text)
+            });
+            let sent = match &s.out {
+                Output::Http(tx) => match tx.try_send(line.clone()) {
+                    Ok(()) => true,
+                    Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => false,
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return false,
+                },
+                Output::File(tx) => match tx.try_send(line.clone()) {
+                    Ok(()) => true,
+                    Err(TrySendError::Full(_)) => false,
+                    Err(TrySendError::Disconnected(_)) => return false,
+                },
+            };
+            if !sent {
+                tap.stats.dropped_slow.fetch_add(1, Relaxed);
+                return true;
+            }
+            tap.stats.events.fetch_add(1, Relaxed);
+            s.sent += 1;
+            s.filter.limit.is_none_or(|l| s.sent < l)
+        });
+    }
+}
