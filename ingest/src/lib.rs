@@ -10,6 +10,7 @@ mod attach;
 mod batch;
 mod loader;
 mod ring;
+mod ringbuf;
 mod table;
 
 pub use attach::AttachPoint;
@@ -17,6 +18,7 @@ pub use aya::Btf;
 pub use batch::{Batch, Records};
 pub use loader::{LoadOptions, LoadedObject, ProgramStats};
 pub use ring::{RingReader, RingStats};
+pub use ringbuf::RingConsumer;
 
 /// Errors of the ingest stage.
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,7 @@
 use std::{borrow::Cow, sync::Arc};
 
 use aya::{
-    maps::{MapData, PerCpuArray, PerfEventArray, RingBuf},
+    maps::{Map, MapData, PerCpuArray, PerfEventArray},
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy},
         uprobe::UProbeScope,
@@ -18,7 +18,7 @@ use object::{
     Object, ObjectSection, ObjectSymbol, SectionIndex, SymbolKind,
 };
 
-use crate::{AttachPoint, IngestError};
+use crate::{AttachPoint, IngestError, RingConsumer};
 
 /// Name of the per-CPU reserve-failure counter that `output.bpf.h` declares.
 const DROPS_MAP: &str = "ringbuf_drops";
@@ -440,16 +440,16 @@ impl LoadedObject {
         }
     }
 
-    /// Takes a ring buffer map out of the object for a reader.
+    /// Takes a ring buffer map out of the object and maps it for a reader.
     ///
     /// # Errors
-    /// The map is missing or is not a ring buffer.
-    pub fn take_ring(&mut self, map: &str) -> Result<RingBuf<MapData>, IngestError> {
-        let m = self
-            .ebpf
-            .take_map(map)
-            .ok_or_else(|| self.map_error(map, "no such map in the object".into()))?;
-        RingBuf::try_from(m).map_err(|e| self.map_error(map, e.to_string()))
+    /// The map is missing, is not a ring buffer, or cannot be mapped.
+    pub fn take_ring(&mut self, map: &str) -> Result<RingConsumer, IngestError> {
+        match self.ebpf.take_map(map) {
+            Some(Map::RingBuf(data)) => RingConsumer::new(data).map_err(|e| self.map_error(map, format!("cannot map the ring: {e}"))),
+            Some(_) => Err(self.map_error(map, "not a ring buffer (BPF_MAP_TYPE_RINGBUF)".into())),
+            None => Err(self.map_error(map, "no such map in the object".into())),
+        }
     }
 
     /// Takes a perf event array map out of the object for a reader.

@@ -16,12 +16,12 @@ use std::{
 
 use aya::maps::{
     perf::{PerfEvent, PerfEventArrayBuffer},
-    MapData, PerfEventArray, RingBuf,
+    MapData, PerfEventArray,
 };
 use crossbeam_channel::{Sender, TrySendError};
 use tokio::{io::unix::AsyncFd, sync::watch};
 
-use crate::{batch::BatchBuilder, Batch, IngestError};
+use crate::{batch::BatchBuilder, Batch, IngestError, RingConsumer};
 
 /// Counters of one reader, read by the exposition.
 #[derive(Debug, Default)]
@@ -37,7 +37,7 @@ pub struct RingStats {
 }
 
 enum Source {
-    Ring(AsyncFd<RingBuf<MapData>>),
+    Ring(AsyncFd<RingConsumer>),
     Perf(Vec<PerfEventArrayBuffer<MapData>>),
 }
 
@@ -59,13 +59,13 @@ impl RingReader {
     /// inside a runtime).
     pub fn new(
         name: &str,
-        ring: RingBuf<MapData>,
+        ring: RingConsumer,
         stream: u32,
         batch_bytes: usize,
         drain_interval: Duration,
     ) -> Result<Self, IngestError> {
-        // SAFETY: the RingBuf owns its map descriptor and keeps it open, unreplaced,
-        // for as long as the AsyncFd owns the RingBuf.
+        // SAFETY: the consumer owns its map descriptor and keeps it open, unreplaced,
+        // for as long as the AsyncFd owns the consumer.
         let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| IngestError::Poll {
             ring: name.into(),
             source: e.into(),
@@ -168,20 +168,19 @@ impl RingReader {
 }
 
 /// Copies every ready record into batches and sends them; full queues count drops.
-fn drain_ring(
-    ring: &mut RingBuf<MapData>,
-    builder: &mut BatchBuilder,
-    tx: &Sender<Batch>,
-    stats: &RingStats,
-) {
+fn drain_ring(ring: &mut RingConsumer, builder: &mut BatchBuilder, tx: &Sender<Batch>, stats: &RingStats) {
     let mut records = 0u64;
-    while let Some(item) = ring.next() {
-        builder.push(&item);
-        drop(item);
-        records += 1;
-        if builder.is_full() {
-            send(builder.take(), tx, stats);
+    loop {
+        let n = ring.drain(|record| {
+            builder.push(record);
+            if builder.is_full() {
+                send(builder.take(), tx, stats);
+            }
+        });
+        if n == 0 {
+            break;
         }
+        records += n;
     }
     finish(records, builder, tx, stats);
 }

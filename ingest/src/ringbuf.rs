@@ -1,0 +1,133 @@
+//! A BPF ring buffer consumer that reads records in place and advances the consumer
+//! position once per drain, not once per record.
+//!
+//! The kernel's layout (kernel/bpf/ringbuf.c, as libbpf maps it): one read-write page
+//! holding the consumer position at offset 0 of the map fd; then, from offset one
+//! page, a read-only page holding the producer position followed by the data pages
+//! mapped twice in a row, so a record that wraps is still contiguous. Each record
+//! starts with an 8-byte header: a u32 length with a BUSY bit (not yet committed) and
+//! a DISCARD bit, and a u32 page offset. Records are 8-byte aligned.
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
+    ptr::NonNull,
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
+};
+
+use aya::maps::MapData;
+
+const BUSY: u32 = 1 << 31;
+const DISCARD: u32 = 1 << 30;
+const HEADER: u64 = 8;
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+}
+
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(fd: RawFd, len: usize, prot: i32, offset: usize) -> io::Result<Self> {
+        // SAFETY: mapping a BPF ring buffer fd with the kernel's documented layout; the
+        // result is checked and unmapped on drop.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, offset as libc::off_t) };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { ptr: NonNull::new(ptr.cast()).unwrap(), len })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len came from a successful mmap.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A mapped ring buffer.
+pub struct RingConsumer {
+    map: MapData,
+    consumer: Mapping,
+    producer: Mapping,
+    mask: u64,
+    page: usize,
+}
+
+// SAFETY: the mappings are plain shared memory; positions are accessed atomically.
+unsafe impl Send for RingConsumer {}
+
+impl RingConsumer {
+    /// Maps the ring buffer `map`.
+    ///
+    /// # Errors
+    /// The map's size cannot be read or the mappings fail.
+    pub fn new(map: MapData) -> io::Result<Self> {
+        let size = map.info().map_err(io::Error::other)?.max_entries() as usize;
+        if !size.is_power_of_two() {
+            return Err(io::Error::other(format!("ring buffer size {size} is not a power of two")));
+        }
+        let page = page_size();
+        let fd = map.fd().as_fd().as_raw_fd();
+        let consumer = Mapping::new(fd, page, libc::PROT_READ | libc::PROT_WRITE, 0)?;
+        let producer = Mapping::new(fd, page + 2 * size, libc::PROT_READ, page)?;
+        Ok(Self { map, consumer, producer, mask: size as u64 - 1, page })
+    }
+
+    fn consumer_pos(&self) -> &AtomicU64 {
+        // SAFETY: the first 8 bytes of the consumer page are the kernel's u64 position.
+        unsafe { &*self.consumer.ptr.as_ptr().cast::<AtomicU64>() }
+    }
+
+    fn producer_pos(&self) -> &AtomicU64 {
+        // SAFETY: the first 8 bytes of the producer page are the kernel's u64 position.
+        unsafe { &*self.producer.ptr.as_ptr().cast::<AtomicU64>() }
+    }
+
+    /// Hands the records committed so far to `f` in order, then releases their space
+    /// with one store. Stops early at a record still being written. Returns the
+    /// records read (call again while it returns more than zero).
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> u64 {
+        let start = self.consumer_pos().load(Ordering::Acquire);
+        let prod = self.producer_pos().load(Ordering::Acquire);
+        let mut cons = start;
+        let mut records = 0;
+        while cons < prod {
+            // SAFETY: cons & mask is inside the data area and headers are 8-byte aligned.
+            let header = unsafe { self.producer.ptr.as_ptr().add(self.page + (cons & self.mask) as usize) };
+            let len = unsafe { &*header.cast::<AtomicU32>() }.load(Ordering::Acquire);
+            if len & BUSY != 0 {
+                break;
+            }
+            let size = u64::from(len & !(BUSY | DISCARD));
+            if len & DISCARD == 0 {
+                // SAFETY: the record follows its header; the double mapping keeps it
+                // contiguous even when it wraps.
+                f(unsafe { std::slice::from_raw_parts(header.add(HEADER as usize), size as usize) });
+                records += 1;
+            }
+            cons += (size + HEADER).next_multiple_of(8);
+        }
+        if cons != start {
+            self.consumer_pos().store(cons, Ordering::Release);
+        }
+        records
+    }
+}
+
+impl AsFd for RingConsumer {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.map.fd().as_fd()
+    }
+}
+
+impl AsRawFd for RingConsumer {
+    fn as_raw_fd(&self) -> RawFd {
+        self.as_fd().as_raw_fd()
+    }
+}
