@@ -87,6 +87,9 @@ pub(crate) struct Family {
     sorted_names: Vec<String>,
     order: Vec<usize>,
     series: DashMap<SeriesKey, Slot>,
+    /// Series by label values: keys that decode alike (`inet_subnet` reads one byte of
+    /// two for IPv4, `static_map` merges values) share one series.
+    by_values: DashMap<Vec<String>, Arc<Series>>,
     /// Events left out because a filter decoder (`regexp`) dropped their labels.
     filtered: AtomicU64,
     /// Events left out because a label's decoder rejected its bytes, per config label.
@@ -186,6 +189,7 @@ impl Registry {
             sorted_names: order.iter().map(|&i| labels[i].clone()).collect(),
             order,
             series: DashMap::new(),
+            by_values: DashMap::new(),
             filtered: AtomicU64::new(0),
             invalid: (0..config_labels).map(|_| AtomicU64::new(0)).collect(),
         });
@@ -257,14 +261,7 @@ pub(crate) enum Slot {
 
 impl Family {
     fn render(&self, out: &mut String) {
-        let mut series: Vec<Arc<Series>> = self
-            .series
-            .iter()
-            .filter_map(|e| match e.value() {
-                Slot::Series(s) => Some(s.clone()),
-                _ => None,
-            })
-            .collect();
+        let mut series: Vec<Arc<Series>> = self.by_values.iter().map(|e| e.value().clone()).collect();
         if series.is_empty() {
             return;
         }
@@ -449,14 +446,11 @@ fn shared_series(
     } else {
         0
     };
-    let series = Arc::new(Series {
-        values,
+    let new = || Series {
+        values: values.clone(),
         buckets: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
         sum: AtomicU64::new(0),
-    });
-    m.family
-        .series
-        .entry(key)
-        .or_insert(Slot::Series(series))
-        .clone()
+    };
+    let series = m.family.by_values.entry(values.clone()).or_insert_with(|| Arc::new(new())).clone();
+    m.family.series.entry(key).or_insert(Slot::Series(series)).clone()
 }

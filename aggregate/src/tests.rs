@@ -88,9 +88,12 @@ fn records_become_seed_style_exposition() {
     agg.observe(&record(42, 500, 2, 127), &coredns); // le 1e-06
     agg.observe(&record(42, 9_000_000, 2, 127), &coredns); // +Inf
     agg.observe(&record(7, 1_000, 10, 0xfe), &none); // le 1e-06, ipv6
+    let mut other_host = record(42, 500, 2, 127);
+    other_host[19] = 9; // 127.9.x.x: another key, the same subnet label
+    agg.observe(&other_host, &coredns);
     agg.observe(&r[..10], &coredns); // short: malformed
     agg.flush_stats();
-    assert_eq!(stats.records.load(std::sync::atomic::Ordering::Relaxed), 4);
+    assert_eq!(stats.records.load(std::sync::atomic::Ordering::Relaxed), 5);
     assert_eq!(
         stats.malformed.load(std::sync::atomic::Ordering::Relaxed),
         1
@@ -110,17 +113,17 @@ ebpf_exporter_tcp_connect_latency_seconds_bucket{{{n},le=\"8e-06\"}} 1
 ebpf_exporter_tcp_connect_latency_seconds_bucket{{{n},le=\"+Inf\"}} 1
 ebpf_exporter_tcp_connect_latency_seconds_sum{{{n}}} 1e-06
 ebpf_exporter_tcp_connect_latency_seconds_count{{{n}}} 1
-ebpf_exporter_tcp_connect_latency_seconds_bucket{{{l},le=\"1e-06\"}} 1
-ebpf_exporter_tcp_connect_latency_seconds_bucket{{{l},le=\"2e-06\"}} 1
-ebpf_exporter_tcp_connect_latency_seconds_bucket{{{l},le=\"4e-06\"}} 2
-ebpf_exporter_tcp_connect_latency_seconds_bucket{{{l},le=\"8e-06\"}} 2
-ebpf_exporter_tcp_connect_latency_seconds_bucket{{{l},le=\"+Inf\"}} 3
-ebpf_exporter_tcp_connect_latency_seconds_sum{{{l}}} 0.0090035
-ebpf_exporter_tcp_connect_latency_seconds_count{{{l}}} 3
+ebpf_exporter_tcp_connect_latency_seconds_bucket{{{l},le=\"1e-06\"}} 2
+ebpf_exporter_tcp_connect_latency_seconds_bucket{{{l},le=\"2e-06\"}} 2
+ebpf_exporter_tcp_connect_latency_seconds_bucket{{{l},le=\"4e-06\"}} 3
+ebpf_exporter_tcp_connect_latency_seconds_bucket{{{l},le=\"8e-06\"}} 3
+ebpf_exporter_tcp_connect_latency_seconds_bucket{{{l},le=\"+Inf\"}} 4
+ebpf_exporter_tcp_connect_latency_seconds_sum{{{l}}} 0.009004
+ebpf_exporter_tcp_connect_latency_seconds_count{{{l}}} 4
 # HELP ebpf_exporter_tcp_connects_total Connects
 # TYPE ebpf_exporter_tcp_connects_total counter
 ebpf_exporter_tcp_connects_total{{app_container=\"\",app_namespace=\"\",app_pod=\"\",node_id=\"node-a\"}} 1
-ebpf_exporter_tcp_connects_total{{app_container=\"coredns\",app_namespace=\"kube-system\",app_pod=\"coredns-1\",node_id=\"node-a\"}} 3
+ebpf_exporter_tcp_connects_total{{app_container=\"coredns\",app_namespace=\"kube-system\",app_pod=\"coredns-1\",node_id=\"node-a\"}} 4
 "
     );
     assert_eq!(out, want);
