@@ -149,8 +149,14 @@ impl From<&LabelNames> for KubeLabelNames {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Pipeline {
-    /// Batches the queue between ingest and aggregation holds; beyond it, records are
-    /// dropped and counted.
+    /// Threads reading rings (default 1: a reader copies records at memory speed).
+    pub ingest_workers: usize,
+    /// Threads mapping records to pods (default: a quarter of the CPUs, at least 1).
+    pub enrich_workers: usize,
+    /// Threads (shards, by pod) updating series (default: a quarter of the CPUs, at least 1).
+    pub aggregate_workers: usize,
+    /// Batches each queue between stages holds; beyond it, records are dropped and
+    /// counted.
     pub queue_batches: usize,
     /// Bytes of records per batch.
     pub batch_bytes: usize,
@@ -166,7 +172,11 @@ pub struct Pipeline {
 
 impl Default for Pipeline {
     fn default() -> Self {
+        let quarter = std::thread::available_parallelism().map_or(1, |n| n.get() / 4).max(1);
         Self {
+            ingest_workers: 1,
+            enrich_workers: quarter,
+            aggregate_workers: quarter,
             queue_batches: 1024,
             batch_bytes: 64 * 1024,
             drain_interval_ms: 10,

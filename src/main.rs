@@ -5,7 +5,6 @@
 //! each program, wires the stages and serves `/metrics` and `/healthz`.
 
 mod config;
-mod pipeline;
 mod programs;
 mod tap_client;
 mod telemetry;
@@ -30,12 +29,12 @@ use bytes::Bytes;
 use clap::Parser;
 use enrich::{CgroupFs, Enricher, PodLogs};
 use ingest::RingReader;
+use kube_ebpf_exporter::pipeline::{self, Pipeline, Stream};
 use tap::Tap;
 use tokio::sync::watch;
 
 use crate::{
     config::{Config, Program},
-    pipeline::{EnrichStats, Stream},
     programs::{Failure, Running, Setup, Source},
     telemetry::Telemetry,
 };
@@ -86,6 +85,15 @@ struct Args {
     /// Value of the node_id label (default: $NODE_NAME, else the hostname).
     #[arg(long = "node-id", env = "NODE_ID", value_name = "NAME")]
     node_id: Option<String>,
+    /// Ring reader threads; overrides pipeline.ingest_workers.
+    #[arg(long = "ingest.workers", value_name = "N")]
+    ingest_workers: Option<usize>,
+    /// Enrich worker threads; overrides pipeline.enrich_workers.
+    #[arg(long = "enrich.workers", value_name = "N")]
+    enrich_workers: Option<usize>,
+    /// Aggregate worker threads (shards by pod); overrides pipeline.aggregate_workers.
+    #[arg(long = "aggregate.workers", value_name = "N")]
+    aggregate_workers: Option<usize>,
     /// The kubelet's pod log directory; overrides the config.
     #[arg(long = "kubelet.pod-logs-dir", value_name = "DIR")]
     pod_logs_dir: Option<String>,
@@ -196,6 +204,16 @@ async fn serve(args: Args) -> Result<()> {
     if let Some(n) = &args.node_id {
         config.node_id = Some(n.clone());
     }
+    let p = &mut config.pipeline;
+    for (flag, field) in [
+        (args.ingest_workers, &mut p.ingest_workers),
+        (args.enrich_workers, &mut p.enrich_workers),
+        (args.aggregate_workers, &mut p.aggregate_workers),
+    ] {
+        if let Some(n) = flag {
+            *field = n;
+        }
+    }
     if let Some(d) = &args.pod_logs_dir {
         config.kubernetes.pod_logs_dir.clone_from(d);
     }
@@ -289,6 +307,13 @@ async fn serve(args: Args) -> Result<()> {
     let mut streams = Vec::new();
     let mut readers = Vec::new();
     let drain = Duration::from_millis(p.drain_interval_ms.max(1));
+    // Ring readers get their own runtime threads, apart from HTTP.
+    let ingest = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(p.ingest_workers.max(1))
+        .thread_name("ingest")
+        .enable_all()
+        .build()?;
+    let ingest_context = ingest.enter();
     for r in &mut running {
         for plan in std::mem::take(&mut r.plan.streams) {
             let id = streams.len() as u32;
@@ -311,7 +336,7 @@ async fn serve(args: Args) -> Result<()> {
                 )?,
             };
             telemetry.add_ring(&r.name, &plan.ring, reader.stats());
-            readers.push(tokio::spawn(reader.run(tx.clone(), shutdown_rx.clone())));
+            readers.push(ingest.spawn(reader.run(tx.clone(), shutdown_rx.clone())));
             streams.push(Stream {
                 program: r.name.clone(),
                 plan: Arc::new(plan),
@@ -344,26 +369,20 @@ async fn serve(args: Args) -> Result<()> {
         (None, Some(_)) => bail!("{source}: tap.sink: needs tap.enabled"),
         _ => None,
     };
-    let enrich_stats = Arc::new(EnrichStats::default());
-    let worker = {
-        let (streams, registry, enrich_stats, tap) = (
-            streams.clone(),
-            registry.clone(),
-            enrich_stats.clone(),
-            tap.clone(),
-        );
-        std::thread::Builder::new()
-            .name("aggregate".into())
-            .spawn(move || {
-                pipeline::run_worker(rx, streams, registry, enricher, enrich_stats, tap)
-            })?
+    drop(ingest_context);
+    let settings = pipeline::Settings {
+        enrich_workers: p.enrich_workers,
+        aggregate_workers: p.aggregate_workers,
+        queue_batches: p.queue_batches,
     };
+    let pipeline = Pipeline::start(rx, streams.clone(), registry.clone(), enricher, tap.clone(), settings)?;
+    tracing::info!(ingest = p.ingest_workers, enrich = p.enrich_workers, aggregate = p.aggregate_workers, "workers");
 
     let state = Arc::new(AppState {
         registry,
         telemetry,
         streams,
-        enrich_stats,
+        pipeline,
         running: Mutex::new(running),
         failures,
         tap,
@@ -376,6 +395,7 @@ async fn serve(args: Args) -> Result<()> {
     if state.tap.is_some() {
         app = app.route("/events", get(events));
     }
+    let state_for_shutdown = state.clone();
     let app = app.with_state(state);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -396,7 +416,14 @@ async fn serve(args: Args) -> Result<()> {
     for r in readers {
         let _ = r.await;
     }
-    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    let state = Arc::into_inner(state_for_shutdown).map(|s| s.pipeline);
+    let _ = tokio::task::spawn_blocking(move || {
+        ingest.shutdown_timeout(Duration::from_secs(1));
+        if let Some(p) = state {
+            p.join();
+        }
+    })
+    .await;
     Ok(())
 }
 
@@ -404,7 +431,7 @@ struct AppState {
     registry: Arc<Registry>,
     telemetry: Telemetry,
     streams: Arc<Vec<Stream>>,
-    enrich_stats: Arc<EnrichStats>,
+    pipeline: Pipeline,
     running: Mutex<Vec<Running>>,
     failures: Vec<Failure>,
     tap: Option<Arc<Tap>>,
@@ -549,7 +576,7 @@ async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
             &running,
             &s.failures,
             &s.streams,
-            &s.enrich_stats,
+            &s.pipeline,
             &s.registry,
             s.tap.as_deref(),
         );

@@ -1,0 +1,4 @@
+//! kube-ebpf-exporter as a library: the pipeline that connects the stage crates, shared
+//! by the binary and the benchmarks.
+
+pub mod pipeline;
