@@ -5,6 +5,7 @@
  * Moves itself into the cgroup first (so the loader's and libc's start-up calls are not
  * counted there), then runs one command:
  *   getpid N          N getpid() calls
+ *   getppid N         N getppid() calls
  *   open-missing N    N openat() calls that fail with ENOENT
  *   fork N            N fork()s; each child exits at once
  *   usleep V...       usleep(V) for each V (microseconds)
@@ -51,6 +52,9 @@ int main(int argc, char **argv)
 	if (strcmp(cmd, "getpid") == 0) {
 		for (long i = 0; i < n; i++)
 			syscall(SYS_getpid);
+	} else if (strcmp(cmd, "getppid") == 0) {
+		for (long i = 0; i < n; i++)
+			syscall(SYS_getppid);
 	} else if (strcmp(cmd, "open-missing") == 0) {
 		for (long i = 0; i < n; i++)
 			if (open("/nonexistent/kube-ebpf-exporter-test", O_RDONLY) >= 0 || errno != ENOENT)
