@@ -6,8 +6,9 @@
 //! per-worker cache: no lock, no syscall on a hit) and broadcast the batch with a
 //! per-record pod index, shared (no copy), to the aggregate workers. Aggregation is
 //! sharded by pod: worker `i` takes the records whose pod id modulo the worker count is
-//! `i`, so a pod's series are always updated by the same worker. A full queue drops
-//! the records it would have carried, counted per stage.
+//! `i`, so a pod's series are always updated by the same worker. Enrich workers wait
+//! for a full aggregate queue (work already done is never thrown away); the wait backs
+//! up into the ingest queue, where readers drop and count what does not fit.
 
 use std::{
     sync::{
@@ -19,7 +20,7 @@ use std::{
 };
 
 use aggregate::{Registry, StreamAggregator, StreamPlan, StreamStats};
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use enrich::{Cache, Enricher, PodLabels};
 use ingest::Batch;
 use rustc_hash::FxHashMap;
@@ -41,8 +42,6 @@ pub struct StageStats {
     pub received: AtomicU64,
     /// Records the stage finished with.
     pub processed: AtomicU64,
-    /// Records the stage could not hand on because the next queue was full.
-    pub dropped: AtomicU64,
     /// Batches taken (records per batch = received / batches).
     pub batches: AtomicU64,
     /// Enrich only: cgroup lookups answered by a worker's cache.
@@ -166,9 +165,8 @@ fn enrich_worker(
             if count == 0 {
                 continue;
             }
-            if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = tx.try_send(enriched.clone()) {
-                stats.dropped.fetch_add(count, Relaxed);
-            }
+            // Only fails once the aggregate worker is gone (shutdown).
+            let _ = tx.send(enriched.clone());
         }
         stats.processed.fetch_add(n, Relaxed);
         stats.cache_hits.fetch_add(std::mem::take(&mut cache.hits), Relaxed);

@@ -65,7 +65,7 @@ impl Telemetry {
         );
         describe_counter!(
             "ebpf_exporter_ingest_queue_dropped_records_total",
-            "Records dropped because the queue to the aggregate stage was full"
+            "Records dropped because the queue to the enrich stage was full"
         );
         describe_counter!(
             "ebpf_exporter_aggregate_records_total",
@@ -113,7 +113,7 @@ impl Telemetry {
         );
         describe_counter!("ebpf_exporter_stage_received_records_total", "Records a stage (enrich, aggregate) took from its input queue");
         describe_counter!("ebpf_exporter_stage_processed_records_total", "Records a stage finished with");
-        describe_counter!("ebpf_exporter_stage_dropped_records_total", "Records a stage could not hand on: the next queue was full");
+        describe_
         describe_counter!("ebpf_exporter_stage_batches_total", "Batches a stage took (records per batch = received / batches)");
         describe_gauge!("ebpf_exporter_queue_depth_batches", "Batches waiting in a queue between stages");
         gauge!("ebpf_exporter_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -216,7 +216,6 @@ impl Telemetry {
         for (stage, st) in [("enrich", &pipeline.enrich), ("aggregate", &pipeline.aggregate)] {
             counter!("ebpf_exporter_stage_received_records_total", "stage" => stage).absolute(st.received.load(Relaxed));
             counter!("ebpf_exporter_stage_processed_records_total", "stage" => stage).absolute(st.processed.load(Relaxed));
-            counter!("ebpf_exporter_stage_dropped_records_total", "stage" => stage).absolute(st.dropped.load(Relaxed));
             counter!("ebpf_exporter_stage_batches_total", "stage" => stage).absolute(st.batches.load(Relaxed));
         }
         let (enrich_depth, aggregate_depths) = pipeline.queue_depths();

@@ -40,8 +40,8 @@ impl<'a> Iterator for Records<'a> {
     }
 }
 
-/// Builds a batch; reused across batches so its buffer is allocated once per batch.
-pub(crate) struct BatchBuilder {
+/// Builds batches (readers use it; so do replay benchmarks). One allocation per batch.
+pub struct BatchBuilder {
     stream: u32,
     len: u32,
     buf: BytesMut,
@@ -49,7 +49,8 @@ pub(crate) struct BatchBuilder {
 }
 
 impl BatchBuilder {
-    pub(crate) fn new(stream: u32, capacity: usize) -> Self {
+    /// A builder of batches for `stream` of about `capacity` bytes.
+    pub fn new(stream: u32, capacity: usize) -> Self {
         Self {
             stream,
             len: 0,
@@ -59,12 +60,12 @@ impl BatchBuilder {
     }
 
     /// Appends one record (the u32 length prefix keeps 8-byte framing with 4 spare bytes).
-    pub(crate) fn push(&mut self, record: &[u8]) {
+    pub fn push(&mut self, record: &[u8]) {
         self.push_split(record, &[]);
     }
 
     /// Appends one record that arrives in two pieces (wrapped around a perf buffer).
-    pub(crate) fn push_split(&mut self, head: &[u8], tail: &[u8]) {
+    pub fn push_split(&mut self, head: &[u8], tail: &[u8]) {
         self.buf.put_u32_le((head.len() + tail.len()) as u32);
         self.buf.put_slice(head);
         self.buf.put_slice(tail);
@@ -73,16 +74,18 @@ impl BatchBuilder {
         self.len += 1;
     }
 
-    pub(crate) fn is_full(&self) -> bool {
+    /// Whether the batch reached its capacity.
+    pub fn is_full(&self) -> bool {
         self.buf.len() >= self.capacity
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
+    /// Whether no record was pushed since the last take.
+    pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Takes the records so far as a batch, starting a fresh buffer.
-    pub(crate) fn take(&mut self) -> Batch {
+    pub fn take(&mut self) -> Batch {
         let data = std::mem::replace(&mut self.buf, BytesMut::with_capacity(self.capacity));
         let len = std::mem::take(&mut self.len);
         Batch {

@@ -15,7 +15,7 @@ mod table;
 
 pub use attach::AttachPoint;
 pub use aya::Btf;
-pub use batch::{Batch, Records};
+pub use batch::{Batch, BatchBuilder, Records};
 pub use loader::{LoadOptions, LoadedObject, ProgramStats};
 pub use ring::{RingReader, RingStats};
 pub use ringbuf::RingConsumer;
