@@ -172,7 +172,9 @@ pub struct Pipeline {
 
 impl Default for Pipeline {
     fn default() -> Self {
-        let quarter = std::thread::available_parallelism().map_or(1, |n| n.get() / 4).max(1);
+        let quarter = std::thread::available_parallelism()
+            .map_or(1, |n| n.get() / 4)
+            .max(1);
         Self {
             ingest_workers: 1,
             enrich_workers: quarter,

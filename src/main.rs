@@ -375,8 +375,20 @@ async fn serve(args: Args) -> Result<()> {
         aggregate_workers: p.aggregate_workers,
         queue_batches: p.queue_batches,
     };
-    let pipeline = Pipeline::start(rx, streams.clone(), registry.clone(), enricher, tap.clone(), settings)?;
-    tracing::info!(ingest = p.ingest_workers, enrich = p.enrich_workers, aggregate = p.aggregate_workers, "workers");
+    let pipeline = Pipeline::start(
+        rx,
+        streams.clone(),
+        registry.clone(),
+        enricher,
+        tap.clone(),
+        settings,
+    )?;
+    tracing::info!(
+        ingest = p.ingest_workers,
+        enrich = p.enrich_workers,
+        aggregate = p.aggregate_workers,
+        "workers"
+    );
 
     let state = Arc::new(AppState {
         registry,

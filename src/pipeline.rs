@@ -101,25 +101,61 @@ impl Pipeline {
             aggregate_queues.push(tx);
             let (streams, registry, stats) = (streams.clone(), registry.clone(), aggregate.clone());
             let worker = move || aggregate_worker(rx, &streams, &registry, &stats, shard, shards);
-            threads.push(std::thread::Builder::new().name(format!("aggregate-{shard}")).spawn(worker)?);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("aggregate-{shard}"))
+                    .spawn(worker)?,
+            );
         }
         for i in 0..settings.enrich_workers.max(1) {
-            let (input, streams, stats, out) = (input.clone(), streams.clone(), enrich.clone(), aggregate_queues.clone());
+            let (input, streams, stats, out) = (
+                input.clone(),
+                streams.clone(),
+                enrich.clone(),
+                aggregate_queues.clone(),
+            );
             let (enricher, tap) = (enricher.clone(), tap.clone());
-            let worker = move || enrich_worker(input, &streams, Cache::new(enricher), &out, tap.as_deref(), &stats);
-            threads.push(std::thread::Builder::new().name(format!("enrich-{i}")).spawn(worker)?);
+            let worker = move || {
+                enrich_worker(
+                    input,
+                    &streams,
+                    Cache::new(enricher),
+                    &out,
+                    tap.as_deref(),
+                    &stats,
+                )
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("enrich-{i}"))
+                    .spawn(worker)?,
+            );
         }
-        Ok(Self { enrich, aggregate, enrich_queue: input, aggregate_queues, threads })
+        Ok(Self {
+            enrich,
+            aggregate,
+            enrich_queue: input,
+            aggregate_queues,
+            threads,
+        })
     }
 
     /// Batches waiting: before enrich, and before each aggregate worker.
     pub fn queue_depths(&self) -> (usize, Vec<usize>) {
-        (self.enrich_queue.len(), self.aggregate_queues.iter().map(Sender::len).collect())
+        (
+            self.enrich_queue.len(),
+            self.aggregate_queues.iter().map(Sender::len).collect(),
+        )
     }
 
     /// Waits for the workers, which end once every ingest sender is gone.
     pub fn join(self) {
-        let Self { threads, aggregate_queues, enrich_queue, .. } = self;
+        let Self {
+            threads,
+            aggregate_queues,
+            enrich_queue,
+            ..
+        } = self;
         drop((aggregate_queues, enrich_queue));
         for t in threads {
             let _ = t.join();
@@ -142,7 +178,9 @@ fn enrich_worker(
         let n = u64::from(batch.len);
         stats.received.fetch_add(n, Relaxed);
         stats.batches.fetch_add(1, Relaxed);
-        let Some(stream) = streams.get(batch.stream as usize) else { continue };
+        let Some(stream) = streams.get(batch.stream as usize) else {
+            continue;
+        };
         let now = Instant::now();
         let mut pods: Vec<Arc<PodLabels>> = Vec::new();
         let mut index = Vec::with_capacity(batch.len as usize);
@@ -169,16 +207,32 @@ fn enrich_worker(
             let _ = tx.send(enriched.clone());
         }
         stats.processed.fetch_add(n, Relaxed);
-        stats.cache_hits.fetch_add(std::mem::take(&mut cache.hits), Relaxed);
-        stats.cache_misses.fetch_add(std::mem::take(&mut cache.misses), Relaxed);
+        stats
+            .cache_hits
+            .fetch_add(std::mem::take(&mut cache.hits), Relaxed);
+        stats
+            .cache_misses
+            .fetch_add(std::mem::take(&mut cache.misses), Relaxed);
     }
 }
 
-fn aggregate_worker(input: Receiver<Arc<Enriched>>, streams: &[Stream], registry: &Registry, stats: &StageStats, shard: usize, shards: usize) {
-    let mut aggs: Vec<StreamAggregator> = streams.iter().map(|s| StreamAggregator::new(s.plan.clone(), registry, s.stats.clone())).collect();
+fn aggregate_worker(
+    input: Receiver<Arc<Enriched>>,
+    streams: &[Stream],
+    registry: &Registry,
+    stats: &StageStats,
+    shard: usize,
+    shards: usize,
+) {
+    let mut aggs: Vec<StreamAggregator> = streams
+        .iter()
+        .map(|s| StreamAggregator::new(s.plan.clone(), registry, s.stats.clone()))
+        .collect();
     let shards = shards as u32;
     for e in input {
-        let Some(agg) = aggs.get_mut(e.batch.stream as usize) else { continue };
+        let Some(agg) = aggs.get_mut(e.batch.stream as usize) else {
+            continue;
+        };
         let mut n = 0;
         for (record, &i) in e.batch.records().zip(&e.index) {
             let pod = &e.pods[i as usize];

@@ -111,11 +111,22 @@ impl Telemetry {
             "ebpf_exporter_tap_dropped_events_total",
             "Tap events not delivered: a slow subscriber's full queue, a subscriber's rate, or the tap's own full queue; metrics never wait for the tap"
         );
-        describe_counter!("ebpf_exporter_stage_received_records_total", "Records a stage (enrich, aggregate) took from its input queue");
-        describe_counter!("ebpf_exporter_stage_processed_records_total", "Records a stage finished with");
-        describe_
-        describe_counter!("ebpf_exporter_stage_batches_total", "Batches a stage took (records per batch = received / batches)");
-        describe_gauge!("ebpf_exporter_queue_depth_batches", "Batches waiting in a queue between stages");
+        describe_counter!(
+            "ebpf_exporter_stage_received_records_total",
+            "Records a stage (enrich, aggregate) took from its input queue"
+        );
+        describe_counter!(
+            "ebpf_exporter_stage_processed_records_total",
+            "Records a stage finished with"
+        );
+        describe_counter!(
+            "ebpf_exporter_stage_batches_total",
+            "Batches a stage took (records per batch = received / batches)"
+        );
+        describe_gauge!(
+            "ebpf_exporter_queue_depth_batches",
+            "Batches waiting in a queue between stages"
+        );
         gauge!("ebpf_exporter_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         Ok(Self {
             handle,
@@ -211,17 +222,26 @@ impl Telemetry {
             counter!("ebpf_exporter_decoder_filtered_total", "metric" => f.metric)
                 .absolute(f.filtered);
         }
-        counter!("ebpf_exporter_enrich_cache_hits_total").absolute(pipeline.enrich.cache_hits.load(Relaxed));
-        counter!("ebpf_exporter_enrich_cache_misses_total").absolute(pipeline.enrich.cache_misses.load(Relaxed));
-        for (stage, st) in [("enrich", &pipeline.enrich), ("aggregate", &pipeline.aggregate)] {
-            counter!("ebpf_exporter_stage_received_records_total", "stage" => stage).absolute(st.received.load(Relaxed));
-            counter!("ebpf_exporter_stage_processed_records_total", "stage" => stage).absolute(st.processed.load(Relaxed));
-            counter!("ebpf_exporter_stage_batches_total", "stage" => stage).absolute(st.batches.load(Relaxed));
+        counter!("ebpf_exporter_enrich_cache_hits_total")
+            .absolute(pipeline.enrich.cache_hits.load(Relaxed));
+        counter!("ebpf_exporter_enrich_cache_misses_total")
+            .absolute(pipeline.enrich.cache_misses.load(Relaxed));
+        for (stage, st) in [
+            ("enrich", &pipeline.enrich),
+            ("aggregate", &pipeline.aggregate),
+        ] {
+            counter!("ebpf_exporter_stage_received_records_total", "stage" => stage)
+                .absolute(st.received.load(Relaxed));
+            counter!("ebpf_exporter_stage_processed_records_total", "stage" => stage)
+                .absolute(st.processed.load(Relaxed));
+            counter!("ebpf_exporter_stage_batches_total", "stage" => stage)
+                .absolute(st.batches.load(Relaxed));
         }
         let (enrich_depth, aggregate_depths) = pipeline.queue_depths();
         gauge!("ebpf_exporter_queue_depth_batches", "queue" => "enrich").set(enrich_depth as f64);
         for (i, d) in aggregate_depths.into_iter().enumerate() {
-            gauge!("ebpf_exporter_queue_depth_batches", "queue" => format!("aggregate-{i}")).set(d as f64);
+            gauge!("ebpf_exporter_queue_depth_batches", "queue" => format!("aggregate-{i}"))
+                .set(d as f64);
         }
     }
 

@@ -76,22 +76,56 @@ fn an_overloaded_ring_loses_records_only_into_counters() {
     // A 16 KiB ring (1,000 records), drained every 300 ms and never woken early: a
     // tight getppid loop overflows it many times over.
     let config = dir.0.join("exporter.yaml");
-    std::fs::write(&config, "pipeline:\n  ring_bytes: 16384\n  wakeup_bytes: 1048576\n  drain_interval_ms: 300\n").unwrap();
+    std::fs::write(
+        &config,
+        "pipeline:\n  ring_bytes: 16384\n  wakeup_bytes: 1048576\n  drain_interval_ms: 300\n",
+    )
+    .unwrap();
     let exporter = Exporter::start(
-        &["--config.file", config.to_str().unwrap(), "--config.dir", dir.0.to_str().unwrap(), "--config.names", "loss"],
+        &[
+            "--config.file",
+            config.to_str().unwrap(),
+            "--config.dir",
+            dir.0.to_str().unwrap(),
+            "--config.names",
+            "loss",
+        ],
         &dir.0.join("log"),
     );
     common::run_workload(None, &["getppid", "300000"]);
     std::thread::sleep(std::time::Duration::from_millis(800)); // two more drains
     let page = exporter.metrics();
-    let get = |name: &str, labels: &str| sample(&page, name, labels).unwrap_or_else(|| panic!("{name}{{{labels}}} missing:\n{page}"));
-    let produced: f64 = common::samples(&page, "ebpf_exporter_produced_total").iter().map(|(_, v)| v).sum();
-    let read = get("ebpf_exporter_ring_records_total", "program=\"loss\",ring=\"flood\"");
-    let full = get("ebpf_exporter_ring_reserve_failures_total", "program=\"loss\"");
-    let queue = get("ebpf_exporter_ingest_queue_dropped_records_total", "program=\"loss\",ring=\"flood\"");
-    let aggregated = get("ebpf_exporter_aggregate_records_total", "program=\"loss\",ring=\"flood\"");
-    let malformed = get("ebpf_exporter_aggregate_malformed_records_total", "program=\"loss\",ring=\"flood\"");
-    let counted: f64 = common::samples(&page, "ebpf_exporter_flood_total").iter().map(|(_, v)| v).sum();
+    let get = |name: &str, labels: &str| {
+        sample(&page, name, labels).unwrap_or_else(|| panic!("{name}{{{labels}}} missing:\n{page}"))
+    };
+    let produced: f64 = common::samples(&page, "ebpf_exporter_produced_total")
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
+    let read = get(
+        "ebpf_exporter_ring_records_total",
+        "program=\"loss\",ring=\"flood\"",
+    );
+    let full = get(
+        "ebpf_exporter_ring_reserve_failures_total",
+        "program=\"loss\"",
+    );
+    let queue = get(
+        "ebpf_exporter_ingest_queue_dropped_records_total",
+        "program=\"loss\",ring=\"flood\"",
+    );
+    let aggregated = get(
+        "ebpf_exporter_aggregate_records_total",
+        "program=\"loss\",ring=\"flood\"",
+    );
+    let malformed = get(
+        "ebpf_exporter_aggregate_malformed_records_total",
+        "program=\"loss\",ring=\"flood\"",
+    );
+    let counted: f64 = common::samples(&page, "ebpf_exporter_flood_total")
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
 
     assert!(produced >= 300_000.0, "{page}");
     assert!(full > 0.0, "the ring never overflowed: {page}");
@@ -99,5 +133,8 @@ fn an_overloaded_ring_loses_records_only_into_counters() {
     assert_eq!(produced, read + full, "{page}");
     // User side: every record read was aggregated or counted as dropped.
     assert_eq!(read, aggregated + malformed + queue, "{page}");
-    assert_eq!(counted, aggregated, "the metric counts exactly what was aggregated");
+    assert_eq!(
+        counted, aggregated,
+        "the metric counts exactly what was aggregated"
+    );
 }

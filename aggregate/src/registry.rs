@@ -261,7 +261,8 @@ pub(crate) enum Slot {
 
 impl Family {
     fn render(&self, out: &mut String) {
-        let mut series: Vec<Arc<Series>> = self.by_values.iter().map(|e| e.value().clone()).collect();
+        let mut series: Vec<Arc<Series>> =
+            self.by_values.iter().map(|e| e.value().clone()).collect();
         if series.is_empty() {
             return;
         }
@@ -451,6 +452,15 @@ fn shared_series(
         buckets: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
         sum: AtomicU64::new(0),
     };
-    let series = m.family.by_values.entry(values.clone()).or_insert_with(|| Arc::new(new())).clone();
-    m.family.series.entry(key).or_insert(Slot::Series(series)).clone()
+    let series = m
+        .family
+        .by_values
+        .entry(values.clone())
+        .or_insert_with(|| Arc::new(new()))
+        .clone();
+    m.family
+        .series
+        .entry(key)
+        .or_insert(Slot::Series(series))
+        .clone()
 }

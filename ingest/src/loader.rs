@@ -446,7 +446,8 @@ impl LoadedObject {
     /// The map is missing, is not a ring buffer, or cannot be mapped.
     pub fn take_ring(&mut self, map: &str) -> Result<RingConsumer, IngestError> {
         match self.ebpf.take_map(map) {
-            Some(Map::RingBuf(data)) => RingConsumer::new(data).map_err(|e| self.map_error(map, format!("cannot map the ring: {e}"))),
+            Some(Map::RingBuf(data)) => RingConsumer::new(data)
+                .map_err(|e| self.map_error(map, format!("cannot map the ring: {e}"))),
             Some(_) => Err(self.map_error(map, "not a ring buffer (BPF_MAP_TYPE_RINGBUF)".into())),
             None => Err(self.map_error(map, "no such map in the object".into())),
         }

@@ -35,11 +35,23 @@ impl Mapping {
     fn new(fd: RawFd, len: usize, prot: i32, offset: usize) -> io::Result<Self> {
         // SAFETY: mapping a BPF ring buffer fd with the kernel's documented layout; the
         // result is checked and unmapped on drop.
-        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, offset as libc::off_t) };
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_SHARED,
+                fd,
+                offset as libc::off_t,
+            )
+        };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Self { ptr: NonNull::new(ptr.cast()).unwrap(), len })
+        Ok(Self {
+            ptr: NonNull::new(ptr.cast()).unwrap(),
+            len,
+        })
     }
 }
 
@@ -70,13 +82,21 @@ impl RingConsumer {
     pub fn new(map: MapData) -> io::Result<Self> {
         let size = map.info().map_err(io::Error::other)?.max_entries() as usize;
         if !size.is_power_of_two() {
-            return Err(io::Error::other(format!("ring buffer size {size} is not a power of two")));
+            return Err(io::Error::other(format!(
+                "ring buffer size {size} is not a power of two"
+            )));
         }
         let page = page_size();
         let fd = map.fd().as_fd().as_raw_fd();
         let consumer = Mapping::new(fd, page, libc::PROT_READ | libc::PROT_WRITE, 0)?;
         let producer = Mapping::new(fd, page + 2 * size, libc::PROT_READ, page)?;
-        Ok(Self { map, consumer, producer, mask: size as u64 - 1, page })
+        Ok(Self {
+            map,
+            consumer,
+            producer,
+            mask: size as u64 - 1,
+            page,
+        })
     }
 
     fn consumer_pos(&self) -> &AtomicU64 {
@@ -99,7 +119,12 @@ impl RingConsumer {
         let mut records = 0;
         while cons < prod {
             // SAFETY: cons & mask is inside the data area and headers are 8-byte aligned.
-            let header = unsafe { self.producer.ptr.as_ptr().add(self.page + (cons & self.mask) as usize) };
+            let header = unsafe {
+                self.producer
+                    .ptr
+                    .as_ptr()
+                    .add(self.page + (cons & self.mask) as usize)
+            };
             let len = unsafe { &*header.cast::<AtomicU32>() }.load(Ordering::Acquire);
             if len & BUSY != 0 {
                 break;
@@ -108,7 +133,9 @@ impl RingConsumer {
             if len & DISCARD == 0 {
                 // SAFETY: the record follows its header; the double mapping keeps it
                 // contiguous even when it wraps.
-                f(unsafe { std::slice::from_raw_parts(header.add(HEADER as usize), size as usize) });
+                f(unsafe {
+                    std::slice::from_raw_parts(header.add(HEADER as usize), size as usize)
+                });
                 records += 1;
             }
             cons += (size + HEADER).next_multiple_of(8);

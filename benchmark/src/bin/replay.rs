@@ -79,7 +79,8 @@ fn batches(series: u32, records: u64) -> Vec<Batch> {
 fn run(workers: usize, series: u32, events: u64, enricher: &Arc<Enricher>) -> (f64, f64) {
     let p: Program = serde_yaml_ng::from_str(CONFIG).unwrap();
     let registry = Arc::new(Registry::new(KubeLabelNames::default(), "bench".into()));
-    let plan = ProgramPlan::compile(&p.rings, &p.metrics, &registry, &Context::default(), "").unwrap();
+    let plan =
+        ProgramPlan::compile(&p.rings, &p.metrics, &registry, &Context::default(), "").unwrap();
     let streams = Arc::new(vec![Stream {
         program: "replay".into(),
         plan: Arc::new(plan.streams.into_iter().next().unwrap()),
@@ -91,8 +92,20 @@ fn run(workers: usize, series: u32, events: u64, enricher: &Arc<Enricher>) -> (f
     let per_pass: u64 = timed.iter().map(|b| u64::from(b.len)).sum();
     let passes = events.div_ceil(per_pass);
     let (tx, rx) = crossbeam_channel::bounded(64);
-    let settings = Settings { enrich_workers: workers, aggregate_workers: workers, queue_batches: 64 };
-    let pipeline = Pipeline::start(rx, streams.clone(), registry, enricher.clone(), None, settings).unwrap();
+    let settings = Settings {
+        enrich_workers: workers,
+        aggregate_workers: workers,
+        queue_batches: 64,
+    };
+    let pipeline = Pipeline::start(
+        rx,
+        streams.clone(),
+        registry,
+        enricher.clone(),
+        None,
+        settings,
+    )
+    .unwrap();
     let warm_records: u64 = warm.iter().map(|b| u64::from(b.len)).sum();
     for b in warm {
         tx.send(b).unwrap();
@@ -100,7 +113,11 @@ fn run(workers: usize, series: u32, events: u64, enricher: &Arc<Enricher>) -> (f
     let wait_for = |n: u64| {
         let deadline = Instant::now() + Duration::from_secs(120);
         while streams[0].stats.records.load(Relaxed) < n {
-            assert!(Instant::now() < deadline, "stalled at {} of {n} records", streams[0].stats.records.load(Relaxed));
+            assert!(
+                Instant::now() < deadline,
+                "stalled at {} of {n} records",
+                streams[0].stats.records.load(Relaxed)
+            );
             std::thread::sleep(Duration::from_micros(200));
         }
     };
@@ -121,15 +138,28 @@ fn run(workers: usize, series: u32, events: u64, enricher: &Arc<Enricher>) -> (f
 }
 
 fn main() {
-    let events: u64 = std::env::args().nth(1).map_or(20_000_000, |s| s.parse().unwrap());
+    let events: u64 = std::env::args()
+        .nth(1)
+        .map_or(20_000_000, |s| s.parse().unwrap());
     let cgroups = CgroupFs::discover().expect("a cgroup2 mount");
-    let enricher = Arc::new(Enricher::new(cgroups, PodLogs::new("/nonexistent", "/nonexistent")));
+    let enricher = Arc::new(Enricher::new(
+        cgroups,
+        PodLogs::new("/nonexistent", "/nonexistent"),
+    ));
     println!("replay: {events} events per run, 24-byte records, one exp2 histogram with a uint label, 16 cgroups");
-    println!("{:>8} {:>9} {:>14} {:>20} {:>14}", "workers", "series", "events/s", "events/s per core", "ns/event/core");
+    println!(
+        "{:>8} {:>9} {:>14} {:>20} {:>14}",
+        "workers", "series", "events/s", "events/s per core", "ns/event/core"
+    );
     for series in [1u32, 1_000, 100_000] {
         for workers in [1usize, 2, 4] {
             let (rate, per_core) = run(workers, series, events, &enricher);
-            println!("{workers:>8} {series:>9} {:>14.0} {:>20.0} {:>14.1}", rate, per_core, 1e9 / per_core);
+            println!(
+                "{workers:>8} {series:>9} {:>14.0} {:>20.0} {:>14.1}",
+                rate,
+                per_core,
+                1e9 / per_core
+            );
         }
     }
 }
