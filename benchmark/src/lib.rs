@@ -48,3 +48,52 @@ pub fn tcp_record(cgroup: u64, latency_ns: u64, first_octet: u8) -> [u8; 24] {
     r[18] = first_octet;
     r
 }
+
+/// Compiles BPF C `source` with the project's headers into `<dir>/<name>.bpf.o`.
+///
+/// # Panics
+/// clang is missing or the source does not compile.
+pub fn compile_bpf(dir: &std::path::Path, name: &str, source: &str) -> std::path::PathBuf {
+    let src = dir.join(format!("{name}.bpf.c"));
+    std::fs::write(&src, source).unwrap();
+    let out = dir.join(format!("{name}.bpf.o"));
+    let include = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bpf/include");
+    let arch = if cfg!(target_arch = "x86_64") { "x86" } else { "arm64" };
+    let status = std::process::Command::new("clang")
+        .args(["-O2", "-g", "-target", "bpf", &format!("-D__TARGET_ARCH_{arch}"), "-I"])
+        .arg(include)
+        .arg("-c")
+        .arg(&src)
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .expect("clang");
+    assert!(status.success(), "clang failed on {name}");
+    out
+}
+
+/// Pins the calling thread to one CPU.
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Median ns per `getpid()` over `runs` runs of `calls` calls on this thread.
+pub fn getpid_ns(calls: u64, runs: usize) -> f64 {
+    let mut samples: Vec<f64> = (0..runs)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            for _ in 0..calls {
+                // SAFETY: getpid has no preconditions.
+                unsafe { libc::syscall(libc::SYS_getpid) };
+            }
+            t.elapsed().as_nanos() as f64 / calls as f64
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    samples[runs / 2]
+}

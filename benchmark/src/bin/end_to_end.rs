@@ -1,0 +1,222 @@
+//! End to end: a `getpid()` load on CPU 0, each call one ring record; the consumer on
+//! CPU 1. Runs, side by side: no probe; the exporter (events aggregated into a
+//! histogram with pod labels); the floor (a minimal libbpf consumer that only counts
+//! records, benchmark/floor/floor.c, same object); bpftrace aggregating the same probe
+//! in the kernel with hist(). Prints events/s, consumer CPU, drops, ns per event, and
+//! the exporter's ratios to the floor.
+//!
+//! `sudo cargo run --release -p benchmark --bin end_to_end [seconds]` (needs libbpf-dev;
+//! bpftrace optional). Build the exporter first: `cargo build --release`.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use benchmark::{compile_bpf, pin_to_cpu};
+
+const PROGRAM: &str = r#"#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include "output.bpf.h"
+OUTPUT_RINGBUF(events);
+SEC("tracepoint/syscalls/sys_enter_getpid")
+int on_getpid(void *ctx)
+{
+	__u64 *r = output_reserve(&events, 16);
+	if (r) {
+		r[0] = bpf_get_current_cgroup_id();
+		r[1] = bpf_ktime_get_ns() & 0xfffff;
+		output_submit(&events, r);
+	}
+	return 0;
+}
+char LICENSE[] SEC("license") = "GPL";
+"#;
+
+const CONFIG: &str = r#"
+rings:
+  - name: events
+    cgroup_field: cgroup_id
+    fields: [{ name: cgroup_id, size: 8 }, { name: value, size: 8 }]
+metrics:
+  histograms:
+    - name: e2e_values
+      help: Values from getpid probes
+      ring: events
+      value: { field: value }
+      bucket_type: exp2
+      bucket_min: 0
+      bucket_max: 20
+"#;
+
+/// getpid() calls on this thread for `secs`; (calls, seconds).
+fn load(secs: f64) -> (u64, f64) {
+    let t = Instant::now();
+    let mut calls = 0u64;
+    loop {
+        for _ in 0..4096 {
+            // SAFETY: getpid has no preconditions.
+            unsafe { libc::syscall(libc::SYS_getpid) };
+        }
+        calls += 4096;
+        let e = t.elapsed().as_secs_f64();
+        if e >= secs {
+            return (calls, e);
+        }
+    }
+}
+
+/// CPU seconds used so far by process `pid` (all threads).
+fn cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let f: Vec<u64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    f.get(11).zip(f.get(12)).map_or(0.0, |(u, s)| (u + s) as f64 / hz)
+}
+
+fn on_cpu1(program: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new("taskset");
+    c.args(["-c", "1"]).arg(program).args(args);
+    c
+}
+
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn metric(page: &str, prefix: &str) -> f64 {
+    page.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+/// One measured run: (events delivered, consumer CPU s, drops, load calls, load s).
+struct Run {
+    delivered: f64,
+    cpu: f64,
+    drops: f64,
+    calls: u64,
+    secs: f64,
+}
+
+fn wait_line(child: &mut Child, want: &str) {
+    let out = child.stdout.as_mut().unwrap();
+    let mut reader = BufReader::new(out);
+    let mut line = String::new();
+    while reader.read_line(&mut line).unwrap() > 0 {
+        if line.contains(want) {
+            return;
+        }
+        line.clear();
+    }
+    panic!("consumer exited before {want:?}");
+}
+
+fn exporter_run(exporter: &Path, dir: &Path, secs: f64) -> Run {
+    let addr = "127.0.0.1:19599";
+    let mut child = on_cpu1(exporter, &["--config.dir", dir.to_str().unwrap(), "--config.names", "e2e", "--web.listen-address", addr])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "exporter did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = scrape(addr);
+    let c0 = cpu(child.id());
+    let (calls, s) = load(secs);
+    std::thread::sleep(Duration::from_millis(200));
+    let c1 = cpu(child.id());
+    let after = scrape(addr);
+    let _ = child.kill();
+    let _ = child.wait();
+    let delta = |p: &str| metric(&after, p) - metric(&before, p);
+    Run {
+        delivered: delta("ebpf_exporter_aggregate_records_total"),
+        cpu: c1 - c0,
+        drops: delta("ebpf_exporter_ring_reserve_failures_total") + delta("ebpf_exporter_ingest_queue_dropped_records_total"),
+        calls,
+        secs: s,
+    }
+}
+
+fn floor_run(floor: &Path, object: &Path, secs: f64) -> Run {
+    let mut child = on_cpu1(floor, &[object.to_str().unwrap(), "events"]).stdout(Stdio::piped()).spawn().unwrap();
+    wait_line(&mut child, "ready");
+    let c0 = cpu(child.id());
+    let (calls, s) = load(secs);
+    std::thread::sleep(Duration::from_millis(200));
+    let c1 = cpu(child.id());
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let count: f64 = String::from_utf8_lossy(&out.stdout).lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or(0.0);
+    Run { delivered: count, cpu: c1 - c0, drops: calls as f64 - count, calls, secs: s }
+}
+
+fn bpftrace_run(secs: f64) -> Option<Run> {
+    let script = "tracepoint:syscalls:sys_enter_getpid { @h = hist(nsecs & 0xfffff); }";
+    let mut child = on_cpu1(Path::new("bpftrace"), &["-e", script]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().ok()?;
+    wait_line(&mut child, "Attaching");
+    std::thread::sleep(Duration::from_millis(500));
+    let c0 = cpu(child.id());
+    let (calls, s) = load(secs);
+    let c1 = cpu(child.id());
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let _ = child.wait();
+    Some(Run { delivered: calls as f64, cpu: c1 - c0, drops: 0.0, calls, secs: s })
+}
+
+fn main() {
+    let secs: f64 = std::env::args().nth(1).map_or(5.0, |s| s.parse().unwrap());
+    let exporter = std::env::current_exe().unwrap().with_file_name("kube-ebpf-exporter");
+    assert!(exporter.exists(), "build the exporter first: cargo build --release");
+    let dir = std::env::temp_dir().join(format!("end-to-end-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let object = compile_bpf(&dir, "e2e", PROGRAM);
+    std::fs::write(dir.join("e2e.yaml"), CONFIG).unwrap();
+    let floor: PathBuf = dir.join("floor");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let built = Command::new("cc").args(["-O2", "-o"]).arg(&floor).arg(root.join("floor/floor.c")).arg("-lbpf").status().unwrap();
+    assert!(built.success(), "building the floor needs libbpf-dev");
+    pin_to_cpu(0);
+    load(0.5);
+    let (calls, s) = load(secs);
+    let base_ns = s * 1e9 / calls as f64;
+    println!("getpid() load on CPU 0 for {secs} s, one ring record per call; consumers on CPU 1");
+    println!("no probe: {:.2} M calls/s, {base_ns:.1} ns/call", calls as f64 / s / 1e6);
+    println!(
+        "{:<10} {:>10} {:>11} {:>11} {:>10} {:>13} {:>14}",
+        "consumer", "M calls/s", "added ns", "M events/s", "drops", "consumer CPU", "user ns/event"
+    );
+    let mut rows = Vec::new();
+    for (name, run) in [("exporter", Some(exporter_run(&exporter, &dir, secs))), ("floor", Some(floor_run(&floor, &object, secs))), ("bpftrace", bpftrace_run(secs))] {
+        let Some(r) = run else {
+            println!("{name:<10} (not installed)");
+            continue;
+        };
+        let added = r.secs * 1e9 / r.calls as f64 - base_ns;
+        let user_ns = r.cpu * 1e9 / r.delivered.max(1.0);
+        println!(
+            "{name:<10} {:>10.2} {added:>11.1} {:>11.2} {:>10.0} {:>12.1}% {user_ns:>14.1}",
+            r.calls as f64 / r.secs / 1e6,
+            r.delivered / r.secs / 1e6,
+            r.drops.max(0.0),
+            r.cpu / r.secs * 100.0
+        );
+        rows.push((name, added, user_ns));
+    }
+    if let (Some(e), Some(f)) = (rows.iter().find(|r| r.0 == "exporter"), rows.iter().find(|r| r.0 == "floor")) {
+        println!("exporter / floor: kernel-side added ns {:.2}x, user-space ns per event {:.2}x", e.1 / f.1, e.2 / f.2);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
