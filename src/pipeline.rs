@@ -186,13 +186,30 @@ fn enrich_worker(
         let mut index = Vec::with_capacity(batch.len as usize);
         slot.clear();
         per_shard.fill(0);
+        // Runs of records from one cgroup are the common case: skip the lookups.
+        let mut last: Option<(u64, u32, usize)> = None;
+        let mut last_pod = 0u32;
         for record in batch.records() {
-            let labels = cache.get(stream.plan.cgroup_id(record), now);
-            let i = *slot.entry(labels.id).or_insert_with(|| {
-                pods.push(labels.clone());
-                pods.len() as u32 - 1
-            });
-            per_shard[(labels.id % shards) as usize] += 1;
+            let cgroup = stream.plan.cgroup_id(record);
+            let (i, shard) = match last {
+                Some((c, i, shard)) if c == cgroup => (i, shard),
+                _ => {
+                    let labels = cache.get(cgroup, now);
+                    // Many cgroups share one label set (every non-pod cgroup has id 0).
+                    let i = match pods.get(last_pod as usize) {
+                        Some(p) if p.id == labels.id => last_pod,
+                        _ => *slot.entry(labels.id).or_insert_with(|| {
+                            pods.push(labels.clone());
+                            pods.len() as u32 - 1
+                        }),
+                    };
+                    last_pod = i;
+                    let shard = (labels.id % shards) as usize;
+                    last = Some((cgroup, i, shard));
+                    (i, shard)
+                }
+            };
+            per_shard[shard] += 1;
             index.push(i);
         }
         if let Some(tap) = tap {

@@ -50,12 +50,22 @@ impl Default for KubeLabelNames {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct SeriesKey {
     pod: u32,
     len: u8,
     bytes: [u8; MAX_KEY],
 }
+
+impl PartialEq for SeriesKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.pod == other.pod
+            && self.len == other.len
+            && self.bytes[..usize::from(self.len)] == other.bytes[..usize::from(other.len)]
+    }
+}
+
+impl Eq for SeriesKey {}
 
 impl Hash for SeriesKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
@@ -318,10 +328,20 @@ pub struct StreamStats {
     pub malformed: AtomicU64,
 }
 
+/// A worker's series of one metric.
+#[derive(Default)]
+struct Local {
+    index: FxHashMap<SeriesKey, u32>,
+    slots: Vec<Slot>,
+    last: Option<(SeriesKey, u32)>,
+}
+
 /// A worker's view of one stream: its plan and a lock-free local series cache.
 pub struct StreamAggregator {
     plan: Arc<StreamPlan>,
-    local: Vec<FxHashMap<SeriesKey, Slot>>,
+    /// Per metric: key → index into `slots`, the slots, and the last key with its
+    /// index (runs of records for one series skip the hash lookup).
+    local: Vec<Local>,
     stats: Arc<StreamStats>,
     node: String,
     records: u64,
@@ -332,7 +352,7 @@ impl StreamAggregator {
     /// A worker-local aggregator for `plan`, counting into `stats`.
     pub fn new(plan: Arc<StreamPlan>, registry: &Registry, stats: Arc<StreamStats>) -> Self {
         Self {
-            local: plan.metrics.iter().map(|_| FxHashMap::default()).collect(),
+            local: plan.metrics.iter().map(|_| Local::default()).collect(),
             plan,
             stats,
             node: registry.node.clone(),
@@ -362,19 +382,29 @@ impl StreamAggregator {
             };
             let mut at = 0;
             for l in &m.labels {
-                key.bytes[at..at + l.span.size]
-                    .copy_from_slice(&record[l.span.offset..l.span.offset + l.span.size]);
+                key.bytes[at..at + l.span.size].copy_from_slice(l.span.bytes(record));
                 at += l.span.size;
             }
             key.len = at as u8;
-            let series = match local.get(&key) {
-                Some(s) => s,
-                None => {
-                    let s = shared_series(m, key, record, pod, &self.node);
-                    local.entry(key).or_insert(s)
+            let index = match local.last {
+                Some((k, i)) if k == key => i,
+                _ => {
+                    let i = match local.index.get(&key) {
+                        Some(&i) => i,
+                        None => {
+                            local
+                                .slots
+                                .push(shared_series(m, key, record, pod, &self.node));
+                            let i = local.slots.len() as u32 - 1;
+                            local.index.insert(key, i);
+                            i
+                        }
+                    };
+                    local.last = Some((key, i));
+                    i
                 }
             };
-            let series = match series {
+            let series = match &local.slots[index as usize] {
                 Slot::Series(s) => s,
                 Slot::Filtered => {
                     m.family.filtered.fetch_add(1, Relaxed);
@@ -386,11 +416,25 @@ impl StreamAggregator {
                 }
             };
             let raw = m.value.map_or(1, |v| v.uint(record));
-            if m.family.histogram {
-                let i = m.raw_bounds.partition_point(|&b| b < raw);
-                series.buckets[i].fetch_add(1, Relaxed);
+            let bucket = m
+                .family
+                .histogram
+                .then(|| &series.buckets[m.raw_bounds.partition_point(|&b| b < raw)]);
+            if m.family.pod_labels {
+                // One writer per series (the pipeline shards by pod and every series
+                // names its pod): plain loads and stores, no locked instructions.
+                if let Some(b) = bucket {
+                    b.store(b.load(Relaxed) + 1, Relaxed);
+                }
+                series
+                    .sum
+                    .store(series.sum.load(Relaxed).wrapping_add(raw), Relaxed);
+            } else {
+                if let Some(b) = bucket {
+                    b.fetch_add(1, Relaxed);
+                }
+                series.sum.fetch_add(raw, Relaxed);
             }
-            series.sum.fetch_add(raw, Relaxed);
         }
     }
 

@@ -58,9 +58,20 @@ pub fn compile_bpf(dir: &std::path::Path, name: &str, source: &str) -> std::path
     std::fs::write(&src, source).unwrap();
     let out = dir.join(format!("{name}.bpf.o"));
     let include = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bpf/include");
-    let arch = if cfg!(target_arch = "x86_64") { "x86" } else { "arm64" };
+    let arch = if cfg!(target_arch = "x86_64") {
+        "x86"
+    } else {
+        "arm64"
+    };
     let status = std::process::Command::new("clang")
-        .args(["-O2", "-g", "-target", "bpf", &format!("-D__TARGET_ARCH_{arch}"), "-I"])
+        .args([
+            "-O2",
+            "-g",
+            "-target",
+            "bpf",
+            &format!("-D__TARGET_ARCH_{arch}"),
+            "-I",
+        ])
         .arg(include)
         .arg("-c")
         .arg(&src)

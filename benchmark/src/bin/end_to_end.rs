@@ -72,10 +72,15 @@ fn load(secs: f64) -> (u64, f64) {
 fn cpu(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-    let f: Vec<u64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    f.get(11).zip(f.get(12)).map_or(0.0, |(u, s)| (u + s) as f64 / hz)
+    f.get(11)
+        .zip(f.get(12))
+        .map_or(0.0, |(u, s)| (u + s) as f64 / hz)
 }
 
 fn on_cpu1(program: &Path, args: &[&str]) -> Command {
@@ -94,7 +99,10 @@ fn scrape(addr: &str) -> String {
 }
 
 fn metric(page: &str, prefix: &str) -> f64 {
-    page.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    page.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// One measured run: (events delivered, consumer CPU s, drops, load calls, load s).
@@ -121,10 +129,20 @@ fn wait_line(child: &mut Child, want: &str) {
 
 fn exporter_run(exporter: &Path, dir: &Path, secs: f64) -> Run {
     let addr = "127.0.0.1:19599";
-    let mut child = on_cpu1(exporter, &["--config.dir", dir.to_str().unwrap(), "--config.names", "e2e", "--web.listen-address", addr])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = on_cpu1(
+        exporter,
+        &[
+            "--config.dir",
+            dir.to_str().unwrap(),
+            "--config.names",
+            "e2e",
+            "--web.listen-address",
+            addr,
+        ],
+    )
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(addr).is_err() {
         assert!(Instant::now() < deadline, "exporter did not start");
@@ -142,14 +160,18 @@ fn exporter_run(exporter: &Path, dir: &Path, secs: f64) -> Run {
     Run {
         delivered: delta("ebpf_exporter_aggregate_records_total"),
         cpu: c1 - c0,
-        drops: delta("ebpf_exporter_ring_reserve_failures_total") + delta("ebpf_exporter_ingest_queue_dropped_records_total"),
+        drops: delta("ebpf_exporter_ring_reserve_failures_total")
+            + delta("ebpf_exporter_ingest_queue_dropped_records_total"),
         calls,
         secs: s,
     }
 }
 
 fn floor_run(floor: &Path, object: &Path, secs: f64) -> Run {
-    let mut child = on_cpu1(floor, &[object.to_str().unwrap(), "events"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = on_cpu1(floor, &[object.to_str().unwrap(), "events"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     wait_line(&mut child, "ready");
     let c0 = cpu(child.id());
     let (calls, s) = load(secs);
@@ -158,13 +180,27 @@ fn floor_run(floor: &Path, object: &Path, secs: f64) -> Run {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
-    let count: f64 = String::from_utf8_lossy(&out.stdout).lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or(0.0);
-    Run { delivered: count, cpu: c1 - c0, drops: calls as f64 - count, calls, secs: s }
+    let count: f64 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0.0);
+    Run {
+        delivered: count,
+        cpu: c1 - c0,
+        drops: calls as f64 - count,
+        calls,
+        secs: s,
+    }
 }
 
 fn bpftrace_run(secs: f64) -> Option<Run> {
     let script = "tracepoint:syscalls:sys_enter_getpid { @h = hist(nsecs & 0xfffff); }";
-    let mut child = on_cpu1(Path::new("bpftrace"), &["-e", script]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().ok()?;
+    let mut child = on_cpu1(Path::new("bpftrace"), &["-e", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
     wait_line(&mut child, "Attaching");
     std::thread::sleep(Duration::from_millis(500));
     let c0 = cpu(child.id());
@@ -173,33 +209,57 @@ fn bpftrace_run(secs: f64) -> Option<Run> {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let _ = child.wait();
-    Some(Run { delivered: calls as f64, cpu: c1 - c0, drops: 0.0, calls, secs: s })
+    Some(Run {
+        delivered: calls as f64,
+        cpu: c1 - c0,
+        drops: 0.0,
+        calls,
+        secs: s,
+    })
 }
 
 fn main() {
     let secs: f64 = std::env::args().nth(1).map_or(5.0, |s| s.parse().unwrap());
-    let exporter = std::env::current_exe().unwrap().with_file_name("kube-ebpf-exporter");
-    assert!(exporter.exists(), "build the exporter first: cargo build --release");
+    let exporter = std::env::current_exe()
+        .unwrap()
+        .with_file_name("kube-ebpf-exporter");
+    assert!(
+        exporter.exists(),
+        "build the exporter first: cargo build --release"
+    );
     let dir = std::env::temp_dir().join(format!("end-to-end-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let object = compile_bpf(&dir, "e2e", PROGRAM);
     std::fs::write(dir.join("e2e.yaml"), CONFIG).unwrap();
     let floor: PathBuf = dir.join("floor");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let built = Command::new("cc").args(["-O2", "-o"]).arg(&floor).arg(root.join("floor/floor.c")).arg("-lbpf").status().unwrap();
+    let built = Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(&floor)
+        .arg(root.join("floor/floor.c"))
+        .arg("-lbpf")
+        .status()
+        .unwrap();
     assert!(built.success(), "building the floor needs libbpf-dev");
     pin_to_cpu(0);
     load(0.5);
     let (calls, s) = load(secs);
     let base_ns = s * 1e9 / calls as f64;
     println!("getpid() load on CPU 0 for {secs} s, one ring record per call; consumers on CPU 1");
-    println!("no probe: {:.2} M calls/s, {base_ns:.1} ns/call", calls as f64 / s / 1e6);
+    println!(
+        "no probe: {:.2} M calls/s, {base_ns:.1} ns/call",
+        calls as f64 / s / 1e6
+    );
     println!(
         "{:<10} {:>10} {:>11} {:>11} {:>10} {:>13} {:>14}",
         "consumer", "M calls/s", "added ns", "M events/s", "drops", "consumer CPU", "user ns/event"
     );
     let mut rows = Vec::new();
-    for (name, run) in [("exporter", Some(exporter_run(&exporter, &dir, secs))), ("floor", Some(floor_run(&floor, &object, secs))), ("bpftrace", bpftrace_run(secs))] {
+    for (name, run) in [
+        ("exporter", Some(exporter_run(&exporter, &dir, secs))),
+        ("floor", Some(floor_run(&floor, &object, secs))),
+        ("bpftrace", bpftrace_run(secs)),
+    ] {
         let Some(r) = run else {
             println!("{name:<10} (not installed)");
             continue;
@@ -215,8 +275,15 @@ fn main() {
         );
         rows.push((name, added, user_ns));
     }
-    if let (Some(e), Some(f)) = (rows.iter().find(|r| r.0 == "exporter"), rows.iter().find(|r| r.0 == "floor")) {
-        println!("exporter / floor: kernel-side added ns {:.2}x, user-space ns per event {:.2}x", e.1 / f.1, e.2 / f.2);
+    if let (Some(e), Some(f)) = (
+        rows.iter().find(|r| r.0 == "exporter"),
+        rows.iter().find(|r| r.0 == "floor"),
+    ) {
+        println!(
+            "exporter / floor: kernel-side added ns {:.2}x, user-space ns per event {:.2}x",
+            e.1 / f.1,
+            e.2 / f.2
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

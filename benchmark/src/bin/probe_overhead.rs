@@ -18,9 +18,24 @@ use ingest::{LoadOptions, LoadedObject};
 
 /// (attach type, section, program head, getpid filter).
 const ATTACH: &[(&str, &str, &str, &str)] = &[
-    ("tracepoint", "tracepoint/syscalls/sys_enter_getpid", "int probe(void *ctx)", ""),
-    ("raw_tp", "raw_tp/sys_enter", "int probe(struct bpf_raw_tracepoint_args *ctx)", "if (ctx->args[1] != 39) return 0;"),
-    ("tp_btf", "tp_btf/sys_enter", "int BPF_PROG(probe, struct pt_regs *regs, long id)", "if (id != 39) return 0;"),
+    (
+        "tracepoint",
+        "tracepoint/syscalls/sys_enter_getpid",
+        "int probe(void *ctx)",
+        "",
+    ),
+    (
+        "raw_tp",
+        "raw_tp/sys_enter",
+        "int probe(struct bpf_raw_tracepoint_args *ctx)",
+        "if (ctx->args[1] != 39) return 0;",
+    ),
+    (
+        "tp_btf",
+        "tp_btf/sys_enter",
+        "int BPF_PROG(probe, struct pt_regs *regs, long id)",
+        "if (id != 39) return 0;",
+    ),
 ];
 
 /// (probe, body).
@@ -50,7 +65,9 @@ char LICENSE[] SEC("license") = "GPL";
 }
 
 fn main() {
-    let calls: u64 = std::env::args().nth(1).map_or(2_000_000, |s| s.parse().unwrap());
+    let calls: u64 = std::env::args()
+        .nth(1)
+        .map_or(2_000_000, |s| s.parse().unwrap());
     let dir = std::env::temp_dir().join(format!("probe-overhead-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     pin_to_cpu(0);
@@ -58,14 +75,22 @@ fn main() {
     getpid_ns(calls / 4, 1); // warm up
     let base = getpid_ns(calls, runs);
     println!("getpid() loop on CPU 0, {calls} calls per run, median of {runs} runs; ring consumer on CPU 1");
-    println!("{:<12} {:<14} {:>10} {:>12}", "attach", "probe", "ns/call", "overhead ns");
+    println!(
+        "{:<12} {:<14} {:>10} {:>12}",
+        "attach", "probe", "ns/call", "overhead ns"
+    );
     println!("{:<12} {:<14} {:>10.1} {:>12}", "-", "no probe", base, "-");
     for (attach, section, head, filter) in ATTACH {
         for (probe, body) in BODIES {
             let name = format!("{attach}-{}", probe.replace(' ', "-"));
             let object = compile_bpf(&dir, &name, &source(section, head, filter, body));
             let bytes = std::fs::read(&object).unwrap();
-            let opts = LoadOptions { rings: vec!["events".into()], ring_bytes: Some(8 << 20), wakeup_bytes: 8 << 20, ..Default::default() };
+            let opts = LoadOptions {
+                rings: vec!["events".into()],
+                ring_bytes: Some(8 << 20),
+                wakeup_bytes: 8 << 20,
+                ..Default::default()
+            };
             let mut loaded = match LoadedObject::load(&name, &bytes, &opts) {
                 Ok(l) => l,
                 Err(e) => {
@@ -90,8 +115,15 @@ fn main() {
             consumer.join().unwrap();
             let drops = loaded.ring_drops();
             drop(loaded);
-            let note = if drops > 0 { format!("  ({drops} ring reserve failures)") } else { String::new() };
-            println!("{attach:<12} {probe:<14} {ns:>10.1} {:>12.1}{note}", ns - base);
+            let note = if drops > 0 {
+                format!("  ({drops} ring reserve failures)")
+            } else {
+                String::new()
+            };
+            println!(
+                "{attach:<12} {probe:<14} {ns:>10.1} {:>12.1}{note}",
+                ns - base
+            );
         }
     }
     println!("not measured here: kprobe and fentry (this kernel has neither)");
