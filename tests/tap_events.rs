@@ -194,14 +194,27 @@ fn a_slow_subscriber_loses_tap_events_never_metrics() {
         Some(40.0),
         "{page}"
     );
-    // Every event for this subscriber is either delivered (queued) or counted as lost.
-    let dropped = sample(
-        &page,
-        "ebpf_exporter_tap_dropped_events_total",
-        "reason=\"slow_subscriber\"",
-    )
-    .unwrap();
-    let delivered = sample(&page, "ebpf_exporter_tap_events_total", "").unwrap();
+    // Every event for this subscriber is either delivered (queued) or counted as lost,
+    // once the tap thread (which runs behind the metrics) has caught up.
+    let tap_counts = |page: &str| {
+        let dropped = sample(
+            page,
+            "ebpf_exporter_tap_dropped_events_total",
+            "reason=\"slow_subscriber\"",
+        )
+        .unwrap_or(0.0);
+        (
+            sample(page, "ebpf_exporter_tap_events_total", "").unwrap_or(0.0),
+            dropped,
+        )
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut page = exporter.metrics();
+    while tap_counts(&page).0 + tap_counts(&page).1 < 40.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        page = exporter.metrics();
+    }
+    let (delivered, dropped) = tap_counts(&page);
     assert!(dropped > 0.0, "{page}");
     assert_eq!(delivered + dropped, 40.0, "{page}");
 }
