@@ -375,14 +375,7 @@ async fn serve(args: Args) -> Result<()> {
         aggregate_workers: p.aggregate_workers,
         queue_batches: p.queue_batches,
     };
-    let pipeline = Pipeline::start(
-        rx,
-        streams.clone(),
-        registry.clone(),
-        enricher,
-        tap.clone(),
-        settings,
-    )?;
+    let pipeline = Pipeline::start(rx, streams.clone(), enricher, tap.clone(), settings)?;
     tracing::info!(
         ingest = p.ingest_workers,
         enrich = p.enrich_workers,
@@ -561,9 +554,16 @@ fn sink_table(
     }
 }
 
+/// `/metrics`: rendered on a blocking thread and streamed in chunks, so a scrape of
+/// many series never holds the whole page.
 async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
-    let out = tokio::task::spawn_blocking(move || {
-        let mut out = String::with_capacity(64 * 1024);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut emit = |chunk: String| {
+            // A client that went away just stops reading.
+            let _ = tx.blocking_send(Bytes::from(chunk));
+        };
+        let mut out = aggregate::Sink::chunked(256 * 1024, &mut emit);
         s.registry.render(&mut out);
         let running = s.running.lock().unwrap_or_else(|e| e.into_inner());
         for r in running.iter() {
@@ -593,15 +593,18 @@ async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
             s.tap.as_deref(),
         );
         out.push_str(&s.telemetry.render());
-        out
-    })
-    .await
-    .unwrap_or_default();
+        let rest = out.finish();
+        emit(rest);
+    });
+    let body = axum::body::Body::from_stream(tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+        Ok::<_, std::convert::Infallible>,
+    ));
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        out,
+        body,
     )
 }

@@ -19,7 +19,7 @@ use std::{
     time::Instant,
 };
 
-use aggregate::{Registry, StreamAggregator, StreamPlan, StreamStats};
+use aggregate::{StreamAggregator, StreamPlan, StreamStats};
 use crossbeam_channel::{Receiver, Sender};
 use enrich::{Cache, Enricher, PodLabels};
 use ingest::Batch;
@@ -86,7 +86,6 @@ impl Pipeline {
     pub fn start(
         input: Receiver<Batch>,
         streams: Arc<Vec<Stream>>,
-        registry: Arc<Registry>,
         enricher: Arc<Enricher>,
         tap: Option<Arc<tap::Tap>>,
         settings: Settings,
@@ -99,8 +98,8 @@ impl Pipeline {
         for shard in 0..shards {
             let (tx, rx) = crossbeam_channel::bounded(settings.queue_batches.max(1));
             aggregate_queues.push(tx);
-            let (streams, registry, stats) = (streams.clone(), registry.clone(), aggregate.clone());
-            let worker = move || aggregate_worker(rx, &streams, &registry, &stats, shard, shards);
+            let (streams, stats) = (streams.clone(), aggregate.clone());
+            let worker = move || aggregate_worker(rx, &streams, &stats, shard, shards);
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("aggregate-{shard}"))
@@ -236,14 +235,13 @@ fn enrich_worker(
 fn aggregate_worker(
     input: Receiver<Arc<Enriched>>,
     streams: &[Stream],
-    registry: &Registry,
     stats: &StageStats,
     shard: usize,
     shards: usize,
 ) {
     let mut aggs: Vec<StreamAggregator> = streams
         .iter()
-        .map(|s| StreamAggregator::new(s.plan.clone(), registry, s.stats.clone()))
+        .map(|s| StreamAggregator::new(s.plan.clone(), s.stats.clone()))
         .collect();
     let shards = shards as u32;
     for e in input {

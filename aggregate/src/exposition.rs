@@ -31,6 +31,58 @@ pub fn format_float(f: f64) -> String {
     )
 }
 
+/// Where exposition text goes: a buffer handed on in chunks of about `limit` bytes, so
+/// a scrape of many series never holds the whole page in memory.
+pub struct Sink<'a> {
+    buf: String,
+    limit: usize,
+    emit: Option<&'a mut dyn FnMut(String)>,
+}
+
+impl<'a> Sink<'a> {
+    /// A sink that passes on chunks of at least `limit` bytes to `emit`.
+    pub fn chunked(limit: usize, emit: &'a mut dyn FnMut(String)) -> Self {
+        Self {
+            buf: String::with_capacity(limit + 4096),
+            limit,
+            emit: Some(emit),
+        }
+    }
+
+    /// A sink that keeps everything (tests, small pages).
+    pub fn buffer() -> Self {
+        Self {
+            buf: String::new(),
+            limit: usize::MAX,
+            emit: None,
+        }
+    }
+
+    pub(crate) fn buf(&mut self) -> &mut String {
+        &mut self.buf
+    }
+
+    /// Hands on the buffer if it is over the limit (called between series).
+    pub(crate) fn series_done(&mut self) {
+        if self.buf.len() >= self.limit {
+            if let Some(emit) = &mut self.emit {
+                emit(std::mem::take(&mut self.buf));
+            }
+        }
+    }
+
+    /// Appends text written elsewhere (self-metrics).
+    pub fn push_str(&mut self, text: &str) {
+        self.buf.push_str(text);
+        self.series_done();
+    }
+
+    /// What is left in the buffer.
+    pub fn finish(self) -> String {
+        self.buf
+    }
+}
+
 /// Escapes a label value (`\`, `"` and newline).
 pub(crate) fn escape_into(out: &mut String, value: &str) {
     for c in value.chars() {

@@ -16,7 +16,7 @@ mod registry;
 mod stream;
 mod table;
 
-pub use exposition::format_float;
+pub use exposition::{format_float, Sink};
 pub use program::ProgramPlan;
 pub use registry::{DecodeFailures, KubeLabelNames, Registry, StreamAggregator, StreamStats};
 pub use stream::{FieldView, Raw, Source, StreamPlan};

@@ -19,7 +19,7 @@ use rustc_hash::FxHashMap;
 use crate::{
     buckets,
     decoder::DecodeError,
-    exposition::{self, format_float},
+    exposition::{self, format_float, Sink},
     stream::{MetricPlan, StreamPlan},
 };
 
@@ -76,8 +76,9 @@ impl Hash for SeriesKey {
 
 #[derive(Debug)]
 pub(crate) struct Series {
-    /// Label values in family order (config labels, then pod labels, then node).
-    values: Vec<String>,
+    /// The pod whose labels (and the node's) follow the config's labels (kept as the
+    /// family's map key), for families that carry them.
+    pod: Option<Arc<PodLabels>>,
     /// Per-bucket counts, `+Inf` last; empty for counters.
     buckets: Box<[AtomicU64]>,
     /// Sum of raw values (counter value for counters).
@@ -99,7 +100,7 @@ pub(crate) struct Family {
     series: DashMap<SeriesKey, Slot>,
     /// Series by label values: keys that decode alike (`inet_subnet` reads one byte of
     /// two for IPv4, `static_map` merges values) share one series.
-    by_values: DashMap<Vec<String>, Arc<Series>>,
+    by_values: DashMap<(u32, Box<[String]>), Arc<Series>>,
     /// Events left out because a filter decoder (`regexp`) dropped their labels.
     filtered: AtomicU64,
     /// Events left out because a label's decoder rejected its bytes, per config label.
@@ -210,8 +211,8 @@ impl Registry {
         Ok(family)
     }
 
-    /// Appends the text exposition of every family.
-    pub fn render(&self, out: &mut String) {
+    /// Writes the text exposition of every family.
+    pub fn render(&self, out: &mut Sink) {
         let mut families = self
             .families
             .lock()
@@ -219,7 +220,7 @@ impl Registry {
             .clone();
         families.sort_by(|a, b| a.name.cmp(&b.name));
         for f in families {
-            f.render(out);
+            f.render(out, &self.node);
         }
     }
 
@@ -270,18 +271,42 @@ pub(crate) enum Slot {
 }
 
 impl Family {
-    fn render(&self, out: &mut String) {
-        let mut series: Vec<Arc<Series>> =
-            self.by_values.iter().map(|e| e.value().clone()).collect();
+    /// The value of label `i` (family order: config labels, then pod labels and node).
+    fn value<'a>(labels: &'a [String], s: &'a Series, node: &'a str, i: usize) -> &'a str {
+        let n = labels.len();
+        if i < n {
+            return &labels[i];
+        }
+        match (&s.pod, i - n) {
+            (Some(p), 0) => &p.namespace,
+            (Some(p), 1) => &p.pod,
+            (Some(p), 2) => &p.container,
+            _ => node,
+        }
+    }
+
+    fn render(&self, out: &mut Sink, node: &str) {
+        let mut series: Vec<(Box<[String]>, Arc<Series>)> = self
+            .by_values
+            .iter()
+            .map(|e| (e.key().1.clone(), e.value().clone()))
+            .collect();
         if series.is_empty() {
             return;
         }
-        let sorted = |s: &Series| -> Vec<String> {
-            self.order.iter().map(|&i| s.values[i].clone()).collect()
-        };
-        series.sort_by_cached_key(|s| sorted(s));
+        fn sorted<'a>(
+            order: &[usize],
+            (labels, s): &'a (Box<[String]>, Arc<Series>),
+            node: &'a str,
+        ) -> Vec<&'a str> {
+            order
+                .iter()
+                .map(|&i| Family::value(labels, s, node, i))
+                .collect()
+        }
+        series.sort_by(|a, b| sorted(&self.order, a, node).cmp(&sorted(&self.order, b, node)));
         exposition::header(
-            out,
+            out.buf(),
             &self.name,
             &self.help,
             if self.histogram {
@@ -291,14 +316,16 @@ impl Family {
             },
         );
         let bounds: Vec<String> = self.bounds.iter().map(|&b| format_float(b)).collect();
-        for s in series {
-            let values = sorted(&s);
-            let values: Vec<&str> = values.iter().map(String::as_str).collect();
+        let mut counts = Vec::with_capacity(bounds.len() + 1);
+        for entry in &series {
+            let values = sorted(&self.order, entry, node);
+            let s = &entry.1;
             let sum = buckets::scaled(s.sum.load(Relaxed), self.scale);
             if self.histogram {
-                let counts: Vec<u64> = s.buckets.iter().map(|b| b.load(Relaxed)).collect();
+                counts.clear();
+                counts.extend(s.buckets.iter().map(|b| b.load(Relaxed)));
                 exposition::histogram(
-                    out,
+                    out.buf(),
                     &self.name,
                     &self.sorted_names,
                     &values,
@@ -308,13 +335,14 @@ impl Family {
                 );
             } else {
                 exposition::sample(
-                    out,
+                    out.buf(),
                     &self.name,
                     &self.sorted_names,
                     &values,
                     &format_float(sum),
                 );
             }
+            out.series_done();
         }
     }
 }
@@ -343,19 +371,17 @@ pub struct StreamAggregator {
     /// index (runs of records for one series skip the hash lookup).
     local: Vec<Local>,
     stats: Arc<StreamStats>,
-    node: String,
     records: u64,
     malformed: u64,
 }
 
 impl StreamAggregator {
     /// A worker-local aggregator for `plan`, counting into `stats`.
-    pub fn new(plan: Arc<StreamPlan>, registry: &Registry, stats: Arc<StreamStats>) -> Self {
+    pub fn new(plan: Arc<StreamPlan>, stats: Arc<StreamStats>) -> Self {
         Self {
             local: plan.metrics.iter().map(|_| Local::default()).collect(),
             plan,
             stats,
-            node: registry.node.clone(),
             records: 0,
             malformed: 0,
         }
@@ -368,7 +394,7 @@ impl StreamAggregator {
 
     /// Adds one record, attributed to `pod`.
     #[inline]
-    pub fn observe(&mut self, record: &[u8], pod: &PodLabels) {
+    pub fn observe(&mut self, record: &[u8], pod: &Arc<PodLabels>) {
         if record.len() < self.plan.record_size {
             self.malformed += 1;
             return;
@@ -392,9 +418,7 @@ impl StreamAggregator {
                     let i = match local.index.get(&key) {
                         Some(&i) => i,
                         None => {
-                            local
-                                .slots
-                                .push(shared_series(m, key, record, pod, &self.node));
+                            local.slots.push(shared_series(m, key, record, pod));
                             let i = local.slots.len() as u32 - 1;
                             local.index.insert(key, i);
                             i
@@ -453,20 +477,14 @@ impl StreamAggregator {
 /// Keys whose labels a decoder rejects or filters are remembered as such, so they are
 /// not decoded again.
 #[cold]
-fn shared_series(
-    m: &MetricPlan,
-    key: SeriesKey,
-    record: &[u8],
-    pod: &PodLabels,
-    node: &str,
-) -> Slot {
+fn shared_series(m: &MetricPlan, key: SeriesKey, record: &[u8], pod: &Arc<PodLabels>) -> Slot {
     if let Some(s) = m.family.series.get(&key) {
         return s.clone();
     }
-    let mut values = Vec::with_capacity(m.labels.len() + 4);
+    let mut labels = Vec::with_capacity(m.labels.len());
     for (i, l) in m.labels.iter().enumerate() {
         match l.chain.decode(l.span.bytes(record)) {
-            Ok(v) => values.push(v),
+            Ok(v) => labels.push(v),
             Err(e) => {
                 tracing::debug!(metric = %m.family.name, error = %e, "label decode failed");
                 let slot = if e == DecodeError::Dropped {
@@ -478,29 +496,24 @@ fn shared_series(
             }
         }
     }
-    if m.family.pod_labels {
-        values.extend([
-            pod.namespace.clone(),
-            pod.pod.clone(),
-            pod.container.clone(),
-            node.to_string(),
-        ]);
-    }
     let buckets = if m.family.histogram {
         m.raw_bounds.len() + 1
     } else {
         0
     };
-    let new = || Series {
-        values: values.clone(),
-        buckets: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
-        sum: AtomicU64::new(0),
-    };
+    let pod = m.family.pod_labels.then(|| pod.clone());
+    let identity = (pod.as_ref().map_or(0, |p| p.id), labels.into_boxed_slice());
     let series = m
         .family
         .by_values
-        .entry(values.clone())
-        .or_insert_with(|| Arc::new(new()))
+        .entry(identity)
+        .or_insert_with(|| {
+            Arc::new(Series {
+                pod,
+                buckets: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
+                sum: AtomicU64::new(0),
+            })
+        })
         .clone();
     m.family
         .series

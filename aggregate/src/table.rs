@@ -13,7 +13,7 @@ use crate::{
     buckets::{self, Layout},
     config::{LabelConfig, MetricConfig},
     decoder::{Chain, Context, DecodeError},
-    exposition::{self, format_float},
+    exposition::{self, format_float, Sink},
     invalid,
     registry::{sorted_order, Registry},
     stream::Span,
@@ -229,8 +229,8 @@ impl TablePlan {
         Rows(rows)
     }
 
-    /// Appends the exposition of decoded rows.
-    pub fn render(&self, rows: &Rows, out: &mut String) {
+    /// Writes the exposition of decoded rows.
+    pub fn render(&self, rows: &Rows, out: &mut Sink) {
         if rows.0.is_empty() {
             return;
         }
@@ -239,7 +239,7 @@ impl TablePlan {
         } else {
             "counter"
         };
-        exposition::header(out, &self.name, &self.help, kind);
+        exposition::header(out.buf(), &self.name, &self.help, kind);
         let bounds: Vec<String> = self
             .bucket
             .as_ref()
@@ -249,14 +249,14 @@ impl TablePlan {
             let values: Vec<&str> = values.iter().map(String::as_str).collect();
             match &self.bucket {
                 None => exposition::sample(
-                    out,
+                    out.buf(),
                     &self.name,
                     &self.sorted_names,
                     &values,
                     &row.sum.to_string(),
                 ),
                 Some((_, _, mult)) => exposition::histogram(
-                    out,
+                    out.buf(),
                     &self.name,
                     &self.sorted_names,
                     &values,
@@ -265,6 +265,7 @@ impl TablePlan {
                     buckets::scaled(row.sum, *mult),
                 ),
             }
+            out.series_done();
         }
     }
 

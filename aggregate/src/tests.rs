@@ -53,13 +53,13 @@ fn record(cgroup: u64, latency_ns: u64, family: u16, a: u8) -> Vec<u8> {
     r
 }
 
-fn pod(id: u32, ns: &str, name: &str, c: &str) -> PodLabels {
-    PodLabels {
+fn pod(id: u32, ns: &str, name: &str, c: &str) -> Arc<PodLabels> {
+    Arc::new(PodLabels {
         id,
         namespace: ns.into(),
         pod: name.into(),
         container: c.into(),
-    }
+    })
 }
 
 fn program(yaml: &str) -> Result<(Registry, ProgramPlan), String> {
@@ -79,7 +79,7 @@ fn records_become_seed_style_exposition() {
     let (registry, plans) = compile(CONFIG).unwrap();
     let plan = Arc::new(plans.into_iter().next().unwrap());
     let stats = Arc::new(StreamStats::default());
-    let mut agg = StreamAggregator::new(plan.clone(), &registry, stats.clone());
+    let mut agg = StreamAggregator::new(plan.clone(), stats.clone());
     let coredns = pod(1, "kube-system", "coredns-1", "coredns");
     let none = pod(0, "", "", "");
     let r = record(42, 3_000, 2, 127);
@@ -99,8 +99,9 @@ fn records_become_seed_style_exposition() {
         1
     );
 
-    let mut out = String::new();
+    let mut out = crate::Sink::buffer();
     registry.render(&mut out);
+    let out = out.finish();
     let l = r#"app_container="coredns",app_namespace="kube-system",app_pod="coredns-1",node_id="node-a",subnet="127""#;
     let n = r#"app_container="",app_namespace="",app_pod="",node_id="node-a",subnet="fe00::/16""#;
     let want = format!(
@@ -132,11 +133,8 @@ ebpf_exporter_tcp_connects_total{{app_container=\"coredns\",app_namespace=\"kube
 #[test]
 fn decoder_failures_are_counted_not_exported() {
     let (registry, plans) = compile(CONFIG).unwrap();
-    let mut agg = StreamAggregator::new(
-        Arc::new(plans.into_iter().next().unwrap()),
-        &registry,
-        Arc::default(),
-    );
+    let mut agg =
+        StreamAggregator::new(Arc::new(plans.into_iter().next().unwrap()), Arc::default());
     let p = pod(0, "", "", "");
     for _ in 0..3 {
         agg.observe(&record(1, 10, 99, 1), &p); // family 99: inet_subnet rejects
@@ -148,8 +146,9 @@ fn decoder_failures_are_counted_not_exported() {
         filtered: 0,
     };
     assert!(failures.contains(&want), "{failures:?}");
-    let mut out = String::new();
+    let mut out = crate::Sink::buffer();
     registry.render(&mut out);
+    let out = out.finish();
     assert!(!out.contains("tcp_connect_latency_seconds_bucket"), "{out}");
     assert!(out.contains("ebpf_exporter_tcp_connects_total{"), "{out}");
 }
@@ -269,8 +268,9 @@ fn tables_render_like_the_reference_exporter() {
         (k(5, 2), 100),     // regexp drops it
         (vec![1, 2, 3], 7), // short key
     ];
-    let mut out = String::new();
+    let mut out = crate::Sink::buffer();
     counters.render(&counters.rows(&entries), &mut out);
+    let out = out.finish();
     assert_eq!(
         out,
         "# HELP ebpf_exporter_syscalls_total Syscalls by cgroup and syscall
@@ -290,8 +290,9 @@ ebpf_exporter_syscalls_total{cgroup=\"6\",parity=\"39\",syscall=\"getpid\"} 1
         (b(1, 9), 1),
         (b(2, 1), 1),
     ];
-    let mut out = String::new();
+    let mut out = crate::Sink::buffer();
     hist.render(&hist.rows(&entries), &mut out);
+    let out = out.finish();
     assert_eq!(
         out,
         "# HELP ebpf_exporter_read_bytes Read sizes
@@ -365,11 +366,12 @@ metrics:
         (stream.ring.as_str(), stream.source, stream.record_size),
         ("oom_kills", crate::Source::PerfEventArray, 8)
     );
-    let mut agg = StreamAggregator::new(Arc::new(stream), &registry, Arc::default());
+    let mut agg = StreamAggregator::new(Arc::new(stream), Arc::default());
     let p = pod(3, "ns", "p", "c");
     agg.observe(&9u64.to_ne_bytes(), &p);
     agg.observe(&9u64.to_ne_bytes(), &p);
-    let mut out = String::new();
+    let mut out = crate::Sink::buffer();
     registry.render(&mut out);
+    let out = out.finish();
     assert_eq!(out, "# HELP ebpf_exporter_oom_kills OOM kills\n# TYPE ebpf_exporter_oom_kills counter\nebpf_exporter_oom_kills{cgroup_path=\"9\"} 2\n");
 }

@@ -53,13 +53,13 @@ fn main() {
 
     // The aggregate stage: fixed atomic bucket counters per series.
     let (registry, plan) = tcp_connect_stream();
-    let mut agg = StreamAggregator::new(plan, &registry, Arc::new(StreamStats::default()));
-    let pod = PodLabels {
+    let mut agg = StreamAggregator::new(plan, Arc::new(StreamStats::default()));
+    let pod = std::sync::Arc::new(PodLabels {
         id: 1,
         namespace: "ns".into(),
         pod: "p".into(),
         container: "c".into(),
-    };
+    });
     let rss0 = rss_bytes();
     let t = Instant::now();
     for i in 0..events {
@@ -68,7 +68,7 @@ fn main() {
     let record_ns = t.elapsed().as_nanos() as f64 / events as f64;
     let held = rss_bytes().saturating_sub(rss0);
     let t = Instant::now();
-    let mut text = String::new();
+    let mut text = aggregate::Sink::buffer();
     registry.render(&mut text);
     let render_ms = t.elapsed().as_secs_f64() * 1e3;
     println!(

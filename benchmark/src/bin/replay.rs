@@ -3,7 +3,8 @@
 //! and 1, 1,000 and 100,000 active series. Prints events/s, and events/s per core
 //! (events over the process's CPU time).
 //!
-//! `cargo run --release -p benchmark --bin replay [events per run]`
+//! `cargo run --release -p benchmark --bin replay [events per run]`, or
+//! `... --bin replay memory <series>` for the memory that many active series take.
 
 use std::{
     sync::{atomic::Ordering::Relaxed, Arc},
@@ -97,15 +98,7 @@ fn run(workers: usize, series: u32, events: u64, enricher: &Arc<Enricher>) -> (f
         aggregate_workers: workers,
         queue_batches: 64,
     };
-    let pipeline = Pipeline::start(
-        rx,
-        streams.clone(),
-        registry,
-        enricher.clone(),
-        None,
-        settings,
-    )
-    .unwrap();
+    let pipeline = Pipeline::start(rx, streams.clone(), enricher.clone(), None, settings).unwrap();
     let warm_records: u64 = warm.iter().map(|b| u64::from(b.len)).sum();
     for b in warm {
         tx.send(b).unwrap();
@@ -137,15 +130,55 @@ fn run(workers: usize, series: u32, events: u64, enricher: &Arc<Enricher>) -> (f
     (n / wall, n / cpu)
 }
 
+/// RSS taken by `series` active series: the shared registry plus one worker's caches.
+fn memory(series: u32) {
+    let p: Program = serde_yaml_ng::from_str(CONFIG).unwrap();
+    let registry = Arc::new(Registry::new(KubeLabelNames::default(), "bench".into()));
+    let plan =
+        ProgramPlan::compile(&p.rings, &p.metrics, &registry, &Context::default(), "").unwrap();
+    let plan = Arc::new(plan.streams.into_iter().next().unwrap());
+    let pod = Arc::new(enrich::PodLabels {
+        id: 7,
+        namespace: "shop".into(),
+        pod: "web-6b7f9c-x2v4q".into(),
+        container: "nginx".into(),
+    });
+    let before = benchmark::rss_bytes();
+    let mut agg = aggregate::StreamAggregator::new(plan, Arc::new(StreamStats::default()));
+    for key in 0..series {
+        let mut r = [0u8; 24];
+        r[8..16].copy_from_slice(&1000u64.to_ne_bytes());
+        r[16..20].copy_from_slice(&key.to_ne_bytes());
+        agg.observe(&r, &pod);
+    }
+    let after = benchmark::rss_bytes();
+    let mut page_bytes = 0;
+    let mut count = |chunk: String| page_bytes += chunk.len();
+    let mut sink = aggregate::Sink::chunked(256 * 1024, &mut count);
+    registry.render(&mut sink);
+    let rest = sink.finish().len();
+    let page_len = page_bytes + rest;
+    println!(
+        "memory: {series} active histogram series (27 buckets, 5 labels): +{:.1} MiB RSS ({:.0} bytes per series); exposition {:.1} MiB",
+        (after - before) as f64 / (1 << 20) as f64,
+        (after - before) as f64 / f64::from(series),
+        page_len as f64 / (1 << 20) as f64
+    );
+}
+
 fn main() {
-    let events: u64 = std::env::args()
-        .nth(1)
-        .map_or(20_000_000, |s| s.parse().unwrap());
     let cgroups = CgroupFs::discover().expect("a cgroup2 mount");
     let enricher = Arc::new(Enricher::new(
         cgroups,
         PodLogs::new("/nonexistent", "/nonexistent"),
     ));
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("memory") {
+        let series: u32 = args.get(2).map_or(100_000, |s| s.parse().unwrap());
+        memory(series);
+        return;
+    }
+    let events: u64 = args.get(1).map_or(20_000_000, |s| s.parse().unwrap());
     println!("replay: {events} events per run, 24-byte records, one exp2 histogram with a uint label, 16 cgroups");
     println!(
         "{:>8} {:>9} {:>14} {:>20} {:>14}",
