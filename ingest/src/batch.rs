@@ -3,7 +3,7 @@
 //! Framing is `[u32 length][record][padding to 8]`, so records of any size travel in
 //! one allocation per batch and stay 8-byte aligned for the decoders.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 /// Records drained from one ring in one pass.
 #[derive(Debug, Clone)]
@@ -66,11 +66,15 @@ impl BatchBuilder {
 
     /// Appends one record that arrives in two pieces (wrapped around a perf buffer).
     pub fn push_split(&mut self, head: &[u8], tail: &[u8]) {
-        self.buf.put_u32_le((head.len() + tail.len()) as u32);
-        self.buf.put_slice(head);
-        self.buf.put_slice(tail);
-        let pad = self.buf.len().next_multiple_of(8) - self.buf.len();
-        self.buf.put_bytes(0, pad);
+        let len = head.len() + tail.len();
+        let framed = (4 + len).next_multiple_of(8);
+        let start = self.buf.len();
+        // One resize zero-fills the slot (padding included), then the parts go in.
+        self.buf.resize(start + framed, 0);
+        let slot = &mut self.buf[start..];
+        slot[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        slot[4..4 + head.len()].copy_from_slice(head);
+        slot[4 + head.len()..4 + len].copy_from_slice(tail);
         self.len += 1;
     }
 

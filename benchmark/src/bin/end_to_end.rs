@@ -7,6 +7,8 @@
 //!
 //! `sudo cargo run --release -p benchmark --bin end_to_end [seconds]` (needs libbpf-dev;
 //! bpftrace optional). Build the exporter first: `cargo build --release`.
+//! `... --bin end_to_end soak <seconds>`: the exporter under full load for that long,
+//! printing its RSS every 30 s (it should stay flat).
 
 use std::{
     io::{BufRead, BufReader},
@@ -218,8 +220,50 @@ fn bpftrace_run(secs: f64) -> Option<Run> {
     })
 }
 
+/// Resident memory of process `pid` in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The exporter under load for `secs`, its RSS sampled every 30 s.
+fn soak(exporter: &Path, dir: &Path, secs: f64) {
+    let addr = "127.0.0.1:19598";
+    let mut child = on_cpu1(exporter, &["--config.dir", dir.to_str().unwrap(), "--config.names", "e2e", "--web.listen-address", addr])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    while std::net::TcpStream::connect(addr).is_err() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("soak: exporter RSS under a full getpid() load, every 30 s for {secs} s");
+    let t = Instant::now();
+    let mut events = 0u64;
+    while t.elapsed().as_secs_f64() < secs {
+        let (calls, _) = load(30.0_f64.min(secs - t.elapsed().as_secs_f64()).max(0.1));
+        events += calls;
+        let page = scrape(addr);
+        println!(
+            "{:>6.0} s  RSS {:>6.1} MiB  events {:>12}  aggregated {:>12.0}  drops {:>6.0}",
+            t.elapsed().as_secs_f64(),
+            rss_mib(child.id()),
+            events,
+            metric(&page, "ebpf_exporter_aggregate_records_total"),
+            metric(&page, "ebpf_exporter_ring_reserve_failures_total") + metric(&page, "ebpf_exporter_ingest_queue_dropped_records_total")
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 fn main() {
-    let secs: f64 = std::env::args().nth(1).map_or(5.0, |s| s.parse().unwrap());
+    let args: Vec<String> = std::env::args().collect();
+    let soak_secs = (args.get(1).map(String::as_str) == Some("soak")).then(|| args.get(2).map_or(600.0, |s| s.parse().unwrap()));
+    let secs: f64 = if soak_secs.is_some() { 0.0 } else { args.get(1).map_or(5.0, |s| s.parse().unwrap()) };
     let exporter = std::env::current_exe()
         .unwrap()
         .with_file_name("kube-ebpf-exporter");
@@ -242,6 +286,11 @@ fn main() {
         .unwrap();
     assert!(built.success(), "building the floor needs libbpf-dev");
     pin_to_cpu(0);
+    if let Some(s) = soak_secs {
+        soak(&exporter, &dir, s);
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     load(0.5);
     let (calls, s) = load(secs);
     let base_ns = s * 1e9 / calls as f64;
