@@ -1,9 +1,18 @@
 //! Batches: many ring records copied back to back into one buffer.
 //!
-//! Framing is `[u32 length][record][padding to 8]`, so records of any size travel in
-//! one allocation per batch and stay 8-byte aligned for the decoders.
+//! The framing is the BPF ring buffer's own: an 8-byte header whose first native u32
+//! is the length (bit 30 marks a discarded record, skipped on reading), then the record,
+//! padded to 8 bytes. A reader copies a whole run of committed ring data with one
+//! `memcpy`; perf buffer records get the same header. One allocation per batch.
 
 use bytes::{Bytes, BytesMut};
+
+/// Header bytes before each record.
+pub(crate) const HEADER: usize = 8;
+/// Header bit: the record is still being written (never copied into a batch).
+pub(crate) const BUSY: u32 = 1 << 31;
+/// Header bit: the program discarded the record.
+pub(crate) const DISCARD: u32 = 1 << 30;
 
 /// Records drained from one ring in one pass.
 #[derive(Debug, Clone)]
@@ -30,13 +39,17 @@ pub struct Records<'a> {
 impl<'a> Iterator for Records<'a> {
     type Item = &'a [u8];
 
+    #[inline]
     fn next(&mut self) -> Option<&'a [u8]> {
-        let head = self.rest.get(..4)?;
-        let len = u32::from_le_bytes(head.try_into().unwrap()) as usize;
-        let record = self.rest.get(4..4 + len)?;
-        let framed = (4 + len).next_multiple_of(8);
-        self.rest = self.rest.get(framed..).unwrap_or(&[]);
-        Some(record)
+        loop {
+            let head = u32::from_ne_bytes(self.rest.get(..4)?.try_into().unwrap());
+            let len = (head & !(BUSY | DISCARD)) as usize;
+            let record = self.rest.get(HEADER..HEADER + len)?;
+            self.rest = self.rest.get((HEADER + len).next_multiple_of(8)..).unwrap_or(&[]);
+            if head & DISCARD == 0 {
+                return Some(record);
+            }
+        }
     }
 }
 
@@ -67,15 +80,26 @@ impl BatchBuilder {
     /// Appends one record that arrives in two pieces (wrapped around a perf buffer).
     pub fn push_split(&mut self, head: &[u8], tail: &[u8]) {
         let len = head.len() + tail.len();
-        let framed = (4 + len).next_multiple_of(8);
         let start = self.buf.len();
-        // One resize zero-fills the slot (padding included), then the parts go in.
-        self.buf.resize(start + framed, 0);
+        // One resize zero-fills the slot (header and padding included).
+        self.buf.resize(start + (HEADER + len).next_multiple_of(8), 0);
         let slot = &mut self.buf[start..];
-        slot[..4].copy_from_slice(&(len as u32).to_le_bytes());
-        slot[4..4 + head.len()].copy_from_slice(head);
-        slot[4 + head.len()..4 + len].copy_from_slice(tail);
+        slot[..4].copy_from_slice(&(len as u32).to_ne_bytes());
+        slot[HEADER..HEADER + head.len()].copy_from_slice(head);
+        slot[HEADER + head.len()..HEADER + len].copy_from_slice(tail);
         self.len += 1;
+    }
+
+    /// Appends a run of ring buffer data (headers included) holding `records`
+    /// records that are not discarded.
+    pub(crate) fn push_framed(&mut self, run: &[u8], records: u32) {
+        self.buf.extend_from_slice(run);
+        self.len += records;
+    }
+
+    /// Bytes left before the batch is full.
+    pub(crate) fn room(&self) -> usize {
+        self.capacity.saturating_sub(self.buf.len())
     }
 
     /// Whether the batch reached its capacity.
@@ -102,7 +126,25 @@ impl BatchBuilder {
 
 #[cfg(test)]
 mod tests {
-    use super::BatchBuilder;
+    use super::{BatchBuilder, DISCARD};
+
+    #[test]
+    fn ring_runs_keep_their_framing_and_skip_discarded_records() {
+        // Two records as the kernel lays them out: 5 bytes kept, 3 bytes discarded.
+        let mut run = Vec::new();
+        run.extend(5u32.to_ne_bytes());
+        run.extend([0; 4]);
+        run.extend(b"hello\0\0\0");
+        run.extend((3u32 | DISCARD).to_ne_bytes());
+        run.extend([0; 4]);
+        run.extend(b"bye\0\0\0\0\0");
+        let mut b = BatchBuilder::new(1, 1024);
+        b.push_framed(&run, 1);
+        b.push(b"after");
+        let batch = b.take();
+        assert_eq!(batch.len, 2);
+        assert_eq!(batch.records().collect::<Vec<_>>(), vec![&b"hello"[..], &b"after"[..]]);
+    }
 
     #[test]
     fn records_round_trip_with_any_length() {

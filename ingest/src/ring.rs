@@ -167,17 +167,13 @@ impl RingReader {
     }
 }
 
-/// Copies every ready record into batches and sends them; full queues count drops.
-fn drain_ring(
-    ring: &mut RingConsumer,
-    builder: &mut BatchBuilder,
-    tx: &Sender<Batch>,
-    stats: &RingStats,
-) {
+/// Copies every ready record into batches (one copy per run of records) and sends
+/// them; full queues count drops.
+fn drain_ring(ring: &mut RingConsumer, builder: &mut BatchBuilder, tx: &Sender<Batch>, stats: &RingStats) {
     let mut records = 0u64;
     loop {
-        let n = ring.drain(|record| {
-            builder.push(record);
+        let n = ring.drain(builder.room().max(64), |run, count| {
+            builder.push_framed(run, count);
             if builder.is_full() {
                 send(builder.take(), tx, stats);
             }

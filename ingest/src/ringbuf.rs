@@ -17,9 +17,7 @@ use std::{
 
 use aya::maps::MapData;
 
-const BUSY: u32 = 1 << 31;
-const DISCARD: u32 = 1 << 30;
-const HEADER: u64 = 8;
+use crate::batch::{BUSY, DISCARD, HEADER};
 
 fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
@@ -109,41 +107,55 @@ impl RingConsumer {
         unsafe { &*self.producer.ptr.as_ptr().cast::<AtomicU64>() }
     }
 
-    /// Hands the records committed so far to `f` in order, then releases their space
-    /// with one store. Stops early at a record still being written. Returns the
-    /// records read (call again while it returns more than zero).
-    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> u64 {
+    /// Hands committed data to `f` as runs of framed records (at most `max` bytes
+    /// each, whole records, headers included: the batch framing) with the count of
+    /// records in each that are not discarded, then releases the space with one store.
+    /// Stops early at a record still being written. Returns the records passed on
+    /// (call again while it returns more than zero).
+    pub fn drain(&mut self, max: usize, mut f: impl FnMut(&[u8], u32)) -> u64 {
         let start = self.consumer_pos().load(Ordering::Acquire);
         let prod = self.producer_pos().load(Ordering::Acquire);
+        let max = (max as u64).clamp(HEADER as u64 * 2, self.mask + 1);
+        let base = self.producer.ptr.as_ptr();
         let mut cons = start;
-        let mut records = 0;
-        while cons < prod {
-            // SAFETY: cons & mask is inside the data area and headers are 8-byte aligned.
-            let header = unsafe {
-                self.producer
-                    .ptr
-                    .as_ptr()
-                    .add(self.page + (cons & self.mask) as usize)
-            };
-            let len = unsafe { &*header.cast::<AtomicU32>() }.load(Ordering::Acquire);
-            if len & BUSY != 0 {
-                break;
+        let mut total = 0u64;
+        'runs: while cons < prod {
+            let run_start = cons;
+            let mut records = 0u32;
+            while cons < prod {
+                // SAFETY: cons & mask is inside the data area and headers are 8-byte aligned.
+                let header = unsafe { base.add(self.page + (cons & self.mask) as usize) };
+                let len = unsafe { &*header.cast::<AtomicU32>() }.load(Ordering::Acquire);
+                if len & BUSY != 0 {
+                    if cons > run_start {
+                        self.hand_on(run_start, cons, records, &mut f);
+                        total += u64::from(records);
+                    }
+                    break 'runs;
+                }
+                let size = (u64::from(len & !(BUSY | DISCARD)) + HEADER as u64).next_multiple_of(8);
+                if cons + size - run_start > max && cons > run_start {
+                    break;
+                }
+                records += u32::from(len & DISCARD == 0);
+                cons += size;
             }
-            let size = u64::from(len & !(BUSY | DISCARD));
-            if len & DISCARD == 0 {
-                // SAFETY: the record follows its header; the double mapping keeps it
-                // contiguous even when it wraps.
-                f(unsafe {
-                    std::slice::from_raw_parts(header.add(HEADER as usize), size as usize)
-                });
-                records += 1;
-            }
-            cons += (size + HEADER).next_multiple_of(8);
+            self.hand_on(run_start, cons, records, &mut f);
+            total += u64::from(records);
         }
         if cons != start {
             self.consumer_pos().store(cons, Ordering::Release);
         }
-        records
+        total
+    }
+
+    /// Passes ring data from position `from` to `to` (contiguous thanks to the double
+    /// mapping) to `f`.
+    fn hand_on(&self, from: u64, to: u64, records: u32, f: &mut impl FnMut(&[u8], u32)) {
+        // SAFETY: the run lies within the double-mapped data area (at most the ring's
+        // size from an offset below it) and is committed.
+        let run = unsafe { std::slice::from_raw_parts(self.producer.ptr.as_ptr().add(self.page + (from & self.mask) as usize), (to - from) as usize) };
+        f(run, records);
     }
 }
 

@@ -105,7 +105,7 @@ fn main() {
                 std::thread::spawn(move || {
                     pin_to_cpu(1);
                     while !stop.load(Ordering::Relaxed) {
-                        while ring.drain(|_| {}) > 0 {}
+                        while ring.drain(1 << 20, |_, _| {}) > 0 {}
                         std::thread::sleep(Duration::from_millis(10));
                     }
                 })
