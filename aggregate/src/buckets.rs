@@ -102,6 +102,61 @@ pub fn raw_bounds(bounds: &[f64], scale: f64) -> Vec<u64> {
         .collect()
 }
 
+/// Raw-unit bucket bounds with a fast search for exp2 layouts.
+#[derive(Debug, Clone, Default)]
+pub struct RawBounds {
+    bounds: Box<[u64]>,
+    /// For bounds that double each step: the bit length of the first, so a value's bit
+    /// length gives its bucket to within one step.
+    exp2_base: Option<u32>,
+}
+
+fn bits(x: u64) -> u32 {
+    u64::BITS - x.leading_zeros()
+}
+
+impl RawBounds {
+    /// Wraps raw bounds (ascending).
+    pub fn new(bounds: Vec<u64>) -> Self {
+        let doubling = bounds.len() > 1
+            && bounds
+                .windows(2)
+                .all(|w| w[1].abs_diff(w[0].saturating_mul(2)) <= 1)
+            && bounds[0] > 0;
+        Self {
+            exp2_base: doubling.then(|| bits(bounds[0])),
+            bounds: bounds.into_boxed_slice(),
+        }
+    }
+
+    /// Number of bounds (buckets without `+Inf`).
+    pub fn len(&self) -> usize {
+        self.bounds.len()
+    }
+
+    /// Whether there are no bounds (counters).
+    pub fn is_empty(&self) -> bool {
+        self.bounds.is_empty()
+    }
+
+    /// The bucket of `raw`: the first bound at or above it (`len()` for `+Inf`).
+    #[inline]
+    pub fn bucket(&self, raw: u64) -> usize {
+        let b = &self.bounds;
+        let Some(base) = self.exp2_base else {
+            return b.partition_point(|&x| x < raw);
+        };
+        let mut i = (bits(raw).saturating_sub(base) as usize).min(b.len());
+        while i < b.len() && b[i] < raw {
+            i += 1;
+        }
+        while i > 0 && b[i - 1] >= raw {
+            i -= 1;
+        }
+        i
+    }
+}
+
 /// Converts a raw sum to exported units; divides by an integral inverse scale (1e9 for
 /// ns → s) when there is one, which rounds exactly where a multiply by 1e-9 does not.
 pub fn scaled(raw: u64, scale: f64) -> f64 {
@@ -186,6 +241,16 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// The exp2 fast path finds the same bucket as a binary search.
+        #[test]
+        fn exp2_search_matches_binary_search(raw in proptest::num::u64::ANY, base in 1u64..5000, n in 1usize..40, small in 0u64..100_000) {
+            let bounds: Vec<u64> = (0..n).map(|i| base.saturating_mul(1 << i.min(40))).collect();
+            let rb = RawBounds::new(bounds.clone());
+            for v in [raw, small, base, base.saturating_sub(1), base + 1] {
+                proptest::prop_assert_eq!(rb.bucket(v), bounds.partition_point(|&x| x < v));
+            }
+        }
+
         /// raw_bounds agrees with integer arithmetic for ns values and µs bounds.
         #[test]
         fn raw_bounds_agree_with_integer_comparison(raw in 0u64..1u64 << 40, i in 0i32..30) {

@@ -62,7 +62,12 @@ impl PartialEq for SeriesKey {
     fn eq(&self, other: &Self) -> bool {
         let n = usize::from(self.len);
         // Keys are short: an inlined byte loop beats a memcmp call.
-        self.pod == other.pod && self.len == other.len && self.bytes[..n].iter().zip(&other.bytes[..n]).all(|(a, b)| a == b)
+        self.pod == other.pod
+            && self.len == other.len
+            && self.bytes[..n]
+                .iter()
+                .zip(&other.bytes[..n])
+                .all(|(a, b)| a == b)
     }
 }
 
@@ -444,7 +449,7 @@ impl StreamAggregator {
             let bucket = m
                 .family
                 .histogram
-                .then(|| &series.buckets[m.raw_bounds.partition_point(|&b| b < raw)]);
+                .then(|| &series.buckets[m.raw_bounds.bucket(raw)]);
             if m.family.pod_labels {
                 // One writer per series (the pipeline shards by pod and every series
                 // names its pod): plain loads and stores, no locked instructions.

@@ -95,7 +95,7 @@ pub(crate) struct MetricPlan {
     pub family: Arc<Family>,
     pub value: Option<Span>,
     /// Histogram bounds in the value field's raw unit; empty for counters.
-    pub raw_bounds: Box<[u64]>,
+    pub raw_bounds: buckets::RawBounds,
     pub labels: Vec<LabelPlan>,
 }
 
@@ -361,7 +361,7 @@ impl MetricPlan {
         } else {
             Vec::new()
         };
-        let raw_bounds = buckets::raw_bounds(&bounds, scale).into_boxed_slice();
+        let raw_bounds = buckets::RawBounds::new(buckets::raw_bounds(&bounds, scale));
         let key_len: usize = labels.iter().map(|(s, _, _)| s.size).sum();
         if key_len > MAX_KEY {
             return Err(invalid(

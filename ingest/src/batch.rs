@@ -45,7 +45,10 @@ impl<'a> Iterator for Records<'a> {
             let head = u32::from_ne_bytes(self.rest.get(..4)?.try_into().unwrap());
             let len = (head & !(BUSY | DISCARD)) as usize;
             let record = self.rest.get(HEADER..HEADER + len)?;
-            self.rest = self.rest.get((HEADER + len).next_multiple_of(8)..).unwrap_or(&[]);
+            self.rest = self
+                .rest
+                .get((HEADER + len).next_multiple_of(8)..)
+                .unwrap_or(&[]);
             if head & DISCARD == 0 {
                 return Some(record);
             }
@@ -82,7 +85,8 @@ impl BatchBuilder {
         let len = head.len() + tail.len();
         let start = self.buf.len();
         // One resize zero-fills the slot (header and padding included).
-        self.buf.resize(start + (HEADER + len).next_multiple_of(8), 0);
+        self.buf
+            .resize(start + (HEADER + len).next_multiple_of(8), 0);
         let slot = &mut self.buf[start..];
         slot[..4].copy_from_slice(&(len as u32).to_ne_bytes());
         slot[HEADER..HEADER + head.len()].copy_from_slice(head);
@@ -143,7 +147,10 @@ mod tests {
         b.push(b"after");
         let batch = b.take();
         assert_eq!(batch.len, 2);
-        assert_eq!(batch.records().collect::<Vec<_>>(), vec![&b"hello"[..], &b"after"[..]]);
+        assert_eq!(
+            batch.records().collect::<Vec<_>>(),
+            vec![&b"hello"[..], &b"after"[..]]
+        );
     }
 
     #[test]

@@ -169,7 +169,12 @@ impl RingReader {
 
 /// Copies every ready record into batches (one copy per run of records) and sends
 /// them; full queues count drops.
-fn drain_ring(ring: &mut RingConsumer, builder: &mut BatchBuilder, tx: &Sender<Batch>, stats: &RingStats) {
+fn drain_ring(
+    ring: &mut RingConsumer,
+    builder: &mut BatchBuilder,
+    tx: &Sender<Batch>,
+    stats: &RingStats,
+) {
     let mut records = 0u64;
     loop {
         let n = ring.drain(builder.room().max(64), |run, count| {

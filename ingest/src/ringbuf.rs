@@ -154,7 +154,15 @@ impl RingConsumer {
     fn hand_on(&self, from: u64, to: u64, records: u32, f: &mut impl FnMut(&[u8], u32)) {
         // SAFETY: the run lies within the double-mapped data area (at most the ring's
         // size from an offset below it) and is committed.
-        let run = unsafe { std::slice::from_raw_parts(self.producer.ptr.as_ptr().add(self.page + (from & self.mask) as usize), (to - from) as usize) };
+        let run = unsafe {
+            std::slice::from_raw_parts(
+                self.producer
+                    .ptr
+                    .as_ptr()
+                    .add(self.page + (from & self.mask) as usize),
+                (to - from) as usize,
+            )
+        };
         f(run, records);
     }
 }

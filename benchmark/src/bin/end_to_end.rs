@@ -233,10 +233,20 @@ fn rss_mib(pid: u32) -> f64 {
 /// The exporter under load for `secs`, its RSS sampled every 30 s.
 fn soak(exporter: &Path, dir: &Path, secs: f64) {
     let addr = "127.0.0.1:19598";
-    let mut child = on_cpu1(exporter, &["--config.dir", dir.to_str().unwrap(), "--config.names", "e2e", "--web.listen-address", addr])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = on_cpu1(
+        exporter,
+        &[
+            "--config.dir",
+            dir.to_str().unwrap(),
+            "--config.names",
+            "e2e",
+            "--web.listen-address",
+            addr,
+        ],
+    )
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     while std::net::TcpStream::connect(addr).is_err() {
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -253,7 +263,8 @@ fn soak(exporter: &Path, dir: &Path, secs: f64) {
             rss_mib(child.id()),
             events,
             metric(&page, "ebpf_exporter_aggregate_records_total"),
-            metric(&page, "ebpf_exporter_ring_reserve_failures_total") + metric(&page, "ebpf_exporter_ingest_queue_dropped_records_total")
+            metric(&page, "ebpf_exporter_ring_reserve_failures_total")
+                + metric(&page, "ebpf_exporter_ingest_queue_dropped_records_total")
         );
     }
     let _ = child.kill();
@@ -262,8 +273,13 @@ fn soak(exporter: &Path, dir: &Path, secs: f64) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let soak_secs = (args.get(1).map(String::as_str) == Some("soak")).then(|| args.get(2).map_or(600.0, |s| s.parse().unwrap()));
-    let secs: f64 = if soak_secs.is_some() { 0.0 } else { args.get(1).map_or(5.0, |s| s.parse().unwrap()) };
+    let soak_secs = (args.get(1).map(String::as_str) == Some("soak"))
+        .then(|| args.get(2).map_or(600.0, |s| s.parse().unwrap()));
+    let secs: f64 = if soak_secs.is_some() {
+        0.0
+    } else {
+        args.get(1).map_or(5.0, |s| s.parse().unwrap())
+    };
     let exporter = std::env::current_exe()
         .unwrap()
         .with_file_name("kube-ebpf-exporter");
