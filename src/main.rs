@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use aggregate::{decoder::Context, Registry, Source as StreamSource, StreamStats};
+use aggregate::{decoder::Context, Registry, StreamStats};
 use anyhow::{bail, Context as _, Result};
 use axum::{
     extract::{RawQuery, State},
@@ -28,7 +28,7 @@ use axum::{
 use bytes::Bytes;
 use clap::Parser;
 use enrich::{CgroupFs, Enricher, PodLogs};
-use ingest::RingReader;
+use ingest::{RingReader, StreamMap};
 use kube_ebpf_exporter::pipeline::{self, Pipeline, Stream};
 use tap::Tap;
 use tokio::sync::watch;
@@ -318,22 +318,13 @@ async fn serve(args: Args) -> Result<()> {
         for plan in std::mem::take(&mut r.plan.streams) {
             let id = streams.len() as u32;
             let label = format!("{}/{}", r.name, plan.ring);
-            let reader = match plan.source {
-                StreamSource::RingBuf => RingReader::new(
-                    &label,
-                    r.object.take_ring(&plan.ring)?,
-                    id,
-                    p.batch_bytes,
-                    drain,
-                )?,
-                StreamSource::PerfEventArray => RingReader::perf(
-                    &label,
-                    r.object.take_perf_array(&plan.ring)?,
-                    p.perf_pages,
-                    id,
-                    p.batch_bytes,
-                    drain,
-                )?,
+            // The map decides the reader: configs say "ring", and an object built
+            // with -DOUTPUT_PERF (kernels without ring buffers) has a perf array there.
+            let reader = match r.object.take_stream(&plan.ring)? {
+                StreamMap::Ring(ring) => RingReader::new(&label, ring, id, p.batch_bytes, drain)?,
+                StreamMap::Perf(array) => {
+                    RingReader::perf(&label, array, p.perf_pages, id, p.batch_bytes, drain)?
+                }
             };
             telemetry.add_ring(&r.name, &plan.ring, reader.stats());
             readers.push(ingest.spawn(reader.run(tx.clone(), shutdown_rx.clone())));

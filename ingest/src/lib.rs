@@ -9,6 +9,7 @@
 mod attach;
 mod batch;
 mod loader;
+mod perf;
 mod ring;
 mod ringbuf;
 mod table;
@@ -16,7 +17,7 @@ mod table;
 pub use attach::AttachPoint;
 pub use aya::Btf;
 pub use batch::{Batch, BatchBuilder, Records};
-pub use loader::{LoadOptions, LoadedObject, ProgramStats};
+pub use loader::{LoadOptions, LoadedObject, ProgramStats, StreamMap};
 pub use ring::{RingReader, RingStats};
 pub use ringbuf::RingConsumer;
 

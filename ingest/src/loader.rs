@@ -3,7 +3,7 @@
 use std::{borrow::Cow, sync::Arc};
 
 use aya::{
-    maps::{Map, MapData, PerCpuArray, PerfEventArray},
+    maps::{Map, MapData, PerCpuArray},
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy},
         uprobe::UProbeScope,
@@ -39,6 +39,14 @@ pub struct LoadOptions {
     pub kaddrs: Vec<(String, u64)>,
     /// Kernel BTF to use instead of /sys/kernel/btf/vmlinux (`--btf.path`).
     pub btf: Option<Arc<Btf>>,
+}
+
+/// The map behind a stream, ready for a [`crate::RingReader`].
+pub enum StreamMap {
+    /// A mapped ring buffer.
+    Ring(RingConsumer),
+    /// A perf event array.
+    Perf(MapData),
 }
 
 /// A program of a loaded object, for self-metrics.
@@ -440,29 +448,22 @@ impl LoadedObject {
         }
     }
 
-    /// Takes a ring buffer map out of the object and maps it for a reader.
+    /// Takes the map a stream reads: a ring buffer, mapped for a reader, or a perf
+    /// event array (the `-DOUTPUT_PERF` build of `output.bpf.h`, or a perf counter).
     ///
     /// # Errors
-    /// The map is missing, is not a ring buffer, or cannot be mapped.
-    pub fn take_ring(&mut self, map: &str) -> Result<RingConsumer, IngestError> {
+    /// The map is missing, is neither kind, or cannot be mapped.
+    pub fn take_stream(&mut self, map: &str) -> Result<StreamMap, IngestError> {
         match self.ebpf.take_map(map) {
             Some(Map::RingBuf(data)) => RingConsumer::new(data)
+                .map(StreamMap::Ring)
                 .map_err(|e| self.map_error(map, format!("cannot map the ring: {e}"))),
-            Some(_) => Err(self.map_error(map, "not a ring buffer (BPF_MAP_TYPE_RINGBUF)".into())),
+            Some(Map::PerfEventArray(data)) => Ok(StreamMap::Perf(data)),
+            Some(_) => {
+                Err(self.map_error(map, "neither a ring buffer nor a perf event array".into()))
+            }
             None => Err(self.map_error(map, "no such map in the object".into())),
         }
-    }
-
-    /// Takes a perf event array map out of the object for a reader.
-    ///
-    /// # Errors
-    /// The map is missing or is not a perf event array.
-    pub fn take_perf_array(&mut self, map: &str) -> Result<PerfEventArray<MapData>, IngestError> {
-        let m = self
-            .ebpf
-            .take_map(map)
-            .ok_or_else(|| self.map_error(map, "no such map in the object".into()))?;
-        PerfEventArray::try_from(m).map_err(|e| self.map_error(map, e.to_string()))
     }
 
     /// A map's key size in bytes, as the kernel has it from the object's BTF.

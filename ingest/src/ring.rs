@@ -4,7 +4,7 @@
 //! without waking the reader until enough data waits (see `output.bpf.h`), so the
 //! timer bounds latency on a quiet ring. Perf event arrays (kernels before 5.8, or
 //! configs that use them) are drained on the timer only: aya's perf buffers ask for a
-//! wakeup per event, and reacting to each would cost more than the event.
+//! wakeup once half full (see `perf.rs`), so the timer bounds latency there too.
 
 use std::{
     sync::{
@@ -14,14 +14,11 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{
-    perf::{PerfEvent, PerfEventArrayBuffer},
-    MapData, PerfEventArray,
-};
+use aya::maps::MapData;
 use crossbeam_channel::{Sender, TrySendError};
 use tokio::{io::unix::AsyncFd, sync::watch};
 
-use crate::{batch::BatchBuilder, Batch, IngestError, RingConsumer};
+use crate::{batch::BatchBuilder, perf::PerfBuffers, Batch, IngestError, RingConsumer};
 
 /// Counters of one reader, read by the exposition.
 #[derive(Debug, Default)]
@@ -38,7 +35,7 @@ pub struct RingStats {
 
 enum Source {
     Ring(AsyncFd<RingConsumer>),
-    Perf(Vec<PerfEventArrayBuffer<MapData>>),
+    Perf(PerfBuffers),
 }
 
 /// Reads one ring and sends its records downstream in batches.
@@ -79,31 +76,23 @@ impl RingReader {
         ))
     }
 
-    /// Opens a perf event array's buffer on every online CPU, `pages` pages each.
+    /// Opens a perf event array's buffer on every online CPU, `pages` pages each, with
+    /// batched wakeups.
     ///
     /// # Errors
     /// A buffer cannot be opened (memory lock limits, CPU list unreadable).
     pub fn perf(
         name: &str,
-        mut array: PerfEventArray<MapData>,
+        array: MapData,
         pages: usize,
         stream: u32,
         batch_bytes: usize,
         drain_interval: Duration,
     ) -> Result<Self, IngestError> {
-        let poll = |reason: String| IngestError::Poll {
+        let buffers = PerfBuffers::open(array, pages).map_err(|source| IngestError::Poll {
             ring: name.into(),
-            source: std::io::Error::other(reason),
-        };
-        let cpus = aya::util::online_cpus().map_err(|(what, e)| poll(format!("{what}: {e}")))?;
-        let buffers = cpus
-            .into_iter()
-            .map(|cpu| {
-                array
-                    .open(cpu, Some(pages))
-                    .map_err(|e| poll(format!("cpu {cpu}: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
+            source,
+        })?;
         Ok(Self::with_source(
             name,
             Source::Perf(buffers),
@@ -193,26 +182,22 @@ fn drain_ring(
 
 /// Drains every CPU's perf buffer (the consumer position moves once per buffer).
 fn drain_perf(
-    buffers: &mut [PerfEventArrayBuffer<MapData>],
+    buffers: &mut PerfBuffers,
     builder: &mut BatchBuilder,
     tx: &Sender<Batch>,
     stats: &RingStats,
 ) {
-    let mut records = 0u64;
-    for buf in buffers {
-        buf.for_each(|event| match event {
-            PerfEvent::Sample { head, tail } => {
-                builder.push_split(head, tail);
-                records += 1;
-                if builder.is_full() {
-                    send(builder.take(), tx, stats);
-                }
+    let records = buffers.drain(
+        |head, tail| {
+            builder.push_split(head, tail);
+            if builder.is_full() {
+                send(builder.take(), tx, stats);
             }
-            PerfEvent::Lost { count } => {
-                stats.kernel_lost.fetch_add(count, Relaxed);
-            }
-        });
-    }
+        },
+        |lost| {
+            stats.kernel_lost.fetch_add(lost, Relaxed);
+        },
+    );
     finish(records, builder, tx, stats);
 }
 

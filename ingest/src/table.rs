@@ -10,6 +10,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use aya::maps::{Map, MapData};
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 
 /// The `bpf_attr` member these two commands use.
@@ -39,6 +40,17 @@ fn bpf(cmd: libc::c_long, attr: &mut ElemAttr) -> std::io::Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// Sets `key` to `value` in the map behind `map_fd` (sizes are the map's).
+pub(crate) fn update_elem(map_fd: i32, key: &[u8], value: &[u8]) -> std::io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: map_fd as u32,
+        key: key.as_ptr() as u64,
+        value_or_next_key: value.as_ptr() as u64,
+        ..ElemAttr::default()
+    };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
 }
 
 /// The map's data and whether it is per-CPU; other map types are not tables.

@@ -99,7 +99,9 @@ fn main() {
                 }
             };
             let stop = Arc::new(AtomicBool::new(false));
-            let mut ring = loaded.take_ring("events").unwrap();
+            let ingest::StreamMap::Ring(mut ring) = loaded.take_stream("events").unwrap() else {
+                panic!("events is a ring")
+            };
             let consumer = {
                 let stop = stop.clone();
                 std::thread::spawn(move || {

@@ -1,0 +1,235 @@
+//! Perf event array buffers opened and read directly, with wakeups batched by a
+//! watermark: aya opens them with a wakeup per event, which costs more than the event.
+//!
+//! Each online CPU gets a `PERF_COUNT_SW_BPF_OUTPUT` event whose mmap ring the program's
+//! `bpf_perf_event_output()` writes to; its fd goes into the map at the CPU's index. The
+//! ring is a metadata page (`data_head` at 1024, `data_tail` at 1032) followed by 2^n
+//! data pages. Records are `perf_event_header { u32 type; u16 misc; u16 size }`, then for
+//! samples a u32 size and the raw bytes; lost records carry a count. Records may wrap.
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use aya::maps::MapData;
+
+const PERF_TYPE_SOFTWARE: u32 = 1;
+const PERF_COUNT_SW_BPF_OUTPUT: u64 = 10;
+const PERF_SAMPLE_RAW: u64 = 1 << 10;
+const WATERMARK: u64 = 1 << 14;
+const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
+const PERF_EVENT_IOC_ENABLE: libc::c_ulong = 0x2400;
+const PERF_RECORD_LOST: u32 = 2;
+const PERF_RECORD_SAMPLE: u32 = 9;
+const DATA_HEAD: usize = 1024;
+const DATA_TAIL: usize = 1032;
+
+/// `struct perf_event_attr` up to `config3` (the kernel accepts a larger size when the
+/// bytes it does not know are zero).
+#[repr(C)]
+#[derive(Default)]
+struct PerfEventAttr {
+    kind: u32,
+    size: u32,
+    config: u64,
+    sample_period: u64,
+    sample_type: u64,
+    read_format: u64,
+    flags: u64,
+    wakeup_watermark: u32,
+    bp_type: u32,
+    config1: u64,
+    config2: u64,
+    branch_sample_type: u64,
+    sample_regs_user: u64,
+    sample_stack_user: u32,
+    clockid: i32,
+    sample_regs_intr: u64,
+    aux_watermark: u32,
+    sample_max_stack: u16,
+    reserved_2: u16,
+    aux_sample_size: u32,
+    reserved_3: u32,
+    sig_data: u64,
+    config3: u64,
+}
+
+/// One CPU's buffer.
+struct CpuBuffer {
+    _fd: OwnedFd,
+    base: NonNull<u8>,
+    len: usize,
+    page: usize,
+    size: usize,
+}
+
+// SAFETY: the mapping is shared memory accessed with atomics for the positions.
+unsafe impl Send for CpuBuffer {}
+
+impl Drop for CpuBuffer {
+    fn drop(&mut self) {
+        // SAFETY: base/len came from a successful mmap.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+impl CpuBuffer {
+    fn open(map_fd: i32, cpu: u32, pages: usize) -> io::Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let pages = pages.max(1).next_power_of_two();
+        let size = pages * page;
+        let attr = PerfEventAttr {
+            kind: PERF_TYPE_SOFTWARE,
+            size: std::mem::size_of::<PerfEventAttr>() as u32,
+            config: PERF_COUNT_SW_BPF_OUTPUT,
+            sample_period: 1,
+            sample_type: PERF_SAMPLE_RAW,
+            flags: WATERMARK,
+            // Wake a poller only when half the buffer waits; the reader's timer does the rest.
+            wakeup_watermark: (size / 2) as u32,
+            ..Default::default()
+        };
+        // SAFETY: a valid attr for perf_event_open(2); the fd is owned below.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_perf_event_open,
+                &attr as *const PerfEventAttr,
+                -1,
+                cpu as i32,
+                -1,
+                PERF_FLAG_FD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd was just returned by the kernel and is ours.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let len = page + size;
+        // SAFETY: mapping the event's ring as perf_event_open(2) documents.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let buffer = Self {
+            base: NonNull::new(base.cast()).unwrap(),
+            len,
+            page,
+            size,
+            _fd: fd,
+        };
+        // SAFETY: enabling our own event.
+        if unsafe { libc::ioctl(buffer._fd.as_raw_fd(), PERF_EVENT_IOC_ENABLE, 0) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        crate::table::update_elem(
+            map_fd,
+            &cpu.to_ne_bytes(),
+            &(buffer._fd.as_raw_fd() as u32).to_ne_bytes(),
+        )?;
+        Ok(buffer)
+    }
+
+    fn position(&self, offset: usize) -> &AtomicU64 {
+        // SAFETY: data_head and data_tail are u64s in the metadata page.
+        unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU64>() }
+    }
+
+    /// The `len` bytes at ring position `at`, as up to two slices (the ring may wrap).
+    fn bytes(&self, at: u64, len: usize) -> (&[u8], &[u8]) {
+        let start = (at % self.size as u64) as usize;
+        let first = len.min(self.size - start);
+        // SAFETY: both ranges lie in the data area after the metadata page.
+        unsafe {
+            let data = self.base.as_ptr().add(self.page);
+            (
+                std::slice::from_raw_parts(data.add(start), first),
+                std::slice::from_raw_parts(data, len - first),
+            )
+        }
+    }
+
+    fn read_u64(&self, at: u64) -> u64 {
+        let (a, b) = self.bytes(at, 8);
+        let mut v = [0u8; 8];
+        v[..a.len()].copy_from_slice(a);
+        v[a.len()..].copy_from_slice(b);
+        u64::from_ne_bytes(v)
+    }
+
+    /// Hands each sample to `sample` (as two parts) and each loss count to `lost`,
+    /// then releases the space.
+    fn drain(&mut self, sample: &mut impl FnMut(&[u8], &[u8]), lost: &mut impl FnMut(u64)) -> u64 {
+        let head = self.position(DATA_HEAD).load(Ordering::Acquire);
+        let mut tail = self.position(DATA_TAIL).load(Ordering::Relaxed);
+        let mut samples = 0;
+        while tail < head {
+            let header = self.read_u64(tail);
+            let (kind, size) = (header as u32, (header >> 48) as u16 as u64);
+            if size < 8 {
+                break; // corrupt: leave it rather than loop
+            }
+            match kind {
+                PERF_RECORD_SAMPLE => {
+                    let raw = self.read_u64(tail + 8) as u32 as usize;
+                    let (a, b) = self.bytes(tail + 12, raw.min(size as usize - 12));
+                    sample(a, b);
+                    samples += 1;
+                }
+                PERF_RECORD_LOST => lost(self.read_u64(tail + 16)),
+                _ => {}
+            }
+            tail += size;
+        }
+        self.position(DATA_TAIL).store(tail, Ordering::Release);
+        samples
+    }
+}
+
+/// A perf event array's buffers on every online CPU.
+pub struct PerfBuffers {
+    _map: MapData,
+    cpus: Vec<CpuBuffer>,
+}
+
+impl PerfBuffers {
+    /// Opens a `pages`-page buffer per online CPU and installs it in `map`.
+    ///
+    /// # Errors
+    /// The CPU list cannot be read, or perf_event_open/mmap fail (limits, permissions).
+    pub fn open(map: MapData, pages: usize) -> io::Result<Self> {
+        let cpus = aya::util::online_cpus()
+            .map_err(|(what, e)| io::Error::other(format!("{what}: {e}")))?;
+        let fd = map.fd().as_fd().as_raw_fd();
+        let cpus = cpus
+            .into_iter()
+            .map(|cpu| CpuBuffer::open(fd, cpu, pages))
+            .collect::<io::Result<_>>()?;
+        Ok(Self { _map: map, cpus })
+    }
+
+    /// Drains every CPU's buffer; returns the samples read.
+    pub fn drain(
+        &mut self,
+        mut sample: impl FnMut(&[u8], &[u8]),
+        mut lost: impl FnMut(u64),
+    ) -> u64 {
+        self.cpus
+            .iter_mut()
+            .map(|c| c.drain(&mut sample, &mut lost))
+            .sum()
+    }
+}
