@@ -1,4 +1,5 @@
-//! Compiles every `bpf/*.bpf.c` with clang into `$OUT_DIR/<name>.bpf.o` for embedding.
+//! Compiles every `bpf/*.bpf.c` with clang into `$OUT_DIR/<name>.bpf.o` (ring buffers)
+//! and `<name>.perf.bpf.o` (perf event arrays, for kernels before 5.8) for embedding.
 
 use std::{env, fs, path::PathBuf, process::Command};
 
@@ -21,22 +22,32 @@ fn main() {
     sources.sort();
     for src in sources {
         println!("cargo:rerun-if-changed={}", src.display());
-        let name = src
+        let stem = src
             .file_name()
             .unwrap()
             .to_string_lossy()
-            .replace(".bpf.c", ".bpf.o");
-        let status = Command::new(&clang)
-            .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
-            .arg(format!("-D__TARGET_ARCH_{arch}"))
-            .arg("-I")
-            .arg(dir.join("include"))
-            .arg("-c")
-            .arg(&src)
-            .arg("-o")
-            .arg(out.join(&name))
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run {clang} (install clang and libbpf-dev): {e}"));
-        assert!(status.success(), "clang failed on {}", src.display());
+            .replace(".bpf.c", "");
+        // Each program twice: for ring buffers, and for kernels without them (perf).
+        for (suffix, defines) in [("bpf.o", &[][..]), ("perf.bpf.o", &["-DOUTPUT_PERF"][..])] {
+            let status = Command::new(&clang)
+                .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
+                .arg(format!("-D__TARGET_ARCH_{arch}"))
+                .args(defines)
+                .arg("-I")
+                .arg(dir.join("include"))
+                .arg("-c")
+                .arg(&src)
+                .arg("-o")
+                .arg(out.join(format!("{stem}.{suffix}")))
+                .status()
+                .unwrap_or_else(|e| {
+                    panic!("cannot run {clang} (install clang and libbpf-dev): {e}")
+                });
+            assert!(
+                status.success(),
+                "clang failed on {} {defines:?}",
+                src.display()
+            );
+        }
     }
 }

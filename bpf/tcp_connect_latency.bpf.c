@@ -78,7 +78,7 @@ int tcp_connect_state(struct trace_event_raw_inet_sock_set_state *ctx)
 			bpf_probe_read_kernel(rec->subnet, sizeof(rec->subnet),
 					      family == AF_INET6 ? (void *)ctx->daddr_v6 : (void *)ctx->daddr);
 			__builtin_memset(rec->pad, 0, sizeof(rec->pad));
-			output_submit(&events, rec);
+			OUTPUT_SUBMIT(ctx, events, rec);
 		}
 	}
 	/* Established or failed: either way the connect is over. */

@@ -25,7 +25,7 @@ int openat_exit(struct syscall_trace_exit *ctx)
 	rec->cgroup_id = bpf_get_current_cgroup_id();
 	rec->err = -ret;
 	rec->pad = 0;
-	output_submit(&open_errors, rec);
+	OUTPUT_SUBMIT(ctx, open_errors, rec);
 	return 0;
 }
 

@@ -50,7 +50,7 @@ int syscall_exit(struct bpf_raw_tracepoint_args *ctx)
 		rec->latency_ns = bpf_ktime_get_ns() - s->ts_ns;
 		rec->nr = s->nr;
 		rec->pad = 0;
-		output_submit(&syscalls, rec);
+		OUTPUT_SUBMIT(ctx, syscalls, rec);
 	}
 	bpf_map_delete_elem(&starts, &id);
 	return 0;

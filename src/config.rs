@@ -168,6 +168,38 @@ pub struct Pipeline {
     pub wakeup_bytes: Option<u64>,
     /// Pages (4 KiB) per CPU of each perf event array buffer.
     pub perf_pages: usize,
+    /// How programs stream records: `auto` uses ring buffers where the kernel has them
+    /// (5.8+) and the `-DOUTPUT_PERF` builds (perf event arrays) elsewhere; `ringbuf` and
+    /// `perf` force one.
+    pub output: Output,
+}
+
+/// Record output of programs that stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Output {
+    /// Ring buffers when the kernel has them.
+    Auto,
+    /// Always ring buffers.
+    Ringbuf,
+    /// Always perf event arrays.
+    Perf,
+}
+
+impl Output {
+    /// Whether to load the perf event array builds.
+    pub fn perf(self) -> bool {
+        match self {
+            Output::Auto => !aya_ring_buffers(),
+            Output::Ringbuf => false,
+            Output::Perf => true,
+        }
+    }
+}
+
+/// Whether this kernel has ring buffer maps.
+fn aya_ring_buffers() -> bool {
+    ingest::ring_buffers_supported()
 }
 
 impl Default for Pipeline {
@@ -185,6 +217,7 @@ impl Default for Pipeline {
             ring_bytes: 4 * 1024 * 1024,
             wakeup_bytes: None,
             perf_pages: 64,
+            output: Output::Auto,
         }
     }
 }

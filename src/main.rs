@@ -255,7 +255,12 @@ async fn serve(args: Args) -> Result<()> {
     ));
     let decoders = Context::new(Some(enricher.clone()));
     let sources = program_sources(&args, &mut config, &source)?;
+    let perf_output = config.pipeline.output.perf();
+    if perf_output {
+        tracing::info!("programs that stream records use perf event arrays (pipeline.output, or no ring buffers in this kernel)");
+    }
     let setup = Setup {
+        perf_output,
         registry: &registry,
         decoders: &decoders,
         pipeline: &config.pipeline,

@@ -25,7 +25,7 @@ pub struct Source {
 /// A program's object.
 pub enum Object {
     /// Embedded in the binary.
-    Builtin(&'static [u8]),
+    Builtin(&'static bpf_programs::Object),
     /// A `.bpf.o` file.
     File(PathBuf),
 }
@@ -35,7 +35,7 @@ impl Source {
     pub fn inline(name: &str, program: &Program, file: Option<&Path>, source: &str) -> Self {
         let object_name = program.object.as_deref().unwrap_or(name);
         let object = match bpf_programs::find(object_name) {
-            Some(o) => Object::Builtin(o.bytes),
+            Some(o) => Object::Builtin(o),
             None => Object::File(match file.and_then(Path::parent) {
                 Some(dir) if Path::new(object_name).is_relative() => dir.join(object_name),
                 _ => PathBuf::from(object_name),
@@ -51,8 +51,9 @@ impl Source {
     /// A program from `<dir>/<name>.yaml`, with its object `<dir>/<name>.bpf.o`.
     pub fn dir(dir: &Path, name: &str, program: &Program) -> Self {
         let object = match &program.object {
-            Some(o) => bpf_programs::find(o)
-                .map_or_else(|| Object::File(dir.join(o)), |b| Object::Builtin(b.bytes)),
+            Some(o) => {
+                bpf_programs::find(o).map_or_else(|| Object::File(dir.join(o)), Object::Builtin)
+            }
             None => Object::File(dir.join(format!("{name}.bpf.o"))),
         };
         Self {
@@ -61,6 +62,19 @@ impl Source {
             object,
         }
     }
+}
+
+/// `x.bpf.o` → `x.perf.bpf.o`: the `-DOUTPUT_PERF` build beside it.
+pub fn perf_object(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name
+        .strip_suffix(".bpf.o")
+        .or_else(|| name.strip_suffix(".o"))
+        .unwrap_or(&name);
+    path.with_file_name(format!("{stem}.perf.bpf.o"))
 }
 
 /// How far a program got before failing.
@@ -107,6 +121,8 @@ pub struct Running {
 
 /// Shared inputs of program setup.
 pub struct Setup<'a> {
+    /// Load the perf event array build of programs that stream records.
+    pub perf_output: bool,
     pub registry: &'a Registry,
     pub decoders: &'a Context,
     pub pipeline: &'a Pipeline,
@@ -143,21 +159,20 @@ impl Setup<'_> {
                 kaddrs.push((sym.clone(), addr));
             }
         }
+        // Rings need the -DOUTPUT_PERF build where ring buffers are off the table.
+        let perf = self.perf_output && !program.rings.is_empty();
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|e| {
+                let builtin: Vec<&str> = bpf_programs::OBJECTS.iter().map(|o| o.name).collect();
+                let why = if perf { " (ring buffers are unavailable or pipeline.output is perf: this needs the -DOUTPUT_PERF build)" } else { "" };
+                fail(Stage::Load, format!("{at}object: cannot read {}: {e}{why} (built-in objects: {})", path.display(), builtin.join(", ")))
+            })
+        };
         let bytes: std::borrow::Cow<[u8]> = match &src.object {
-            Object::Builtin(b) => (*b).into(),
-            Object::File(path) => std::fs::read(path)
-                .map_err(|e| {
-                    let builtin: Vec<&str> = bpf_programs::OBJECTS.iter().map(|o| o.name).collect();
-                    fail(
-                        Stage::Load,
-                        format!(
-                            "{at}object: cannot read {}: {e} (built-in objects: {})",
-                            path.display(),
-                            builtin.join(", ")
-                        ),
-                    )
-                })?
-                .into(),
+            Object::Builtin(o) if perf => o.perf_bytes.into(),
+            Object::Builtin(o) => o.bytes.into(),
+            Object::File(path) if perf => read(&perf_object(path))?.into(),
+            Object::File(path) => read(path)?.into(),
         };
         let p = self.pipeline;
         let opts = LoadOptions {

@@ -33,16 +33,30 @@ fn connect_n(n: usize, host: &str, port: u16, cgroup: Option<&Path>) {
 
 #[test]
 fn pod_connects_are_counted_exactly_under_the_pod() {
-    if !test_support::privileged("pod_connects_are_counted_exactly_under_the_pod") {
-        return;
+    if test_support::privileged("pod_connects_are_counted_exactly_under_the_pod") {
+        pod_connects(Pod::new("shop", "web-6b7f9c-x2v4q", "nginx"), &[]);
     }
-    let pod = Pod::new("shop", "web-6b7f9c-x2v4q", "nginx");
-    let dir = TempDir::new("e2e");
-    let mut cgroups = Cgroups::new("e2e");
+}
+
+/// The same through perf event arrays: the exporter's built-in -DOUTPUT_PERF build,
+/// which kernels without ring buffers (before 5.8) get automatically.
+#[test]
+fn pod_connects_through_perf_event_arrays() {
+    if test_support::privileged("pod_connects_through_perf_event_arrays") {
+        pod_connects(
+            Pod::new("shop", "web-perf-x2v4q", "nginx"),
+            &[("KUBE_EBPF_EXPORTER__PIPELINE__OUTPUT", "perf")],
+        );
+    }
+}
+
+fn pod_connects(pod: Pod, env: &[(&str, &str)]) {
+    let dir = TempDir::new(pod.name);
+    let mut cgroups = Cgroups::new(pod.name);
     let container_cg = pod.cgroup(&mut cgroups);
     let flags = pod.logs(&dir.0);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let exporter = Exporter::start(&flags, &dir.0.join("exporter.log"));
+    let exporter = Exporter::start_with_env(&flags, env, &dir.0.join("exporter.log"));
 
     let stop = Arc::new(AtomicBool::new(false));
     let (port, accepter) = listen("127.0.0.1", &stop);
@@ -113,6 +127,13 @@ fn pod_connects_are_counted_exactly_under_the_pod() {
             "program=\"tcp_connect_latency\""
         ) == Some(0.0),
         "{metrics}"
+    );
+
+    let log = std::fs::read_to_string(dir.0.join("exporter.log")).unwrap();
+    assert_eq!(
+        log.contains("use perf event arrays"),
+        !env.is_empty(),
+        "{log}"
     );
 
     stop.store(true, Ordering::Relaxed);

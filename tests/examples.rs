@@ -10,6 +10,10 @@ use common::{
 
 /// Compiles `example` into a temp config dir and starts the exporter on it.
 fn start(example: &str, dir: &TempDir, extra: &[String]) -> Exporter {
+    start_env(example, dir, extra, &[])
+}
+
+fn start_env(example: &str, dir: &TempDir, extra: &[String], env: &[(&str, &str)]) -> Exporter {
     compile_example(example, &dir.0);
     let mut args = vec![
         "--config.dir".to_string(),
@@ -20,7 +24,7 @@ fn start(example: &str, dir: &TempDir, extra: &[String]) -> Exporter {
     ];
     args.extend_from_slice(extra);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Exporter::start(&args, &dir.0.join("exporter.log"))
+    Exporter::start_with_env(&args, env, &dir.0.join("exporter.log"))
 }
 
 macro_rules! privileged {
@@ -189,4 +193,40 @@ fn getpid_by_pid_table_with_pid_keyed_kube_decoders() {
     held.kill().unwrap();
     held.wait().unwrap();
     assert_eq!(sample(&page, name, &pod.labels()), Some(321.0), "{page}");
+}
+
+#[test]
+fn open_errors_through_perf_event_arrays() {
+    privileged!("open_errors_through_perf_event_arrays");
+    let pod = Pod::new("shop", "perf-opener-2b3c4", "app");
+    let dir = TempDir::new("ex-open-perf");
+    let mut cgroups = Cgroups::new("ex-open-perf");
+    let cg = pod.cgroup(&mut cgroups);
+    // Loads open-errors.perf.bpf.o, the -DOUTPUT_PERF build, as on kernels before 5.8.
+    let exporter = start_env(
+        "open-errors",
+        &dir,
+        &pod.logs(&dir.0),
+        &[("KUBE_EBPF_EXPORTER__PIPELINE__OUTPUT", "perf")],
+    );
+    run_workload(Some(&cg), &["open-missing", "64"]);
+    let name = "ebpf_exporter_open_errors_total";
+    let labels = sorted_labels(&format!(
+        "{},errno=\"ENOENT\",node_id=\"{}\"",
+        pod.labels(),
+        node()
+    ));
+    let page = wait_for(&exporter, name, &labels, 64.0);
+    assert_eq!(sample(&page, name, &labels), Some(64.0), "{page}");
+    std::fs::remove_file(dir.0.join("open-errors.perf.bpf.o")).unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args(["--config.dir", dir.0.to_str().unwrap(), "--config.check"])
+        .env("KUBE_EBPF_EXPORTER__PIPELINE__OUTPUT", "perf")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("open-errors.perf.bpf.o") && text.contains("needs the -DOUTPUT_PERF build"),
+        "{text}"
+    );
 }

@@ -31,7 +31,7 @@ int on_getppid(void *ctx)
 	__u64 *rec = output_reserve(&flood, sizeof(__u64));
 	if (rec) {
 		*rec = bpf_get_current_cgroup_id();
-		output_submit(&flood, rec);
+		OUTPUT_SUBMIT(ctx, flood, rec);
 	}
 	return 0;
 }

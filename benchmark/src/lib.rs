@@ -54,9 +54,20 @@ pub fn tcp_record(cgroup: u64, latency_ns: u64, first_octet: u8) -> [u8; 24] {
 /// # Panics
 /// clang is missing or the source does not compile.
 pub fn compile_bpf(dir: &std::path::Path, name: &str, source: &str) -> std::path::PathBuf {
+    compile_bpf_with(dir, name, source, &[], "bpf.o")
+}
+
+/// As [`compile_bpf`], with extra clang arguments, into `<dir>/<name>.<suffix>`.
+pub fn compile_bpf_with(
+    dir: &std::path::Path,
+    name: &str,
+    source: &str,
+    extra: &[&str],
+    suffix: &str,
+) -> std::path::PathBuf {
     let src = dir.join(format!("{name}.bpf.c"));
     std::fs::write(&src, source).unwrap();
-    let out = dir.join(format!("{name}.bpf.o"));
+    let out = dir.join(format!("{name}.{suffix}"));
     let include = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bpf/include");
     let arch = if cfg!(target_arch = "x86_64") {
         "x86"
@@ -70,8 +81,9 @@ pub fn compile_bpf(dir: &std::path::Path, name: &str, source: &str) -> std::path
             "-target",
             "bpf",
             &format!("-D__TARGET_ARCH_{arch}"),
-            "-I",
         ])
+        .args(extra)
+        .arg("-I")
         .arg(include)
         .arg("-c")
         .arg(&src)

@@ -10,6 +10,9 @@ pub struct Object {
     pub name: &'static str,
     /// ELF bytes.
     pub bytes: &'static [u8],
+    /// The same program built with `-DOUTPUT_PERF`: perf event arrays instead of ring
+    /// buffers, for kernels before 5.8.
+    pub perf_bytes: &'static [u8],
 }
 
 /// ELF parsing reads headers in place, so the bytes must be 8-byte aligned.
@@ -19,17 +22,22 @@ struct Aligned<B: ?Sized> {
     bytes: B,
 }
 
+macro_rules! aligned {
+    ($file:expr) => {{
+        const A: &Aligned<[u8]> = &Aligned {
+            _align: [],
+            bytes: *include_bytes!(concat!(env!("OUT_DIR"), "/", $file)),
+        };
+        &A.bytes
+    }};
+}
+
 macro_rules! object {
     ($name:literal) => {
         Object {
             name: $name,
-            bytes: {
-                const A: &Aligned<[u8]> = &Aligned {
-                    _align: [],
-                    bytes: *include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".bpf.o")),
-                };
-                &A.bytes
-            },
+            bytes: aligned!(concat!($name, ".bpf.o")),
+            perf_bytes: aligned!(concat!($name, ".perf.bpf.o")),
         }
     };
 }
@@ -38,8 +46,8 @@ macro_rules! object {
 pub const OBJECTS: &[Object] = &[object!("tcp_connect_latency")];
 
 /// Looks up an embedded object by name.
-pub fn find(name: &str) -> Option<Object> {
-    OBJECTS.iter().copied().find(|o| o.name == name)
+pub fn find(name: &str) -> Option<&'static Object> {
+    OBJECTS.iter().find(|o| o.name == name)
 }
 
 #[cfg(test)]

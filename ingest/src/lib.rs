@@ -21,6 +21,13 @@ pub use loader::{LoadOptions, LoadedObject, ProgramStats, StreamMap};
 pub use ring::{RingReader, RingStats};
 pub use ringbuf::RingConsumer;
 
+/// Whether this kernel has `BPF_MAP_TYPE_RINGBUF` (5.8+), probed once.
+pub fn ring_buffers_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED
+        .get_or_init(|| aya::sys::is_map_supported(aya::maps::MapType::RingBuf).unwrap_or(false))
+}
+
 /// Errors of the ingest stage.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {

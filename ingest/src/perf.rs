@@ -203,6 +203,9 @@ impl CpuBuffer {
 pub struct PerfBuffers {
     _map: MapData,
     cpus: Vec<CpuBuffer>,
+    /// An epoll set of every CPU's event (edge-triggered): readable once some buffer
+    /// reached its watermark, so one fd tells the reader when to drain them all.
+    epoll: OwnedFd,
 }
 
 impl PerfBuffers {
@@ -214,11 +217,50 @@ impl PerfBuffers {
         let cpus = aya::util::online_cpus()
             .map_err(|(what, e)| io::Error::other(format!("{what}: {e}")))?;
         let fd = map.fd().as_fd().as_raw_fd();
-        let cpus = cpus
+        let cpus: Vec<CpuBuffer> = cpus
             .into_iter()
             .map(|cpu| CpuBuffer::open(fd, cpu, pages))
             .collect::<io::Result<_>>()?;
-        Ok(Self { _map: map, cpus })
+        // SAFETY: epoll_create1 has no preconditions; the fd is owned below.
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epoll < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned it.
+        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+        for c in &cpus {
+            let mut ev = libc::epoll_event {
+                events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+                u64: 0,
+            };
+            // SAFETY: valid fds and event.
+            if unsafe {
+                libc::epoll_ctl(
+                    epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_ADD,
+                    c._fd.as_raw_fd(),
+                    &mut ev,
+                )
+            } < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(Self {
+            _map: map,
+            cpus,
+            epoll,
+        })
+    }
+
+    /// Consumes pending readiness events (before a drain), so the set's fd is quiet
+    /// until a buffer reaches its watermark again.
+    pub fn clear_ready(&self) {
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
+        // SAFETY: a valid epoll fd and buffer; a zero timeout never blocks.
+        while unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 64, 0) } == 64
+        {
+        }
     }
 
     /// Drains every CPU's buffer; returns the samples read.
@@ -231,5 +273,11 @@ impl PerfBuffers {
             .iter_mut()
             .map(|c| c.drain(&mut sample, &mut lost))
             .sum()
+    }
+}
+
+impl AsRawFd for PerfBuffers {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.epoll.as_raw_fd()
     }
 }

@@ -35,7 +35,7 @@ pub struct RingStats {
 
 enum Source {
     Ring(AsyncFd<RingConsumer>),
-    Perf(PerfBuffers),
+    Perf(AsyncFd<PerfBuffers>),
 }
 
 /// Reads one ring and sends its records downstream in batches.
@@ -93,6 +93,11 @@ impl RingReader {
             ring: name.into(),
             source,
         })?;
+        // SAFETY: PerfBuffers owns its epoll fd for as long as the AsyncFd owns it.
+        let buffers = unsafe { AsyncFd::register(buffers) }.map_err(|e| IngestError::Poll {
+            ring: name.into(),
+            source: e.into(),
+        })?;
         Ok(Self::with_source(
             name,
             Source::Perf(buffers),
@@ -144,14 +149,27 @@ impl RingReader {
                     _ = shutdown.changed() => break,
                 },
                 Source::Perf(buffers) => tokio::select! {
-                    _ = tick.tick() => drain_perf(buffers, &mut self.builder, &tx, &self.stats),
+                    ready = buffers.readable_mut() => match ready {
+                        Ok(mut guard) => {
+                            guard.get_inner().clear_ready();
+                            guard.clear_ready();
+                            drain_perf(guard.get_inner_mut(), &mut self.builder, &tx, &self.stats);
+                        }
+                        Err(e) => {
+                            tracing::error!(ring = %self.name, error = %e, "perf poll failed; timer drain only");
+                            tick.tick().await;
+                        }
+                    },
+                    _ = tick.tick() => drain_perf(buffers.get_mut(), &mut self.builder, &tx, &self.stats),
                     _ = shutdown.changed() => break,
                 },
             }
         }
         match &mut self.source {
             Source::Ring(ring) => drain_ring(ring.get_mut(), &mut self.builder, &tx, &self.stats),
-            Source::Perf(buffers) => drain_perf(buffers, &mut self.builder, &tx, &self.stats),
+            Source::Perf(buffers) => {
+                drain_perf(buffers.get_mut(), &mut self.builder, &tx, &self.stats)
+            }
         }
     }
 }

@@ -37,10 +37,16 @@ pub fn free_port() -> u16 {
 impl Exporter {
     /// Starts the exporter with `args` on a free port and waits for /healthz.
     pub fn start(args: &[&str], log: &Path) -> Self {
+        Self::start_with_env(args, &[], log)
+    }
+
+    /// As [`Exporter::start`], with extra environment (config overrides).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)], log: &Path) -> Self {
         let addr = format!("127.0.0.1:{}", free_port());
         let child = Command::new(BIN)
             .args(["--web.listen-address", &addr])
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_BACKTRACE", "0")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
@@ -258,8 +264,8 @@ impl Pod {
     }
 }
 
-/// Compiles `examples/<name>.bpf.c` with the README's command into `dir`, beside a
-/// copy of `examples/<name>.yaml`.
+/// Compiles `examples/<name>.bpf.c` with the README's commands into `dir` (the ring
+/// buffer build and the `-DOUTPUT_PERF` build), beside a copy of `examples/<name>.yaml`.
 pub fn compile_example(name: &str, dir: &std::path::Path) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let arch = if cfg!(target_arch = "x86_64") {
@@ -267,27 +273,33 @@ pub fn compile_example(name: &str, dir: &std::path::Path) {
     } else {
         "arm64"
     };
-    let out = Command::new(std::env::var("CLANG").unwrap_or_else(|_| "clang".into()))
-        .args([
-            "-O2",
-            "-g",
-            "-target",
-            "bpf",
-            &format!("-D__TARGET_ARCH_{arch}"),
-            "-I",
-        ])
-        .arg(root.join("bpf/include"))
-        .arg("-c")
-        .arg(root.join(format!("examples/{name}.bpf.c")))
-        .arg("-o")
-        .arg(dir.join(format!("{name}.bpf.o")))
-        .output()
-        .expect("clang");
-    assert!(
-        out.status.success(),
-        "clang failed on {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for (out, defines) in [
+        (format!("{name}.bpf.o"), &[][..]),
+        (format!("{name}.perf.bpf.o"), &["-DOUTPUT_PERF"][..]),
+    ] {
+        let result = Command::new(std::env::var("CLANG").unwrap_or_else(|_| "clang".into()))
+            .args([
+                "-O2",
+                "-g",
+                "-target",
+                "bpf",
+                &format!("-D__TARGET_ARCH_{arch}"),
+            ])
+            .args(defines)
+            .arg("-I")
+            .arg(root.join("bpf/include"))
+            .arg("-c")
+            .arg(root.join(format!("examples/{name}.bpf.c")))
+            .arg("-o")
+            .arg(dir.join(out))
+            .output()
+            .expect("clang");
+        assert!(
+            result.status.success(),
+            "clang failed on {name}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+    }
     std::fs::copy(
         root.join(format!("examples/{name}.yaml")),
         dir.join(format!("{name}.yaml")),

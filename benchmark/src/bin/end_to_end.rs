@@ -2,8 +2,9 @@
 //! CPU 1. Runs, side by side: no probe; the exporter (events aggregated into a
 //! histogram with pod labels); the floor (a minimal libbpf consumer that only counts
 //! records, benchmark/floor/floor.c, same object); bpftrace aggregating the same probe
-//! in the kernel with hist(). Prints events/s, consumer CPU, drops, ns per event, and
-//! the exporter's ratios to the floor.
+//! in the kernel with hist(); the exporter again with perf event arrays (the fallback
+//! for kernels without ring buffers). Prints events/s, consumer CPU, drops, ns per
+//! event, and the exporter's ratios to the floor.
 //!
 //! `sudo cargo run --release -p benchmark --bin end_to_end [seconds]` (needs libbpf-dev;
 //! bpftrace optional). Build the exporter first: `cargo build --release`.
@@ -26,11 +27,11 @@ OUTPUT_RINGBUF(events);
 SEC("tracepoint/syscalls/sys_enter_getpid")
 int on_getpid(void *ctx)
 {
-	__u64 *r = output_reserve(&events, 16);
+	struct { __u64 cgroup, value; } *r = output_reserve(&events, 16);
 	if (r) {
-		r[0] = bpf_get_current_cgroup_id();
-		r[1] = bpf_ktime_get_ns() & 0xfffff;
-		output_submit(&events, r);
+		r->cgroup = bpf_get_current_cgroup_id();
+		r->value = bpf_ktime_get_ns() & 0xfffff;
+		OUTPUT_SUBMIT(ctx, events, r);
 	}
 	return 0;
 }
@@ -129,7 +130,7 @@ fn wait_line(child: &mut Child, want: &str) {
     panic!("consumer exited before {want:?}");
 }
 
-fn exporter_run(exporter: &Path, dir: &Path, secs: f64) -> Run {
+fn exporter_run(exporter: &Path, dir: &Path, secs: f64, output: &str) -> Run {
     let addr = "127.0.0.1:19599";
     let mut child = on_cpu1(
         exporter,
@@ -142,6 +143,7 @@ fn exporter_run(exporter: &Path, dir: &Path, secs: f64) -> Run {
             addr,
         ],
     )
+    .env("KUBE_EBPF_EXPORTER__PIPELINE__OUTPUT", output)
     .stderr(Stdio::null())
     .spawn()
     .unwrap();
@@ -290,6 +292,7 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("end-to-end-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let object = compile_bpf(&dir, "e2e", PROGRAM);
+    benchmark::compile_bpf_with(&dir, "e2e", PROGRAM, &["-DOUTPUT_PERF"], "perf.bpf.o");
     std::fs::write(dir.join("e2e.yaml"), CONFIG).unwrap();
     let floor: PathBuf = dir.join("floor");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -320,11 +323,19 @@ fn main() {
         "consumer", "M calls/s", "added ns", "M events/s", "drops", "consumer CPU", "user ns/event"
     );
     let mut rows = Vec::new();
-    for (name, run) in [
-        ("exporter", Some(exporter_run(&exporter, &dir, secs))),
+    let runs = [
+        (
+            "exporter",
+            Some(exporter_run(&exporter, &dir, secs, "ringbuf")),
+        ),
         ("floor", Some(floor_run(&floor, &object, secs))),
         ("bpftrace", bpftrace_run(secs)),
-    ] {
+        (
+            "exp. perf",
+            Some(exporter_run(&exporter, &dir, secs, "perf")),
+        ),
+    ];
+    for (name, run) in runs {
         let Some(r) = run else {
             println!("{name:<10} (not installed)");
             continue;

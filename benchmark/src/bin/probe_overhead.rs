@@ -44,7 +44,7 @@ const BODIES: &[(&str, &str)] = &[
     ("map increment", "__u64 k = bpf_get_current_cgroup_id(); map_increment(&counts, &k, 1);"),
     (
         "ring record",
-        "__u64 *r = output_reserve(&events, 16); if (r) { r[0] = bpf_get_current_cgroup_id(); r[1] = bpf_ktime_get_ns(); output_submit(&events, r); }",
+        "struct { __u64 cgroup, ts; } *r = output_reserve(&events, 16); if (r) { r->cgroup = bpf_get_current_cgroup_id(); r->ts = bpf_ktime_get_ns(); OUTPUT_SUBMIT(ctx, events, r); }",
     ),
 ];
 
