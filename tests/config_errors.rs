@@ -101,21 +101,7 @@ fn missing_file_is_named() {
 fn compile_c(dir: &std::path::Path, name: &str, source: &str) {
     let src = dir.join(format!("{name}.bpf.c"));
     std::fs::write(&src, source).unwrap();
-    let include = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bpf/include");
-    let out = Command::new("clang")
-        .args(["-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86", "-I"])
-        .arg(include)
-        .arg("-c")
-        .arg(&src)
-        .arg("-o")
-        .arg(dir.join(format!("{name}.bpf.o")))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    test_support::compile_bpf(&src, &dir.join(format!("{name}.bpf.o")), &[]);
 }
 
 const COUNTER_C: &str = r#"

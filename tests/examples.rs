@@ -2,6 +2,7 @@
 //! exporter from --config.dir, driven by a workload with known counts, and checked for
 //! exact values on /metrics. Needs root and BPF.
 
+#[macro_use]
 mod common;
 
 use common::{
@@ -25,14 +26,6 @@ fn start_env(example: &str, dir: &TempDir, extra: &[String], env: &[(&str, &str)
     args.extend_from_slice(extra);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Exporter::start_with_env(&args, env, &dir.0.join("exporter.log"))
-}
-
-macro_rules! privileged {
-    ($name:literal) => {
-        if !test_support::privileged($name) {
-            return;
-        }
-    };
 }
 
 #[test]

@@ -62,17 +62,7 @@ fn an_overloaded_ring_loses_records_only_into_counters() {
     let dir = TempDir::new("loss");
     std::fs::write(dir.0.join("loss.bpf.c"), PROGRAM).unwrap();
     std::fs::write(dir.0.join("loss.yaml"), CONFIG).unwrap();
-    let include = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bpf/include");
-    let status = std::process::Command::new("clang")
-        .args(["-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86", "-I"])
-        .arg(include)
-        .arg("-c")
-        .arg(dir.0.join("loss.bpf.c"))
-        .arg("-o")
-        .arg(dir.0.join("loss.bpf.o"))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    test_support::compile_bpf(&dir.0.join("loss.bpf.c"), &dir.0.join("loss.bpf.o"), &[]);
     // A 16 KiB ring (1,000 records), drained every 300 ms and never woken early: a
     // tight getppid loop overflows it many times over.
     let config = dir.0.join("exporter.yaml");

@@ -1,6 +1,7 @@
 //! The JSON event tap: /events with filters, the `tap` subcommand, slow subscribers
 //! that lose tap events but never metrics, and the file sink. Needs root and BPF.
 
+#[macro_use]
 mod common;
 
 use std::{
@@ -26,14 +27,6 @@ fn connects(n: usize, cgroup: &std::path::Path) {
         .unwrap()
         .success());
     accept.join().unwrap();
-}
-
-macro_rules! privileged {
-    ($name:literal) => {
-        if !test_support::privileged($name) {
-            return;
-        }
-    };
 }
 
 #[test]

@@ -19,7 +19,7 @@ mod table;
 pub use exposition::{format_float, Sink};
 pub use program::ProgramPlan;
 pub use registry::{DecodeFailures, KubeLabelNames, Registry, StreamAggregator, StreamStats};
-pub use stream::{FieldView, Raw, Source, StreamPlan};
+pub use stream::{FieldView, Raw, StreamPlan};
 pub use table::{Rows, TableEntry, TablePlan};
 
 /// Errors in a metrics config; each names the metric and field at fault.

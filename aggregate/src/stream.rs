@@ -99,22 +99,12 @@ pub(crate) struct MetricPlan {
     pub labels: Vec<LabelPlan>,
 }
 
-/// Where a stream's records come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// A `BPF_MAP_TYPE_RINGBUF`.
-    RingBuf,
-    /// A `BPF_MAP_TYPE_PERF_EVENT_ARRAY` (one buffer per CPU).
-    PerfEventArray,
-}
-
 /// Everything the aggregate stage needs to turn one ring's records into series.
 #[derive(Debug)]
 pub struct StreamPlan {
-    /// Map the records come from.
+    /// Map the records come from: a ring buffer (or, in the -DOUTPUT_PERF build, a
+    /// perf event array of the same name), or a perf event array for perf counters.
     pub ring: String,
-    /// Kind of that map.
-    pub source: Source,
     /// Bytes a record must have at least.
     pub record_size: usize,
     pub(crate) cgroup: Option<Span>,
@@ -221,7 +211,6 @@ impl StreamPlan {
         }
         Ok(Self {
             ring: ring.name.clone(),
-            source: Source::RingBuf,
             record_size: fields
                 .iter()
                 .map(|(_, s)| s.offset + s.size)
@@ -262,7 +251,6 @@ impl StreamPlan {
             .collect();
         Ok(Self {
             ring: m.name.clone(),
-            source: Source::PerfEventArray,
             record_size: spans.iter().map(|s| s.offset + s.size).max().unwrap_or(0),
             cgroup: None,
             metrics: vec![plan],

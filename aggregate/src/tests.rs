@@ -362,10 +362,7 @@ metrics:
 "#;
     let (registry, plan) = program(yaml).unwrap();
     let stream = plan.streams.into_iter().next().unwrap();
-    assert_eq!(
-        (stream.ring.as_str(), stream.source, stream.record_size),
-        ("oom_kills", crate::Source::PerfEventArray, 8)
-    );
+    assert_eq!((stream.ring.as_str(), stream.record_size), ("oom_kills", 8));
     let mut agg = StreamAggregator::new(Arc::new(stream), Arc::default());
     let p = pod(3, "ns", "p", "c");
     agg.observe(&9u64.to_ne_bytes(), &p);

@@ -68,30 +68,7 @@ pub fn compile_bpf_with(
     let src = dir.join(format!("{name}.bpf.c"));
     std::fs::write(&src, source).unwrap();
     let out = dir.join(format!("{name}.{suffix}"));
-    let include = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bpf/include");
-    let arch = if cfg!(target_arch = "x86_64") {
-        "x86"
-    } else {
-        "arm64"
-    };
-    let status = std::process::Command::new("clang")
-        .args([
-            "-O2",
-            "-g",
-            "-target",
-            "bpf",
-            &format!("-D__TARGET_ARCH_{arch}"),
-        ])
-        .args(extra)
-        .arg("-I")
-        .arg(include)
-        .arg("-c")
-        .arg(&src)
-        .arg("-o")
-        .arg(&out)
-        .status()
-        .expect("clang");
-    assert!(status.success(), "clang failed on {name}");
+    test_support::compile_bpf(&src, &out, extra);
     out
 }
 

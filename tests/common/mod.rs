@@ -1,5 +1,14 @@
 //! Shared by the integration tests: run the real exporter binary and scrape it.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
+
+/// Returns from the test (printing why) unless root and BPF are available.
+macro_rules! privileged {
+    ($name:literal) => {
+        if !test_support::privileged($name) {
+            return;
+        }
+    };
+}
 
 use std::{
     io::{Read, Write},
@@ -268,38 +277,13 @@ impl Pod {
 /// buffer build and the `-DOUTPUT_PERF` build), beside a copy of `examples/<name>.yaml`.
 pub fn compile_example(name: &str, dir: &std::path::Path) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let arch = if cfg!(target_arch = "x86_64") {
-        "x86"
-    } else {
-        "arm64"
-    };
-    for (out, defines) in [
-        (format!("{name}.bpf.o"), &[][..]),
-        (format!("{name}.perf.bpf.o"), &["-DOUTPUT_PERF"][..]),
-    ] {
-        let result = Command::new(std::env::var("CLANG").unwrap_or_else(|_| "clang".into()))
-            .args([
-                "-O2",
-                "-g",
-                "-target",
-                "bpf",
-                &format!("-D__TARGET_ARCH_{arch}"),
-            ])
-            .args(defines)
-            .arg("-I")
-            .arg(root.join("bpf/include"))
-            .arg("-c")
-            .arg(root.join(format!("examples/{name}.bpf.c")))
-            .arg("-o")
-            .arg(dir.join(out))
-            .output()
-            .expect("clang");
-        assert!(
-            result.status.success(),
-            "clang failed on {name}: {}",
-            String::from_utf8_lossy(&result.stderr)
-        );
-    }
+    let source = root.join(format!("examples/{name}.bpf.c"));
+    test_support::compile_bpf(&source, &dir.join(format!("{name}.bpf.o")), &[]);
+    test_support::compile_bpf(
+        &source,
+        &dir.join(format!("{name}.perf.bpf.o")),
+        &["-DOUTPUT_PERF"],
+    );
     std::fs::copy(
         root.join(format!("examples/{name}.yaml")),
         dir.join(format!("{name}.yaml")),

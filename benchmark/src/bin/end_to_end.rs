@@ -130,28 +130,32 @@ fn wait_line(child: &mut Child, want: &str) {
     panic!("consumer exited before {want:?}");
 }
 
-fn exporter_run(exporter: &Path, dir: &Path, secs: f64, output: &str) -> Run {
-    let addr = "127.0.0.1:19599";
-    let mut child = on_cpu1(
-        exporter,
-        &[
-            "--config.dir",
-            dir.to_str().unwrap(),
-            "--config.names",
-            "e2e",
-            "--web.listen-address",
-            addr,
-        ],
-    )
-    .env("KUBE_EBPF_EXPORTER__PIPELINE__OUTPUT", output)
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+/// Starts the exporter on CPU 1 with the e2e config and waits until it serves.
+fn start_exporter(exporter: &Path, dir: &Path, addr: &str, output: &str) -> Child {
+    let args = [
+        "--config.dir",
+        dir.to_str().unwrap(),
+        "--config.names",
+        "e2e",
+        "--web.listen-address",
+        addr,
+    ];
+    let child = on_cpu1(exporter, &args)
+        .env("KUBE_EBPF_EXPORTER__PIPELINE__OUTPUT", output)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(addr).is_err() {
         assert!(Instant::now() < deadline, "exporter did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
+    child
+}
+
+fn exporter_run(exporter: &Path, dir: &Path, secs: f64, output: &str) -> Run {
+    let addr = "127.0.0.1:19599";
+    let mut child = start_exporter(exporter, dir, addr, output);
     let before = scrape(addr);
     let c0 = cpu(child.id());
     let (calls, s) = load(secs);
@@ -235,23 +239,7 @@ fn rss_mib(pid: u32) -> f64 {
 /// The exporter under load for `secs`, its RSS sampled every 30 s.
 fn soak(exporter: &Path, dir: &Path, secs: f64) {
     let addr = "127.0.0.1:19598";
-    let mut child = on_cpu1(
-        exporter,
-        &[
-            "--config.dir",
-            dir.to_str().unwrap(),
-            "--config.names",
-            "e2e",
-            "--web.listen-address",
-            addr,
-        ],
-    )
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    while std::net::TcpStream::connect(addr).is_err() {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = start_exporter(exporter, dir, addr, "ringbuf");
     println!("soak: exporter RSS under a full getpid() load, every 30 s for {secs} s");
     let t = Instant::now();
     let mut events = 0u64;

@@ -42,3 +42,41 @@ pub fn privileged(test: &str) -> bool {
     );
     false
 }
+
+/// Compiles BPF C `source` into `out` with the project's headers (`bpf/include`), as
+/// the README tells users to; `extra` adds clang arguments (`-DOUTPUT_PERF`).
+///
+/// # Panics
+/// clang is missing or the source does not compile (with clang's message).
+pub fn compile_bpf(source: &Path, out: &Path, extra: &[&str]) {
+    let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bpf/include");
+    let arch = if cfg!(target_arch = "x86_64") {
+        "x86"
+    } else {
+        "arm64"
+    };
+    let result =
+        std::process::Command::new(std::env::var("CLANG").unwrap_or_else(|_| "clang".into()))
+            .args([
+                "-O2",
+                "-g",
+                "-target",
+                "bpf",
+                &format!("-D__TARGET_ARCH_{arch}"),
+            ])
+            .args(extra)
+            .arg("-I")
+            .arg(include)
+            .arg("-c")
+            .arg(source)
+            .arg("-o")
+            .arg(out)
+            .output()
+            .expect("clang (install clang and libbpf-dev)");
+    assert!(
+        result.status.success(),
+        "clang failed on {}: {}",
+        source.display(),
+        String::from_utf8_lossy(&result.stderr)
+    );
+}
