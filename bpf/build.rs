@@ -13,6 +13,8 @@ fn main() {
         other => panic!("no BPF target arch mapping for {other}"),
     };
     println!("cargo:rerun-if-changed=include");
+    // New programs change the directory itself.
+    println!("cargo:rerun-if-changed={}", dir.display());
     println!("cargo:rerun-if-env-changed=CLANG");
     let mut sources: Vec<_> = fs::read_dir(&dir)
         .unwrap()

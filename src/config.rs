@@ -88,6 +88,14 @@ pub struct Kubernetes {
     /// Names of the pod labels on every series.
     #[serde(default)]
     pub labels: LabelNames,
+    /// Follow cgroup creation and removal (tracepoints `cgroup:cgroup_mkdir`/`rmdir`) so
+    /// containers that live for milliseconds are still attributed.
+    #[serde(default = "yes")]
+    pub cgroup_events: bool,
+}
+
+const fn yes() -> bool {
+    true
 }
 
 impl Default for Kubernetes {
@@ -96,6 +104,7 @@ impl Default for Kubernetes {
             pod_logs_dir: default_pod_logs(),
             container_logs_dir: default_container_logs(),
             labels: LabelNames::default(),
+            cgroup_events: true,
         }
     }
 }

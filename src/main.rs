@@ -366,12 +366,32 @@ async fn serve(args: Args) -> Result<()> {
         _ => None,
     };
     drop(ingest_context);
+    // Learn container cgroups as they come and go, so short-lived ones still resolve.
+    let cgroup_events = if config.kubernetes.cgroup_events {
+        match bpf_programs::find("cgroup_events").map(|o| ingest::CgroupEvents::load(o.bytes)) {
+            Some(Ok(events)) => Some(Arc::new(std::sync::Mutex::new(events))),
+            Some(Err(e)) => {
+                tracing::warn!("cgroup events unavailable ({e}); cgroups are resolved when their events arrive");
+                None
+            }
+            None => None,
+        }
+    } else {
+        None
+    };
     let settings = pipeline::Settings {
         enrich_workers: p.enrich_workers,
         aggregate_workers: p.aggregate_workers,
         queue_batches: p.queue_batches,
     };
-    let pipeline = Pipeline::start(rx, streams.clone(), enricher, tap.clone(), settings)?;
+    let pipeline = Pipeline::start(
+        rx,
+        streams.clone(),
+        enricher,
+        cgroup_events,
+        tap.clone(),
+        settings,
+    )?;
     tracing::info!(
         ingest = p.ingest_workers,
         enrich = p.enrich_workers,

@@ -61,6 +61,18 @@ pub struct Settings {
     pub queue_batches: usize,
 }
 
+/// The cgroup creation/removal stream, shared by enrich workers. Each worker drains it
+/// before a batch: a container's cgroup is created before any of its processes run, so
+/// its path is known before its first record is enriched, and kept after removal.
+pub type CgroupEventsHandle = Arc<std::sync::Mutex<ingest::CgroupEvents>>;
+
+fn learn_cgroups(events: Option<&CgroupEventsHandle>, enricher: &Enricher) {
+    if let Some(events) = events {
+        let mut events = events.lock().unwrap_or_else(|e| e.into_inner());
+        events.drain(|id, path, removed| enricher.learn(id, path, removed));
+    }
+}
+
 /// A batch with each record's pod.
 pub struct Enriched {
     batch: Batch,
@@ -87,6 +99,7 @@ impl Pipeline {
         input: Receiver<Batch>,
         streams: Arc<Vec<Stream>>,
         enricher: Arc<Enricher>,
+        cgroup_events: Option<CgroupEventsHandle>,
         tap: Option<Arc<tap::Tap>>,
         settings: Settings,
     ) -> std::io::Result<Self> {
@@ -113,12 +126,13 @@ impl Pipeline {
                 enrich.clone(),
                 aggregate_queues.clone(),
             );
-            let (enricher, tap) = (enricher.clone(), tap.clone());
+            let (enricher, tap, events) = (enricher.clone(), tap.clone(), cgroup_events.clone());
             let worker = move || {
                 enrich_worker(
                     input,
                     &streams,
                     Cache::new(enricher),
+                    events.as_ref(),
                     &out,
                     tap.as_deref(),
                     &stats,
@@ -166,6 +180,7 @@ fn enrich_worker(
     input: Receiver<Batch>,
     streams: &[Stream],
     mut cache: Cache,
+    cgroup_events: Option<&CgroupEventsHandle>,
     out: &[Sender<Arc<Enriched>>],
     tap: Option<&tap::Tap>,
     stats: &StageStats,
@@ -173,7 +188,17 @@ fn enrich_worker(
     let shards = out.len() as u32;
     let mut slot: FxHashMap<u32, u32> = FxHashMap::default();
     let mut per_shard = vec![0u64; out.len()];
-    for batch in input {
+    loop {
+        // Idle rings still get their cgroup events learned (the ring is bounded).
+        let batch = match input.recv_timeout(std::time::Duration::from_millis(100)) {
+            Ok(b) => b,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                learn_cgroups(cgroup_events, cache.enricher());
+                continue;
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        };
+        learn_cgroups(cgroup_events, cache.enricher());
         let n = u64::from(batch.len);
         stats.received.fetch_add(n, Relaxed);
         stats.batches.fetch_add(1, Relaxed);

@@ -10,6 +10,7 @@
  *   fork N            N fork()s; each child exits at once
  *   usleep V...       usleep(V) for each V (microseconds)
  *   kill N SIG        N kill(self, SIG) calls (SIG 0 delivers nothing)
+ * WORKLOAD_SLEEP_US=N sleeps that long first (a container's life before its last calls).
  * With WORKLOAD_HOLD=1 it then waits until killed, so its pid stays resolvable.
  */
 #include <errno.h>
@@ -47,6 +48,8 @@ int main(int argc, char **argv)
 	}
 	join_cgroup(argv[1]);
 	const char *cmd = argv[2];
+	if (getenv("WORKLOAD_SLEEP_US"))
+		usleep((useconds_t)atol(getenv("WORKLOAD_SLEEP_US")));
 	long n = argc > 3 ? atol(argv[3]) : 0;
 
 	if (strcmp(cmd, "getpid") == 0) {

@@ -43,7 +43,7 @@ macro_rules! object {
 }
 
 /// Every embedded object.
-pub const OBJECTS: &[Object] = &[object!("tcp_connect_latency")];
+pub const OBJECTS: &[Object] = &[object!("tcp_connect_latency"), object!("cgroup_events")];
 
 /// Looks up an embedded object by name.
 pub fn find(name: &str) -> Option<&'static Object> {

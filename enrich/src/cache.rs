@@ -40,6 +40,11 @@ impl Cache {
         }
     }
 
+    /// The enricher behind the cache.
+    pub fn enricher(&self) -> &Arc<Enricher> {
+        &self.enricher
+    }
+
     /// Labels for `cgroup_id`; `now` is taken once per batch by the caller.
     pub fn get(&mut self, cgroup_id: u64, now: Instant) -> &Arc<PodLabels> {
         let fresh = self

@@ -3,9 +3,10 @@
 use std::{
     io,
     sync::{
-        atomic::{AtomicU32, Ordering::Relaxed},
+        atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
         Arc,
     },
+    time::{Duration, Instant},
 };
 
 use dashmap::DashMap;
@@ -48,7 +49,14 @@ pub struct Enricher {
     interned: DashMap<(String, String, String), Arc<PodLabels>>,
     next_id: AtomicU32,
     none: Arc<PodLabels>,
+    /// Paths of cgroups learned as they were created, kept (as tombstones) for
+    /// `TOMBSTONE` after removal so late events still resolve.
+    known: DashMap<u64, (String, Option<Instant>)>,
+    learned: AtomicU64,
 }
+
+/// How long a removed cgroup's path is kept for events still in flight.
+const TOMBSTONE: Duration = Duration::from_secs(300);
 
 impl Enricher {
     /// An enricher over a cgroup hierarchy and a pod metadata source.
@@ -64,7 +72,35 @@ impl Enricher {
                 pod: String::new(),
                 container: String::new(),
             }),
+            known: DashMap::new(),
+            learned: AtomicU64::new(0),
         }
+    }
+
+    /// Records a cgroup's creation (`removed` false) or removal, as the kernel reports
+    /// it (`cgroup:cgroup_mkdir`/`cgroup_rmdir`, path relative to the cgroup2 root).
+    /// Removed cgroups are forgotten `TOMBSTONE` after their removal.
+    pub fn learn(&self, cgroup_id: u64, path: &str, removed: bool) {
+        let now = Instant::now();
+        if removed {
+            self.known
+                .entry(cgroup_id)
+                .or_insert_with(|| (path.to_string(), None))
+                .1 = Some(now);
+        } else {
+            self.known.insert(cgroup_id, (path.to_string(), None));
+        }
+        // Prune now and then: cgroups come and go by the thousand on busy nodes.
+        if self.learned.fetch_add(1, Relaxed) % 1024 == 1023 {
+            self.known.retain(|_, (_, removed)| {
+                removed.is_none_or(|t| now.duration_since(t) < TOMBSTONE)
+            });
+        }
+    }
+
+    /// Cgroups learned so far (creations and removals).
+    pub fn learned(&self) -> u64 {
+        self.learned.load(Relaxed)
     }
 
     /// The label set of events outside any pod.
@@ -88,6 +124,11 @@ impl Enricher {
 
     /// Resolves one cgroup id (syscalls and directory reads: call through a cache).
     pub fn resolve(&self, cgroup_id: u64) -> Resolved {
+        if let Some(known) = self.known.get(&cgroup_id) {
+            let path = known.0.clone();
+            drop(known);
+            return self.resolve_path(path);
+        }
         match self.cgroups.path_of(cgroup_id) {
             Ok(path) => self.resolve_path(path),
             Err(e) => {

@@ -32,6 +32,12 @@ struct Index {
     /// container id → container name
     containers: HashMap<String, String>,
     scanned: Option<Instant>,
+    /// Modification times of the two directories at the last scan.
+    stamp: Option<(Option<std::time::SystemTime>, Option<std::time::SystemTime>)>,
+}
+
+fn dir_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+    fs::metadata(dir).and_then(|m| m.modified()).ok()
 }
 
 /// The kubelet's log directories, indexed on demand.
@@ -115,8 +121,13 @@ impl PodLogs {
         let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
         let known = index.pods.contains_key(pod_uid)
             && container_id.is_none_or(|c| index.containers.contains_key(c));
-        if !known && index.scanned.is_none_or(|t| t.elapsed() >= self.min_rescan) {
+        // A directory whose mtime moved has new entries: rescan at once, so a pod that
+        // just started is found; otherwise at most every `min_rescan`.
+        let stamp = (dir_mtime(&self.pods_dir), dir_mtime(&self.containers_dir));
+        let changed = index.stamp != Some(stamp);
+        if !known && (changed || index.scanned.is_none_or(|t| t.elapsed() >= self.min_rescan)) {
             self.rescan(&mut index);
+            index.stamp = Some(stamp);
         }
         let (namespace, pod, dir) = index.pods.get(pod_uid)?;
         let container = container_id.and_then(|id| {

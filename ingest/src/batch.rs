@@ -36,6 +36,13 @@ pub struct Records<'a> {
     rest: &'a [u8],
 }
 
+impl<'a> Records<'a> {
+    /// The records of framed data (a batch's, or a ring run's).
+    pub fn new(framed: &'a [u8]) -> Self {
+        Self { rest: framed }
+    }
+}
+
 impl<'a> Iterator for Records<'a> {
     type Item = &'a [u8];
 

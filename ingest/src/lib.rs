@@ -8,6 +8,7 @@
 
 mod attach;
 mod batch;
+mod cgroup_events;
 mod loader;
 mod perf;
 mod ring;
@@ -17,6 +18,7 @@ mod table;
 pub use attach::AttachPoint;
 pub use aya::Btf;
 pub use batch::{Batch, BatchBuilder, Records};
+pub use cgroup_events::CgroupEvents;
 pub use loader::{LoadOptions, LoadedObject, ProgramStats, StreamMap};
 pub use ring::{RingReader, RingStats};
 pub use ringbuf::RingConsumer;

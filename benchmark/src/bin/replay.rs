@@ -98,7 +98,8 @@ fn run(workers: usize, series: u32, events: u64, enricher: &Arc<Enricher>) -> (f
         aggregate_workers: workers,
         queue_batches: 64,
     };
-    let pipeline = Pipeline::start(rx, streams.clone(), enricher.clone(), None, settings).unwrap();
+    let pipeline =
+        Pipeline::start(rx, streams.clone(), enricher.clone(), None, None, settings).unwrap();
     let warm_records: u64 = warm.iter().map(|b| u64::from(b.len)).sum();
     for b in warm {
         tx.send(b).unwrap();
