@@ -127,6 +127,10 @@ impl Telemetry {
             "ebpf_exporter_queue_depth_batches",
             "Batches waiting in a queue between stages"
         );
+        describe_counter!(
+            "ebpf_exporter_ring_batches_total",
+            "Batches a ring reader handed on (records per batch = records / batches)"
+        );
         gauge!("ebpf_exporter_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         Ok(Self {
             handle,
@@ -173,6 +177,7 @@ impl Telemetry {
         for (program, ring, s) in self.rings.lock().unwrap().iter() {
             let labels = [("program", program.clone()), ("ring", ring.clone())];
             counter!("ebpf_exporter_ring_records_total", &labels).absolute(s.records.load(Relaxed));
+            counter!("ebpf_exporter_ring_batches_total", &labels).absolute(s.batches.load(Relaxed));
             counter!("ebpf_exporter_ring_lost_records_total", &labels)
                 .absolute(s.kernel_lost.load(Relaxed));
             counter!("ebpf_exporter_ingest_queue_dropped_records_total", &labels)
