@@ -177,6 +177,9 @@ pub struct Pipeline {
     pub wakeup_bytes: Option<u64>,
     /// Pages (4 KiB) per CPU of each perf event array buffer.
     pub perf_pages: usize,
+    /// Most series a ring metric keeps (its `max_series` overrides); further label
+    /// sets count in one `__overflow__` series.
+    pub max_series: usize,
     /// How programs stream records: `auto` uses ring buffers where the kernel has them
     /// (5.8+) and the `-DOUTPUT_PERF` builds (perf event arrays) elsewhere; `ringbuf` and
     /// `perf` force one.
@@ -225,7 +228,8 @@ impl Default for Pipeline {
             drain_interval_ms: 10,
             ring_bytes: 4 * 1024 * 1024,
             wakeup_bytes: None,
-            perf_pages: 64,
+            perf_pages: 256,
+            max_series: aggregate::DEFAULT_MAX_SERIES,
             output: Output::Auto,
         }
     }

@@ -249,10 +249,10 @@ async fn serve(args: Args) -> Result<()> {
         &config.kubernetes.container_logs_dir,
     );
     let enricher = Arc::new(Enricher::new(cgroups, pods));
-    let registry = Arc::new(Registry::new(
-        (&config.kubernetes.labels).into(),
-        node.clone(),
-    ));
+    let registry = Arc::new(
+        Registry::new((&config.kubernetes.labels).into(), node.clone())
+            .max_series(config.pipeline.max_series),
+    );
     let decoders = Context::new(Some(enricher.clone()));
     let sources = program_sources(&args, &mut config, &source)?;
     let perf_output = config.pipeline.output.perf();

@@ -131,6 +131,10 @@ impl Telemetry {
             "ebpf_exporter_ring_batches_total",
             "Batches a ring reader handed on (records per batch = records / batches)"
         );
+        describe_counter!(
+            "ebpf_exporter_series_overflow_events_total",
+            "Events counted in a metric's __overflow__ series: it reached its series limit"
+        );
         gauge!("ebpf_exporter_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         Ok(Self {
             handle,
@@ -224,6 +228,8 @@ impl Telemetry {
             for (label, n) in f.invalid {
                 counter!("ebpf_exporter_decoder_errors_total", "metric" => f.metric.clone(), "label" => label).absolute(n);
             }
+            counter!("ebpf_exporter_series_overflow_events_total", "metric" => f.metric.clone())
+                .absolute(f.overflowed);
             counter!("ebpf_exporter_decoder_filtered_total", "metric" => f.metric)
                 .absolute(f.filtered);
         }

@@ -107,6 +107,10 @@ pub struct MetricConfig {
     /// Bucket keys of `fixed` histograms, in multiplier units.
     #[serde(default)]
     pub bucket_keys: Vec<f64>,
+    /// Rings: most series kept (default `pipeline.max_series`); events of further label
+    /// sets count in one series labelled `__overflow__`.
+    #[serde(default)]
+    pub max_series: Option<usize>,
 }
 
 /// Which field holds the value, and its unit.

@@ -18,7 +18,9 @@ mod table;
 
 pub use exposition::{format_float, Sink};
 pub use program::ProgramPlan;
-pub use registry::{DecodeFailures, KubeLabelNames, Registry, StreamAggregator, StreamStats};
+pub use registry::{
+    DecodeFailures, KubeLabelNames, Registry, StreamAggregator, StreamStats, DEFAULT_MAX_SERIES,
+};
 pub use stream::{FieldView, Raw, StreamPlan};
 pub use table::{Rows, TableEntry, TablePlan};
 

@@ -23,6 +23,18 @@ use crate::{
     stream::{MetricPlan, StreamPlan},
 };
 
+/// Label value of the overflow series.
+const OVERFLOW: &str = "__overflow__";
+
+/// The identity of a series in `by_values`: its pod (for pod-labelled families) and
+/// decoded config labels.
+fn identity_of(m: &MetricPlan, pod: &PodLabels, labels: &[String]) -> (u32, Box<[String]>) {
+    (
+        if m.family.pod_labels { pod.id } else { 0 },
+        labels.to_vec().into_boxed_slice(),
+    )
+}
+
 /// Most bytes of label fields one metric may key its series by.
 pub(crate) const MAX_KEY: usize = 64;
 
@@ -109,6 +121,12 @@ pub(crate) struct Family {
     by_values: DashMap<(u32, Box<[String]>), Arc<Series>>,
     /// Events left out because a filter decoder (`regexp`) dropped their labels.
     filtered: AtomicU64,
+    /// Most series the family keeps; events of further label sets go to one overflow
+    /// series whose labels all read `__overflow__`, so memory stays bounded.
+    max_series: usize,
+    overflow: std::sync::OnceLock<Arc<Series>>,
+    /// Events counted in the overflow series.
+    overflowed: AtomicU64,
     /// Events left out because a label's decoder rejected its bytes, per config label.
     invalid: Box<[AtomicU64]>,
 }
@@ -121,7 +139,11 @@ pub struct Registry {
     names: Mutex<Vec<String>>,
     kube: KubeLabelNames,
     node: String,
+    max_series: usize,
 }
+
+/// Series a stream metric keeps unless its config says otherwise.
+pub const DEFAULT_MAX_SERIES: usize = 100_000;
 
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
@@ -145,7 +167,18 @@ impl Registry {
             names: Mutex::default(),
             kube,
             node,
+            max_series: DEFAULT_MAX_SERIES,
         }
+    }
+
+    /// Sets the series limit of metrics whose config gives none.
+    pub fn max_series(mut self, max: usize) -> Self {
+        self.max_series = max.max(1);
+        self
+    }
+
+    pub(crate) fn default_max_series(&self) -> usize {
+        self.max_series
     }
 
     /// Checks a metric's name and label names and reserves the name; returns the
@@ -183,6 +216,7 @@ impl Registry {
         scale: f64,
         mut labels: Vec<String>,
         pod_labels: bool,
+        max_series: usize,
     ) -> Result<Arc<Family>, String> {
         let config_labels = labels.len();
         if pod_labels {
@@ -208,6 +242,9 @@ impl Registry {
             series: DashMap::new(),
             by_values: DashMap::new(),
             filtered: AtomicU64::new(0),
+            max_series,
+            overflow: std::sync::OnceLock::new(),
+            overflowed: AtomicU64::new(0),
             invalid: (0..config_labels).map(|_| AtomicU64::new(0)).collect(),
         });
         self.families
@@ -250,6 +287,7 @@ impl Registry {
                     })
                     .collect(),
                 filtered: f.filtered.load(Relaxed),
+                overflowed: f.overflowed.load(Relaxed),
             })
             .collect()
     }
@@ -264,12 +302,16 @@ pub struct DecodeFailures {
     pub invalid: Vec<(String, u64)>,
     /// Events a filter decoder dropped.
     pub filtered: u64,
+    /// Events counted in the overflow series (the metric reached its series limit).
+    pub overflowed: u64,
 }
 
 /// What a series key resolves to.
 #[derive(Debug, Clone)]
 pub(crate) enum Slot {
     Series(Arc<Series>),
+    /// The family is full: the overflow series.
+    Overflow(Arc<Series>),
     /// A filter decoder dropped the labels.
     Filtered,
     /// The decoders of this config label rejected its bytes.
@@ -436,6 +478,10 @@ impl StreamAggregator {
             };
             let series = match &local.slots[index as usize] {
                 Slot::Series(s) => s,
+                Slot::Overflow(s) => {
+                    m.family.overflowed.fetch_add(1, Relaxed);
+                    s
+                }
                 Slot::Filtered => {
                     m.family.filtered.fetch_add(1, Relaxed);
                     continue;
@@ -502,13 +548,37 @@ fn shared_series(m: &MetricPlan, key: SeriesKey, record: &[u8], pod: &Arc<PodLab
             }
         }
     }
+    if m.family.by_values.len() >= m.family.max_series
+        && !m
+            .family
+            .by_values
+            .contains_key(&identity_of(m, pod, &labels))
+    {
+        let overflow = m.family.overflow.get_or_init(|| {
+            tracing::warn!(metric = %m.family.name, max = m.family.max_series, "series limit reached; further label sets count in the __overflow__ series");
+            let n = m.labels.len();
+            let series = Arc::new(Series {
+                pod: m.family.pod_labels.then(|| Arc::new(PodLabels { id: u32::MAX, namespace: OVERFLOW.into(), pod: OVERFLOW.into(), container: OVERFLOW.into() })),
+                buckets: (0..m.raw_bounds.len() + usize::from(m.family.histogram)).map(|_| AtomicU64::new(0)).collect(),
+                sum: AtomicU64::new(0),
+            });
+            m.family.by_values.insert((u32::MAX, vec![OVERFLOW.to_string(); n].into_boxed_slice()), series.clone());
+            series
+        });
+        return m
+            .family
+            .series
+            .entry(key)
+            .or_insert(Slot::Overflow(overflow.clone()))
+            .clone();
+    }
     let buckets = if m.family.histogram {
         m.raw_bounds.len() + 1
     } else {
         0
     };
+    let identity = identity_of(m, pod, &labels);
     let pod = m.family.pod_labels.then(|| pod.clone());
-    let identity = (pod.as_ref().map_or(0, |p| p.id), labels.into_boxed_slice());
     let series = m
         .family
         .by_values

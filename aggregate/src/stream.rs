@@ -369,7 +369,14 @@ impl MetricPlan {
             .collect::<Result<_, ConfigError>>()?;
         let family = registry
             .register(
-                &m.name, &m.help, histogram, bounds, scale, names, pod_labels,
+                &m.name,
+                &m.help,
+                histogram,
+                bounds,
+                scale,
+                names,
+                pod_labels,
+                m.max_series.unwrap_or(registry.default_max_series()),
             )
             .map_err(|reason| invalid(format!("{m_at}.name"), reason))?;
         Ok(Self {

@@ -144,6 +144,7 @@ fn decoder_failures_are_counted_not_exported() {
         metric: "ebpf_exporter_tcp_connect_latency_seconds".into(),
         invalid: vec![("subnet".into(), 3)],
         filtered: 0,
+        overflowed: 0,
     };
     assert!(failures.contains(&want), "{failures:?}");
     let mut out = crate::Sink::buffer();
@@ -371,4 +372,45 @@ metrics:
     registry.render(&mut out);
     let out = out.finish();
     assert_eq!(out, "# HELP ebpf_exporter_oom_kills OOM kills\n# TYPE ebpf_exporter_oom_kills counter\nebpf_exporter_oom_kills{cgroup_path=\"9\"} 2\n");
+}
+
+#[test]
+fn a_full_metric_counts_new_label_sets_in_one_overflow_series() {
+    let yaml = CONFIG.replace(
+        "      ring: events\n      value",
+        "      ring: events\n      max_series: 2\n      value",
+    );
+    let (registry, plans) = compile(&yaml).unwrap();
+    let mut agg =
+        StreamAggregator::new(Arc::new(plans.into_iter().next().unwrap()), Arc::default());
+    let p = pod(5, "ns", "p", "c");
+    for octet in [10u8, 11, 12, 13, 10] {
+        agg.observe(&record(1, 500, 2, octet), &p);
+    }
+    let mut out = crate::Sink::buffer();
+    registry.render(&mut out);
+    let out = out.finish();
+    let count = |labels: &str| {
+        out.lines()
+            .find(|l| {
+                l.starts_with("ebpf_exporter_tcp_connect_latency_seconds_count{")
+                    && l.contains(labels)
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().to_string())
+    };
+    assert_eq!(count("subnet=\"10\"").as_deref(), Some("2"), "{out}");
+    assert_eq!(count("subnet=\"11\"").as_deref(), Some("1"));
+    assert_eq!(count("subnet=\"12\""), None);
+    assert_eq!(
+        count("app_pod=\"__overflow__\"").as_deref(),
+        Some("2"),
+        "{out}"
+    );
+    assert!(out.contains("subnet=\"__overflow__\""));
+    let f = registry
+        .decode_failures()
+        .into_iter()
+        .find(|f| f.metric.ends_with("tcp_connect_latency_seconds"))
+        .unwrap();
+    assert_eq!(f.overflowed, 2);
 }

@@ -5,7 +5,8 @@
 //! (guaranteed pods have no qos level; `crio-` and `docker-` scopes too).
 //! cgroupfs driver: `kubepods/<qos>/pod<uid>/<id>`. Either may sit below other
 //! directories (kind, k3s, nested runtimes), so the pod directory is searched for
-//! below any `kubepods` ancestor.
+//! below any `kubepods` ancestor. Containers outside Kubernetes (docker, podman) are
+//! recognised by their scope names and labelled by container id.
 
 /// What a cgroup path says about the workload in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +66,25 @@ pub fn parse(path: &str) -> Option<KubeCgroup> {
     })
 }
 
+/// The container id of a container outside Kubernetes: docker
+/// (`system.slice/docker-<id>.scope`, cgroupfs `docker/<id>`), podman
+/// (`machine.slice/libpod-<id>.scope`, `libpod_parent/libpod-<id>`), or containerd
+/// without Kubernetes (`<namespace>/<id>`, shown as the id alone). Paths inside pods are
+/// [`parse`]'s.
+pub fn standalone_container(path: &str) -> Option<String> {
+    if path.contains("kubepods") {
+        return None;
+    }
+    let mut parts = path.rsplit('/').filter(|c| !c.is_empty());
+    let last = parts.next()?;
+    let id = ["docker-", "libpod-", "crio-", "cri-containerd-"]
+        .iter()
+        .find_map(|p| last.strip_prefix(p))
+        .map(|rest| rest.strip_suffix(".scope").unwrap_or(rest))
+        .or_else(|| (parts.next()? == "docker").then_some(last))?;
+    is_container_id(id).then(|| id.to_ascii_lowercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,10 +133,28 @@ mod tests {
         assert_eq!(parse(&test_root), pod(true));
     }
 
+    #[test]
+    fn containers_outside_kubernetes() {
+        let cases = [
+            (format!("/system.slice/docker-{ID}.scope"), Some(ID)),
+            (format!("/docker/{ID}"), Some(ID)),
+            (format!("/machine.slice/libpod-{ID}.scope"), Some(ID)),
+            (format!("/machine.slice/libpod-{ID}.scope/container"), None),
+            (format!("/kubepods/burstable/pod{UID}/{ID}"), None),
+            ("/system.slice/sshd.service".to_string(), None),
+            (format!("/system.slice/docker-{}.scope", &ID[..12]), None),
+            ("/".to_string(), None),
+        ];
+        for (path, want) in cases {
+            assert_eq!(standalone_container(&path).as_deref(), want, "{path}");
+        }
+    }
+
     proptest::proptest! {
         #[test]
         fn never_panics(path in "[a-z0-9/._-]{0,200}") {
             let _ = parse(&path);
+            let _ = standalone_container(&path);
         }
     }
 }

@@ -179,6 +179,15 @@ impl Enricher {
     /// Resolves a cgroup path (relative to the cgroup2 mount).
     pub fn resolve_path(&self, path: String) -> Resolved {
         let Some(kube) = kubepath::parse(&path) else {
+            if let Some(id) = kubepath::standalone_container(&path) {
+                // Docker or podman outside Kubernetes: labelled by the short container id.
+                return Resolved {
+                    labels: self.intern(String::new(), String::new(), id[..12].to_string()),
+                    settled: true,
+                    path: Some(path),
+                    unknown: Some("a container outside Kubernetes (labelled by its id)".into()),
+                };
+            }
             return self.unattributed(Some(path), "not in a Kubernetes pod's cgroup".into());
         };
         match self
@@ -218,6 +227,25 @@ impl Enricher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_containers_are_labelled_by_short_id() {
+        let Ok(fs) = CgroupFs::discover() else { return };
+        let e = Enricher::new(fs, PodLogs::new("/nonexistent", "/nonexistent"));
+        let id = "5f2a7f1c8e6b4b9aa2f3c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1";
+        let r = e.resolve_path(format!("/system.slice/docker-{id}.scope"));
+        assert_eq!(
+            (
+                r.labels.namespace.as_str(),
+                r.labels.pod.as_str(),
+                r.labels.container.as_str()
+            ),
+            ("", "", "5f2a7f1c8e6b")
+        );
+        assert!(r.labels.id != 0 && r.settled);
+        let r = e.resolve_path("/user.slice/user-0.slice/session-1.scope".into());
+        assert_eq!(r.labels.id, 0);
+    }
 
     #[test]
     fn a_process_outside_pods_gets_empty_labels() {
