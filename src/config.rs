@@ -92,6 +92,14 @@ pub struct Kubernetes {
     /// containers that live for milliseconds are still attributed.
     #[serde(default = "yes")]
     pub cgroup_events: bool,
+    /// Seconds a deleted pod's series stay after its last container cgroup is removed
+    /// (needs `cgroup_events`).
+    #[serde(default = "default_grace")]
+    pub series_grace_seconds: u64,
+}
+
+const fn default_grace() -> u64 {
+    300
 }
 
 const fn yes() -> bool {
@@ -105,6 +113,7 @@ impl Default for Kubernetes {
             container_logs_dir: default_container_logs(),
             labels: LabelNames::default(),
             cgroup_events: true,
+            series_grace_seconds: default_grace(),
         }
     }
 }

@@ -387,7 +387,7 @@ async fn serve(args: Args) -> Result<()> {
     let pipeline = Pipeline::start(
         rx,
         streams.clone(),
-        enricher,
+        enricher.clone(),
         cgroup_events,
         tap.clone(),
         settings,
@@ -409,6 +409,8 @@ async fn serve(args: Args) -> Result<()> {
         tap,
         sink,
         node: node.clone(),
+        enricher,
+        series_grace: Duration::from_secs(config.kubernetes.series_grace_seconds),
     });
     let mut app = Router::new()
         .route(&config.web.telemetry_path, get(metrics))
@@ -458,6 +460,8 @@ struct AppState {
     tap: Option<Arc<Tap>>,
     sink: Option<Sink>,
     node: String,
+    enricher: Arc<Enricher>,
+    series_grace: Duration,
 }
 
 /// The file sink's input, for tables written at each scrape.
@@ -580,6 +584,10 @@ async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
             let _ = tx.blocking_send(Bytes::from(chunk));
         };
         let mut out = aggregate::Sink::chunked(256 * 1024, &mut emit);
+        let gone = s.enricher.expire(s.series_grace);
+        if !gone.is_empty() {
+            s.registry.expire(&gone);
+        }
         s.registry.render(&mut out);
         let running = s.running.lock().unwrap_or_else(|e| e.into_inner());
         for r in running.iter() {

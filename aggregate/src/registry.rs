@@ -267,6 +267,21 @@ impl Registry {
         }
     }
 
+    /// Drops the series of label sets `gone` (pods deleted past their grace period),
+    /// so memory follows the pods on the node. Workers drop their references at their
+    /// next cleanup; events that still arrive for a gone pod start new series.
+    pub fn expire(&self, gone: &[u32]) {
+        let families = self
+            .families
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for f in families.iter().filter(|f| f.pod_labels) {
+            f.by_values.retain(|(pod, _), _| !gone.contains(pod));
+            f.series.retain(|key, _| !gone.contains(&key.pod));
+        }
+    }
+
     /// Events left out by decoders: per metric, (label, events its decoder rejected)
     /// and events filtered out by design.
     pub fn decode_failures(&self) -> Vec<DecodeFailures> {
@@ -412,6 +427,28 @@ struct Local {
     last: Option<(SeriesKey, u32)>,
 }
 
+impl Local {
+    /// Forgets series only this worker still holds (the registry expired them).
+    fn drop_expired(&mut self) {
+        let orphan = |s: &Slot| matches!(s, Slot::Series(series) if Arc::strong_count(series) == 1);
+        if !self.slots.iter().any(orphan) {
+            return;
+        }
+        let (index, slots) = (
+            std::mem::take(&mut self.index),
+            std::mem::take(&mut self.slots),
+        );
+        for (key, i) in index {
+            let slot = &slots[i as usize];
+            if !orphan(slot) {
+                self.slots.push(slot.clone());
+                self.index.insert(key, self.slots.len() as u32 - 1);
+            }
+        }
+        self.last = None;
+    }
+}
+
 /// A worker's view of one stream: its plan and a lock-free local series cache.
 pub struct StreamAggregator {
     plan: Arc<StreamPlan>,
@@ -421,6 +458,7 @@ pub struct StreamAggregator {
     stats: Arc<StreamStats>,
     records: u64,
     malformed: u64,
+    flushes: u64,
 }
 
 impl StreamAggregator {
@@ -432,6 +470,7 @@ impl StreamAggregator {
             stats,
             records: 0,
             malformed: 0,
+            flushes: 0,
         }
     }
 
@@ -522,6 +561,12 @@ impl StreamAggregator {
         self.stats
             .malformed
             .fetch_add(std::mem::take(&mut self.malformed), Relaxed);
+        self.flushes += 1;
+        if self.flushes.is_multiple_of(1024) {
+            for local in &mut self.local {
+                local.drop_expired();
+            }
+        }
     }
 }
 

@@ -414,3 +414,37 @@ fn a_full_metric_counts_new_label_sets_in_one_overflow_series() {
         .unwrap();
     assert_eq!(f.overflowed, 2);
 }
+
+#[test]
+fn expired_pods_lose_their_series_and_come_back_fresh() {
+    let (registry, plans) = compile(CONFIG).unwrap();
+    let mut agg =
+        StreamAggregator::new(Arc::new(plans.into_iter().next().unwrap()), Arc::default());
+    let (gone, stays) = (pod(5, "ns", "gone", "c"), pod(6, "ns", "stays", "c"));
+    agg.observe(&record(1, 500, 2, 10), &gone);
+    agg.observe(&record(1, 500, 2, 10), &gone);
+    agg.observe(&record(2, 500, 2, 10), &stays);
+    registry.expire(&[5]);
+    let render = || {
+        let mut out = crate::Sink::buffer();
+        registry.render(&mut out);
+        out.finish()
+    };
+    let page = render();
+    assert!(
+        !page.contains("app_pod=\"gone\"") && page.contains("app_pod=\"stays\""),
+        "{page}"
+    );
+    for _ in 0..1024 {
+        agg.flush_stats(); // the worker drops what only it still held
+    }
+    agg.observe(&record(1, 500, 2, 10), &gone);
+    let page = render();
+    let line = page
+        .lines()
+        .find(|l| {
+            l.starts_with("ebpf_exporter_tcp_connects_total{") && l.contains("app_pod=\"gone\"")
+        })
+        .unwrap();
+    assert!(line.ends_with(" 1"), "a fresh series: {line}");
+}

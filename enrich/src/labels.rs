@@ -53,6 +53,10 @@ pub struct Enricher {
     /// `TOMBSTONE` after removal so late events still resolve.
     known: DashMap<u64, (String, Option<Instant>)>,
     learned: AtomicU64,
+    /// The label set each resolved cgroup has, and per label set its live cgroups and
+    /// when the last one was removed: label sets of deleted pods can be expired.
+    owners: DashMap<u64, u32>,
+    live: DashMap<u32, (u32, Option<Instant>)>,
 }
 
 /// How long a removed cgroup's path is kept for events still in flight.
@@ -74,6 +78,8 @@ impl Enricher {
             }),
             known: DashMap::new(),
             learned: AtomicU64::new(0),
+            owners: DashMap::new(),
+            live: DashMap::new(),
         }
     }
 
@@ -87,6 +93,14 @@ impl Enricher {
                 .entry(cgroup_id)
                 .or_insert_with(|| (path.to_string(), None))
                 .1 = Some(now);
+            if let Some((_, id)) = self.owners.remove(&cgroup_id) {
+                if let Some(mut live) = self.live.get_mut(&id) {
+                    live.0 = live.0.saturating_sub(1);
+                    if live.0 == 0 {
+                        live.1 = Some(now);
+                    }
+                }
+            }
         } else {
             self.known.insert(cgroup_id, (path.to_string(), None));
         }
@@ -124,13 +138,19 @@ impl Enricher {
 
     /// Resolves one cgroup id (syscalls and directory reads: call through a cache).
     pub fn resolve(&self, cgroup_id: u64) -> Resolved {
-        if let Some(known) = self.known.get(&cgroup_id) {
-            let path = known.0.clone();
-            drop(known);
-            return self.resolve_path(path);
-        }
-        match self.cgroups.path_of(cgroup_id) {
-            Ok(path) => self.resolve_path(path),
+        let known = self.known.get(&cgroup_id).map(|k| k.0.clone());
+        let path = match known {
+            Some(path) => Ok(path),
+            None => self.cgroups.path_of(cgroup_id),
+        };
+        match path {
+            Ok(path) => {
+                let r = self.resolve_path(path);
+                if r.labels.id != 0 {
+                    self.own(cgroup_id, r.labels.id);
+                }
+                r
+            }
             Err(e) => {
                 // Gone already (ESTALE/ENOENT) or not permitted: nothing more to learn.
                 let why = if e.kind() == io::ErrorKind::PermissionDenied {
@@ -143,6 +163,33 @@ impl Enricher {
                 self.unattributed(None, why)
             }
         }
+    }
+
+    /// Counts `cgroup_id` as a live cgroup of label set `id`.
+    fn own(&self, cgroup_id: u64, id: u32) {
+        if self.owners.insert(cgroup_id, id) != Some(id) {
+            let mut live = self.live.entry(id).or_insert((0, None));
+            live.0 += 1;
+            live.1 = None;
+        }
+    }
+
+    /// Label sets whose cgroups have all been removed for at least `grace`: forgotten
+    /// here, and returned so their series can go too.
+    pub fn expire(&self, grace: Duration) -> Vec<u32> {
+        let now = Instant::now();
+        let mut gone = Vec::new();
+        self.live.retain(|id, (count, since)| {
+            let expired = *count == 0 && since.is_some_and(|t| now.duration_since(t) >= grace);
+            if expired {
+                gone.push(*id);
+            }
+            !expired
+        });
+        if !gone.is_empty() {
+            self.interned.retain(|_, labels| !gone.contains(&labels.id));
+        }
+        gone
     }
 
     fn unattributed(&self, path: Option<String>, why: String) -> Resolved {

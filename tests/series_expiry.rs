@@ -1,0 +1,72 @@
+//! Series of deleted pods go after the grace period, so memory follows the pods on the
+//! node; pods still running keep theirs. Needs root and BPF.
+
+#[macro_use]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{sample, Cgroups, Exporter, Pod, TempDir};
+
+/// `n` TCP connects from a new bash moved into `cgroup`, to a listener of ours.
+fn connects(n: usize, cgroup: &std::path::Path) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accept = std::thread::spawn(move || {
+        for _ in 0..n {
+            drop(listener.accept().unwrap());
+        }
+    });
+    let script = format!("echo $$ > {}/cgroup.procs && for i in $(seq {n}); do exec 3<>/dev/tcp/127.0.0.1/{port}; exec 3>&-; done", cgroup.display());
+    assert!(std::process::Command::new("bash")
+        .args(["-c", &script])
+        .status()
+        .unwrap()
+        .success());
+    accept.join().unwrap();
+}
+
+#[test]
+fn a_deleted_pods_series_expire_after_the_grace_period() {
+    privileged!("a_deleted_pods_series_expire_after_the_grace_period");
+    let dir = TempDir::new("expiry");
+    let mut cgroups = Cgroups::new("expiry");
+    let (deleted, running) = (
+        Pod::new("shop", "expiring-1a2b3", "app"),
+        Pod::new("shop", "running-4c5d6", "app"),
+    );
+    let (cg_deleted, cg_running) = (deleted.cgroup(&mut cgroups), running.cgroup(&mut cgroups));
+    let flags = deleted.logs(&dir.0);
+    running.logs(&dir.0);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let exporter = Exporter::start_with_env(
+        &flags,
+        &[("KUBE_EBPF_EXPORTER__KUBERNETES__SERIES_GRACE_SECONDS", "1")],
+        &dir.0.join("log"),
+    );
+
+    connects(3, &cg_deleted);
+    connects(2, &cg_running);
+    let name = "ebpf_exporter_tcp_connect_latency_seconds_count";
+    let labels = |p: &Pod| {
+        format!(
+            "{},node_id=\"{}\",subnet=\"127\"",
+            p.labels(),
+            common::node()
+        )
+    };
+    common::wait_for(&exporter, name, &labels(&running), 2.0);
+    let page = common::wait_for(&exporter, name, &labels(&deleted), 3.0);
+    assert_eq!(sample(&page, name, &labels(&deleted)), Some(3.0), "{page}");
+
+    // The runtime removes the deleted pod's cgroup; a scrape after the grace expires it.
+    std::fs::remove_dir(&cg_deleted).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut page = exporter.metrics();
+    while sample(&page, name, &labels(&deleted)).is_some() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        page = exporter.metrics();
+    }
+    assert_eq!(sample(&page, name, &labels(&deleted)), None, "{page}");
+    assert_eq!(sample(&page, name, &labels(&running)), Some(2.0), "{page}");
+}
