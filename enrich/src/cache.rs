@@ -9,14 +9,18 @@ use rustc_hash::FxHashMap;
 
 use crate::{Enricher, PodLabels};
 
-/// Unsettled entries (pod cgroup, names not yet on disk) are asked again this often.
+/// Unsettled entries (pod cgroup, names not yet on disk) are asked again this often,
 const RETRY: Duration = Duration::from_secs(1);
+/// for this long: a container the kubelet never logs (the pod sandbox's pause
+/// container) keeps its pod's labels without a container name from then on.
+const GIVE_UP: Duration = Duration::from_secs(30);
 /// Entries kept before the cache starts over; bounds memory under cgroup churn.
 const MAX_ENTRIES: usize = 1 << 16;
 
 struct Entry {
     labels: Arc<PodLabels>,
     retry_at: Option<Instant>,
+    first: Instant,
 }
 
 /// A worker's cgroup id → labels cache.
@@ -55,16 +59,53 @@ impl Cache {
             self.hits += 1;
         } else {
             self.misses += 1;
-            if self.entries.len() >= MAX_ENTRIES {
+            if self.entries.len() >= MAX_ENTRIES && !self.entries.contains_key(&cgroup_id) {
                 self.entries.clear();
             }
+            let first = self.entries.get(&cgroup_id).map_or(now, |e| e.first);
             let r = self.enricher.resolve(cgroup_id);
+            let retry = !r.settled && now.duration_since(first) < GIVE_UP;
             let entry = Entry {
                 labels: r.labels,
-                retry_at: (!r.settled).then(|| now + RETRY),
+                retry_at: retry.then(|| now + RETRY),
+                first,
             };
             self.entries.insert(cgroup_id, entry);
         }
         &self.entries[&cgroup_id].labels
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CgroupFs, PodLogs};
+
+    #[test]
+    fn unknown_containers_are_retried_then_settled() {
+        let Ok(fs) = CgroupFs::discover() else { return };
+        let root = std::env::temp_dir().join(format!("cache-test-{}", std::process::id()));
+        let uid = "0f8fd5a6-1c3e-4a5b-9b7d-2e4f6a8c0b1d";
+        std::fs::create_dir_all(root.join(format!("pods/shop_web_{uid}/nginx"))).unwrap();
+        std::fs::create_dir_all(root.join(format!("pods/shop_web_{uid}/sidecar"))).unwrap();
+        let enricher = Arc::new(Enricher::new(
+            fs,
+            PodLogs::new(root.join("pods"), root.join("containers")),
+        ));
+        // The pause container: its id is in no log name.
+        let pause = format!("/kubepods/pod{uid}/{}", "a".repeat(64));
+        enricher.learn(77, &pause, false);
+        let mut cache = Cache::new(enricher);
+        let t0 = Instant::now();
+        for s in [0, 2, 4, 40, 42, 44] {
+            let labels = cache.get(77, t0 + Duration::from_secs(s));
+            assert_eq!(
+                (labels.pod.as_str(), labels.container.as_str()),
+                ("web", "")
+            );
+        }
+        // Asked at 0, 2, 4 and 40 s (retries, then settled), answered from the cache after.
+        assert_eq!((cache.misses, cache.hits), (4, 2));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
