@@ -592,8 +592,8 @@ async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
         let running = s.running.lock().unwrap_or_else(|e| e.into_inner());
         for r in running.iter() {
             let sink = s.sink.as_ref().filter(|k| k.configs.contains(&r.name));
-            for t in &r.plan.tables {
-                match r.object.read_table(&t.map) {
+            for (t, &split) in r.plan.tables.iter().zip(&r.split_cpus) {
+                match r.object.read_table(&t.map, split) {
                     Ok(entries) => {
                         let rows = t.rows(&entries);
                         t.render(&rows, &mut out);

@@ -117,6 +117,8 @@ pub struct Running {
     pub object: LoadedObject,
     /// Streams and tables.
     pub plan: ProgramPlan,
+    /// Per table: read per CPU (the per-CPU map has a `cpu` label).
+    pub split_cpus: Vec<bool>,
 }
 
 /// Shared inputs of program setup.
@@ -192,10 +194,15 @@ impl Setup<'_> {
             };
             fail(stage, format!("{at}{e}{hint}"))
         })?;
+        let mut split_cpus = Vec::new();
         for t in &plan.tables {
-            let key = object
+            let (key, per_cpu) = object
                 .key_size(&t.map)
                 .map_err(|e| fail(Stage::Config, format!("{}.name: {e}", t.at)))?;
+            // A per-CPU map's `cpu` label comes from the CPU, not from its key.
+            let split = per_cpu && t.cpu_label;
+            split_cpus.push(split);
+            let key = if split { key + 2 } else { key };
             if key != t.key_size {
                 return Err(fail(
                     Stage::Config,
@@ -210,6 +217,7 @@ impl Setup<'_> {
             name: src.name.clone(),
             object,
             plan,
+            split_cpus,
         })
     }
 }

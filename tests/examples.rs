@@ -223,3 +223,25 @@ fn open_errors_through_perf_event_arrays() {
         "{text}"
     );
 }
+
+#[test]
+fn getppid_per_cpu_table_splits_by_cpu() {
+    privileged!("getppid_per_cpu_table_splits_by_cpu");
+    let dir = TempDir::new("ex-percpu");
+    let mut cgroups = Cgroups::new("ex-percpu");
+    let cg = cgroups.create(&["pinned"]);
+    let exporter = start("getppid-per-cpu", &dir, &[]);
+    // Pinned to CPU 1, so every call counts there.
+    let status = std::process::Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(common::workload())
+        .args([cg.to_str().unwrap(), "getppid", "555"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let name = "ebpf_exporter_getppid_calls_total";
+    let on = |cpu: u32| format!("cgroup=\"{}\",cpu=\"{cpu}\"", Cgroups::display(&cg));
+    let page = wait_for(&exporter, name, &on(1), 555.0);
+    assert_eq!(sample(&page, name, &on(1)), Some(555.0), "{page}");
+    assert_eq!(sample(&page, name, &on(0)), Some(0.0), "{page}");
+}

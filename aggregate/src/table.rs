@@ -67,6 +67,9 @@ pub struct TablePlan {
     pub key_size: usize,
     /// The metric's config path, for errors found later (key size against the map).
     pub at: String,
+    /// The last label is the reference exporter's per-CPU `cpu` label (2 bytes, `uint`):
+    /// on a per-CPU map it is not in the key; the reader appends each CPU to it.
+    pub cpu_label: bool,
     name: String,
     help: String,
     labels: Vec<Label>,
@@ -172,6 +175,12 @@ impl TablePlan {
             map: m.name.clone(),
             key_size,
             at: at.to_string(),
+            cpu_label: m.labels.last().is_some_and(|l| {
+                l.name == "cpu"
+                    && l.size == Some(2)
+                    && !l.reuse
+                    && l.decoders.iter().map(|d| d.name.as_str()).eq(["uint"])
+            }) && !histogram,
             name,
             help: m.help.clone(),
             labels,

@@ -448,3 +448,17 @@ fn expired_pods_lose_their_series_and_come_back_fresh() {
         .unwrap();
     assert!(line.ends_with(" 1"), "a fresh series: {line}");
 }
+
+#[test]
+fn a_trailing_two_byte_cpu_label_marks_a_per_cpu_split() {
+    let with = |label: &str| {
+        let cfg = format!(
+            "metrics:\n  counters:\n    - name: calls_total\n      help: Calls\n      labels:\n        - {{ name: pid, size: 4 }}\n        - {label}\n"
+        );
+        program(&cfg).unwrap().1.tables[0].cpu_label
+    };
+    assert!(with("{ name: cpu, size: 2, decoders: [{ name: uint }] }"));
+    assert!(!with("{ name: cpu, size: 4, decoders: [{ name: uint }] }"));
+    assert!(!with("{ name: core, size: 2, decoders: [{ name: uint }] }"));
+    assert!(!with("{ name: cpu, size: 2, decoders: [{ name: uint }, { name: static_map, static_map: { \"0\": a } }] }"));
+}

@@ -466,31 +466,38 @@ impl LoadedObject {
         }
     }
 
-    /// A map's key size in bytes, as the kernel has it from the object's BTF.
+    /// A map's key size in bytes, as the kernel has it from the object's BTF, and
+    /// whether it is a per-CPU map.
     ///
     /// # Errors
     /// The map is missing.
-    pub fn key_size(&self, map: &str) -> Result<usize, IngestError> {
+    pub fn key_size(&self, map: &str) -> Result<(usize, bool), IngestError> {
         let m = self
             .ebpf
             .map(map)
             .ok_or_else(|| self.map_error(map, "no such map in the object".into()))?;
+        let per_cpu = crate::table::table_data(m).is_some_and(|(_, per_cpu)| per_cpu);
         let data = crate::table::map_data(m);
         data.info()
-            .map(|i| i.key_size() as usize)
+            .map(|i| (i.key_size() as usize, per_cpu))
             .map_err(|e| self.map_error(map, e.to_string()))
     }
 
-    /// Every entry of a hash or array map (per-CPU values summed), for tables.
+    /// Every entry of a hash or array map, for tables: per-CPU values summed, or with
+    /// `split_cpus` one entry per CPU with the CPU (u16) appended to the key.
     ///
     /// # Errors
     /// The map is missing, has values that are not 8-byte counters, or a read fails.
-    pub fn read_table(&self, map: &str) -> Result<Vec<(Vec<u8>, u64)>, IngestError> {
+    pub fn read_table(
+        &self,
+        map: &str,
+        split_cpus: bool,
+    ) -> Result<Vec<(Vec<u8>, u64)>, IngestError> {
         let m = self
             .ebpf
             .map(map)
             .ok_or_else(|| self.map_error(map, "no such map in the object".into()))?;
-        crate::table::read(m).map_err(|reason| self.map_error(map, reason))
+        crate::table::read(m, split_cpus).map_err(|reason| self.map_error(map, reason))
     }
 
     /// Records the kernel side failed to reserve (ring full), summed over CPUs; 0 when the

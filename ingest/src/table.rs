@@ -77,8 +77,9 @@ fn possible_cpus() -> Result<usize, String> {
     aya::util::nr_cpus().map_err(|(what, e)| format!("{what}: {e}"))
 }
 
-/// All entries of a table map as (key bytes, value).
-pub(crate) fn read(m: &Map) -> Result<Vec<(Vec<u8>, u64)>, String> {
+/// All entries of a table map as (key bytes, value); per-CPU values are summed, or with
+/// `split_cpus` given per CPU with the CPU appended to the key.
+pub(crate) fn read(m: &Map, split_cpus: bool) -> Result<Vec<(Vec<u8>, u64)>, String> {
     let (data, per_cpu) = table_data(m).ok_or("not a hash or array map; tables read those")?;
     let info = data.info().map_err(|e| e.to_string())?;
     let (key_size, value_size) = (info.key_size() as usize, info.value_size() as usize);
@@ -121,17 +122,28 @@ pub(crate) fn read(m: &Map) -> Result<Vec<(Vec<u8>, u64)>, String> {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
             Err(e) => return Err(format!("BPF_MAP_LOOKUP_ELEM: {e}")),
         }
-        let total = (0..cpus)
-            .map(|cpu| {
-                let v = &value[cpu * stride..cpu * stride + value_size];
-                if value_size == 8 {
-                    u64::from_ne_bytes(v.try_into().unwrap())
-                } else {
-                    u64::from(u32::from_ne_bytes(v.try_into().unwrap()))
-                }
-            })
-            .fold(0u64, u64::wrapping_add);
-        out.push((key.clone(), total));
+        let per = |cpu: usize| {
+            let v = &value[cpu * stride..cpu * stride + value_size];
+            if value_size == 8 {
+                u64::from_ne_bytes(v.try_into().unwrap())
+            } else {
+                u64::from(u32::from_ne_bytes(v.try_into().unwrap()))
+            }
+        };
+        if split_cpus && per_cpu {
+            // One entry per CPU, the CPU (u16) appended to the key: the config's `cpu`
+            // label reads it.
+            for cpu in 0..cpus {
+                let mut k = key.clone();
+                k.extend((cpu as u16).to_ne_bytes());
+                out.push((k, per(cpu)));
+            }
+        } else {
+            out.push((
+                key.clone(),
+                (0..cpus).map(per).fold(0u64, u64::wrapping_add),
+            ));
+        }
     }
     Ok(out)
 }
