@@ -16,6 +16,8 @@ setup() {
   command -v clang >/dev/null || missing+=(clang)
   [ -f /usr/include/bpf/bpf_helpers.h ] || missing+=(libbpf-dev)
   command -v bpftool >/dev/null || missing+=(bpftool)
+  # Tests only: a real Prometheus scrapes the exporter; promtool lints its output.
+  command -v prometheus >/dev/null || missing+=(prometheus)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "dev.sh: installing ${missing[*]}" >&2
     apt-get update -qq

@@ -4,9 +4,6 @@
 mod common;
 
 use std::{
-    net::TcpListener,
-    path::Path,
-    process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -14,22 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{sample, samples, Cgroups, Exporter, Pod, TempDir};
+use common::{connect_n, listen, sample, samples, Cgroups, Exporter, Pod, TempDir};
 
 const METRIC: &str = "ebpf_exporter_tcp_connect_latency_seconds";
-
-/// Runs `n` TCP connects to `host:port` from a new bash, first moved into `cgroup` if given.
-fn connect_n(n: usize, host: &str, port: u16, cgroup: Option<&Path>) {
-    let connects = format!(
-        "for i in $(seq {n}); do exec 3<>/dev/tcp/{host}/{port} || exit 1; exec 3>&-; done"
-    );
-    let script = match cgroup {
-        Some(cg) => format!("echo $$ > {}/cgroup.procs && {connects}", cg.display()),
-        None => connects,
-    };
-    let status = Command::new("bash").args(["-c", &script]).status().unwrap();
-    assert!(status.success(), "client failed: {script}");
-}
 
 #[test]
 fn pod_connects_are_counted_exactly_under_the_pod() {
@@ -141,20 +125,4 @@ fn pod_connects(pod: Pod, env: &[(&str, &str)]) {
     let _ = std::net::TcpStream::connect(("::1", port6));
     accepter.join().unwrap();
     accepter6.join().unwrap();
-}
-
-/// A listener on `host` that accepts and closes until `stop`.
-fn listen(host: &str, stop: &Arc<AtomicBool>) -> (u16, std::thread::JoinHandle<()>) {
-    let listener = TcpListener::bind((host, 0)).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let stop = stop.clone();
-    let handle = std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            if stop.load(Ordering::Relaxed) {
-                break;
-            }
-            drop(conn);
-        }
-    });
-    (port, handle)
 }

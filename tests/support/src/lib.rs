@@ -80,3 +80,19 @@ pub fn compile_bpf(source: &Path, out: &Path, extra: &[&str]) {
         String::from_utf8_lossy(&result.stderr)
     );
 }
+
+/// True when the command-line `tool` (from a Debian package `.ci/run` installs) is on
+/// PATH; otherwise prints why `test` is skipped, or panics when skips are not allowed.
+pub fn tool(test: &str, tool: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
+    if found {
+        return true;
+    }
+    if std::env::var(REQUIRE_VAR).is_ok_and(|v| v == "1") {
+        panic!("{test}: needs `{tool}` on PATH, and {REQUIRE_VAR}=1 forbids skipping");
+    }
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: needs `{tool}` on PATH");
+    false
+}

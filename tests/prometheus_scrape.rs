@@ -1,0 +1,233 @@
+//! As root, with Debian's `prometheus` and `promtool`: a real Prometheus server scrapes
+//! the exporter on loopback, and PromQL over a pod's TCP connects gives the answers the
+//! exporter's own histogram says it should; promtool finds nothing wrong with the page.
+
+mod common;
+
+use std::{
+    io::Write,
+    process::{Child, Command, Stdio},
+    sync::{atomic::AtomicBool, Arc},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use common::{connect_n, get, listen, samples, Cgroups, Exporter, Pod, TempDir};
+
+const METRIC: &str = "ebpf_exporter_tcp_connect_latency_seconds";
+
+/// A Prometheus server, killed on drop.
+struct Prometheus {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    /// Starts Prometheus scraping `target` every second, and waits until it is ready.
+    fn start(target: &str, dir: &std::path::Path) -> Self {
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\n\
+                 scrape_configs:\n  - job_name: kube-ebpf-exporter\n    \
+                 static_configs: [{{ targets: ['{target}'] }}]\n"
+            ),
+        )
+        .unwrap();
+        let addr = format!("127.0.0.1:{}", common::free_port());
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let p = Self { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !get(&p.addr, "/-/ready").is_some_and(|b| b.contains("Ready")) {
+            assert!(Instant::now() < deadline, "prometheus not ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        p
+    }
+
+    /// The single value of an instant query evaluated at `time` (Unix seconds).
+    fn query(&self, promql: &str, time: f64) -> Option<f64> {
+        let path = format!("/api/v1/query?query={}&time={time:.3}", encode(promql));
+        let body = get(&self.addr, &path)?;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "success", "{promql}: {body}");
+        let result = v["data"]["result"].as_array()?;
+        assert!(result.len() <= 1, "{promql}: {body}");
+        result.first()?["value"][1].as_str()?.parse().ok()
+    }
+
+    /// Waits until `promql` evaluates to `want` now.
+    fn wait_for(&self, promql: &str, want: f64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.query(promql, now());
+            if got == Some(want) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{promql}: {got:?}, want {want}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Percent-encodes a query parameter.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The pod's cumulative buckets on the exporter's page, as (le, count) in order.
+fn buckets(page: &str, pod: &str) -> Vec<(f64, f64)> {
+    let mut out: Vec<(f64, f64)> = samples(page, &format!("{METRIC}_bucket"))
+        .into_iter()
+        .filter(|(l, _)| l.contains(pod) && l.contains("subnet=\"127\""))
+        .map(|(l, v)| {
+            let le = l.split("le=\"").nth(1).unwrap().split('"').next().unwrap();
+            (le.parse().unwrap(), v)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+/// Prometheus's `histogram_quantile` over cumulative buckets: linear within the bucket
+/// that holds the rank; the lowest bucket starts at 0.
+fn quantile(q: f64, buckets: &[(f64, f64)]) -> f64 {
+    let total = buckets.last().unwrap().1;
+    let rank = q * total;
+    let i = buckets.iter().position(|&(_, c)| c >= rank).unwrap();
+    let (upper, count) = buckets[i];
+    if upper.is_infinite() {
+        return buckets[i - 1].0;
+    }
+    let (lower, below) = if i == 0 { (0.0, 0.0) } else { buckets[i - 1] };
+    lower + (upper - lower) * (rank - below) / (count - below)
+}
+
+#[test]
+fn prometheus_scrapes_the_pods_connect_latency() {
+    let name = "prometheus_scrapes_the_pods_connect_latency";
+    if !test_support::privileged(name)
+        || !test_support::tool(name, "prometheus")
+        || !test_support::tool(name, "promtool")
+    {
+        return;
+    }
+    let pod = Pod::new("shop", "web-prom-7c9d2", "nginx");
+    let dir = TempDir::new(pod.name);
+    let mut cgroups = Cgroups::new(pod.name);
+    let cg = pod.cgroup(&mut cgroups);
+    let flags = pod.logs(&dir.0);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let exporter = Exporter::start(&flags, &dir.0.join("exporter.log"));
+    let prometheus = Prometheus::start(&exporter.addr, &dir.0);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (port, accepter) = listen("127.0.0.1", &stop);
+
+    let selector = format!("{{app_pod=\"{}\",subnet=\"127\"}}", pod.name);
+    let count = format!("{METRIC}_count{selector}");
+    // Batch 1 makes the series; the window queried later starts after Prometheus has
+    // it at A, so its increase is batch 2 alone.
+    const A: usize = 20;
+    const B: usize = 40;
+    connect_n(A, "127.0.0.1", port, Some(&cg));
+    prometheus.wait_for(&count, A as f64);
+    let start = now();
+    std::thread::sleep(Duration::from_millis(2500));
+    let before = buckets(&exporter.metrics(), pod.name);
+    connect_n(B, "127.0.0.1", port, Some(&cg));
+    prometheus.wait_for(&count, (A + B) as f64);
+    let page = exporter.metrics();
+    let after = buckets(&page, pod.name);
+    std::thread::sleep(Duration::from_secs(4));
+    let at = now();
+    let range = (at - start).floor() as u64;
+
+    // increase() extrapolates to the window's edges, at most an interval past the
+    // samples, so it reads a little over B, never under.
+    let inc = prometheus
+        .query(&format!("increase({count}[{range}s])"), at)
+        .unwrap();
+    assert!(
+        (B as f64..=B as f64 * 1.4).contains(&inc),
+        "increase {inc}, want about {B}"
+    );
+    // Extrapolation scales every bucket alike, so the quantile is exact: that of the
+    // exporter's own bucket counts over batch 2.
+    let delta: Vec<(f64, f64)> = after
+        .iter()
+        .zip(&before)
+        .map(|(&(le, a), &(le0, b))| {
+            assert_eq!(le, le0);
+            (le, a - b)
+        })
+        .collect();
+    assert_eq!(delta.last().unwrap().1, B as f64, "{page}");
+    for q in [0.5, 0.9, 0.99] {
+        let got = prometheus
+            .query(
+                &format!(
+                    "histogram_quantile({q}, sum by (le) (increase({METRIC}_bucket{selector}[{range}s])))"
+                ),
+                at,
+            )
+            .unwrap();
+        let want = quantile(q, &delta);
+        assert!(
+            (got - want).abs() <= want * 1e-9,
+            "p{q}: prometheus {got}, exporter's buckets {want}\n{page}"
+        );
+    }
+
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics: {report}"
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = std::net::TcpStream::connect(("127.0.0.1", port));
+    accepter.join().unwrap();
+}
