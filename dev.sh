@@ -42,6 +42,13 @@ case "$cmd" in
     ;;
   test)
     setup
+    # Tests only: deploy/ manifests are rendered and validated offline.
+    if ! command -v kubectl >/dev/null; then
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null
+    fi
+    command -v kubernetes-validate >/dev/null ||
+      python3 -m pip install -q --break-system-packages kubernetes-validate
     log=$(mktemp)
     trap 'rm -f "$log"' EXIT
     set +e

@@ -73,6 +73,15 @@ impl Prometheus {
         result.first()?["value"][1].as_str()?.parse().ok()
     }
 
+    /// The series an instant query at `time` returns; panics when Prometheus rejects it.
+    fn series(&self, promql: &str, time: f64) -> usize {
+        let path = format!("/api/v1/query?query={}&time={time:.3}", encode(promql));
+        let body = get(&self.addr, &path).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], "success", "{promql}: {body}");
+        v["data"]["result"].as_array().unwrap().len()
+    }
+
     /// Waits until `promql` evaluates to `want` now.
     fn wait_for(&self, promql: &str, want: f64) {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -205,6 +214,34 @@ fn prometheus_scrapes_the_pods_connect_latency() {
             (got - want).abs() <= want * 1e-9,
             "p{q}: prometheus {got}, exporter's buckets {want}\n{page}"
         );
+    }
+
+    // Every query of the Grafana dashboard is valid PromQL, and those over the
+    // connect histogram find this pod's series.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/grafana/kube-ebpf-exporter.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", &format!("{range}s"))
+                .replace("$node", ".*")
+                .replace("$namespace", ".*")
+                .replace("$pod", pod.name);
+            let n = prometheus.series(&expr, at);
+            assert!(
+                n > 0 || !expr.contains(METRIC),
+                "{}: {expr}",
+                panel["title"]
+            );
+        }
     }
 
     let mut promtool = Command::new("promtool")

@@ -51,8 +51,21 @@ impl Exporter {
 
     /// As [`Exporter::start`], with extra environment (config overrides).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)], log: &Path) -> Self {
+        Self::start_under(&[], args, env, log)
+    }
+
+    /// As [`Exporter::start_with_env`], run by the command `wrapper` (e.g. `setpriv ...`).
+    pub fn start_under(wrapper: &[&str], args: &[&str], env: &[(&str, &str)], log: &Path) -> Self {
         let addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(BIN)
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .args(["--web.listen-address", &addr])
             .args(args)
             .envs(env.iter().copied())

@@ -1,0 +1,217 @@
+//! deploy/: every kustomize overlay renders and validates against the Kubernetes schemas
+//! offline; the exporter runs with only the DaemonSet's capabilities as a non-root user,
+//! and the custom-config overlay's config loads.
+
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{atomic::AtomicBool, Arc},
+    time::{Duration, Instant},
+};
+
+use common::{connect_n, listen, samples, Cgroups, Exporter, Pod, TempDir};
+use serde_yaml_ng::Value;
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
+}
+
+/// deploy/base and every overlay.
+fn kustomizations() -> Vec<PathBuf> {
+    let mut dirs = vec![deploy().join("base")];
+    for e in std::fs::read_dir(deploy().join("overlays")).unwrap() {
+        dirs.push(e.unwrap().path());
+    }
+    dirs.sort();
+    dirs
+}
+
+/// `kubectl kustomize dir`, as YAML documents.
+fn render(dir: &Path) -> (String, Vec<Value>) {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    (text, docs)
+}
+
+fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+/// The capabilities the base DaemonSet adds, as `setpriv` names them.
+fn daemonset_capabilities() -> Vec<String> {
+    let (_, docs) = render(&deploy().join("base"));
+    let ds = of_kind(&docs, "DaemonSet")[0];
+    let security = &ds["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+    assert_eq!(security["capabilities"]["drop"][0], "ALL");
+    assert!(security
+        .get("privileged")
+        .is_none_or(|p| p.as_bool() == Some(false)));
+    security["capabilities"]["add"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_lowercase())
+        .collect()
+}
+
+#[test]
+fn every_overlay_renders_and_validates_offline() {
+    let name = "every_overlay_renders_and_validates_offline";
+    if !test_support::tool(name, "kubectl") || !test_support::tool(name, "kubernetes-validate") {
+        return;
+    }
+    let dir = TempDir::new("deploy-validate");
+    for k in kustomizations() {
+        let (text, docs) = render(&k);
+        let file = dir.0.join("rendered.yaml");
+        std::fs::write(&file, &text).unwrap();
+        let out = Command::new("kubernetes-validate")
+            .args(["--strict", "--quiet"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{}: {report}", k.display());
+        // Custom resources have no schema there: only the ServiceMonitor may be unchecked.
+        for line in report.lines().filter(|l| !l.trim().is_empty()) {
+            assert!(
+                line.contains("kind ServiceMonitor"),
+                "{}: {line}",
+                k.display()
+            );
+        }
+        assert_eq!(of_kind(&docs, "DaemonSet").len(), 1, "{}", k.display());
+
+        // A ServiceMonitor must find the Service and its port.
+        let service = of_kind(&docs, "Service")[0];
+        for sm in of_kind(&docs, "ServiceMonitor") {
+            assert_eq!(
+                sm["metadata"]["namespace"],
+                service["metadata"]["namespace"]
+            );
+            let wanted = sm["spec"]["selector"]["matchLabels"].as_mapping().unwrap();
+            for (key, value) in wanted {
+                assert_eq!(&service["metadata"]["labels"][key], value, "{key:?}");
+            }
+            let ports: Vec<&Value> = service["spec"]["ports"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|p| &p["name"])
+                .collect();
+            for e in sm["spec"]["endpoints"].as_sequence().unwrap() {
+                assert!(
+                    ports.contains(&&e["port"]),
+                    "{:?} not in {ports:?}",
+                    e["port"]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn custom_config_overlay_loads() {
+    if !test_support::privileged("custom_config_overlay_loads") {
+        return;
+    }
+    let overlay = deploy().join("overlays/custom-config");
+    let out = Command::new(common::BIN)
+        .arg("--config.check")
+        .arg("--config.file")
+        .arg(overlay.join("config.yaml"))
+        .arg("--config.dir")
+        .arg(overlay.join("programs"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ok      tcp_connect_latency"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn runs_as_nobody_with_only_the_daemonsets_capabilities() {
+    let name = "runs_as_nobody_with_only_the_daemonsets_capabilities";
+    if !test_support::privileged(name)
+        || !test_support::tool(name, "setpriv")
+        || !test_support::tool(name, "kubectl")
+    {
+        return;
+    }
+    let caps = daemonset_capabilities()
+        .iter()
+        .map(|c| format!("+{c}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let (inh, ambient) = (
+        format!("--inh-caps={caps}"),
+        format!("--ambient-caps={caps}"),
+    );
+    let wrapper = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        &inh,
+        &ambient,
+    ];
+
+    let pod = Pod::new("shop", "web-nobody-4k2p1", "nginx");
+    let dir = TempDir::new(pod.name);
+    let mut cgroups = Cgroups::new(pod.name);
+    let cg = pod.cgroup(&mut cgroups);
+    let flags = pod.logs(&dir.0);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let log = dir.0.join("exporter.log");
+    let exporter = Exporter::start_under(&wrapper, &flags, &[], &log);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (port, accepter) = listen("127.0.0.1", &stop);
+    const N: usize = 17;
+    connect_n(N, "127.0.0.1", port, Some(&cg));
+
+    let metric = "ebpf_exporter_tcp_connect_latency_seconds_count";
+    let pod_label = format!("app_pod=\"{}\"", pod.name);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let count = loop {
+        let page = exporter.metrics();
+        let count: f64 = samples(&page, metric)
+            .iter()
+            .filter(|(l, _)| l.contains(&pod_label))
+            .map(|(_, v)| v)
+            .sum();
+        if count >= N as f64 || Instant::now() > deadline {
+            break count;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        count,
+        N as f64,
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", exporter.child.id())).unwrap();
+    assert!(status.contains("Uid:\t65534"), "{status}");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = std::net::TcpStream::connect(("127.0.0.1", port));
+    accepter.join().unwrap();
+}
