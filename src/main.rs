@@ -5,6 +5,7 @@
 //! each program, wires the stages and serves `/metrics` and `/healthz`.
 
 mod config;
+mod privileges;
 mod programs;
 mod tap_client;
 mod telemetry;
@@ -82,6 +83,13 @@ struct Args {
     /// External kernel BTF, for kernels without /sys/kernel/btf/vmlinux.
     #[arg(long = "btf.path", value_name = "PATH")]
     btf_path: Option<PathBuf>,
+    /// Capabilities to keep after attaching, beyond what the exporter still uses
+    /// (e.g. perfmon,sys_admin); the rest are dropped.
+    #[arg(long = "capabilities.keep", value_name = "CAPS", value_delimiter = ',', value_parser = privileges::parse)]
+    capabilities_keep: Vec<caps::Capability>,
+    /// Keep every capability the exporter started with.
+    #[arg(long = "capabilities.keep-all")]
+    capabilities_keep_all: bool,
     /// Value of the node_id label (default: $NODE_NAME, else the hostname).
     #[arg(long = "node-id", env = "NODE_ID", value_name = "NAME")]
     node_id: Option<String>,
@@ -182,7 +190,12 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Tap(t)) => tap_client::run(t),
-        None => tokio::runtime::Runtime::new()?.block_on(serve(cli.args)),
+        // One thread until programs are attached and capabilities dropped (see serve);
+        // HTTP needs no more, and scrapes render on blocking threads.
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(serve(cli.args)),
     }
 }
 
@@ -312,13 +325,7 @@ async fn serve(args: Args) -> Result<()> {
     let mut streams = Vec::new();
     let mut readers = Vec::new();
     let drain = Duration::from_millis(p.drain_interval_ms.max(1));
-    // Ring readers get their own runtime threads, apart from HTTP.
-    let ingest = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(p.ingest_workers.max(1))
-        .thread_name("ingest")
-        .enable_all()
-        .build()?;
-    let ingest_context = ingest.enter();
+    let mut reader_tasks = Vec::new();
     for r in &mut running {
         for plan in std::mem::take(&mut r.plan.streams) {
             let id = streams.len() as u32;
@@ -326,19 +333,56 @@ async fn serve(args: Args) -> Result<()> {
             // The map decides the reader: configs say "ring", and an object built
             // with -DOUTPUT_PERF (kernels without ring buffers) has a perf array there.
             let reader = match r.object.take_stream(&plan.ring)? {
-                StreamMap::Ring(ring) => RingReader::new(&label, ring, id, p.batch_bytes, drain)?,
+                StreamMap::Ring(ring) => RingReader::new(&label, ring, id, p.batch_bytes, drain),
                 StreamMap::Perf(array) => {
                     RingReader::perf(&label, array, p.perf_pages, id, p.batch_bytes, drain)?
                 }
             };
             telemetry.add_ring(&r.name, &plan.ring, reader.stats());
-            readers.push(ingest.spawn(reader.run(tx.clone(), shutdown_rx.clone())));
+            reader_tasks.push(reader);
             streams.push(Stream {
                 program: r.name.clone(),
                 plan: Arc::new(plan),
                 stats: Arc::new(StreamStats::default()),
             });
         }
+    }
+    // Learn container cgroups as they come and go, so short-lived ones still resolve.
+    let cgroup_events = if config.kubernetes.cgroup_events {
+        match bpf_programs::find("cgroup_events").map(|o| ingest::CgroupEvents::load(o.bytes)) {
+            Some(Ok(events)) => Some(Arc::new(std::sync::Mutex::new(events))),
+            Some(Err(e)) => {
+                tracing::warn!("cgroup events unavailable ({e}); cgroups are resolved when their events arrive");
+                None
+            }
+            None => None,
+        }
+    } else {
+        None
+    };
+    // Everything privileged is done and no other thread runs yet: lower capabilities
+    // here, so every thread started from now on holds only what is still used.
+    if args.capabilities_keep_all {
+        tracing::info!("keeping every capability (--capabilities.keep-all)");
+    } else {
+        let mut keep = privileges::needed(privileges::kernel_version()?);
+        keep.extend(args.capabilities_keep.iter().copied());
+        let (kept, dropped) =
+            privileges::drop_all_but(&keep).context("dropping capabilities after attaching")?;
+        tracing::info!(
+            ?kept,
+            dropped = dropped.len(),
+            "dropped capabilities no longer needed: {dropped:?}"
+        );
+    }
+    // Ring readers get their own runtime threads, apart from HTTP.
+    let ingest = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(p.ingest_workers.max(1))
+        .thread_name("ingest")
+        .enable_all()
+        .build()?;
+    for reader in reader_tasks {
+        readers.push(ingest.spawn(reader.run(tx.clone(), shutdown_rx.clone())));
     }
     drop(tx);
     let streams = Arc::new(streams);
@@ -364,20 +408,6 @@ async fn serve(args: Args) -> Result<()> {
         (Some(tap), Some(sink)) => Some(start_sink(tap, sink, &running, &config.tap)?),
         (None, Some(_)) => bail!("{source}: tap.sink: needs tap.enabled"),
         _ => None,
-    };
-    drop(ingest_context);
-    // Learn container cgroups as they come and go, so short-lived ones still resolve.
-    let cgroup_events = if config.kubernetes.cgroup_events {
-        match bpf_programs::find("cgroup_events").map(|o| ingest::CgroupEvents::load(o.bytes)) {
-            Some(Ok(events)) => Some(Arc::new(std::sync::Mutex::new(events))),
-            Some(Err(e)) => {
-                tracing::warn!("cgroup events unavailable ({e}); cgroups are resolved when their events arrive");
-                None
-            }
-            None => None,
-        }
-    } else {
-        None
     };
     let settings = pipeline::Settings {
         enrich_workers: p.enrich_workers,

@@ -71,3 +71,51 @@ fn node_id_and_telemetry_path() {
     let out = Command::new(common::BIN).args(["--help"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("[env: NODE_ID=]"));
 }
+
+/// Effective capabilities of every thread of `pid`.
+fn thread_capabilities(pid: u32) -> Vec<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|t| {
+            let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+            let mask = status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:\t"))
+                .unwrap();
+            u64::from_str_radix(mask, 16).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn capabilities_keep_and_keep_all() {
+    if !test_support::privileged("capabilities_keep_and_keep_all") {
+        return;
+    }
+    let dir = TempDir::new("caps");
+    const DAC_READ_SEARCH: u64 = 1 << 2;
+    const PERFMON: u64 = 1 << 38;
+    let e = Exporter::start(&["--capabilities.keep", "perfmon"], &dir.0.join("keep.log"));
+    let caps = thread_capabilities(e.child.id());
+    assert!(caps.len() > 1);
+    assert!(
+        caps.iter().all(|&c| c == DAC_READ_SEARCH | PERFMON),
+        "{caps:x?}"
+    );
+    drop(e);
+    let e = Exporter::start(&["--capabilities.keep-all"], &dir.0.join("all.log"));
+    assert!(thread_capabilities(e.child.id())
+        .iter()
+        .all(|&c| c & PERFMON != 0));
+    drop(e);
+    let bad = Command::new(common::BIN)
+        .args(["--capabilities.keep", "superpowers"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("--capabilities.keep") && err.contains("not a capability"),
+        "{err}"
+    );
+}

@@ -210,6 +210,29 @@ fn runs_as_nobody_with_only_the_daemonsets_capabilities() {
     );
     let status = std::fs::read_to_string(format!("/proc/{}/status", exporter.child.id())).unwrap();
     assert!(status.contains("Uid:\t65534"), "{status}");
+    // After attaching, every thread holds only CAP_DAC_READ_SEARCH (bit 2), which
+    // resolving cgroup ids still uses; the log says what went.
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", exporter.child.id())).unwrap();
+    for task in tasks {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        for set in ["CapEff", "CapPrm", "CapInh", "CapAmb"] {
+            let mask = status
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{set}:\t")))
+                .unwrap();
+            let want = if set == "CapAmb" { 0 } else { 1 << 2 };
+            assert_eq!(
+                u64::from_str_radix(mask, 16).unwrap(),
+                want,
+                "{set}\n{status}"
+            );
+        }
+    }
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("dropped capabilities no longer needed: [CAP_PERFMON, CAP_BPF]"),
+        "{log}"
+    );
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = std::net::TcpStream::connect(("127.0.0.1", port));

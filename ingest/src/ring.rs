@@ -33,7 +33,13 @@ pub struct RingStats {
     pub kernel_lost: AtomicU64,
 }
 
+/// A ring or perf buffers, registered with the reader's runtime when it starts.
 enum Source {
+    Ring(RingConsumer),
+    Perf(PerfBuffers),
+}
+
+enum Polled {
     Ring(AsyncFd<RingConsumer>),
     Perf(AsyncFd<PerfBuffers>),
 }
@@ -48,32 +54,23 @@ pub struct RingReader {
 }
 
 impl RingReader {
-    /// Wraps `ring` for polling; records go out tagged with `stream`, in batches of
-    /// about `batch_bytes`.
-    ///
-    /// # Errors
-    /// The ring's descriptor cannot be registered with the tokio reactor (call this
-    /// inside a runtime).
+    /// Wraps `ring`; records go out tagged with `stream`, in batches of about
+    /// `batch_bytes`. Needs no runtime: the reader registers for polling in [`Self::run`],
+    /// so readers can be made before any thread starts (and capabilities drop).
     pub fn new(
         name: &str,
         ring: RingConsumer,
         stream: u32,
         batch_bytes: usize,
         drain_interval: Duration,
-    ) -> Result<Self, IngestError> {
-        // SAFETY: the consumer owns its map descriptor and keeps it open, unreplaced,
-        // for as long as the AsyncFd owns the consumer.
-        let ring = unsafe { AsyncFd::register(ring) }.map_err(|e| IngestError::Poll {
-            ring: name.into(),
-            source: e.into(),
-        })?;
-        Ok(Self::with_source(
+    ) -> Self {
+        Self::with_source(
             name,
             Source::Ring(ring),
             stream,
             batch_bytes,
             drain_interval,
-        ))
+        )
     }
 
     /// Opens a perf event array's buffer on every online CPU, `pages` pages each, with
@@ -92,11 +89,6 @@ impl RingReader {
         let buffers = PerfBuffers::open(array, pages).map_err(|source| IngestError::Poll {
             ring: name.into(),
             source,
-        })?;
-        // SAFETY: PerfBuffers owns its epoll fd for as long as the AsyncFd owns it.
-        let buffers = unsafe { AsyncFd::register(buffers) }.map_err(|e| IngestError::Poll {
-            ring: name.into(),
-            source: e.into(),
         })?;
         Ok(Self::with_source(
             name,
@@ -130,11 +122,28 @@ impl RingReader {
 
     /// Reads until `shutdown` changes, then drains once more and returns.
     pub async fn run(mut self, tx: Sender<Batch>, mut shutdown: watch::Receiver<bool>) {
+        // SAFETY: the consumer owns its map descriptor (PerfBuffers its epoll fd) and
+        // keeps it open, unreplaced, for as long as the AsyncFd owns it.
+        let registered = match self.source {
+            Source::Ring(ring) => unsafe { AsyncFd::register(ring) }
+                .map(Polled::Ring)
+                .map_err(std::io::Error::from),
+            Source::Perf(buffers) => unsafe { AsyncFd::register(buffers) }
+                .map(Polled::Perf)
+                .map_err(std::io::Error::from),
+        };
+        let mut source = match registered {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(ring = %self.name, error = %e, "cannot poll the ring; it is not read");
+                return;
+            }
+        };
         let mut tick = tokio::time::interval(self.drain_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            match &mut self.source {
-                Source::Ring(ring) => tokio::select! {
+            match &mut source {
+                Polled::Ring(ring) => tokio::select! {
                     ready = ring.readable_mut() => match ready {
                         Ok(mut guard) => {
                             drain_ring(guard.get_inner_mut(), &mut self.builder, &tx, &self.stats);
@@ -148,7 +157,7 @@ impl RingReader {
                     _ = tick.tick() => drain_ring(ring.get_mut(), &mut self.builder, &tx, &self.stats),
                     _ = shutdown.changed() => break,
                 },
-                Source::Perf(buffers) => tokio::select! {
+                Polled::Perf(buffers) => tokio::select! {
                     ready = buffers.readable_mut() => match ready {
                         Ok(mut guard) => {
                             guard.get_inner().clear_ready();
@@ -165,9 +174,9 @@ impl RingReader {
                 },
             }
         }
-        match &mut self.source {
-            Source::Ring(ring) => drain_ring(ring.get_mut(), &mut self.builder, &tx, &self.stats),
-            Source::Perf(buffers) => {
+        match &mut source {
+            Polled::Ring(ring) => drain_ring(ring.get_mut(), &mut self.builder, &tx, &self.stats),
+            Polled::Perf(buffers) => {
                 drain_perf(buffers.get_mut(), &mut self.builder, &tx, &self.stats)
             }
         }
