@@ -112,6 +112,41 @@ impl Enricher {
         }
     }
 
+    /// Learns every container cgroup that exists now (pods and standalone containers),
+    /// so containers started before the exporter still resolve after their cgroup is
+    /// gone; later ones come from cgroup events. Returns how many it learned.
+    pub fn walk(&self) -> usize {
+        use std::os::unix::fs::{DirEntryExt, MetadataExt};
+        let mount = self.cgroups.mount().to_path_buf();
+        let mut found = 0;
+        let mut dirs = vec![(mount.clone(), String::new())];
+        while let Some((dir, path)) = dirs.pop() {
+            // A cgroup removed mid-walk is just not learned.
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                let child = format!("{path}/{name}");
+                if kubepath::parse(&child).is_some_and(|k| k.container_id.is_some())
+                    || kubepath::standalone_container(&child).is_some()
+                {
+                    // A cgroup2 directory's inode number is its cgroup id.
+                    let id = e.metadata().map_or(e.ino(), |m| m.ino());
+                    self.learn(id, &child, false);
+                    found += 1;
+                }
+                dirs.push((e.path(), child));
+            }
+        }
+        found
+    }
+
     /// Cgroups learned so far (creations and removals).
     pub fn learned(&self) -> u64 {
         self.learned.load(Relaxed)
@@ -292,6 +327,49 @@ mod tests {
         assert!(r.labels.id != 0 && r.settled);
         let r = e.resolve_path("/user.slice/user-0.slice/session-1.scope".into());
         assert_eq!(r.labels.id, 0);
+    }
+
+    #[test]
+    fn walked_container_cgroups_resolve_after_removal() {
+        if !test_support::privileged("walked_container_cgroups_resolve_after_removal") {
+            return;
+        }
+        let fs = CgroupFs::discover().unwrap();
+        let top = fs
+            .mount()
+            .join(format!("kebpf-walk-{}", std::process::id()));
+        let uid = "0e6f4b4e-1a5b-4e8f-9d1c-5a9e2b7c3d10";
+        let cid = "a".repeat(64);
+        let pod = top.join(format!("kubepods/besteffort/pod{uid}"));
+        let container = pod.join(&cid);
+        std::fs::create_dir_all(&container).unwrap();
+        let id = fs
+            .id_of(
+                &container
+                    .strip_prefix(fs.mount())
+                    .unwrap()
+                    .to_string_lossy(),
+            )
+            .unwrap();
+        let e = Enricher::new(fs, PodLogs::new("/nonexistent", "/nonexistent"));
+        assert!(e.walk() >= 1);
+        for d in [
+            &container,
+            &pod,
+            &pod.parent().unwrap().to_path_buf(),
+            &top.join("kubepods"),
+            &top,
+        ] {
+            std::fs::remove_dir(d).unwrap();
+        }
+        // Gone from cgroupfs, yet its path is known: the pod uid is still read from it.
+        let r = e.resolve(id);
+        let path = r.path.unwrap_or_default();
+        assert!(
+            path.ends_with(&format!("pod{uid}/{cid}")),
+            "{path:?} {:?}",
+            r.unknown
+        );
     }
 
     #[test]
