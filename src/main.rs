@@ -263,7 +263,10 @@ async fn serve(args: Args) -> Result<()> {
     );
     let enricher = Arc::new(Enricher::new(cgroups, pods));
     let walked = enricher.walk();
-    tracing::info!(containers = walked, "learned the container cgroups that exist now");
+    tracing::info!(
+        containers = walked,
+        "learned the container cgroups that exist now"
+    );
     let registry = Arc::new(
         Registry::new((&config.kubernetes.labels).into(), node.clone())
             .max_series(config.pipeline.max_series),

@@ -22,7 +22,7 @@ use std::{
 use aggregate::{StreamAggregator, StreamPlan, StreamStats};
 use crossbeam_channel::{Receiver, Sender};
 use enrich::{Cache, Enricher, PodLabels};
-use ingest::Batch;
+use ingest::{Batch, BatchBuilder};
 use rustc_hash::FxHashMap;
 
 /// One stream (ring) as the workers see it.
@@ -48,6 +48,10 @@ pub struct StageStats {
     pub cache_hits: AtomicU64,
     /// Enrich only: cgroup lookups resolved through cgroupfs and pod metadata.
     pub cache_misses: AtomicU64,
+    /// Records held for their pod's metadata.
+    pub held: AtomicU64,
+    /// Held records released unattributed (wait over, buffer full, shutdown).
+    pub held_unresolved: AtomicU64,
 }
 
 /// Worker counts and queue depths.
@@ -176,40 +180,92 @@ impl Pipeline {
     }
 }
 
+/// Index of a record held back (its pod's metadata has not appeared yet): aggregate
+/// workers skip it; it comes again in a later batch.
+const HELD: u32 = u32::MAX;
+/// Bytes of held records per stream and worker; beyond it they go on unattributed.
+const HELD_BYTES: usize = 1 << 20;
+
+/// One enrich worker: attaches pods to records, batch by batch.
+struct EnrichWorker<'a> {
+    streams: &'a [Stream],
+    cache: Cache,
+    out: &'a [Sender<Arc<Enriched>>],
+    stats: &'a StageStats,
+    slot: FxHashMap<u32, u32>,
+    per_shard: Vec<u64>,
+    /// Per stream: records waiting for their pod's metadata, and when the first came.
+    held: FxHashMap<u32, (BatchBuilder, Instant)>,
+}
+
 fn enrich_worker(
     input: Receiver<Batch>,
     streams: &[Stream],
-    mut cache: Cache,
+    cache: Cache,
     cgroup_events: Option<&CgroupEventsHandle>,
     out: &[Sender<Arc<Enriched>>],
     tap: Option<&tap::Tap>,
     stats: &StageStats,
 ) {
-    let shards = out.len() as u32;
-    let mut slot: FxHashMap<u32, u32> = FxHashMap::default();
-    let mut per_shard = vec![0u64; out.len()];
+    let mut w = EnrichWorker {
+        streams,
+        cache,
+        out,
+        stats,
+        slot: FxHashMap::default(),
+        per_shard: vec![0; out.len()],
+        held: FxHashMap::default(),
+    };
     loop {
-        // Idle rings still get their cgroup events learned (the ring is bounded).
-        let batch = match input.recv_timeout(std::time::Duration::from_millis(100)) {
+        // Idle rings still get their cgroup events learned (the ring is bounded) and
+        // held records released.
+        let batch = match input.recv_timeout(std::time::Duration::from_millis(50)) {
             Ok(b) => b,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                learn_cgroups(cgroup_events, cache.enricher());
+                learn_cgroups(cgroup_events, w.cache.enricher());
+                w.release(false);
                 continue;
             }
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                w.release(true);
+                break;
+            }
         };
-        learn_cgroups(cgroup_events, cache.enricher());
-        let n = u64::from(batch.len);
-        stats.received.fetch_add(n, Relaxed);
+        learn_cgroups(cgroup_events, w.cache.enricher());
+        stats.received.fetch_add(u64::from(batch.len), Relaxed);
         stats.batches.fetch_add(1, Relaxed);
-        let Some(stream) = streams.get(batch.stream as usize) else {
-            continue;
+        if let Some(tap) = tap {
+            tap.offer(&batch);
+        }
+        w.enrich(batch, true, false);
+        if !w.held.is_empty() {
+            w.release(false);
+        }
+        stats
+            .cache_hits
+            .fetch_add(std::mem::take(&mut w.cache.hits), Relaxed);
+        stats
+            .cache_misses
+            .fetch_add(std::mem::take(&mut w.cache.misses), Relaxed);
+    }
+}
+
+impl EnrichWorker<'_> {
+    /// Attaches each record's pod and hands the batch to the aggregate workers; with
+    /// `may_hold`, records of pods whose metadata is still awaited are held instead.
+    /// `again`: the batch is of records held before.
+    fn enrich(&mut self, batch: Batch, may_hold: bool, again: bool) {
+        let Some(stream) = self.streams.get(batch.stream as usize) else {
+            return;
         };
         let now = Instant::now();
+        let shards = self.out.len() as u32;
         let mut pods: Vec<Arc<PodLabels>> = Vec::new();
         let mut index = Vec::with_capacity(batch.len as usize);
-        slot.clear();
-        per_shard.fill(0);
+        self.slot.clear();
+        self.per_shard.fill(0);
+        let mut processed = 0u64;
+        let mut unresolved = 0u64;
         // Runs of records from one cgroup are the common case: skip the lookups.
         let mut last: Option<(u64, u32, usize)> = None;
         let mut last_pod = 0u32;
@@ -218,44 +274,86 @@ fn enrich_worker(
             let (i, shard) = match last {
                 Some((c, i, shard)) if c == cgroup => (i, shard),
                 _ => {
-                    let labels = cache.get(cgroup, now);
-                    // Many cgroups share one label set (every non-pod cgroup has id 0).
-                    let i = match pods.get(last_pod as usize) {
-                        Some(p) if p.id == labels.id => last_pod,
-                        _ => *slot.entry(labels.id).or_insert_with(|| {
-                            pods.push(labels.clone());
-                            pods.len() as u32 - 1
-                        }),
+                    let labels = self.cache.get(cgroup, now).clone();
+                    let i = if labels.id == 0 && may_hold && self.cache.awaited(cgroup, now) {
+                        HELD
+                    } else {
+                        // Many cgroups share one label set (every non-pod cgroup has id 0).
+                        match pods.get(last_pod as usize) {
+                            Some(p) if p.id == labels.id => last_pod,
+                            _ => *self.slot.entry(labels.id).or_insert_with(|| {
+                                pods.push(labels.clone());
+                                pods.len() as u32 - 1
+                            }),
+                        }
                     };
-                    last_pod = i;
+                    if i != HELD {
+                        last_pod = i;
+                    }
                     let shard = (labels.id % shards) as usize;
                     last = Some((cgroup, i, shard));
                     (i, shard)
                 }
             };
-            per_shard[shard] += 1;
+            if i == HELD {
+                let (held, since) = self
+                    .held
+                    .entry(batch.stream)
+                    .or_insert_with(|| (BatchBuilder::new(batch.stream, HELD_BYTES), now));
+                if held.is_empty() {
+                    *since = now;
+                }
+                held.push(record);
+            } else {
+                self.per_shard[shard] += 1;
+                processed += 1;
+                if again && pods[i as usize].id == 0 {
+                    unresolved += 1;
+                }
+            }
             index.push(i);
         }
-        if let Some(tap) = tap {
-            tap.offer(&batch);
-        }
         let enriched = Arc::new(Enriched { batch, pods, index });
-        for (tx, &count) in out.iter().zip(&per_shard) {
+        for (tx, &count) in self.out.iter().zip(&self.per_shard) {
             if count == 0 {
                 continue;
             }
             // Only fails once the aggregate worker is gone (shutdown).
             let _ = tx.send(enriched.clone());
         }
-        stats.processed.fetch_add(n, Relaxed);
-        stats
-            .cache_hits
-            .fetch_add(std::mem::take(&mut cache.hits), Relaxed);
-        stats
-            .cache_misses
-            .fetch_add(std::mem::take(&mut cache.misses), Relaxed);
+        self.stats.processed.fetch_add(processed, Relaxed);
+        if !again {
+            self.stats
+                .held
+                .fetch_add(u64::from(enriched.batch.len) - processed, Relaxed);
+        }
+        self.stats.held_unresolved.fetch_add(unresolved, Relaxed);
+    }
+
+    /// Enriches held records again: each goes on under its pod once the metadata is
+    /// there, or unattributed once the wait is over, the buffer full, or (`all`) at
+    /// shutdown; the rest stay held.
+    fn release(&mut self, all: bool) {
+        let now = Instant::now();
+        let due: Vec<u32> = self
+            .held
+            .iter()
+            .filter(|(_, (b, since))| {
+                !b.is_empty() && (all || b.is_full() || now.duration_since(*since) >= RECHECK)
+            })
+            .map(|(&s, _)| s)
+            .collect();
+        for stream in due {
+            let (builder, _) = self.held.get_mut(&stream).unwrap();
+            let full = builder.is_full();
+            let batch = builder.take();
+            self.enrich(batch, !all && !full, true);
+        }
     }
 }
+
+/// How often held records are tried again.
+const RECHECK: std::time::Duration = std::time::Duration::from_millis(50);
 
 fn aggregate_worker(
     input: Receiver<Arc<Enriched>>,
@@ -275,7 +373,9 @@ fn aggregate_worker(
         };
         let mut n = 0;
         for (record, &i) in e.batch.records().zip(&e.index) {
-            let pod = &e.pods[i as usize];
+            let Some(pod) = e.pods.get(i as usize) else {
+                continue; // held (HELD): it comes again later
+            };
             if shards > 1 && pod.id % shards != shard as u32 {
                 continue;
             }

@@ -99,6 +99,14 @@ impl Telemetry {
             "ebpf_exporter_enrich_cache_misses_total",
             "cgroup lookups resolved through cgroupfs and pod metadata"
         );
+        describe_counter!(
+            "ebpf_exporter_enrich_held_records_total",
+            "Records held back for their pod's metadata (pod cgroup seen before the pod)"
+        );
+        describe_counter!(
+            "ebpf_exporter_enrich_held_unresolved_records_total",
+            "Held records that went on unattributed: the wait ended without the pod's metadata"
+        );
         describe_gauge!(
             "ebpf_exporter_tap_subscribers",
             "Event tap subscribers (HTTP streams and the file sink's configs)"
@@ -237,6 +245,10 @@ impl Telemetry {
             .absolute(pipeline.enrich.cache_hits.load(Relaxed));
         counter!("ebpf_exporter_enrich_cache_misses_total")
             .absolute(pipeline.enrich.cache_misses.load(Relaxed));
+        counter!("ebpf_exporter_enrich_held_records_total")
+            .absolute(pipeline.enrich.held.load(Relaxed));
+        counter!("ebpf_exporter_enrich_held_unresolved_records_total")
+            .absolute(pipeline.enrich.held_unresolved.load(Relaxed));
         for (stage, st) in [
             ("enrich", &pipeline.enrich),
             ("aggregate", &pipeline.aggregate),

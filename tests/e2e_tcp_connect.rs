@@ -126,3 +126,57 @@ fn pod_connects(pod: Pod, env: &[(&str, &str)]) {
     accepter.join().unwrap();
     accepter6.join().unwrap();
 }
+
+/// Connects made before the kubelet has written the pod's log directory wait in the
+/// enrich stage for it (up to 2 s) and count under the pod, not unattributed.
+#[test]
+fn events_before_the_pods_metadata_wait_for_it() {
+    if !test_support::privileged("events_before_the_pods_metadata_wait_for_it") {
+        return;
+    }
+    let pod = Pod::new("shop", "web-late-meta-9f3k2", "nginx");
+    let dir = TempDir::new(pod.name);
+    let mut cgroups = Cgroups::new(pod.name);
+    let cg = pod.cgroup(&mut cgroups);
+    let (pods, containers) = (dir.0.join("pods"), dir.0.join("containers"));
+    std::fs::create_dir_all(&pods).unwrap();
+    std::fs::create_dir_all(&containers).unwrap();
+    let flags = [
+        "--kubelet.pod-logs-dir",
+        pods.to_str().unwrap(),
+        "--kubelet.container-logs-dir",
+        containers.to_str().unwrap(),
+    ];
+    let exporter = Exporter::start(&flags, &dir.0.join("exporter.log"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (port, accepter) = listen("127.0.0.1", &stop);
+
+    const N: usize = 25;
+    connect_n(N, "127.0.0.1", port, Some(&cg));
+    std::thread::sleep(Duration::from_millis(400));
+    pod.logs(&dir.0);
+
+    let labels = format!(
+        "{},node_id=\"{}\",subnet=\"127\"",
+        pod.labels(),
+        common::node()
+    );
+    let metric = format!("{METRIC}_count");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut metrics = exporter.metrics();
+    while sample(&metrics, &metric, &labels) != Some(N as f64) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        metrics = exporter.metrics();
+    }
+    assert_eq!(
+        sample(&metrics, &metric, &labels),
+        Some(N as f64),
+        "{metrics}"
+    );
+    let held = sample(&metrics, "ebpf_exporter_enrich_held_records_total", "").unwrap();
+    assert!(held >= N as f64, "held {held}");
+
+    stop.store(true, Ordering::Relaxed);
+    let _ = std::net::TcpStream::connect(("127.0.0.1", port));
+    accepter.join().unwrap();
+}

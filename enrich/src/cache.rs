@@ -14,6 +14,11 @@ const RETRY: Duration = Duration::from_secs(1);
 /// for this long: a container the kubelet never logs (the pod sandbox's pause
 /// container) keeps its pod's labels without a container name from then on.
 const GIVE_UP: Duration = Duration::from_secs(30);
+/// Events of a pod cgroup whose pod is not in the metadata yet are held this long for
+/// it (the enrich stage holds them), then go on unattributed;
+pub const AWAIT: Duration = Duration::from_secs(2);
+/// meanwhile the pod is looked up this often.
+const AWAIT_RETRY: Duration = Duration::from_millis(50);
 /// Entries kept before the cache starts over; bounds memory under cgroup churn.
 const MAX_ENTRIES: usize = 1 << 16;
 
@@ -64,15 +69,29 @@ impl Cache {
             }
             let first = self.entries.get(&cgroup_id).map_or(now, |e| e.first);
             let r = self.enricher.resolve(cgroup_id);
-            let retry = !r.settled && now.duration_since(first) < GIVE_UP;
+            let age = now.duration_since(first);
+            let retry = !r.settled && age < GIVE_UP;
+            let every = if r.labels.id == 0 && age < AWAIT {
+                AWAIT_RETRY
+            } else {
+                RETRY
+            };
             let entry = Entry {
                 labels: r.labels,
-                retry_at: retry.then(|| now + RETRY),
+                retry_at: retry.then(|| now + every),
                 first,
             };
             self.entries.insert(cgroup_id, entry);
         }
         &self.entries[&cgroup_id].labels
+    }
+
+    /// Whether `cgroup_id` (just looked up) is a pod cgroup whose pod is not known yet,
+    /// within [`AWAIT`] of its first lookup: its events should wait for the pod.
+    pub fn awaited(&self, cgroup_id: u64, now: Instant) -> bool {
+        self.entries.get(&cgroup_id).is_some_and(|e| {
+            e.labels.id == 0 && e.retry_at.is_some() && now.duration_since(e.first) < AWAIT
+        })
     }
 }
 
