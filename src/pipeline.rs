@@ -274,8 +274,8 @@ impl EnrichWorker<'_> {
             let (i, shard) = match last {
                 Some((c, i, shard)) if c == cgroup => (i, shard),
                 _ => {
-                    let labels = self.cache.get(cgroup, now).clone();
-                    let i = if labels.id == 0 && may_hold && self.cache.awaited(cgroup, now) {
+                    let (labels, awaited) = self.cache.lookup(cgroup, now);
+                    let i = if labels.id == 0 && may_hold && awaited {
                         HELD
                     } else {
                         // Many cgroups share one label set (every non-pod cgroup has id 0).
@@ -296,14 +296,7 @@ impl EnrichWorker<'_> {
                 }
             };
             if i == HELD {
-                let (held, since) = self
-                    .held
-                    .entry(batch.stream)
-                    .or_insert_with(|| (BatchBuilder::new(batch.stream, HELD_BYTES), now));
-                if held.is_empty() {
-                    *since = now;
-                }
-                held.push(record);
+                hold(&mut self.held, batch.stream, record, now);
             } else {
                 self.per_shard[shard] += 1;
                 processed += 1;
@@ -352,6 +345,24 @@ impl EnrichWorker<'_> {
     }
 }
 
+/// Keeps a copy of `record` until its pod's metadata comes (the rare path).
+#[cold]
+#[inline(never)]
+fn hold(
+    held: &mut FxHashMap<u32, (BatchBuilder, Instant)>,
+    stream: u32,
+    record: &[u8],
+    now: Instant,
+) {
+    let (builder, since) = held
+        .entry(stream)
+        .or_insert_with(|| (BatchBuilder::new(stream, HELD_BYTES), now));
+    if builder.is_empty() {
+        *since = now;
+    }
+    builder.push(record);
+}
+
 /// How often held records are tried again.
 const RECHECK: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -373,9 +384,10 @@ fn aggregate_worker(
         };
         let mut n = 0;
         for (record, &i) in e.batch.records().zip(&e.index) {
-            let Some(pod) = e.pods.get(i as usize) else {
-                continue; // held (HELD): it comes again later
-            };
+            if i == HELD {
+                continue; // it comes again later
+            }
+            let pod = &e.pods[i as usize];
             if shards > 1 && pod.id % shards != shard as u32 {
                 continue;
             }

@@ -56,6 +56,12 @@ impl Cache {
 
     /// Labels for `cgroup_id`; `now` is taken once per batch by the caller.
     pub fn get(&mut self, cgroup_id: u64, now: Instant) -> &Arc<PodLabels> {
+        self.lookup(cgroup_id, now).0
+    }
+
+    /// As [`Cache::get`], and whether the cgroup is a pod cgroup whose pod is not known
+    /// yet, within [`AWAIT`] of its first lookup: its events should wait for the pod.
+    pub fn lookup(&mut self, cgroup_id: u64, now: Instant) -> (&Arc<PodLabels>, bool) {
         let fresh = self
             .entries
             .get(&cgroup_id)
@@ -83,15 +89,10 @@ impl Cache {
             };
             self.entries.insert(cgroup_id, entry);
         }
-        &self.entries[&cgroup_id].labels
-    }
-
-    /// Whether `cgroup_id` (just looked up) is a pod cgroup whose pod is not known yet,
-    /// within [`AWAIT`] of its first lookup: its events should wait for the pod.
-    pub fn awaited(&self, cgroup_id: u64, now: Instant) -> bool {
-        self.entries.get(&cgroup_id).is_some_and(|e| {
-            e.labels.id == 0 && e.retry_at.is_some() && now.duration_since(e.first) < AWAIT
-        })
+        let e = &self.entries[&cgroup_id];
+        let awaited =
+            e.labels.id == 0 && e.retry_at.is_some() && now.duration_since(e.first) < AWAIT;
+        (&e.labels, awaited)
     }
 }
 
