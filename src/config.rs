@@ -96,6 +96,14 @@ pub struct Kubernetes {
     /// (needs `cgroup_events`).
     #[serde(default = "default_grace")]
     pub series_grace_seconds: u64,
+    /// Milliseconds events of a pod's cgroup wait for the pod's metadata when they come
+    /// first (then they go on unattributed); 0 does not wait.
+    #[serde(default = "default_metadata_wait")]
+    pub metadata_wait_ms: u64,
+}
+
+const fn default_metadata_wait() -> u64 {
+    2000
 }
 
 const fn default_grace() -> u64 {
@@ -114,6 +122,7 @@ impl Default for Kubernetes {
             labels: LabelNames::default(),
             cgroup_events: true,
             series_grace_seconds: default_grace(),
+            metadata_wait_ms: default_metadata_wait(),
         }
     }
 }

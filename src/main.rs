@@ -418,6 +418,7 @@ async fn serve(args: Args) -> Result<()> {
         enrich_workers: p.enrich_workers,
         aggregate_workers: p.aggregate_workers,
         queue_batches: p.queue_batches,
+        metadata_wait: Duration::from_millis(config.kubernetes.metadata_wait_ms),
     };
     let pipeline = Pipeline::start(
         rx,

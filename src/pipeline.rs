@@ -63,6 +63,8 @@ pub struct Settings {
     pub aggregate_workers: usize,
     /// Batches each queue holds.
     pub queue_batches: usize,
+    /// How long records of a pod not in the metadata yet are held for it.
+    pub metadata_wait: std::time::Duration,
 }
 
 /// The cgroup creation/removal stream, shared by enrich workers. Each worker drains it
@@ -135,7 +137,7 @@ impl Pipeline {
                 enrich_worker(
                     input,
                     &streams,
-                    Cache::new(enricher),
+                    Cache::new(enricher).await_metadata(settings.metadata_wait),
                     events.as_ref(),
                     &out,
                     tap.as_deref(),

@@ -131,10 +131,20 @@ fn pod_connects(pod: Pod, env: &[(&str, &str)]) {
 /// enrich stage for it (up to 2 s) and count under the pod, not unattributed.
 #[test]
 fn events_before_the_pods_metadata_wait_for_it() {
-    if !test_support::privileged("events_before_the_pods_metadata_wait_for_it") {
-        return;
+    if test_support::privileged("events_before_the_pods_metadata_wait_for_it") {
+        late_metadata(Pod::new("shop", "web-late-meta-9f3k2", "nginx"), true);
     }
-    let pod = Pod::new("shop", "web-late-meta-9f3k2", "nginx");
+}
+
+/// With `kubernetes.metadata_wait_ms: 0` they go on at once, unattributed.
+#[test]
+fn metadata_wait_zero_does_not_wait() {
+    if test_support::privileged("metadata_wait_zero_does_not_wait") {
+        late_metadata(Pod::new("shop", "web-no-wait-4h8s1", "nginx"), false);
+    }
+}
+
+fn late_metadata(pod: Pod, wait: bool) {
     let dir = TempDir::new(pod.name);
     let mut cgroups = Cgroups::new(pod.name);
     let cg = pod.cgroup(&mut cgroups);
@@ -147,7 +157,12 @@ fn events_before_the_pods_metadata_wait_for_it() {
         "--kubelet.container-logs-dir",
         containers.to_str().unwrap(),
     ];
-    let exporter = Exporter::start(&flags, &dir.0.join("exporter.log"));
+    let env: &[(&str, &str)] = if wait {
+        &[]
+    } else {
+        &[("KUBE_EBPF_EXPORTER__KUBERNETES__METADATA_WAIT_MS", "0")]
+    };
+    let exporter = Exporter::start_with_env(&flags, env, &dir.0.join("exporter.log"));
     let stop = Arc::new(AtomicBool::new(false));
     let (port, accepter) = listen("127.0.0.1", &stop);
 
@@ -162,19 +177,21 @@ fn events_before_the_pods_metadata_wait_for_it() {
         common::node()
     );
     let metric = format!("{METRIC}_count");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut metrics = exporter.metrics();
-    while sample(&metrics, &metric, &labels) != Some(N as f64) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-        metrics = exporter.metrics();
+    let held = "ebpf_exporter_enrich_held_records_total";
+    if wait {
+        let metrics = common::wait_for(&exporter, &metric, &labels, N as f64);
+        assert_eq!(
+            sample(&metrics, &metric, &labels),
+            Some(N as f64),
+            "{metrics}"
+        );
+        assert!(sample(&metrics, held, "").unwrap() >= N as f64, "{metrics}");
+    } else {
+        std::thread::sleep(Duration::from_millis(1500));
+        let metrics = exporter.metrics();
+        assert_eq!(sample(&metrics, &metric, &labels), None, "{metrics}");
+        assert_eq!(sample(&metrics, held, ""), Some(0.0), "{metrics}");
     }
-    assert_eq!(
-        sample(&metrics, &metric, &labels),
-        Some(N as f64),
-        "{metrics}"
-    );
-    let held = sample(&metrics, "ebpf_exporter_enrich_held_records_total", "").unwrap();
-    assert!(held >= N as f64, "held {held}");
 
     stop.store(true, Ordering::Relaxed);
     let _ = std::net::TcpStream::connect(("127.0.0.1", port));

@@ -14,10 +14,8 @@ const RETRY: Duration = Duration::from_secs(1);
 /// for this long: a container the kubelet never logs (the pod sandbox's pause
 /// container) keeps its pod's labels without a container name from then on.
 const GIVE_UP: Duration = Duration::from_secs(30);
-/// Events of a pod cgroup whose pod is not in the metadata yet are held this long for
-/// it (the enrich stage holds them), then go on unattributed;
-pub const AWAIT: Duration = Duration::from_secs(2);
-/// meanwhile the pod is looked up this often.
+/// While events of a pod cgroup whose pod is not in the metadata yet wait for it (see
+/// [`Cache::await_metadata`]), the pod is looked up this often.
 const AWAIT_RETRY: Duration = Duration::from_millis(50);
 /// Entries kept before the cache starts over; bounds memory under cgroup churn.
 const MAX_ENTRIES: usize = 1 << 16;
@@ -36,6 +34,8 @@ pub struct Cache {
     pub hits: u64,
     /// Lookups that went to the enricher.
     pub misses: u64,
+    /// How long events of a pod not in the metadata yet wait for it.
+    wait: Duration,
 }
 
 impl Cache {
@@ -46,7 +46,15 @@ impl Cache {
             entries: FxHashMap::default(),
             hits: 0,
             misses: 0,
+            wait: Duration::ZERO,
         }
+    }
+
+    /// Reports pod cgroups whose pod is not in the metadata yet as awaited (see
+    /// [`Cache::lookup`]) for `wait` after their first lookup, looking them up often.
+    pub fn await_metadata(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
     }
 
     /// The enricher behind the cache.
@@ -60,7 +68,7 @@ impl Cache {
     }
 
     /// As [`Cache::get`], and whether the cgroup is a pod cgroup whose pod is not known
-    /// yet, within [`AWAIT`] of its first lookup: its events should wait for the pod.
+    /// yet, within the wait of its first lookup: its events should wait for the pod.
     pub fn lookup(&mut self, cgroup_id: u64, now: Instant) -> (&Arc<PodLabels>, bool) {
         let fresh = self
             .entries
@@ -77,7 +85,7 @@ impl Cache {
             let r = self.enricher.resolve(cgroup_id);
             let age = now.duration_since(first);
             let retry = !r.settled && age < GIVE_UP;
-            let every = if r.labels.id == 0 && age < AWAIT {
+            let every = if r.labels.id == 0 && age < self.wait {
                 AWAIT_RETRY
             } else {
                 RETRY
@@ -91,7 +99,7 @@ impl Cache {
         }
         let e = &self.entries[&cgroup_id];
         let awaited =
-            e.labels.id == 0 && e.retry_at.is_some() && now.duration_since(e.first) < AWAIT;
+            e.labels.id == 0 && e.retry_at.is_some() && now.duration_since(e.first) < self.wait;
         (&e.labels, awaited)
     }
 }

@@ -97,6 +97,7 @@ fn run(workers: usize, series: u32, events: u64, enricher: &Arc<Enricher>) -> (f
         enrich_workers: workers,
         aggregate_workers: workers,
         queue_batches: 64,
+        metadata_wait: std::time::Duration::from_secs(2),
     };
     let pipeline =
         Pipeline::start(rx, streams.clone(), enricher.clone(), None, None, settings).unwrap();
