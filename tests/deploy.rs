@@ -95,7 +95,19 @@ fn every_overlay_renders_and_validates_offline() {
                 k.display()
             );
         }
-        assert_eq!(of_kind(&docs, "DaemonSet").len(), 1, "{}", k.display());
+        let daemonsets = of_kind(&docs, "DaemonSet");
+        assert_eq!(daemonsets.len(), 1, "{}", k.display());
+        // A rule the API server enforces beyond the schema.
+        let security =
+            &daemonsets[0]["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+        let adds_sys_admin = security["capabilities"]["add"]
+            .as_sequence()
+            .is_some_and(|caps| caps.iter().any(|c| c == "SYS_ADMIN"));
+        assert!(
+            !(adds_sys_admin && security["allowPrivilegeEscalation"] == false),
+            "{}: CAP_SYS_ADMIN needs allowPrivilegeEscalation",
+            k.display()
+        );
 
         // A ServiceMonitor must find the Service and its port.
         let service = of_kind(&docs, "Service")[0];
