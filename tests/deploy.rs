@@ -250,3 +250,21 @@ fn runs_as_nobody_with_only_the_daemonsets_capabilities() {
     let _ = std::net::TcpStream::connect(("127.0.0.1", port));
     accepter.join().unwrap();
 }
+
+/// The overlay's config.yaml starts as the embedded default; they must not drift apart.
+#[test]
+fn custom_config_overlay_matches_the_embedded_default() {
+    let body = |text: &str| -> String {
+        text.lines()
+            .skip_while(|l| l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let overlay =
+        std::fs::read_to_string(deploy().join("overlays/custom-config/config.yaml")).unwrap();
+    assert_eq!(
+        body(&overlay),
+        body(include_str!("../src/default.yaml")),
+        "copy src/default.yaml (below its header) into deploy/overlays/custom-config/config.yaml"
+    );
+}
