@@ -164,9 +164,23 @@ fn a_slow_subscriber_loses_tap_events_never_metrics() {
     flags.push(config.display().to_string());
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let exporter = Exporter::start(&flags, &dir.0.join("log"));
-    // Subscribe and never read: two events fit, the rest are dropped for this subscriber.
-    let (_status, _unread) = open_stream(&exporter.addr, "/events?pod=slow-*");
-    connects(40, &cg);
+    // Subscribe and never read: two events fit in its queue and some KiB in the socket
+    // buffers (made small), so most of N events are dropped for this subscriber.
+    let (_status, unread) = open_stream(&exporter.addr, "/events?pod=slow-*");
+    let small: libc::c_int = 4096;
+    // SAFETY: a valid socket and option value for setsockopt(2).
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(unread.get_ref()),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&small as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    const N: f64 = 200.0;
+    connects(N as usize, &cg);
     let labels = format!(
         "{},node_id=\"{}\",subnet=\"127\"",
         pod.labels(),
@@ -176,7 +190,7 @@ fn a_slow_subscriber_loses_tap_events_never_metrics() {
         &exporter,
         "ebpf_exporter_tcp_connect_latency_seconds_count",
         &labels,
-        40.0,
+        N,
     );
     assert_eq!(
         sample(
@@ -184,7 +198,7 @@ fn a_slow_subscriber_loses_tap_events_never_metrics() {
             "ebpf_exporter_tcp_connect_latency_seconds_count",
             &labels
         ),
-        Some(40.0),
+        Some(N),
         "{page}"
     );
     // Every event for this subscriber is either delivered (queued) or counted as lost,
@@ -203,13 +217,13 @@ fn a_slow_subscriber_loses_tap_events_never_metrics() {
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut page = exporter.metrics();
-    while tap_counts(&page).0 + tap_counts(&page).1 < 40.0 && std::time::Instant::now() < deadline {
+    while tap_counts(&page).0 + tap_counts(&page).1 < N && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(100));
         page = exporter.metrics();
     }
     let (delivered, dropped) = tap_counts(&page);
     assert!(dropped > 0.0, "{page}");
-    assert_eq!(delivered + dropped, 40.0, "{page}");
+    assert_eq!(delivered + dropped, N, "{page}");
 }
 
 #[test]
