@@ -239,12 +239,9 @@ impl Enricher {
     /// Resolves the cgroup v2 membership of a process (`0::<path>` in /proc/<pid>/cgroup).
     pub fn resolve_pid(&self, pid: u32) -> Resolved {
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        match text.lines().find_map(|l| l.strip_prefix("0::")) {
+        match membership(&text) {
             Some(path) => self.resolve_path(path.to_string()),
-            None => self.unattributed(
-                None,
-                format!("process {pid} is gone or has no cgroup v2 membership"),
-            ),
+            None => self.unattributed(None, format!("process {pid} is gone")),
         }
     }
 
@@ -306,9 +303,46 @@ impl Enricher {
     }
 }
 
+/// The cgroup path that says which container a process is in, from its
+/// /proc/<pid>/cgroup: the v2 line (`0::<path>`) when it names a container; else, on
+/// hosts whose containers live in v1 hierarchies (where the v2 line reads `0::/`), the
+/// first v1 line (`<n>:<controllers>:<path>`) that does; else the v2 line.
+fn membership(proc_cgroup: &str) -> Option<&str> {
+    let is_container = |path: &str| {
+        kubepath::parse(path).is_some() || kubepath::standalone_container(path).is_some()
+    };
+    let unified = proc_cgroup.lines().find_map(|l| l.strip_prefix("0::"));
+    if unified.is_some_and(is_container) {
+        return unified;
+    }
+    proc_cgroup
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .find(|path| is_container(path))
+        .or(unified)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn membership_reads_v2_hybrid_and_v1_only_hosts() {
+        let pod = "/kubepods/burstable/pod0e6f4b4e-1a5b-4e8f-9d1c-5a9e2b7c3d10/4f2a7f1c8e6b4b9aa2f3c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1";
+        let v2 = format!("0::{pod}\n");
+        let hybrid = format!("12:memory:{pod}\n1:name=systemd:{pod}\n0::{pod}\n");
+        let v1_only =
+            format!("12:memory:{pod}\n11:cpu,cpuacct:{pod}\n1:name=systemd:{pod}\n0::/\n");
+        for text in [&v2, &hybrid, &v1_only] {
+            assert_eq!(membership(text), Some(pod), "{text}");
+        }
+        let host = "12:memory:/user.slice\n0::/user.slice/user-0.slice/session-1.scope\n";
+        assert_eq!(
+            membership(host),
+            Some("/user.slice/user-0.slice/session-1.scope")
+        );
+        assert_eq!(membership(""), None);
+    }
 
     #[test]
     fn docker_containers_are_labelled_by_short_id() {
