@@ -7,11 +7,10 @@ mod common;
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    sync::{atomic::AtomicBool, Arc},
     time::{Duration, Instant},
 };
 
-use common::{connect_n, listen, samples, Cgroups, Exporter, Pod, TempDir};
+use common::{connects, samples, Cgroups, Exporter, Pod, TempDir};
 use serde_yaml_ng::Value;
 
 fn deploy() -> PathBuf {
@@ -194,10 +193,8 @@ fn runs_as_nobody_with_only_the_daemonsets_capabilities() {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let log = dir.0.join("exporter.log");
     let exporter = Exporter::start_under(&wrapper, &flags, &[], &log);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (port, accepter) = listen("127.0.0.1", &stop);
     const N: usize = 17;
-    connect_n(N, "127.0.0.1", port, Some(&cg));
+    connects(N, &cg);
 
     let metric = "ebpf_exporter_tcp_connect_latency_seconds_count";
     let pod_label = format!("app_pod=\"{}\"", pod.name);
@@ -245,10 +242,6 @@ fn runs_as_nobody_with_only_the_daemonsets_capabilities() {
         log.contains("dropped capabilities no longer needed: [CAP_PERFMON, CAP_BPF]"),
         "{log}"
     );
-
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = std::net::TcpStream::connect(("127.0.0.1", port));
-    accepter.join().unwrap();
 }
 
 /// The overlay's config.yaml starts as the embedded default; they must not drift apart.

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{connect_n, listen, sample, samples, Cgroups, Exporter, Pod, TempDir};
+use common::{connects, sample, samples, Cgroups, Exporter, Pod, TempDir};
 
 const METRIC: &str = "ebpf_exporter_tcp_connect_latency_seconds";
 
@@ -163,11 +163,8 @@ fn late_metadata(pod: Pod, wait: bool) {
         &[("KUBE_EBPF_EXPORTER__KUBERNETES__METADATA_WAIT_MS", "0")]
     };
     let exporter = Exporter::start_with_env(&flags, env, &dir.0.join("exporter.log"));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (port, accepter) = listen("127.0.0.1", &stop);
-
     const N: usize = 25;
-    connect_n(N, "127.0.0.1", port, Some(&cg));
+    connects(N, &cg);
     std::thread::sleep(Duration::from_millis(400));
     pod.logs(&dir.0);
 
@@ -192,8 +189,39 @@ fn late_metadata(pod: Pod, wait: bool) {
         assert_eq!(sample(&metrics, &metric, &labels), None, "{metrics}");
         assert_eq!(sample(&metrics, held, ""), Some(0.0), "{metrics}");
     }
+}
 
-    stop.store(true, Ordering::Relaxed);
-    let _ = std::net::TcpStream::connect(("127.0.0.1", port));
-    accepter.join().unwrap();
+/// Runs `n` TCP connects to `host:port` from a new bash, first moved into `cgroup` if given.
+fn connect_n(n: usize, host: &str, port: u16, cgroup: Option<&std::path::Path>) {
+    let connects = format!(
+        "for i in $(seq {n}); do exec 3<>/dev/tcp/{host}/{port} || exit 1; exec 3>&-; done"
+    );
+    let script = match cgroup {
+        Some(cg) => format!("echo $$ > {}/cgroup.procs && {connects}", cg.display()),
+        None => connects,
+    };
+    let status = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(status.success(), "client failed: {script}");
+}
+
+/// A listener on `host` that accepts and closes until `stop`.
+fn listen(
+    host: &str,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u16, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind((host, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = stop.clone();
+    let handle = std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            drop(conn);
+        }
+    });
+    (port, handle)
 }

@@ -7,11 +7,10 @@ mod common;
 use std::{
     io::Write,
     process::{Child, Command, Stdio},
-    sync::{atomic::AtomicBool, Arc},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use common::{connect_n, get, listen, samples, Cgroups, Exporter, Pod, TempDir};
+use common::{connects, get, samples, Cgroups, Exporter, Pod, TempDir};
 
 const METRIC: &str = "ebpf_exporter_tcp_connect_latency_seconds";
 
@@ -158,8 +157,6 @@ fn prometheus_scrapes_the_pods_connect_latency() {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let exporter = Exporter::start(&flags, &dir.0.join("exporter.log"));
     let prometheus = Prometheus::start(&exporter.addr, &dir.0);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (port, accepter) = listen("127.0.0.1", &stop);
 
     let selector = format!("{{app_pod=\"{}\",subnet=\"127\"}}", pod.name);
     let count = format!("{METRIC}_count{selector}");
@@ -167,12 +164,12 @@ fn prometheus_scrapes_the_pods_connect_latency() {
     // it at A, so its increase is batch 2 alone.
     const A: usize = 20;
     const B: usize = 40;
-    connect_n(A, "127.0.0.1", port, Some(&cg));
+    connects(A, &cg);
     prometheus.wait_for(&count, A as f64);
     let start = now();
     std::thread::sleep(Duration::from_millis(2500));
     let before = buckets(&exporter.metrics(), pod.name);
-    connect_n(B, "127.0.0.1", port, Some(&cg));
+    connects(B, &cg);
     prometheus.wait_for(&count, (A + B) as f64);
     let page = exporter.metrics();
     let after = buckets(&page, pod.name);
@@ -262,8 +259,4 @@ fn prometheus_scrapes_the_pods_connect_latency() {
         out.status.success() && report.trim().is_empty(),
         "promtool check metrics: {report}"
     );
-
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = std::net::TcpStream::connect(("127.0.0.1", port));
-    accepter.join().unwrap();
 }

@@ -6,25 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{sample, Cgroups, Exporter, Pod, TempDir};
-
-/// `n` TCP connects from a new bash moved into `cgroup`, to a listener of ours.
-fn connects(n: usize, cgroup: &std::path::Path) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let accept = std::thread::spawn(move || {
-        for _ in 0..n {
-            drop(listener.accept().unwrap());
-        }
-    });
-    let script = format!("echo $$ > {}/cgroup.procs && for i in $(seq {n}); do exec 3<>/dev/tcp/127.0.0.1/{port}; exec 3>&-; done", cgroup.display());
-    assert!(std::process::Command::new("bash")
-        .args(["-c", &script])
-        .status()
-        .unwrap()
-        .success());
-    accept.join().unwrap();
-}
+use common::{connects, sample, Cgroups, Exporter, Pod, TempDir};
 
 #[test]
 fn a_deleted_pods_series_expire_after_the_grace_period() {

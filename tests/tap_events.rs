@@ -9,25 +9,7 @@ use std::{
     process::Command,
 };
 
-use common::{open_stream, sample, wait_for, Cgroups, Exporter, Pod, TempDir};
-
-/// `n` TCP connects from inside `cgroup` to a listener the test owns.
-fn connects(n: usize, cgroup: &std::path::Path) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let accept = std::thread::spawn(move || {
-        for _ in 0..n {
-            drop(listener.accept().unwrap());
-        }
-    });
-    let script = format!("echo $$ > {}/cgroup.procs && for i in $(seq {n}); do exec 3<>/dev/tcp/127.0.0.1/{port}; exec 3>&-; done", cgroup.display());
-    assert!(Command::new("bash")
-        .args(["-c", &script])
-        .status()
-        .unwrap()
-        .success());
-    accept.join().unwrap();
-}
+use common::{connects, open_stream, sample, wait_for, Cgroups, Exporter, Pod, TempDir};
 
 #[test]
 fn events_are_filtered_enriched_json_lines() {

@@ -372,34 +372,21 @@ pub fn open_stream(addr: &str, path: &str) -> (String, std::io::BufReader<TcpStr
     (status, reader)
 }
 
-/// Runs `n` TCP connects to `host:port` from a new bash, first moved into `cgroup` if given.
-pub fn connect_n(n: usize, host: &str, port: u16, cgroup: Option<&std::path::Path>) {
-    let connects = format!(
-        "for i in $(seq {n}); do exec 3<>/dev/tcp/{host}/{port} || exit 1; exec 3>&-; done"
-    );
-    let script = match cgroup {
-        Some(cg) => format!("echo $$ > {}/cgroup.procs && {connects}", cg.display()),
-        None => connects,
-    };
-    let status = Command::new("bash").args(["-c", &script]).status().unwrap();
-    assert!(status.success(), "client failed: {script}");
-}
-
-/// A listener on `host` that accepts and closes until `stop`.
-pub fn listen(
-    host: &str,
-    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> (u16, std::thread::JoinHandle<()>) {
-    let listener = std::net::TcpListener::bind((host, 0)).unwrap();
+/// `n` TCP connects from a new bash moved into `cgroup`, to a loopback listener of the
+/// test's own (it accepts exactly `n`).
+pub fn connects(n: usize, cgroup: &std::path::Path) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let stop = stop.clone();
-    let handle = std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                break;
-            }
-            drop(conn);
+    let accept = std::thread::spawn(move || {
+        for _ in 0..n {
+            drop(listener.accept().unwrap());
         }
     });
-    (port, handle)
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && for i in $(seq {n}); do exec 3<>/dev/tcp/127.0.0.1/{port} || exit 1; exec 3>&-; done",
+        cgroup.display()
+    );
+    let status = Command::new("bash").args(["-c", &script]).status().unwrap();
+    assert!(status.success(), "client failed: {script}");
+    accept.join().unwrap();
 }
