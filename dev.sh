@@ -42,10 +42,16 @@ case "$cmd" in
     ;;
   test)
     setup
-    # Tests only: deploy/ manifests are rendered and validated offline.
-    if ! command -v kubectl >/dev/null; then
+    # Tests only: deploy/ manifests are rendered and validated offline (kubectl); a real
+    # containerd runs a pod through CRI from a locally built busybox image.
+    extra=()
+    command -v kubectl >/dev/null || extra+=(kubernetes-client)
+    command -v containerd >/dev/null || extra+=(containerd)
+    command -v runc >/dev/null || extra+=(runc)
+    dpkg -s busybox-static >/dev/null 2>&1 || extra+=(busybox-static)
+    if [ ${#extra[@]} -gt 0 ]; then
       apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${extra[@]}" >/dev/null
     fi
     command -v kubernetes-validate >/dev/null ||
       python3 -m pip install -q --break-system-packages kubernetes-validate

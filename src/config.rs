@@ -79,6 +79,14 @@ fn default_telemetry_path() -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Kubernetes {
+    /// Where pod names come from, asked in this order; `logs` needs nothing but the
+    /// node's filesystem.
+    #[serde(default = "default_sources")]
+    pub sources: Vec<MetadataSource>,
+    /// The container runtime's CRI socket for the `cri` source; unset: the first that
+    /// exists of the containerd, CRI-O and k3s defaults (none: the source is skipped).
+    #[serde(default)]
+    pub cri_socket: Option<String>,
     /// The kubelet's pod log directory (`<namespace>_<pod>_<uid>/<container>/`).
     #[serde(default = "default_pod_logs")]
     pub pod_logs_dir: String,
@@ -114,9 +122,32 @@ const fn yes() -> bool {
     true
 }
 
+/// A pod metadata source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetadataSource {
+    /// The container runtime over its CRI socket: names and pod labels.
+    Cri,
+    /// The kubelet's log directories: names only.
+    Logs,
+}
+
+fn default_sources() -> Vec<MetadataSource> {
+    vec![MetadataSource::Cri, MetadataSource::Logs]
+}
+
+/// Where containerd, CRI-O and k3s put their CRI sockets.
+pub const CRI_SOCKETS: [&str; 3] = [
+    "/run/containerd/containerd.sock",
+    "/var/run/crio/crio.sock",
+    "/run/k3s/containerd/containerd.sock",
+];
+
 impl Default for Kubernetes {
     fn default() -> Self {
         Self {
+            sources: default_sources(),
+            cri_socket: None,
             pod_logs_dir: default_pod_logs(),
             container_logs_dir: default_container_logs(),
             labels: LabelNames::default(),
@@ -147,6 +178,31 @@ pub struct LabelNames {
     pub container: String,
     /// Node label.
     pub node: String,
+    /// Opt-in: label naming the workload that owns the pod (e.g. `app_workload`; a
+    /// ReplicaSet's pods name its Deployment). Needs the `api` metadata source.
+    pub workload: Option<String>,
+    /// Opt-in: label naming that workload's kind (e.g. `app_workload_kind`).
+    pub workload_kind: Option<String>,
+    /// Opt-in: pod labels to copy, pod label key → Prometheus label name (e.g.
+    /// `app.kubernetes.io/name: app_name`). From the `api` or `cri` source.
+    pub pod_labels: BTreeMap<String, String>,
+}
+
+impl LabelNames {
+    /// The opt-in labels, in the order their names are in [`KubeLabelNames::extra`].
+    pub fn extra(&self) -> Vec<(enrich::Extra, String)> {
+        let mut extra = Vec::new();
+        if let Some(name) = &self.workload_kind {
+            extra.push((enrich::Extra::WorkloadKind, name.clone()));
+        }
+        if let Some(name) = &self.workload {
+            extra.push((enrich::Extra::Workload, name.clone()));
+        }
+        for (key, name) in &self.pod_labels {
+            extra.push((enrich::Extra::PodLabel(key.clone()), name.clone()));
+        }
+        extra
+    }
 }
 
 impl Default for LabelNames {
@@ -157,6 +213,9 @@ impl Default for LabelNames {
             pod: d.pod,
             container: d.container,
             node: d.node,
+            workload: None,
+            workload_kind: None,
+            pod_labels: BTreeMap::new(),
         }
     }
 }
@@ -168,6 +227,7 @@ impl From<&LabelNames> for KubeLabelNames {
             pod: l.pod.clone(),
             container: l.container.clone(),
             node: l.node.clone(),
+            extra: l.extra().into_iter().map(|(_, name)| name).collect(),
         }
     }
 }

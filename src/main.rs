@@ -12,7 +12,7 @@ mod telemetry;
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -28,14 +28,14 @@ use axum::{
 };
 use bytes::Bytes;
 use clap::Parser;
-use enrich::{CgroupFs, Enricher, PodLogs};
+use enrich::{CgroupFs, Cri, Enricher, PodLogs, PodSource, Sources};
 use ingest::{RingReader, StreamMap};
 use kube_ebpf_exporter::pipeline::{self, Pipeline, Stream};
 use tap::Tap;
 use tokio::sync::watch;
 
 use crate::{
-    config::{Config, Program},
+    config::{Config, MetadataSource, Program, CRI_SOCKETS},
     programs::{Failure, Running, Setup, Source},
     telemetry::Telemetry,
 };
@@ -118,6 +118,36 @@ fn listen_addr(s: &str) -> Result<SocketAddr> {
     };
     full.parse()
         .with_context(|| format!("listen address {s:?} is not host:port or :port"))
+}
+
+/// The pod metadata sources the config lists, in its order.
+fn metadata_sources(k: &config::Kubernetes, source: &str) -> Result<Sources> {
+    let mut sources: Vec<Box<dyn PodSource>> = Vec::new();
+    for s in &k.sources {
+        match s {
+            MetadataSource::Logs => sources.push(Box::new(PodLogs::new(
+                &k.pod_logs_dir,
+                &k.container_logs_dir,
+            ))),
+            MetadataSource::Cri => match &k.cri_socket {
+                Some(socket) => sources.push(Box::new(
+                    Cri::connect(Path::new(socket))
+                        .with_context(|| format!("{source}: kubernetes.cri_socket"))?,
+                )),
+                None => match CRI_SOCKETS.iter().find(|p| Path::new(p).exists()) {
+                    Some(socket) => match Cri::connect(Path::new(socket)) {
+                        Ok(cri) => sources.push(Box::new(cri)),
+                        Err(e) => tracing::warn!("skipping the cri metadata source: {e}"),
+                    },
+                    None => tracing::info!(
+                        "no CRI socket at {} (kubernetes.cri_socket unset): the cri metadata source is skipped",
+                        CRI_SOCKETS.join(", ")
+                    ),
+                },
+            },
+        }
+    }
+    Ok(Sources(sources))
 }
 
 fn node_id(config: &Config) -> String {
@@ -257,11 +287,11 @@ async fn serve(args: Args) -> Result<()> {
 
     let node = node_id(&config);
     let cgroups = CgroupFs::discover().context("enrich: cgroup v2 hierarchy")?;
-    let pods = PodLogs::new(
-        &config.kubernetes.pod_logs_dir,
-        &config.kubernetes.container_logs_dir,
+    let pods = metadata_sources(&config.kubernetes, &source)?;
+    let extra = config.kubernetes.labels.extra();
+    let enricher = Arc::new(
+        Enricher::new(cgroups, pods).with_extra(extra.into_iter().map(|(e, _)| e).collect()),
     );
-    let enricher = Arc::new(Enricher::new(cgroups, pods));
     let walked = enricher.walk();
     tracing::info!(
         containers = walked,
@@ -380,6 +410,7 @@ async fn serve(args: Args) -> Result<()> {
             "dropped capabilities no longer needed: {dropped:?}"
         );
     }
+    enricher.start_sources();
     // Ring readers get their own runtime threads, apart from HTTP.
     let ingest = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(p.ingest_workers.max(1))

@@ -49,6 +49,9 @@ pub struct KubeLabelNames {
     pub container: String,
     /// Node label (default `node_id`).
     pub node: String,
+    /// Opt-in labels after the container's (workload, pod labels): their names, in the
+    /// order of [`enrich::PodLabels::extra`].
+    pub extra: Vec<String>,
 }
 
 impl Default for KubeLabelNames {
@@ -58,6 +61,7 @@ impl Default for KubeLabelNames {
             pod: "app_pod".into(),
             container: "app_container".into(),
             node: "node_id".into(),
+            extra: Vec::new(),
         }
     }
 }
@@ -221,12 +225,9 @@ impl Registry {
         let config_labels = labels.len();
         if pod_labels {
             let k = &self.kube;
-            labels.extend([
-                k.namespace.clone(),
-                k.pod.clone(),
-                k.container.clone(),
-                k.node.clone(),
-            ]);
+            labels.extend([k.namespace.clone(), k.pod.clone(), k.container.clone()]);
+            labels.extend(k.extra.iter().cloned());
+            labels.push(k.node.clone());
         }
         let full = self.claim(name, &labels)?;
         let order = sorted_order(&labels);
@@ -334,17 +335,30 @@ pub(crate) enum Slot {
 }
 
 impl Family {
-    /// The value of label `i` (family order: config labels, then pod labels and node).
-    fn value<'a>(labels: &'a [String], s: &'a Series, node: &'a str, i: usize) -> &'a str {
+    /// The value of label `i` of `count` (family order: config labels, then pod labels
+    /// with the opt-in ones, then node).
+    fn value<'a>(
+        labels: &'a [String],
+        s: &'a Series,
+        node: &'a str,
+        i: usize,
+        count: usize,
+    ) -> &'a str {
         let n = labels.len();
         if i < n {
             return &labels[i];
+        }
+        if i + 1 == count {
+            return node;
         }
         match (&s.pod, i - n) {
             (Some(p), 0) => &p.namespace,
             (Some(p), 1) => &p.pod,
             (Some(p), 2) => &p.container,
-            _ => node,
+            (p, j) => p
+                .as_ref()
+                .and_then(|p| p.extra.get(j - 3))
+                .map_or("", |v| v),
         }
     }
 
@@ -364,7 +378,7 @@ impl Family {
         ) -> Vec<&'a str> {
             order
                 .iter()
-                .map(|&i| Family::value(labels, s, node, i))
+                .map(|&i| Family::value(labels, s, node, i, order.len()))
                 .collect()
         }
         series.sort_by(|a, b| sorted(&self.order, a, node).cmp(&sorted(&self.order, b, node)));
@@ -603,7 +617,7 @@ fn shared_series(m: &MetricPlan, key: SeriesKey, record: &[u8], pod: &Arc<PodLab
             tracing::warn!(metric = %m.family.name, max = m.family.max_series, "series limit reached; further label sets count in the __overflow__ series");
             let n = m.labels.len();
             let series = Arc::new(Series {
-                pod: m.family.pod_labels.then(|| Arc::new(PodLabels { id: u32::MAX, namespace: OVERFLOW.into(), pod: OVERFLOW.into(), container: OVERFLOW.into() })),
+                pod: m.family.pod_labels.then(|| Arc::new(PodLabels { id: u32::MAX, namespace: OVERFLOW.into(), pod: OVERFLOW.into(), container: OVERFLOW.into(), extra: Box::default() })),
                 buckets: (0..m.raw_bounds.len() + usize::from(m.family.histogram)).map(|_| AtomicU64::new(0)).collect(),
                 sum: AtomicU64::new(0),
             });

@@ -59,6 +59,7 @@ fn pod(id: u32, ns: &str, name: &str, c: &str) -> Arc<PodLabels> {
         namespace: ns.into(),
         pod: name.into(),
         container: c.into(),
+        extra: Box::default(),
     })
 }
 

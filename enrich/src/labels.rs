@@ -11,7 +11,7 @@ use std::{
 
 use dashmap::DashMap;
 
-use crate::{kubepath, CgroupFs, PodLogs};
+use crate::{kubepath, CgroupFs, PodMeta, PodSource};
 
 /// Pod labels of one workload. Events outside any pod get [`PodLabels::id`] 0 and
 /// empty names: kept, never dropped, never given another pod's labels.
@@ -25,6 +25,32 @@ pub struct PodLabels {
     pub pod: String,
     /// Container name.
     pub container: String,
+    /// Values of the opt-in labels ([`Extra`]), in the order configured; empty for
+    /// events outside pods.
+    pub extra: Box<[String]>,
+}
+
+/// An opt-in label whose value comes from the pod's metadata (sources that lack it
+/// give an empty value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Extra {
+    /// Kind of the workload owning the pod (`Deployment`, `StatefulSet`, ...).
+    WorkloadKind,
+    /// Name of the workload owning the pod.
+    Workload,
+    /// The value of this pod label.
+    PodLabel(String),
+}
+
+impl Extra {
+    fn value(&self, meta: &PodMeta) -> String {
+        match self {
+            Extra::WorkloadKind => meta.workload.as_ref().map(|w| w.0.clone()),
+            Extra::Workload => meta.workload.as_ref().map(|w| w.1.clone()),
+            Extra::PodLabel(key) => meta.labels.get(key).cloned(),
+        }
+        .unwrap_or_default()
+    }
 }
 
 /// The outcome of one resolution.
@@ -41,12 +67,16 @@ pub struct Resolved {
     pub unknown: Option<String>,
 }
 
+/// Namespace, pod, container and the opt-in values: a label set's identity.
+type LabelKey = (String, String, String, Box<[String]>);
+
 /// Resolves cgroup ids to pod labels (the slow path behind [`crate::Cache`]).
 #[derive(Debug)]
 pub struct Enricher {
     cgroups: CgroupFs,
-    pods: PodLogs,
-    interned: DashMap<(String, String, String), Arc<PodLabels>>,
+    pods: Box<dyn PodSource>,
+    extra: Vec<Extra>,
+    interned: DashMap<LabelKey, Arc<PodLabels>>,
     next_id: AtomicU32,
     none: Arc<PodLabels>,
     /// Paths of cgroups learned as they were created, kept (as tombstones) for
@@ -64,10 +94,11 @@ const TOMBSTONE: Duration = Duration::from_secs(300);
 
 impl Enricher {
     /// An enricher over a cgroup hierarchy and a pod metadata source.
-    pub fn new(cgroups: CgroupFs, pods: PodLogs) -> Self {
+    pub fn new(cgroups: CgroupFs, pods: impl PodSource + 'static) -> Self {
         Self {
             cgroups,
-            pods,
+            pods: Box::new(pods),
+            extra: Vec::new(),
             interned: DashMap::new(),
             next_id: AtomicU32::new(1),
             none: Arc::new(PodLabels {
@@ -75,12 +106,24 @@ impl Enricher {
                 namespace: String::new(),
                 pod: String::new(),
                 container: String::new(),
+                extra: Box::default(),
             }),
             known: DashMap::new(),
             learned: AtomicU64::new(0),
             owners: DashMap::new(),
             live: DashMap::new(),
         }
+    }
+
+    /// Starts the metadata sources' background work (after capabilities are dropped).
+    pub fn start_sources(&self) {
+        self.pods.start();
+    }
+
+    /// Adds opt-in labels to every pod's label set, in this order.
+    pub fn with_extra(mut self, extra: Vec<Extra>) -> Self {
+        self.extra = extra;
+        self
     }
 
     /// Records a cgroup's creation (`removed` false) or removal, as the kernel reports
@@ -157,8 +200,14 @@ impl Enricher {
         &self.none
     }
 
-    fn intern(&self, namespace: String, pod: String, container: String) -> Arc<PodLabels> {
-        let key = (namespace, pod, container);
+    fn intern(
+        &self,
+        namespace: String,
+        pod: String,
+        container: String,
+        extra: Box<[String]>,
+    ) -> Arc<PodLabels> {
+        let key = (namespace, pod, container, extra);
         if let Some(labels) = self.interned.get(&key) {
             return labels.clone();
         }
@@ -167,6 +216,7 @@ impl Enricher {
             namespace: key.0.clone(),
             pod: key.1.clone(),
             container: key.2.clone(),
+            extra: key.3.clone(),
         });
         self.interned.entry(key).or_insert(labels).clone()
     }
@@ -261,7 +311,12 @@ impl Enricher {
             if let Some(id) = kubepath::standalone_container(&path) {
                 // Docker or podman outside Kubernetes: labelled by the short container id.
                 return Resolved {
-                    labels: self.intern(String::new(), String::new(), id[..12].to_string()),
+                    labels: self.intern(
+                        String::new(),
+                        String::new(),
+                        id[..12].to_string(),
+                        vec![String::new(); self.extra.len()].into(),
+                    ),
                     settled: true,
                     path: Some(path),
                     unknown: Some("a container outside Kubernetes (labelled by its id)".into()),
@@ -276,16 +331,18 @@ impl Enricher {
             Some(meta) => {
                 let unknown = match (&kube.container_id, &meta.container) {
                     (Some(id), None) => Some(format!(
-                        "container {id} of pod {} is not in the kubelet's logs",
+                        "container {id} of pod {} is not in the pod metadata",
                         kube.pod_uid
                     )),
                     _ => None,
                 };
+                let extra = self.extra.iter().map(|e| e.value(&meta)).collect();
                 Resolved {
                     labels: self.intern(
                         meta.namespace,
                         meta.pod,
                         meta.container.unwrap_or_default(),
+                        extra,
                     ),
                     settled: unknown.is_none(),
                     path: Some(path),
@@ -296,7 +353,7 @@ impl Enricher {
                 settled: false,
                 ..self.unattributed(
                     Some(path),
-                    format!("pod {} is not in the kubelet's logs (yet)", kube.pod_uid),
+                    format!("pod {} is not in the pod metadata (yet)", kube.pod_uid),
                 )
             },
         }
@@ -325,6 +382,7 @@ fn membership(proc_cgroup: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::PodLogs;
 
     #[test]
     fn membership_reads_v2_hybrid_and_v1_only_hosts() {

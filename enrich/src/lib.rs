@@ -8,14 +8,18 @@
 
 mod cache;
 mod cgroupfs;
+pub mod cri;
 pub mod kubepath;
 mod labels;
 mod podlogs;
+mod source;
 
 pub use cache::Cache;
 pub use cgroupfs::CgroupFs;
-pub use labels::{Enricher, PodLabels, Resolved};
+pub use cri::Cri;
+pub use labels::{Enricher, Extra, PodLabels, Resolved};
 pub use podlogs::PodLogs;
+pub use source::{PodMeta, PodSource, Sources};
 
 /// Errors of the enrich stage.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +27,14 @@ pub enum EnrichError {
     /// No cgroup2 mount is listed in the given mountinfo.
     #[error("no cgroup2 filesystem is mounted (looked in {0})")]
     NoCgroup2(String),
+    /// The container runtime's CRI socket did not answer.
+    #[error("CRI socket {socket}: {reason}")]
+    Cri {
+        /// The socket.
+        socket: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// An I/O error on a named path.
     #[error("{path}: {source}")]
     Io {

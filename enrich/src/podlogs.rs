@@ -6,6 +6,7 @@
 //! container id to its name. Namespace, pod and container names cannot contain `_`
 //! (they are DNS labels), so both split unambiguously.
 
+use crate::{PodMeta, PodSource};
 use std::{
     collections::HashMap,
     fs,
@@ -13,17 +14,6 @@ use std::{
     sync::Mutex,
     time::{Duration, Instant},
 };
-
-/// Names of a pod and, when known, the container.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodMeta {
-    /// Namespace.
-    pub namespace: String,
-    /// Pod name.
-    pub pod: String,
-    /// Container name, when the container id could be matched.
-    pub container: Option<String>,
-}
 
 #[derive(Default)]
 struct Index {
@@ -114,10 +104,12 @@ impl PodLogs {
         }
         index.scanned = Some(Instant::now());
     }
+}
 
+impl PodSource for PodLogs {
     /// Names for a pod uid and optional container id. Rescans the directories (at most
     /// every 250 ms) when the pod or container is not indexed yet.
-    pub fn lookup(&self, pod_uid: &str, container_id: Option<&str>) -> Option<PodMeta> {
+    fn lookup(&self, pod_uid: &str, container_id: Option<&str>) -> Option<PodMeta> {
         let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
         let known = index.pods.contains_key(pod_uid)
             && container_id.is_none_or(|c| index.containers.contains_key(c));
@@ -141,6 +133,7 @@ impl PodLogs {
             namespace: namespace.clone(),
             pod: pod.clone(),
             container,
+            ..Default::default()
         })
     }
 }
@@ -211,6 +204,7 @@ mod tests {
             namespace: "shop".into(),
             pod: "web-7d4b9".into(),
             container: c.map(str::to_string),
+            ..Default::default()
         };
         assert_eq!(logs.lookup(UID, Some(ID2)), Some(meta(Some("sidecar"))));
         // Two containers and no link for ID: the pod is known, the container is not.

@@ -59,6 +59,7 @@ fn main() {
         namespace: "ns".into(),
         pod: "p".into(),
         container: "c".into(),
+        extra: Box::default(),
     });
     let rss0 = rss_bytes();
     let t = Instant::now();

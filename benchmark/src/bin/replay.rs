@@ -144,6 +144,7 @@ fn memory(series: u32) {
         namespace: "shop".into(),
         pod: "web-6b7f9c-x2v4q".into(),
         container: "nginx".into(),
+        extra: Box::default(),
     });
     let before = benchmark::rss_bytes();
     let mut agg = aggregate::StreamAggregator::new(plan, Arc::new(StreamStats::default()));
