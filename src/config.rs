@@ -87,6 +87,10 @@ pub struct Kubernetes {
     /// exists of the containerd, CRI-O and k3s defaults (none: the source is skipped).
     #[serde(default)]
     pub cri_socket: Option<String>,
+    /// The node whose pods the `api` source watches; unset: `$NODE_NAME` (set it from
+    /// the downward API's `spec.nodeName`).
+    #[serde(default)]
+    pub node_name: Option<String>,
     /// The kubelet's pod log directory (`<namespace>_<pod>_<uid>/<container>/`).
     #[serde(default = "default_pod_logs")]
     pub pod_logs_dir: String,
@@ -128,6 +132,8 @@ const fn yes() -> bool {
 pub enum MetadataSource {
     /// The container runtime over its CRI socket: names and pod labels.
     Cri,
+    /// The Kubernetes API (a watch of this node's pods): names, pod labels, workload.
+    Api,
     /// The kubelet's log directories: names only.
     Logs,
 }
@@ -148,6 +154,7 @@ impl Default for Kubernetes {
         Self {
             sources: default_sources(),
             cri_socket: None,
+            node_name: None,
             pod_logs_dir: default_pod_logs(),
             container_logs_dir: default_container_logs(),
             labels: LabelNames::default(),

@@ -28,7 +28,7 @@ use axum::{
 };
 use bytes::Bytes;
 use clap::Parser;
-use enrich::{CgroupFs, Cri, Enricher, PodLogs, PodSource, Sources};
+use enrich::{CgroupFs, Cri, Enricher, KubeApiSource, PodLogs, PodSource, Sources};
 use ingest::{RingReader, StreamMap};
 use kube_ebpf_exporter::pipeline::{self, Pipeline, Stream};
 use tap::Tap;
@@ -125,6 +125,20 @@ fn metadata_sources(k: &config::Kubernetes, source: &str) -> Result<Sources> {
     let mut sources: Vec<Box<dyn PodSource>> = Vec::new();
     for s in &k.sources {
         match s {
+            MetadataSource::Api => {
+                let node = k
+                    .node_name
+                    .clone()
+                    .or_else(|| std::env::var("NODE_NAME").ok())
+                    .filter(|n| !n.is_empty())
+                    .with_context(|| {
+                        format!("{source}: kubernetes.sources lists api, but neither kubernetes.node_name nor NODE_NAME names the node whose pods to watch")
+                    })?;
+                sources.push(Box::new(
+                    KubeApiSource::connect(&node)
+                        .with_context(|| format!("{source}: kubernetes.sources: api"))?,
+                ));
+            }
             MetadataSource::Logs => sources.push(Box::new(PodLogs::new(
                 &k.pod_logs_dir,
                 &k.container_logs_dir,

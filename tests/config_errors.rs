@@ -320,3 +320,49 @@ fn every_attach_kind_this_kernel_has_attaches_and_the_others_say_why() {
         "{out}"
     );
 }
+
+#[test]
+fn metadata_sources_that_cannot_answer_are_named() {
+    let (ok, err) = run(
+        &[],
+        &[(
+            "KUBE_EBPF_EXPORTER__KUBERNETES__CRI_SOCKET",
+            "/nonexistent/cri.sock",
+        )],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("kubernetes.cri_socket")
+            && err.contains("/nonexistent/cri.sock")
+            && err.contains("No such file"),
+        "{err}"
+    );
+    let (ok, err) = run(
+        &[],
+        &[
+            ("KUBE_EBPF_EXPORTER__KUBERNETES__SOURCES", "[api, logs]"),
+            ("NODE_NAME", ""),
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("kubernetes.sources lists api") && err.contains("NODE_NAME"),
+        "{err}"
+    );
+    let (ok, err) = run(
+        &[],
+        &[
+            ("KUBE_EBPF_EXPORTER__KUBERNETES__SOURCES", "[api]"),
+            ("NODE_NAME", "node-a"),
+            ("KUBECONFIG", "/nonexistent/kubeconfig"),
+            ("KUBERNETES_SERVICE_HOST", ""),
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("kubernetes.sources: api")
+            && err.contains("pods of node node-a")
+            && err.contains("/nonexistent/kubeconfig"),
+        "{err}"
+    );
+}

@@ -16,7 +16,7 @@ use tonic::{
     transport::{Channel, Endpoint, Uri},
 };
 
-use crate::{EnrichError, PodMeta, PodSource};
+use crate::{background::Background, EnrichError, PodMeta, PodSource};
 
 /// Everything is listed again this often even when no lookup missed, to forget pods.
 const RESYNC: Duration = Duration::from_secs(10);
@@ -218,7 +218,7 @@ pub struct Cri {
     socket: PathBuf,
     shared: Arc<Shared>,
     /// The connection, until [`PodSource::start`] hands it to the lister's thread.
-    idle: Mutex<Option<(tokio::runtime::Runtime, Channel)>>,
+    idle: Mutex<Option<(Background, Channel)>>,
 }
 
 impl std::fmt::Debug for Cri {
@@ -263,10 +263,7 @@ impl Cri {
             index: RwLock::default(),
             wake: Notify::new(),
         });
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| err(e.to_string()))?;
+        let rt = Background::new().map_err(|e| err(e.to_string()))?;
         let connect = async move {
             let channel = channel(socket).await?;
             let v: proto::VersionResponse = call(
@@ -279,21 +276,14 @@ impl Cri {
             .await?;
             Ok::<_, String>((channel, v))
         };
-        // On a thread of its own, joined before returning: the caller may be inside a
-        // runtime already, and no thread may outlive this call (see PodSource::start).
-        let (channel, version) = std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    rt.block_on(async {
-                        let (channel, version) = connect.await?;
-                        refresh(&channel, &shared).await?;
-                        Ok::<_, String>((channel, version))
-                    })
-                })
-                .join()
-                .unwrap_or_else(|_| Err("the connecting thread panicked".into()))
-        })
-        .map_err(err)?;
+        let (channel, version) = rt
+            .block_on(async {
+                let (channel, version) = connect.await?;
+                refresh(&channel, &shared).await?;
+                Ok::<_, String>((channel, version))
+            })
+            .unwrap_or_else(|| Err("the connecting thread panicked".into()))
+            .map_err(err)?;
         tracing::info!(
             socket = %socket.display(),
             runtime = %version.runtime_name,
@@ -331,7 +321,10 @@ fn source_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
-        s = format!("{s}: {c}");
+        let c_text = c.to_string();
+        if !s.contains(&c_text) {
+            s = format!("{s}: {c_text}");
+        }
         cur = c.source();
     }
     s
@@ -346,30 +339,25 @@ impl PodSource for Cri {
         };
         let s = self.shared.clone();
         let name = self.socket.display().to_string();
-        let spawned = std::thread::Builder::new().name("cri".into()).spawn(move || {
-            rt.block_on(async move {
-                let mut failing = false;
-                loop {
-                    let _ = tokio::time::timeout(RESYNC, s.wake.notified()).await;
-                    match refresh(&channel, &s).await {
-                        Ok(()) if failing => {
-                            tracing::info!(socket = %name, "CRI answers again");
-                            failing = false;
-                        }
-                        Ok(()) => {}
-                        Err(e) if !failing => {
-                            tracing::warn!(socket = %name, "CRI listing failed (other sources still answer): {e}");
-                            failing = true;
-                        }
-                        Err(_) => {}
+        rt.run("cri", async move {
+            let mut failing = false;
+            loop {
+                let _ = tokio::time::timeout(RESYNC, s.wake.notified()).await;
+                match refresh(&channel, &s).await {
+                    Ok(()) if failing => {
+                        tracing::info!(socket = %name, "CRI answers again");
+                        failing = false;
                     }
-                    tokio::time::sleep(MIN_GAP).await;
+                    Ok(()) => {}
+                    Err(e) if !failing => {
+                        tracing::warn!(socket = %name, "CRI listing failed (other sources still answer): {e}");
+                        failing = true;
+                    }
+                    Err(_) => {}
                 }
-            })
+                tokio::time::sleep(MIN_GAP).await;
+            }
         });
-        if let Err(e) = spawned {
-            tracing::error!(socket = %self.socket.display(), "cannot start the CRI lister: {e}");
-        }
     }
 
     fn lookup(&self, pod_uid: &str, container_id: Option<&str>) -> Option<PodMeta> {

@@ -6,6 +6,8 @@
 //! directory. [`Enricher`] ties them together and interns each distinct label set, and
 //! [`Cache`] is the per-worker front that keeps the hot path free of locks and syscalls.
 
+mod api;
+mod background;
 mod cache;
 mod cgroupfs;
 pub mod cri;
@@ -14,6 +16,7 @@ mod labels;
 mod podlogs;
 mod source;
 
+pub use api::KubeApiSource;
 pub use cache::Cache;
 pub use cgroupfs::CgroupFs;
 pub use cri::Cri;
@@ -32,6 +35,14 @@ pub enum EnrichError {
     Cri {
         /// The socket.
         socket: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The Kubernetes API could not be watched.
+    #[error("Kubernetes API (pods of node {node}): {reason}")]
+    Api {
+        /// The node whose pods were to be listed.
+        node: String,
         /// What went wrong.
         reason: String,
     },
