@@ -24,15 +24,8 @@ const METRIC: &str = "ebpf_exporter_tcp_connect_latency_seconds";
 mod proto {
     use std::collections::HashMap;
 
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct PodSandboxMetadata {
-        #[prost(string, tag = "1")]
-        pub name: String,
-        #[prost(string, tag = "2")]
-        pub uid: String,
-        #[prost(string, tag = "3")]
-        pub namespace: String,
-    }
+    pub use enrich::cri::proto::{ContainerMetadata, PodSandboxMetadata};
+
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct NamespaceOption {
         /// 2: the node's network (no CNI here).
@@ -72,11 +65,6 @@ mod proto {
     }
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Empty {}
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ContainerMetadata {
-        #[prost(string, tag = "1")]
-        pub name: String,
-    }
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct ImageSpec {
         #[prost(string, tag = "1")]
@@ -331,6 +319,7 @@ async fn run_pod(
             name: name.into(),
             uid: uid.into(),
             namespace: namespace.into(),
+            attempt: 0,
         }),
         labels: HashMap::from([("app".to_string(), "checkout".to_string())]),
         linux: Some(LinuxPodSandboxConfig {
@@ -356,6 +345,7 @@ async fn run_pod(
             config: Some(ContainerConfig {
                 metadata: Some(ContainerMetadata {
                     name: container.into(),
+                    attempt: 0,
                 }),
                 image: Some(ImageSpec {
                     image: IMAGE.into(),
