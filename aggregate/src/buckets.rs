@@ -147,6 +147,10 @@ impl RawBounds {
             return b.partition_point(|&x| x < raw);
         };
         let mut i = (bits(raw).saturating_sub(base) as usize).min(b.len());
+        // The guess is the bucket or the one below: one step, decided by a compare the
+        // compiler turns into arithmetic (a branch here mispredicts on half the events).
+        i += usize::from(b.get(i).is_some_and(|&x| x < raw));
+        // Bounds off by one from exact doubling can leave another step either way.
         while i < b.len() && b[i] < raw {
             i += 1;
         }

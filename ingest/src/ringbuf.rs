@@ -125,6 +125,7 @@ impl RingConsumer {
             while cons < prod {
                 // SAFETY: cons & mask is inside the data area and headers are 8-byte aligned.
                 let header = unsafe { base.add(self.page + (cons & self.mask) as usize) };
+                prefetch(header.wrapping_add(PREFETCH_AHEAD));
                 let len = unsafe { &*header.cast::<AtomicU32>() }.load(Ordering::Acquire);
                 if len & BUSY != 0 {
                     if cons > run_start {
@@ -177,4 +178,25 @@ impl AsRawFd for RingConsumer {
     fn as_raw_fd(&self) -> RawFd {
         self.as_fd().as_raw_fd()
     }
+}
+
+/// Bytes ahead of the reader to pull into cache: ring data was written by other CPUs,
+/// and each header read otherwise waits for its line to come over (measured with
+/// benchmark/end_to_end: 256 B ahead 21.2 ns/event, 512 B 19.8, 1024 B 18.6, 2048 B
+/// 18.6, none 23-25). Prefetching only below the producer's position measured worse
+/// (19-20 ns), and the producer's side did not slow either way. (The same prefetch in
+/// the perf buffer reader measured no change: its cost lies elsewhere.)
+const PREFETCH_AHEAD: usize = 1024;
+
+/// Starts loading the cache line at `at` (a hint: never faults).
+#[inline(always)]
+fn prefetch(at: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is a hint that never faults, whatever the address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(at.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
 }
