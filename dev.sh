@@ -49,6 +49,8 @@ case "$cmd" in
     command -v containerd >/dev/null || extra+=(containerd)
     command -v runc >/dev/null || extra+=(runc)
     dpkg -s busybox-static >/dev/null 2>&1 || extra+=(busybox-static)
+    # The test workload fires a USDT probe (<sys/sdt.h>).
+    dpkg -s systemtap-sdt-dev >/dev/null 2>&1 || extra+=(systemtap-sdt-dev)
     if [ ${#extra[@]} -gt 0 ]; then
       apt-get update -qq
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${extra[@]}" >/dev/null

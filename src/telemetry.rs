@@ -270,6 +270,12 @@ impl Telemetry {
 
     /// Text exposition of the self-metrics.
     pub fn render(&self) -> String {
-        self.handle.render()
+        // Cumulative run time is a counter (as the reference exporter exports it), but
+        // the facade's counters hold integers: it is set as a gauge and typed here.
+        self.handle.render().replacen(
+            "# TYPE ebpf_exporter_ebpf_program_run_time_seconds gauge",
+            "# TYPE ebpf_exporter_ebpf_program_run_time_seconds counter",
+            1,
+        )
     }
 }

@@ -225,3 +225,39 @@ fn listen(
     });
     (port, handle)
 }
+
+/// With `kernel.bpf_stats_enabled=1` each program's cumulative run time (a counter, in
+/// seconds) and run count are exported.
+#[test]
+fn program_run_time_and_count_with_bpf_stats() {
+    if !test_support::privileged("program_run_time_and_count_with_bpf_stats") {
+        return;
+    }
+    const SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let before = std::fs::read_to_string(SYSCTL).unwrap();
+    std::fs::write(SYSCTL, "1").unwrap();
+    let dir = TempDir::new("bpf-stats");
+    let exporter = Exporter::start(&[], &dir.0.join("exporter.log"));
+    let mut cgroups = Cgroups::new("bpf-stats");
+    connects(5, &cgroups.create(&["client"]));
+    let page = exporter.metrics();
+    std::fs::write(SYSCTL, before.trim()).unwrap();
+    assert!(
+        page.contains("# TYPE ebpf_exporter_ebpf_program_run_time_seconds counter"),
+        "{page}"
+    );
+    let value = |name: &str| {
+        samples(&page, name)
+            .into_iter()
+            .map(|(_, v)| v)
+            .fold(0.0, f64::max)
+    };
+    assert!(
+        value("ebpf_exporter_ebpf_program_run_time_seconds") > 0.0,
+        "{page}"
+    );
+    assert!(
+        value("ebpf_exporter_ebpf_program_run_count_total") >= 10.0,
+        "{page}"
+    );
+}

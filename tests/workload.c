@@ -10,6 +10,7 @@
  *   fork N            N fork()s; each child exits at once
  *   usleep V...       usleep(V) for each V (microseconds)
  *   kill N SIG        N kill(self, SIG) calls (SIG 0 delivers nothing)
+ *   jobs N            N firings of the USDT probe workload:job(i % 3, i * 1000)
  * WORKLOAD_SLEEP_US=N sleeps that long first (a container's life before its last calls).
  * With WORKLOAD_HOLD=1 it then waits until killed, so its pid stays resolvable.
  */
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sdt.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -78,6 +80,13 @@ int main(int argc, char **argv)
 		for (long i = 0; i < n; i++)
 			if (kill(getpid(), sig) != 0)
 				return 3;
+	} else if (strcmp(cmd, "jobs") == 0) {
+		for (long i = 0; i < n; i++) {
+			int kind = i % 3;
+			long cost = i * 1000;
+
+			STAP_PROBE2(workload, job, kind, cost);
+		}
 	} else {
 		fprintf(stderr, "unknown command %s\n", cmd);
 		return 2;

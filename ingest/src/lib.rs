@@ -14,6 +14,7 @@ mod perf;
 mod ring;
 mod ringbuf;
 mod table;
+pub mod usdt;
 
 pub use attach::AttachPoint;
 pub use aya::Btf;

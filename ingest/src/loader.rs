@@ -18,7 +18,10 @@ use object::{
     Object, ObjectSection, ObjectSymbol, SectionIndex, SymbolKind,
 };
 
-use crate::{AttachPoint, IngestError, RingConsumer};
+use crate::{usdt, AttachPoint, IngestError, RingConsumer};
+
+/// The map `bpf/include/bpf/usdt.bpf.h` reads each USDT site's argument spec from.
+const USDT_SPECS: &str = "__bpf_usdt_specs";
 
 /// Name of the per-CPU reserve-failure counter that `output.bpf.h` declares.
 const DROPS_MAP: &str = "ringbuf_drops";
@@ -112,10 +115,12 @@ fn program_sections(object: &str, bytes: &[u8]) -> Result<Vec<(String, String)>,
     Ok(out)
 }
 
-/// aya only knows bare `xdp` sections: end `xdp/<ifname>` names at the slash in the
-/// section string table (same length, so no offset moves).
-fn patch_xdp_sections(bytes: &[u8]) -> Cow<'_, [u8]> {
-    let positions = || -> Option<Vec<usize>> {
+/// aya only knows bare `xdp` sections and no `usdt` ones: end `xdp/<ifname>` names at
+/// the slash, and begin `usdt/<binary>:<provider>:<name>` ones with `uprobe/` (a USDT
+/// program is a uprobe program), in the section string table (same length, so no
+/// offset moves).
+fn patch_sections(bytes: &[u8]) -> Cow<'_, [u8]> {
+    let positions = || -> Option<Vec<(usize, &'static [u8])>> {
         let file = ElfFile64::<object::Endianness>::parse(bytes).ok()?;
         let endian = file.endian();
         let table = file.elf_section_table();
@@ -128,20 +133,25 @@ fn patch_xdp_sections(bytes: &[u8]) -> Cow<'_, [u8]> {
             table
                 .iter()
                 .filter(|s| s.sh_type(endian) == elf::SHT_PROGBITS)
-                .filter(|s| {
-                    table
-                        .section_name(endian, s)
-                        .is_ok_and(|n| n.starts_with(b"xdp/"))
+                .filter_map(|s| {
+                    let name = table.section_name(endian, s).ok()?;
+                    let at = base + s.sh_name(endian) as usize;
+                    if name.starts_with(b"xdp/") {
+                        Some((at + 3, &b"\0"[..]))
+                    } else if name.starts_with(b"usdt/") && name.len() >= 7 {
+                        Some((at, &b"uprobe/"[..]))
+                    } else {
+                        None
+                    }
                 })
-                .map(|s| base + s.sh_name(endian) as usize + 3)
                 .collect(),
         )
     };
     match positions() {
         Some(at) if !at.is_empty() => {
             let mut patched = bytes.to_vec();
-            for i in at {
-                patched[i] = 0;
+            for (i, with) in at {
+                patched[i..i + with.len()].copy_from_slice(with);
             }
             Cow::Owned(patched)
         }
@@ -257,17 +267,9 @@ impl LoadedObject {
                     reason,
                 }
             })?;
-            if matches!(point, AttachPoint::Usdt { .. }) {
-                return Err(IngestError::UnknownSection {
-                    object: name.into(),
-                    program,
-                    section,
-                    reason: "usdt probes are not supported yet: aya 0.14 has no USDT argument support; use a uprobe on the probe's function".into(),
-                });
-            }
             points.push((program, section, point));
         }
-        let bytes = patch_xdp_sections(bytes);
+        let bytes = patch_sections(bytes);
 
         let mut loader = EbpfLoader::new();
         loader.override_global(WAKEUP_GLOBAL, &opts.wakeup_bytes, false);
@@ -302,6 +304,8 @@ impl LoadedObject {
             Ok(btf.clone().unwrap())
         };
         let mut attached = Vec::new();
+        // Index of the next USDT spec in the object's spec map.
+        let mut next_spec = 0u32;
         for (program, section, point) in points {
             let err = |action, e: &ProgramError| {
                 let detail = program_error(e);
@@ -419,7 +423,63 @@ impl LoadedObject {
                     p.attach(ifname, XdpMode::Default)
                         .map_err(|e| err("attach", &e))?;
                 }
-                AttachPoint::Usdt { .. } => unreachable!("rejected above"),
+                AttachPoint::Usdt {
+                    target,
+                    provider,
+                    name: probe,
+                } => {
+                    let path = resolve_uprobe_target(target);
+                    let sites = std::fs::read(&path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|elf| usdt::sites(&elf, provider, probe))
+                        .map_err(|reason| IngestError::Program {
+                            object: name.into(),
+                            program: program.clone(),
+                            section: section.clone(),
+                            action: "attach",
+                            detail: format!("{}: {reason}", path.display()),
+                        })?;
+                    // Specs go in before any site can fire.
+                    let first = next_spec;
+                    {
+                        let map = ebpf.map_mut(USDT_SPECS).ok_or_else(|| IngestError::Parse {
+                            object: name.into(),
+                            reason: format!("{program}: usdt programs need the {USDT_SPECS} map: include <bpf/usdt.bpf.h> from bpf/include"),
+                        })?;
+                        let mut specs: aya::maps::Array<_, usdt::Spec> =
+                            aya::maps::Array::try_from(map).map_err(|e| IngestError::Parse {
+                                object: name.into(),
+                                reason: format!("{USDT_SPECS}: {e}"),
+                            })?;
+                        for site in &sites {
+                            specs.set(next_spec, site.spec, 0).map_err(|e| IngestError::Parse {
+                                object: name.into(),
+                                reason: format!("{USDT_SPECS}[{next_spec}] ({} sites so far; raise BPF_USDT_MAX_SPEC_CNT): {e}", next_spec + 1),
+                            })?;
+                            next_spec += 1;
+                        }
+                    }
+                    let prog = ebpf.program_mut(&program).expect("found above");
+                    let p: &mut UProbe = prog.try_into().map_err(|e| err("load", &e))?;
+                    p.load().map_err(|e| err("load", &e))?;
+                    for (i, site) in sites.iter().enumerate() {
+                        if site.semaphore != 0 {
+                            tracing::warn!(object = name, program, "{provider}:{probe} is guarded by a semaphore, which this loader cannot raise: it fires only while another tracer enables it");
+                        }
+                        p.attach(
+                            aya::programs::uprobe::UProbeAttachPoint {
+                                location:
+                                    aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(
+                                        site.offset,
+                                    ),
+                                cookie: Some(u64::from(first) + i as u64),
+                            },
+                            &path,
+                            UProbeScope::AllProcesses,
+                        )
+                        .map_err(|e| err("attach", &e))?;
+                    }
+                }
             }
             attached.push((program, point));
         }
@@ -548,7 +608,7 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("cannot parse"));
-        assert!(matches!(patch_xdp_sections(o.bytes), Cow::Borrowed(_)));
+        assert!(matches!(patch_sections(o.bytes), Cow::Borrowed(_)));
     }
 
     #[test]
