@@ -246,37 +246,60 @@ fn getppid_per_cpu_table_splits_by_cpu() {
     assert_eq!(sample(&page, name, &on(0)), Some(0.0), "{page}");
 }
 
+/// The USDT example against the workload, plain and built with a semaphore guarding
+/// the probe (which then fires only if the exporter's attach raised it).
 #[test]
 fn workload_jobs_usdt_arguments_in_tables() {
     privileged!("workload_jobs_usdt_arguments_in_tables");
-    let dir = TempDir::new("ex-usdt");
-    // The config names the binary `kebpf-workload`, found on the exporter's PATH.
-    let bin = dir.0.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let workload = bin.join("kebpf-workload");
-    std::fs::copy(common::workload(), &workload).unwrap();
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let exporter = start_env("workload-jobs", &dir, &[], &[("PATH", &path)]);
-    let status = std::process::Command::new(&workload)
-        .args(["-", "jobs", "10"])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    // i = 0..9: kind i % 3, cost i * 1000.
-    let jobs = "ebpf_exporter_workload_jobs_total";
-    let cost = "ebpf_exporter_workload_job_cost_total";
-    let page = wait_for(&exporter, cost, "kind=\"2\"", 15000.0);
-    for (kind, n, total) in [
-        ("0", 4.0, 18000.0),
-        ("1", 3.0, 12000.0),
-        ("2", 3.0, 15000.0),
-    ] {
-        let labels = format!("kind=\"{kind}\"");
-        assert_eq!(sample(&page, jobs, &labels), Some(n), "{page}");
-        assert_eq!(sample(&page, cost, &labels), Some(total), "{page}");
+    for semaphore in [false, true] {
+        let dir = TempDir::new(if semaphore { "ex-usdt-sem" } else { "ex-usdt" });
+        // The config names the binary `kebpf-workload`, found on the exporter's PATH.
+        let bin = dir.0.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let workload = bin.join("kebpf-workload");
+        if semaphore {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            let ok = std::process::Command::new("cc")
+                .args(["-O1", "-DWORKLOAD_SEMAPHORE", "-o"])
+                .arg(&workload)
+                .arg(root.join("tests/workload.c"))
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        } else {
+            std::fs::copy(common::workload(), &workload).unwrap();
+        }
+        let path = format!(
+            "{}:{}",
+            bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let exporter = start_env("workload-jobs", &dir, &[], &[("PATH", &path)]);
+        let status = std::process::Command::new(&workload)
+            .args(["-", "jobs", "10"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        // i = 0..9: kind i % 3, cost i * 1000.
+        let jobs = "ebpf_exporter_workload_jobs_total";
+        let cost = "ebpf_exporter_workload_job_cost_total";
+        let page = wait_for(&exporter, cost, "kind=\"2\"", 15000.0);
+        for (kind, n, total) in [
+            ("0", 4.0, 18000.0),
+            ("1", 3.0, 12000.0),
+            ("2", 3.0, 15000.0),
+        ] {
+            let labels = format!("kind=\"{kind}\"");
+            assert_eq!(
+                sample(&page, jobs, &labels),
+                Some(n),
+                "semaphore {semaphore}: {page}"
+            );
+            assert_eq!(
+                sample(&page, cost, &labels),
+                Some(total),
+                "semaphore {semaphore}: {page}"
+            );
+        }
     }
 }

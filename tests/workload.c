@@ -10,10 +10,19 @@
  *   fork N            N fork()s; each child exits at once
  *   usleep V...       usleep(V) for each V (microseconds)
  *   kill N SIG        N kill(self, SIG) calls (SIG 0 delivers nothing)
- *   jobs N            N firings of the USDT probe workload:job(i % 3, i * 1000)
+ *   jobs N            N firings of the USDT probe workload:job(i % 3, i * 1000); built
+ *                     with -DWORKLOAD_SEMAPHORE, only while a tracer raised its semaphore
  * WORKLOAD_SLEEP_US=N sleeps that long first (a container's life before its last calls).
  * With WORKLOAD_HOLD=1 it then waits until killed, so its pid stays resolvable.
  */
+#ifdef WORKLOAD_SEMAPHORE
+/* As `dtrace -G` builds do: the probe is skipped unless its semaphore is raised. */
+#define _SDT_HAS_SEMAPHORES 1
+unsigned short workload_job_semaphore __attribute__((unused, section(".probes")));
+#define JOB_ENABLED() (*(volatile unsigned short *)&workload_job_semaphore != 0)
+#else
+#define JOB_ENABLED() 1
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -85,7 +94,8 @@ int main(int argc, char **argv)
 			int kind = i % 3;
 			long cost = i * 1000;
 
-			STAP_PROBE2(workload, job, kind, cost);
+			if (JOB_ENABLED())
+				STAP_PROBE2(workload, job, kind, cost);
 		}
 	} else {
 		fprintf(stderr, "unknown command %s\n", cmd);

@@ -150,12 +150,11 @@ where
     Ok(resp.into_inner())
 }
 
-#[derive(Default)]
 struct Pod {
     namespace: String,
     name: String,
     labels: BTreeMap<String, String>,
-    seen: Option<Instant>,
+    seen: Instant,
 }
 
 #[derive(Default)]
@@ -191,7 +190,7 @@ impl Index {
                     namespace: m.namespace,
                     name: m.name,
                     labels,
-                    seen: Some(now),
+                    seen: now,
                 },
             );
         }
@@ -201,8 +200,7 @@ impl Index {
             };
             self.containers.insert(c.id, (uid.clone(), m.name, now));
         }
-        self.pods
-            .retain(|_, p| p.seen.is_some_and(|t| now.duration_since(t) < KEEP));
+        self.pods.retain(|_, p| now.duration_since(p.seen) < KEEP);
         self.containers
             .retain(|_, c| now.duration_since(c.2) < KEEP);
     }

@@ -1,6 +1,6 @@
 //! Loads one BPF object into the kernel and attaches every program by its section name.
 
-use std::{borrow::Cow, sync::Arc};
+use std::{borrow::Cow, os::fd::AsFd, sync::Arc};
 
 use aya::{
     maps::{Map, MapData, PerCpuArray},
@@ -72,6 +72,8 @@ pub struct LoadedObject {
     name: String,
     ebpf: Ebpf,
     attached: Vec<(String, AttachPoint)>,
+    /// Perf events and links of USDT sites with semaphores: attached while held.
+    _semaphore_links: Vec<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>,
 }
 
 impl std::fmt::Debug for LoadedObject {
@@ -306,6 +308,8 @@ impl LoadedObject {
         let mut attached = Vec::new();
         // Index of the next USDT spec in the object's spec map.
         let mut next_spec = 0u32;
+        // USDT sites attached beside aya (their semaphores need a reference counter).
+        let mut semaphore_links = Vec::new();
         for (program, section, point) in points {
             let err = |action, e: &ProgramError| {
                 let detail = program_error(e);
@@ -463,8 +467,25 @@ impl LoadedObject {
                     let p: &mut UProbe = prog.try_into().map_err(|e| err("load", &e))?;
                     p.load().map_err(|e| err("load", &e))?;
                     for (i, site) in sites.iter().enumerate() {
+                        let cookie = u64::from(first) + i as u64;
                         if site.semaphore != 0 {
-                            tracing::warn!(object = name, program, "{provider}:{probe} is guarded by a semaphore, which this loader cannot raise: it fires only while another tracer enables it");
+                            let fd = p.fd().map_err(|e| err("attach", &e))?;
+                            let fds = usdt::attach_with_semaphore(
+                                fd.as_fd(),
+                                &path,
+                                site.offset,
+                                site.semaphore,
+                                cookie,
+                            )
+                            .map_err(|e| IngestError::Program {
+                                object: name.into(),
+                                program: program.clone(),
+                                section: section.clone(),
+                                action: "attach",
+                                detail: format!("{} (with its semaphore): {e}", path.display()),
+                            })?;
+                            semaphore_links.push(fds);
+                            continue;
                         }
                         p.attach(
                             aya::programs::uprobe::UProbeAttachPoint {
@@ -472,7 +493,7 @@ impl LoadedObject {
                                     aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(
                                         site.offset,
                                     ),
-                                cookie: Some(u64::from(first) + i as u64),
+                                cookie: Some(cookie),
                             },
                             &path,
                             UProbeScope::AllProcesses,
@@ -487,6 +508,7 @@ impl LoadedObject {
             name: name.into(),
             ebpf,
             attached,
+            _semaphore_links: semaphore_links,
         })
     }
 

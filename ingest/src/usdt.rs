@@ -2,6 +2,12 @@
 //! file offsets uprobes attach at and the argument specs `bpf/include/bpf/usdt.bpf.h`
 //! reads (its `struct __bpf_usdt_spec`, one per site, indexed by the attach cookie).
 
+use std::{
+    io,
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
+    path::Path,
+};
+
 use object::{Object, ObjectSection, ObjectSegment};
 
 /// Most arguments a probe may have (the header's `BPF_USDT_MAX_ARG_CNT`).
@@ -45,7 +51,8 @@ unsafe impl aya::Pod for Spec {}
 pub struct Site {
     /// Offset in the file to attach the uprobe at.
     pub offset: u64,
-    /// Address of the probe's semaphore (0: none).
+    /// File offset of the probe's semaphore (0: none): a counter the application
+    /// reads to decide whether to fire the probe at all.
     pub semaphore: u64,
     /// Its arguments.
     pub spec: Spec,
@@ -185,14 +192,20 @@ pub fn sites(bytes: &[u8], provider: &str, name: &str) -> Result<Vec<Site>, Stri
                 pc = pc.wrapping_add(actual).wrapping_sub(note_base);
             }
         }
-        let offset = file
-            .segments()
-            .find_map(|s| {
+        let file_offset = |addr: u64| {
+            file.segments().find_map(|s| {
                 let (start, size) = (s.address(), s.size());
                 let (file_off, _) = s.file_range();
-                (pc >= start && pc < start + size).then(|| pc - start + file_off)
+                (addr >= start && addr < start + size).then(|| addr - start + file_off)
             })
+        };
+        let offset = file_offset(pc)
             .ok_or_else(|| format!("probe address {pc:#x} is in no loaded segment"))?;
+        let semaphore = match semaphore {
+            0 => 0,
+            addr => file_offset(addr)
+                .ok_or_else(|| format!("semaphore address {addr:#x} is in no loaded segment"))?,
+        };
         let mut spec = Spec::default();
         for (i, a) in args.split_whitespace().enumerate() {
             if i >= MAX_ARGS {
@@ -213,6 +226,60 @@ pub fn sites(bytes: &[u8], provider: &str, name: &str) -> Result<Vec<Site>, Stri
         return Err(format!("no USDT probe {provider}:{name} in the binary"));
     }
     Ok(out)
+}
+
+/// Attaches the loaded uprobe program `prog` at `offset` in `path` with `cookie`, the
+/// kernel raising the semaphore at file offset `semaphore` in every process mapping the
+/// file while attached (what libbpf does; aya 0.14 cannot pass the reference counter).
+/// Returns the perf event and link, which detach when dropped.
+pub fn attach_with_semaphore(
+    prog: BorrowedFd<'_>,
+    path: &Path,
+    offset: u64,
+    semaphore: u64,
+    cookie: u64,
+) -> io::Result<(OwnedFd, OwnedFd)> {
+    use std::os::unix::ffi::OsStrExt;
+    let pmu: u32 = std::fs::read_to_string("/sys/bus/event_source/devices/uprobe/type")?
+        .trim()
+        .parse()
+        .map_err(|_| io::Error::other("bad uprobe PMU type"))?;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::other("path contains NUL"))?;
+    // The reference counter's offset goes in config bits 32-63
+    // (/sys/bus/event_source/devices/uprobe/format/ref_ctr_offset).
+    let attr = crate::perf::PerfEventAttr {
+        kind: pmu,
+        size: std::mem::size_of::<crate::perf::PerfEventAttr>() as u32,
+        config: semaphore << 32,
+        config1: path.as_ptr() as u64,
+        config2: offset,
+        ..Default::default()
+    };
+    // Every process (pid -1) needs a CPU: 0 stands for all for uprobes.
+    let event = crate::perf::perf_event_open(&attr, -1, 0)?;
+    // union bpf_attr for BPF_LINK_CREATE: prog_fd, target_fd, attach_type
+    // (BPF_PERF_EVENT = 41), flags, then perf_event.bpf_cookie.
+    let mut link_attr = [0u8; 64];
+    link_attr[0..4].copy_from_slice(&(prog.as_raw_fd() as u32).to_ne_bytes());
+    link_attr[4..8].copy_from_slice(&(event.as_raw_fd() as u32).to_ne_bytes());
+    link_attr[8..12].copy_from_slice(&41u32.to_ne_bytes());
+    link_attr[16..24].copy_from_slice(&cookie.to_ne_bytes());
+    const BPF_LINK_CREATE: i32 = 28;
+    // SAFETY: link_attr is a valid bpf_attr prefix of the size passed.
+    let link = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            link_attr.as_ptr(),
+            link_attr.len() as u32,
+        )
+    };
+    if link < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor we own.
+    Ok((event, unsafe { OwnedFd::from_raw_fd(link as i32) }))
 }
 
 #[cfg(test)]
