@@ -367,4 +367,26 @@ fn metadata_sources_that_cannot_answer_are_named() {
             && err.contains("/nonexistent/kubeconfig"),
         "{err}"
     );
+    // An HTTPS API server that is not there: the TLS client is built (no panic over
+    // crypto providers) and the error names the server.
+    let dir = common::TempDir::new("kubeconfig-tls");
+    let kubeconfig = dir.0.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: \"https://127.0.0.1:1\"}\nusers:\n- name: u\n  user: {token: t}\ncontexts:\n- name: x\n  context: {cluster: c, user: u}\ncurrent-context: x\n",
+    )
+    .unwrap();
+    let (ok, err) = run(
+        &[],
+        &[
+            ("KUBE_EBPF_EXPORTER__KUBERNETES__SOURCES", "[api]"),
+            ("NODE_NAME", "node-a"),
+            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("https://127.0.0.1:1") && err.contains("listing pods") && !err.contains("panicked"),
+        "{err}"
+    );
 }
