@@ -457,6 +457,13 @@ async fn serve(args: Args) -> Result<()> {
             enricher.clone(),
             node.clone(),
             t.cluster.clone(),
+            config
+                .kubernetes
+                .labels
+                .extra()
+                .into_iter()
+                .map(|(_, name)| name)
+                .collect(),
             t.input_batches,
             t.queue_events,
         )

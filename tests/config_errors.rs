@@ -386,7 +386,9 @@ fn metadata_sources_that_cannot_answer_are_named() {
     );
     assert!(!ok);
     assert!(
-        err.contains("https://127.0.0.1:1") && err.contains("listing pods") && !err.contains("panicked"),
+        err.contains("https://127.0.0.1:1")
+            && err.contains("listing pods")
+            && !err.contains("panicked"),
         "{err}"
     );
 }

@@ -228,6 +228,10 @@ fn api_watch_names_pods_through_bookmarks_deletes_and_a_410_relist() {
         "{requests:#?}"
     );
 
+    // The event tap shows the opt-in labels too.
+    let (status, mut events) =
+        common::open_stream(&exporter.addr, "/events?namespace=monitoring&limit=1");
+    assert!(status.contains("200"), "{status}");
     let mut cgroups = Cgroups::new("kube-api");
     let pods = [
         // Deleted in the watch and absent from the re-list: kept for in-flight events.
@@ -255,6 +259,15 @@ fn api_watch_names_pods_through_bookmarks_deletes_and_a_410_relist() {
     for (uid, id, n, _) in &pods {
         connects(*n, &container_cgroup(&mut cgroups, uid, &id.repeat(32)));
     }
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut events, &mut line).unwrap();
+    let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["pod"], "node-agent-h7k2p", "{line}");
+    assert_eq!(
+        event["labels"],
+        serde_json::json!({"app_name": "node-agent", "app_workload": "node-agent", "app_workload_kind": "DaemonSet"}),
+        "{line}"
+    );
     for (_, _, n, labels) in &pods {
         let labels = format!("{labels},node_id=\"node-a\",subnet=\"127\"");
         let page = wait_for(&exporter, METRIC, &labels, *n as f64);

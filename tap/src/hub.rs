@@ -68,12 +68,14 @@ pub struct Tap {
 impl Tap {
     /// A tap over `streams` (indexed like batch streams) with its own thread.
     /// `input_batches` bounds the batches waiting for it; `queue` the lines waiting
-    /// for each subscriber.
+    /// for each subscriber. `extra_labels` names the enricher's opt-in labels
+    /// (workload, pod labels), shown under `labels` in each event.
     pub fn start(
         streams: Vec<Stream>,
         enricher: Arc<Enricher>,
         node: String,
         cluster: Option<String>,
+        extra_labels: Vec<String>,
         input_batches: usize,
         queue: usize,
     ) -> Arc<Self> {
@@ -91,6 +93,7 @@ impl Tap {
             enricher,
             node,
             cluster,
+            extra_labels,
             attributions: FxHashMap::default(),
         };
         std::thread::Builder::new()
@@ -163,6 +166,7 @@ struct Worker {
     enricher: Arc<Enricher>,
     node: String,
     cluster: Option<String>,
+    extra_labels: Vec<String>,
     attributions: FxHashMap<u64, (Resolved, Instant)>,
 }
 
@@ -255,13 +259,14 @@ impl Worker {
             return;
         }
         let cgroup = plan.has_cgroup().then(|| plan.cgroup_id(record));
-        let (ns, pod, container, path, unknown) = match cgroup {
+        let (ns, pod, container, extra, path, unknown) = match cgroup {
             Some(id) => {
                 let r = self.attribution(id);
                 (
                     r.labels.namespace.clone(),
                     r.labels.pod.clone(),
                     r.labels.container.clone(),
+                    r.labels.extra.clone(),
                     r.path.clone(),
                     r.unknown.clone(),
                 )
@@ -270,6 +275,7 @@ impl Worker {
                 String::new(),
                 String::new(),
                 String::new(),
+                Box::default(),
                 None,
                 Some("this ring has no cgroup field".to_string()),
             ),
@@ -336,6 +342,15 @@ impl Worker {
                 event.insert("namespace".into(), json!(ns));
                 event.insert("pod".into(), json!(pod));
                 event.insert("container".into(), json!(container));
+                if !self.extra_labels.is_empty() {
+                    let labels: Map<String, Value> = self
+                        .extra_labels
+                        .iter()
+                        .enumerate()
+                        .map(|(i, name)| (name.clone(), json!(extra.get(i).map_or("", |v| v))))
+                        .collect();
+                    event.insert("labels".into(), Value::Object(labels));
+                }
                 if let Some(u) = &unknown {
                     event.insert("unknown".into(), json!(u));
                 }
