@@ -367,8 +367,9 @@ fn metadata_sources_that_cannot_answer_are_named() {
             && err.contains("/nonexistent/kubeconfig"),
         "{err}"
     );
-    // An HTTPS API server that is not there: the TLS client is built (no panic over
-    // crypto providers) and the error names the server.
+    // An HTTPS API server that is not there: the exporter starts anyway (a DaemonSet
+    // must not depend on the control plane to serve), saying why pods are not known;
+    // the TLS client was built (no panic over crypto providers).
     let dir = common::TempDir::new("kubeconfig-tls");
     let kubeconfig = dir.0.join("kubeconfig");
     std::fs::write(
@@ -376,19 +377,24 @@ fn metadata_sources_that_cannot_answer_are_named() {
         "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: \"https://127.0.0.1:1\"}\nusers:\n- name: u\n  user: {token: t}\ncontexts:\n- name: x\n  context: {cluster: c, user: u}\ncurrent-context: x\n",
     )
     .unwrap();
-    let (ok, err) = run(
-        &[],
-        &[
-            ("KUBE_EBPF_EXPORTER__KUBERNETES__SOURCES", "[api]"),
-            ("NODE_NAME", "node-a"),
-            ("KUBECONFIG", kubeconfig.to_str().unwrap()),
-        ],
-    );
-    assert!(!ok);
-    assert!(
-        err.contains("https://127.0.0.1:1")
-            && err.contains("listing pods")
-            && !err.contains("panicked"),
-        "{err}"
-    );
+    if test_support::privileged("metadata_sources_that_cannot_answer_are_named") {
+        let log = dir.0.join("exporter.log");
+        let exporter = common::Exporter::start_with_env(
+            &[],
+            &[
+                ("KUBE_EBPF_EXPORTER__KUBERNETES__SOURCES", "[api, logs]"),
+                ("NODE_NAME", "node-a"),
+                ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+            ],
+            &log,
+        );
+        assert!(exporter.metrics().contains("ebpf_exporter_build_info"));
+        let log = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            log.contains("listing this node's pods failed")
+                && log.contains("https://127.0.0.1:1")
+                && !log.contains("panicked"),
+            "{log}"
+        );
+    }
 }

@@ -21,6 +21,8 @@ use crate::{background::Background, EnrichError, PodMeta, PodSource};
 
 /// Deleted pods stay this long, for their events still in flight.
 const KEEP: Duration = Duration::from_secs(300);
+/// Bound on the list at start-up.
+const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Default)]
 struct Entry {
@@ -147,8 +149,9 @@ impl std::fmt::Debug for KubeApiSource {
 impl KubeApiSource {
     /// Connects with the in-cluster service account (or `$KUBECONFIG`,
     /// `~/.kube/config`) and lists the pods of node `node`, on the calling thread's
-    /// behalf (no thread is left running before [`PodSource::start`]). Fails when the
-    /// API cannot be reached or denies the list.
+    /// behalf (no thread is left running before [`PodSource::start`]). Fails only
+    /// without an API server configuration: a list that fails (API away, RBAC) is
+    /// logged, and the watch retries with backoff.
     pub fn connect(node: &str) -> Result<Self, EnrichError> {
         let err = |reason: String| EnrichError::Api {
             node: node.to_string(),
@@ -157,27 +160,40 @@ impl KubeApiSource {
         let rt = Background::new().map_err(|e| err(e.to_string()))?;
         let index = Arc::new(RwLock::new(Index::default()));
         let selector = format!("spec.nodeName={node}");
-        let (client, count) = rt
+        let (client, url, listed) = rt
             .block_on(async {
                 let config = kube::Config::infer()
                     .await
                     .map_err(|e| format!("no API server configuration: {e}"))?;
                 let url = config.cluster_url.to_string();
                 let client = Client::try_from(config).map_err(|e| format!("{url}: {e}"))?;
+                // Pods running now, so their first events resolve at once. The API
+                // being away is no reason not to start: the watch keeps trying.
                 let pods: KubeApi<Pod> = KubeApi::all(client.clone());
-                let list = pods
-                    .list(&ListParams::default().fields(&selector))
-                    .await
-                    .map_err(|e| format!("{url}: listing pods: {e}"))?;
-                let mut index = index.write().unwrap_or_else(|e| e.into_inner());
-                for pod in &list.items {
-                    index.apply(pod);
-                }
-                Ok::<_, String>((client, list.items.len()))
+                let list = tokio::time::timeout(
+                    LIST_TIMEOUT,
+                    pods.list(&ListParams::default().fields(&selector)),
+                )
+                .await
+                .map_err(|_| format!("no answer in {LIST_TIMEOUT:?}"))
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map(|list| {
+                    let mut index = index.write().unwrap_or_else(|e| e.into_inner());
+                    for pod in &list.items {
+                        index.apply(pod);
+                    }
+                    list.items.len()
+                });
+                Ok::<_, String>((client, url, list))
             })
             .unwrap_or_else(|| Err("the connecting thread panicked".into()))
             .map_err(err)?;
-        tracing::info!(node, pods = count, "pod metadata from the Kubernetes API");
+        match listed {
+            Ok(pods) => tracing::info!(node, %url, pods, "pod metadata from the Kubernetes API"),
+            Err(e) => {
+                tracing::warn!(node, %url, "listing this node's pods failed (the watch keeps trying; other sources still answer): {e}")
+            }
+        }
         Ok(Self {
             node: node.to_string(),
             index,
