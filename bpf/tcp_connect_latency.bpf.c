@@ -20,6 +20,8 @@
 struct connect_start {
 	__u64 ts_ns;
 	__u64 cgroup_id;
+	__u32 pid;
+	__u32 _pad; /* named, so the initializer zeroes it (the verifier reads it) */
 };
 
 /* Layout read by userspace (see the default config); keep the two in step. */
@@ -29,7 +31,9 @@ struct tcp_connect_record {
 	__u16 family;
 	/* First bytes of the destination address, network order. */
 	__u8 subnet[2];
-	__u8 pad[4];
+	/* The connecting process: attributes the record on hosts whose containers live
+	 * only in cgroup v1 hierarchies (where cgroup_id is the v2 root's). */
+	__u32 pid;
 };
 
 struct {
@@ -55,6 +59,7 @@ int tcp_connect_state(struct trace_event_raw_inet_sock_set_state *ctx)
 		struct connect_start start = {
 			.ts_ns = bpf_ktime_get_ns(),
 			.cgroup_id = bpf_get_current_cgroup_id(),
+			.pid = bpf_get_current_pid_tgid() >> 32,
 		};
 		bpf_map_update_elem(&connect_starts, &sk, &start, BPF_ANY);
 		return 0;
@@ -77,7 +82,7 @@ int tcp_connect_state(struct trace_event_raw_inet_sock_set_state *ctx)
 			 * depends on a branch, which plain field copies compile into. */
 			bpf_probe_read_kernel(rec->subnet, sizeof(rec->subnet),
 					      family == AF_INET6 ? (void *)ctx->daddr_v6 : (void *)ctx->daddr);
-			__builtin_memset(rec->pad, 0, sizeof(rec->pad));
+			rec->pid = start->pid;
 			OUTPUT_SUBMIT(ctx, events, rec);
 		}
 	}

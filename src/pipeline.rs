@@ -271,12 +271,24 @@ impl EnrichWorker<'_> {
         // Runs of records from one cgroup are the common case: skip the lookups.
         let mut last: Option<(u64, u32, usize)> = None;
         let mut last_pod = 0u32;
+        let root = self.cache.enricher().root_id();
         for record in batch.records() {
             let cgroup = stream.plan.cgroup_id(record);
+            // In the v2 root (v1-only hosts): by process, when records carry the pid.
+            let pid = if cgroup == root {
+                stream.plan.pid(record)
+            } else {
+                None
+            };
+            // Cgroup ids never have the top bit set, so process keys cannot collide.
+            let key = pid.map_or(cgroup, |p| 1 << 63 | u64::from(p));
             let (i, shard) = match last {
-                Some((c, i, shard)) if c == cgroup => (i, shard),
+                Some((k, i, shard)) if k == key => (i, shard),
                 _ => {
-                    let (labels, awaited) = self.cache.lookup(cgroup, now);
+                    let (labels, awaited) = match pid {
+                        Some(p) => (self.cache.lookup_pid(p, now), false),
+                        None => self.cache.lookup(cgroup, now),
+                    };
                     let i = if labels.id == 0 && may_hold && awaited {
                         HELD
                     } else {
@@ -293,7 +305,7 @@ impl EnrichWorker<'_> {
                         last_pod = i;
                     }
                     let shard = (labels.id % shards) as usize;
-                    last = Some((cgroup, i, shard));
+                    last = Some((key, i, shard));
                     (i, shard)
                 }
             };

@@ -261,3 +261,82 @@ fn program_run_time_and_count_with_bpf_stats() {
         "{page}"
     );
 }
+
+/// A process whose container cgroup is only in a cgroup v1 hierarchy (a v1-only host;
+/// emulated here on the hybrid one: the process sits in the v2 root and in a kubelet-
+/// shaped v1 memory cgroup) reports the v2 root's cgroup id; its records are
+/// attributed through the pid they carry and /proc/<pid>/cgroup, while the process
+/// lives (it stays a second after its connects).
+#[test]
+fn connects_of_a_process_in_v1_cgroups_only_are_attributed_by_pid() {
+    let test = "connects_of_a_process_in_v1_cgroups_only_are_attributed_by_pid";
+    if !test_support::privileged(test) {
+        return;
+    }
+    let v1 = std::path::Path::new("/sys/fs/cgroup/memory");
+    if !v1.join("cgroup.procs").exists() {
+        assert!(
+            std::env::var("KUBE_EBPF_EXPORTER_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+            "{test}: no cgroup v1 memory hierarchy at {}",
+            v1.display()
+        );
+        eprintln!("SKIPPED {test}: no cgroup v1 memory hierarchy to emulate a v1-only host");
+        return;
+    }
+    let pod = Pod::new("legacy", "v1-app-6d5c4-h2j9k", "app");
+    let dir = TempDir::new(pod.name);
+    let flags = pod.logs(&dir.0);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let exporter = Exporter::start(&flags, &dir.0.join("exporter.log"));
+
+    let top = v1.join(format!("kebpf-v1-{}", std::process::id()));
+    let parts = [
+        "kubepods".to_string(),
+        "besteffort".to_string(),
+        format!("pod{}", pod.uid),
+        pod.container_id.clone(),
+    ];
+    let mut dirs = vec![top.clone()];
+    for p in &parts {
+        dirs.push(dirs.last().unwrap().join(p));
+    }
+    std::fs::create_dir_all(dirs.last().unwrap()).unwrap();
+
+    const N: usize = 9;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accept = std::thread::spawn(move || {
+        for _ in 0..N {
+            drop(listener.accept().unwrap());
+        }
+    });
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && echo $$ > {}/cgroup.procs && grep -q '^0::/$' /proc/self/cgroup && for i in $(seq {N}); do exec 3<>/dev/tcp/127.0.0.1/{port} || exit 1; exec 3>&-; done; sleep 1",
+        common::cgroup2_mount().display(),
+        dirs.last().unwrap().display()
+    );
+    let status = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    accept.join().unwrap();
+    let labels = format!(
+        "{},node_id=\"{}\",subnet=\"127\"",
+        pod.labels(),
+        common::node()
+    );
+    let page = common::wait_for(&exporter, &format!("{METRIC}_count"), &labels, N as f64);
+    for d in dirs.iter().rev() {
+        let _ = std::fs::remove_dir(d);
+    }
+    assert!(status.success(), "client failed: {script}");
+    assert_eq!(
+        sample(&page, &format!("{METRIC}_count"), &labels),
+        Some(N as f64),
+        "{}",
+        page.lines()
+            .filter(|l| l.starts_with(METRIC))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

@@ -42,6 +42,11 @@ pub struct RingConfig {
     /// its pod labels; without it, pod labels are empty.
     #[serde(default)]
     pub cgroup_field: Option<String>,
+    /// The 4-byte field holding the process id (`bpf_get_current_pid_tgid() >> 32`):
+    /// on hosts whose containers live only in cgroup v1 hierarchies, where the cgroup
+    /// id is the v2 root's, records are attributed through /proc/<pid>/cgroup.
+    #[serde(default)]
+    pub pid_field: Option<String>,
 }
 
 /// One field of a record.

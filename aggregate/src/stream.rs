@@ -108,6 +108,7 @@ pub struct StreamPlan {
     /// Bytes a record must have at least.
     pub record_size: usize,
     pub(crate) cgroup: Option<Span>,
+    pid: Option<Span>,
     pub(crate) metrics: Vec<MetricPlan>,
     fields: Vec<FieldView>,
 }
@@ -148,6 +149,19 @@ impl StreamPlan {
                     return Err(invalid(
                         format!("{ring_at}.cgroup_field"),
                         format!("{name:?} is {} bytes; a cgroup id has 8", s.size),
+                    ));
+                }
+                Some(s)
+            }
+            None => None,
+        };
+        let pid = match &ring.pid_field {
+            Some(name) => {
+                let s = field(name, format!("{ring_at}.pid_field"))?;
+                if s.size != 4 {
+                    return Err(invalid(
+                        format!("{ring_at}.pid_field"),
+                        format!("{name:?} is {} bytes; a pid has 4", s.size),
                     ));
                 }
                 Some(s)
@@ -217,6 +231,7 @@ impl StreamPlan {
                 .max()
                 .unwrap_or(0),
             cgroup,
+            pid,
             metrics: plans,
             fields: views,
         })
@@ -253,6 +268,7 @@ impl StreamPlan {
             ring: m.name.clone(),
             record_size: spans.iter().map(|s| s.offset + s.size).max().unwrap_or(0),
             cgroup: None,
+            pid: None,
             metrics: vec![plan],
             fields,
         })
@@ -261,6 +277,15 @@ impl StreamPlan {
     /// Whether records carry a cgroup id.
     pub fn has_cgroup(&self) -> bool {
         self.cgroup.is_some()
+    }
+
+    /// The process id a record carries, when the ring has a pid field.
+    #[inline]
+    pub fn pid(&self, record: &[u8]) -> Option<u32> {
+        match self.pid {
+            Some(s) if record.len() >= self.record_size => Some(s.uint(record) as u32),
+            _ => None,
+        }
     }
 
     /// The record's fields, for the event tap.

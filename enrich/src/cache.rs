@@ -19,6 +19,9 @@ const GIVE_UP: Duration = Duration::from_secs(30);
 const AWAIT_RETRY: Duration = Duration::from_millis(50);
 /// Entries kept before the cache starts over; bounds memory under cgroup churn.
 const MAX_ENTRIES: usize = 1 << 16;
+/// How long a process's attribution (from /proc/<pid>/cgroup) is reused: short, as
+/// pids are reused.
+const PID_TTL: Duration = Duration::from_secs(1);
 
 struct Entry {
     labels: Arc<PodLabels>,
@@ -30,6 +33,7 @@ struct Entry {
 pub struct Cache {
     enricher: Arc<Enricher>,
     entries: FxHashMap<u64, Entry>,
+    pids: FxHashMap<u32, (Arc<PodLabels>, Instant)>,
     /// Lookups answered from the cache.
     pub hits: u64,
     /// Lookups that went to the enricher.
@@ -44,6 +48,7 @@ impl Cache {
         Self {
             enricher,
             entries: FxHashMap::default(),
+            pids: FxHashMap::default(),
             hits: 0,
             misses: 0,
             wait: Duration::ZERO,
@@ -65,6 +70,23 @@ impl Cache {
     /// Labels for `cgroup_id`; `now` is taken once per batch by the caller.
     pub fn get(&mut self, cgroup_id: u64, now: Instant) -> &Arc<PodLabels> {
         self.lookup(cgroup_id, now).0
+    }
+
+    /// Labels for process `pid`, from its /proc/<pid>/cgroup: for records whose cgroup
+    /// id is the v2 root's, as on hosts whose containers live in cgroup v1 only.
+    pub fn lookup_pid(&mut self, pid: u32, now: Instant) -> &Arc<PodLabels> {
+        let fresh = self.pids.get(&pid).is_some_and(|(_, until)| now < *until);
+        if fresh {
+            self.hits += 1;
+        } else {
+            self.misses += 1;
+            if self.pids.len() >= MAX_ENTRIES {
+                self.pids.clear();
+            }
+            let labels = self.enricher.resolve_pid(pid).labels;
+            self.pids.insert(pid, (labels, now + PID_TTL));
+        }
+        &self.pids[&pid].0
     }
 
     /// As [`Cache::get`], and whether the cgroup is a pod cgroup whose pod is not known

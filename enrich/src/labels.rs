@@ -87,6 +87,9 @@ pub struct Enricher {
     /// when the last one was removed: label sets of deleted pods can be expired.
     owners: DashMap<u64, u32>,
     live: DashMap<u32, (u32, Option<Instant>)>,
+    /// The cgroup2 root's id: what `bpf_get_current_cgroup_id()` reports for tasks in
+    /// no v2 cgroup of their own (on v1-only hosts, every task).
+    root_id: u64,
 }
 
 /// How long a removed cgroup's path is kept for events still in flight.
@@ -95,7 +98,9 @@ const TOMBSTONE: Duration = Duration::from_secs(300);
 impl Enricher {
     /// An enricher over a cgroup hierarchy and a pod metadata source.
     pub fn new(cgroups: CgroupFs, pods: impl PodSource + 'static) -> Self {
+        let root_id = cgroups.id_of("/").unwrap_or(1);
         Self {
+            root_id,
             cgroups,
             pods: Box::new(pods),
             extra: Vec::new(),
@@ -188,6 +193,11 @@ impl Enricher {
             }
         }
         found
+    }
+
+    /// The cgroup2 root's id (see [`Enricher::resolve_pid`] for records carrying it).
+    pub fn root_id(&self) -> u64 {
+        self.root_id
     }
 
     /// Cgroups learned so far (creations and removals).
