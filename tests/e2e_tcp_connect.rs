@@ -302,6 +302,8 @@ fn connects_of_a_process_in_v1_cgroups_only_are_attributed_by_pid() {
     }
     std::fs::create_dir_all(dirs.last().unwrap()).unwrap();
 
+    // The event tap attributes them the same way.
+    let (_, mut events) = common::open_stream(&exporter.addr, "/events?namespace=legacy&limit=1");
     const N: usize = 9;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -326,10 +328,16 @@ fn connects_of_a_process_in_v1_cgroups_only_are_attributed_by_pid() {
         common::node()
     );
     let page = common::wait_for(&exporter, &format!("{METRIC}_count"), &labels, N as f64);
+    let mut event = String::new();
+    std::io::BufRead::read_line(&mut events, &mut event).unwrap();
     for d in dirs.iter().rev() {
         let _ = std::fs::remove_dir(d);
     }
     assert!(status.success(), "client failed: {script}");
+    assert!(
+        event.contains(&format!("\"pod\":\"{}\"", pod.name)),
+        "{event}"
+    );
     assert_eq!(
         sample(&page, &format!("{METRIC}_count"), &labels),
         Some(N as f64),

@@ -230,20 +230,27 @@ impl Worker {
         }
     }
 
-    fn attribution(&mut self, cgroup_id: u64) -> &Resolved {
+    /// The attribution of a record from `cgroup_id` (by `pid` in the v2 root, as the
+    /// enrich stage does on cgroup v1-only hosts).
+    fn attribution(&mut self, cgroup_id: u64, pid: Option<u32>) -> &Resolved {
         let now = Instant::now();
-        let stale = self
-            .attributions
-            .get(&cgroup_id)
-            .is_none_or(|(r, at)| !r.settled && now.duration_since(*at) > Duration::from_secs(1));
+        let pid = pid.filter(|_| cgroup_id == self.enricher.root_id());
+        // Cgroup ids never have the top bit set; pids are asked again every second.
+        let key = pid.map_or(cgroup_id, |p| 1 << 63 | u64::from(p));
+        let stale = self.attributions.get(&key).is_none_or(|(r, at)| {
+            (!r.settled || pid.is_some()) && now.duration_since(*at) > Duration::from_secs(1)
+        });
         if stale {
             if self.attributions.len() > 65_536 {
                 self.attributions.clear();
             }
-            self.attributions
-                .insert(cgroup_id, (self.enricher.resolve(cgroup_id), now));
+            let r = match pid {
+                Some(p) => self.enricher.resolve_pid(p),
+                None => self.enricher.resolve(cgroup_id),
+            };
+            self.attributions.insert(key, (r, now));
         }
-        &self.attributions[&cgroup_id].0
+        &self.attributions[&key].0
     }
 
     fn deliver(
@@ -261,7 +268,7 @@ impl Worker {
         let cgroup = plan.has_cgroup().then(|| plan.cgroup_id(record));
         let (ns, pod, container, extra, path, unknown) = match cgroup {
             Some(id) => {
-                let r = self.attribution(id);
+                let r = self.attribution(id, plan.pid(record));
                 (
                     r.labels.namespace.clone(),
                     r.labels.pod.clone(),
