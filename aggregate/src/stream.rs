@@ -142,32 +142,23 @@ impl StreamPlan {
                     )
                 })
         };
-        let cgroup = match &ring.cgroup_field {
-            Some(name) => {
-                let s = field(name, format!("{ring_at}.cgroup_field"))?;
-                if s.size != 8 {
-                    return Err(invalid(
-                        format!("{ring_at}.cgroup_field"),
-                        format!("{name:?} is {} bytes; a cgroup id has 8", s.size),
-                    ));
-                }
-                Some(s)
+        // A field the stage itself reads, of the size it must have.
+        let special = |name: &Option<String>, key: &str, size: usize, what: &str| {
+            let Some(name) = name else {
+                return Ok(None);
+            };
+            let at = format!("{ring_at}.{key}");
+            let s = field(name, at.clone())?;
+            if s.size != size {
+                return Err(invalid(
+                    at,
+                    format!("{name:?} is {} bytes; {what} has {size}", s.size),
+                ));
             }
-            None => None,
+            Ok(Some(s))
         };
-        let pid = match &ring.pid_field {
-            Some(name) => {
-                let s = field(name, format!("{ring_at}.pid_field"))?;
-                if s.size != 4 {
-                    return Err(invalid(
-                        format!("{ring_at}.pid_field"),
-                        format!("{name:?} is {} bytes; a pid has 4", s.size),
-                    ));
-                }
-                Some(s)
-            }
-            None => None,
-        };
+        let cgroup = special(&ring.cgroup_field, "cgroup_field", 8, "a cgroup id")?;
+        let pid = special(&ring.pid_field, "pid_field", 4, "a pid")?;
         let mut plans = Vec::new();
         for (m_at, m, histogram) in
             metrics(all, at).filter(|(_, m, _)| m.ring.as_ref() == Some(&ring.name))
