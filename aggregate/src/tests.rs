@@ -184,6 +184,16 @@ fn config_errors_name_the_key() {
             "rings[0].cgroup_field: no field",
         ),
         (
+            "cgroup_field: cgroup_id",
+            "cgroup_field: subnet",
+            "rings[0].cgroup_field: \"subnet\" is 4 bytes; a cgroup id has 8",
+        ),
+        (
+            "cgroup_field: cgroup_id",
+            "cgroup_field: cgroup_id\n    pid_field: latency_ns",
+            "rings[0].pid_field: \"latency_ns\" is 8 bytes; a pid has 4",
+        ),
+        (
             "name: tcp_connects_total",
             "name: tcp_connect_latency_seconds",
             "defined twice",
