@@ -711,6 +711,7 @@ async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
             &s.registry,
             s.tap.as_deref(),
         );
+        s.telemetry.sources(&s.enricher.source_health());
         out.push_str(&s.telemetry.render());
         let rest = out.finish();
         emit(rest);

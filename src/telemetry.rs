@@ -40,6 +40,10 @@ impl Telemetry {
             "Info about ebpf programs"
         );
         describe_gauge!(
+            "ebpf_exporter_metadata_source_up",
+            "Whether a pod metadata source's last attempt to learn pods worked (api: list or watch; cri: listing; logs: the pod log directory exists)"
+        );
+        describe_gauge!(
             "ebpf_exporter_ebpf_program_attached",
             "Whether a program is attached"
         );
@@ -161,6 +165,17 @@ impl Telemetry {
     /// Counts a failed map read.
     pub fn table_read_error(&self, config: &str, map: &str) {
         counter!("ebpf_exporter_table_read_errors_total", "config" => config.to_string(), "map" => map.to_string()).increment(1);
+    }
+
+    /// Records each pod metadata source's health.
+    pub fn sources(&self, health: &[(&'static str, bool)]) {
+        for &(source, up) in health {
+            gauge!("ebpf_exporter_metadata_source_up", "source" => source).set(if up {
+                1.0
+            } else {
+                0.0
+            });
+        }
     }
 
     /// Copies the stages' counters into the recorder.

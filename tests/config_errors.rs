@@ -388,7 +388,11 @@ fn metadata_sources_that_cannot_answer_are_named() {
             ],
             &log,
         );
-        assert!(exporter.metrics().contains("ebpf_exporter_build_info"));
+        let page = exporter.metrics();
+        assert!(
+            page.contains("ebpf_exporter_metadata_source_up{source=\"api\"} 0"),
+            "{page}"
+        );
         let log = std::fs::read_to_string(&log).unwrap();
         assert!(
             log.contains("listing this node's pods failed")

@@ -443,6 +443,10 @@ fn a_containerd_pods_connects_carry_the_names_the_runtime_gives() {
             .await;
         }
     });
+    assert!(
+        page.contains("ebpf_exporter_metadata_source_up{source=\"cri\"} 1"),
+        "{page}"
+    );
     assert_eq!(
         sample(&page, &name, &labels),
         Some(N as f64),

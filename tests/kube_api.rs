@@ -213,6 +213,11 @@ fn api_watch_names_pods_through_bookmarks_deletes_and_a_410_relist() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    let page = exporter.metrics();
+    assert!(
+        page.contains("ebpf_exporter_metadata_source_up{source=\"api\"} 1"),
+        "{page}"
+    );
     let requests = api.requests();
     let watches: Vec<&str> = requests
         .iter()

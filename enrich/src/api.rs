@@ -5,7 +5,10 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        atomic::{AtomicBool, Ordering::Relaxed},
+        Arc, Mutex, RwLock,
+    },
     time::{Duration, Instant},
 };
 
@@ -134,6 +137,8 @@ fn entry_of(pod: &Pod) -> Option<(String, Entry)> {
 pub struct KubeApiSource {
     node: String,
     index: Arc<RwLock<Index>>,
+    /// Whether the last list or watch call worked.
+    up: Arc<AtomicBool>,
     /// The client, until [`PodSource::start`] hands it to the watcher's thread.
     idle: Mutex<Option<(Background, Client)>>,
 }
@@ -188,7 +193,7 @@ impl KubeApiSource {
             })
             .unwrap_or_else(|| Err("the connecting thread panicked".into()))
             .map_err(err)?;
-        match listed {
+        match &listed {
             Ok(pods) => tracing::info!(node, %url, pods, "pod metadata from the Kubernetes API"),
             Err(e) => {
                 tracing::warn!(node, %url, "listing this node's pods failed (the watch keeps trying; other sources still answer): {e}")
@@ -197,6 +202,7 @@ impl KubeApiSource {
         Ok(Self {
             node: node.to_string(),
             index,
+            up: Arc::new(AtomicBool::new(listed.is_ok())),
             idle: Mutex::new(Some((rt, client))),
         })
     }
@@ -209,12 +215,14 @@ impl PodSource for KubeApiSource {
             return;
         };
         let index = self.index.clone();
+        let up = self.up.clone();
         let config = watcher::Config::default().fields(&format!("spec.nodeName={}", self.node));
         rt.run("kube-api", async move {
             let stream = watcher(KubeApi::<Pod>::all(client), config).default_backoff();
             let mut stream = std::pin::pin!(stream);
             let mut failing = false;
             while let Some(event) = stream.next().await {
+                up.store(event.is_ok(), Relaxed);
                 let now = Instant::now();
                 let mut index = index.write().unwrap_or_else(|e| e.into_inner());
                 match event {
@@ -242,6 +250,10 @@ impl PodSource for KubeApiSource {
                 }
             }
         });
+    }
+
+    fn health(&self) -> Vec<(&'static str, bool)> {
+        vec![("api", self.up.load(Relaxed))]
     }
 
     fn lookup(&self, pod_uid: &str, container_id: Option<&str>) -> Option<PodMeta> {

@@ -6,7 +6,10 @@
 use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        atomic::{AtomicBool, Ordering::Relaxed},
+        Arc, Mutex, RwLock,
+    },
     time::{Duration, Instant},
 };
 
@@ -209,6 +212,8 @@ impl Index {
 struct Shared {
     index: RwLock<Index>,
     wake: Notify,
+    /// Whether the last listing worked.
+    up: AtomicBool,
 }
 
 /// The CRI metadata source.
@@ -260,6 +265,7 @@ impl Cri {
         let shared = Arc::new(Shared {
             index: RwLock::default(),
             wake: Notify::new(),
+            up: AtomicBool::new(true),
         });
         let rt = Background::new().map_err(|e| err(e.to_string()))?;
         let connect = async move {
@@ -341,7 +347,9 @@ impl PodSource for Cri {
             let mut failing = false;
             loop {
                 let _ = tokio::time::timeout(RESYNC, s.wake.notified()).await;
-                match refresh(&channel, &s).await {
+                let listed = refresh(&channel, &s).await;
+                s.up.store(listed.is_ok(), Relaxed);
+                match listed {
                     Ok(()) if failing => {
                         tracing::info!(socket = %name, "CRI answers again");
                         failing = false;
@@ -356,6 +364,10 @@ impl PodSource for Cri {
                 tokio::time::sleep(MIN_GAP).await;
             }
         });
+    }
+
+    fn health(&self) -> Vec<(&'static str, bool)> {
+        vec![("cri", self.shared.up.load(Relaxed))]
     }
 
     fn lookup(&self, pod_uid: &str, container_id: Option<&str>) -> Option<PodMeta> {

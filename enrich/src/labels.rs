@@ -120,6 +120,11 @@ impl Enricher {
         }
     }
 
+    /// Each metadata source and whether its last attempt to learn pods worked.
+    pub fn source_health(&self) -> Vec<(&'static str, bool)> {
+        self.pods.health()
+    }
+
     /// Starts the metadata sources' background work (after capabilities are dropped).
     pub fn start_sources(&self) {
         self.pods.start();

@@ -107,6 +107,11 @@ impl PodLogs {
 }
 
 impl PodSource for PodLogs {
+    /// Up while the pod log directory exists.
+    fn health(&self) -> Vec<(&'static str, bool)> {
+        vec![("logs", self.pods_dir.is_dir())]
+    }
+
     /// Names for a pod uid and optional container id. Rescans the directories (at most
     /// every 250 ms) when the pod or container is not indexed yet.
     fn lookup(&self, pod_uid: &str, container_id: Option<&str>) -> Option<PodMeta> {

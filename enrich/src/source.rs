@@ -29,6 +29,9 @@ pub trait PodSource: Send + Sync + std::fmt::Debug {
     /// Starts the source's background work. Called once, after the exporter dropped
     /// its capabilities: threads started before would keep them.
     fn start(&self) {}
+
+    /// The source's name and whether its last attempt to learn pods worked.
+    fn health(&self) -> Vec<(&'static str, bool)>;
 }
 
 /// Sources asked in order: the first that knows the pod answers; one that knows the
@@ -41,6 +44,10 @@ impl PodSource for Sources {
         for s in &self.0 {
             s.start();
         }
+    }
+
+    fn health(&self) -> Vec<(&'static str, bool)> {
+        self.0.iter().flat_map(|s| s.health()).collect()
     }
 
     fn lookup(&self, pod_uid: &str, container_id: Option<&str>) -> Option<PodMeta> {
@@ -85,6 +92,9 @@ mod tests {
         fn lookup(&self, _: &str, _: Option<&str>) -> Option<PodMeta> {
             self.0.clone()
         }
+        fn health(&self) -> Vec<(&'static str, bool)> {
+            vec![("fixed", self.0.is_some())]
+        }
     }
 
     #[test]
@@ -113,5 +123,9 @@ mod tests {
             "the first source's labels stay"
         );
         assert_eq!(Sources::default().lookup("uid", None), None);
+        assert_eq!(
+            s.health(),
+            [("fixed", false), ("fixed", true), ("fixed", true)]
+        );
     }
 }
