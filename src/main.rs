@@ -302,10 +302,9 @@ async fn serve(args: Args) -> Result<()> {
     let node = node_id(&config);
     let cgroups = CgroupFs::discover().context("enrich: cgroup v2 hierarchy")?;
     let pods = metadata_sources(&config.kubernetes, &source)?;
-    let extra = config.kubernetes.labels.extra();
-    let enricher = Arc::new(
-        Enricher::new(cgroups, pods).with_extra(extra.into_iter().map(|(e, _)| e).collect()),
-    );
+    let (extra, extra_names): (Vec<_>, Vec<_>) =
+        config.kubernetes.labels.extra().into_iter().unzip();
+    let enricher = Arc::new(Enricher::new(cgroups, pods).with_extra(extra));
     let walked = enricher.walk();
     tracing::info!(
         containers = walked,
@@ -457,13 +456,7 @@ async fn serve(args: Args) -> Result<()> {
             enricher.clone(),
             node.clone(),
             t.cluster.clone(),
-            config
-                .kubernetes
-                .labels
-                .extra()
-                .into_iter()
-                .map(|(_, name)| name)
-                .collect(),
+            extra_names,
             t.input_batches,
             t.queue_events,
         )

@@ -271,17 +271,10 @@ impl EnrichWorker<'_> {
         // Runs of records from one cgroup are the common case: skip the lookups.
         let mut last: Option<(u64, u32, usize)> = None;
         let mut last_pod = 0u32;
-        let root = self.cache.enricher().root_id();
+        let enricher = self.cache.enricher().clone();
         for record in batch.records() {
             let cgroup = stream.plan.cgroup_id(record);
-            // In the v2 root (v1-only hosts): by process, when records carry the pid.
-            let pid = if cgroup == root {
-                stream.plan.pid(record)
-            } else {
-                None
-            };
-            // Cgroup ids never have the top bit set, so process keys cannot collide.
-            let key = pid.map_or(cgroup, |p| 1 << 63 | u64::from(p));
+            let (key, pid) = enricher.attribute_by(cgroup, || stream.plan.pid(record));
             let (i, shard) = match last {
                 Some((k, i, shard)) if k == key => (i, shard),
                 _ => {

@@ -4,7 +4,7 @@
 //! when the API says the resource version is too old (410 Gone).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{
         atomic::{AtomicBool, Ordering::Relaxed},
         Arc, Mutex, RwLock,
@@ -27,7 +27,7 @@ const KEEP: Duration = Duration::from_secs(300);
 /// Bound on the list at start-up.
 const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Entry {
     meta: PodMeta,
     /// container id → name
@@ -40,7 +40,7 @@ struct Entry {
 struct Index {
     pods: HashMap<String, Entry>,
     /// Uids seen since the current (re-)list began.
-    listing: Option<Vec<String>>,
+    listing: Option<HashSet<String>>,
 }
 
 impl Index {
@@ -49,7 +49,7 @@ impl Index {
             return;
         };
         if let Some(listing) = &mut self.listing {
-            listing.push(uid.clone());
+            listing.insert(uid.clone());
         }
         self.pods.insert(uid, entry);
     }
@@ -65,7 +65,6 @@ impl Index {
         let Some(seen) = self.listing.take() else {
             return;
         };
-        let seen: std::collections::HashSet<String> = seen.into_iter().collect();
         for (uid, e) in &mut self.pods {
             if !seen.contains(uid) {
                 e.deleted.get_or_insert(now);
@@ -226,7 +225,7 @@ impl PodSource for KubeApiSource {
                 let now = Instant::now();
                 let mut index = index.write().unwrap_or_else(|e| e.into_inner());
                 match event {
-                    Ok(watcher::Event::Init) => index.listing = Some(Vec::new()),
+                    Ok(watcher::Event::Init) => index.listing = Some(HashSet::new()),
                     Ok(watcher::Event::InitApply(pod) | watcher::Event::Apply(pod)) => {
                         index.apply(&pod)
                     }
@@ -312,7 +311,7 @@ mod tests {
         let p = |uid: &str| pod(serde_json::json!({"metadata": {"uid": uid, "name": uid}}));
         index.apply(&p("a"));
         index.apply(&p("b"));
-        index.listing = Some(Vec::new());
+        index.listing = Some(HashSet::new());
         index.apply(&p("b"));
         let now = Instant::now();
         index.listed(now);
@@ -324,7 +323,7 @@ mod tests {
         assert_eq!(index.pods["b"].deleted, None);
         index.delete("b", now);
         assert!(index.pods["b"].deleted.is_some());
-        index.listing = Some(Vec::new());
+        index.listing = Some(HashSet::new());
         index.listed(now + KEEP);
         assert!(index.pods.is_empty(), "forgotten after KEEP");
     }

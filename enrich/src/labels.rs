@@ -200,9 +200,23 @@ impl Enricher {
         found
     }
 
-    /// The cgroup2 root's id (see [`Enricher::resolve_pid`] for records carrying it).
-    pub fn root_id(&self) -> u64 {
-        self.root_id
+    /// What a record from `cgroup_id` is attributed by: its process (`pid()`, read only
+    /// then) when it comes from the cgroup2 root, as every task does on cgroup v1-only
+    /// hosts, else its cgroup. Returns a key naming the choice, for memos (cgroup ids
+    /// never have the top bit set, so the two kinds never collide), and the pid to
+    /// resolve with [`Enricher::resolve_pid`], if that.
+    #[inline]
+    pub fn attribute_by(
+        &self,
+        cgroup_id: u64,
+        pid: impl FnOnce() -> Option<u32>,
+    ) -> (u64, Option<u32>) {
+        let pid = if cgroup_id == self.root_id {
+            pid()
+        } else {
+            None
+        };
+        (pid.map_or(cgroup_id, |p| 1 << 63 | u64::from(p)), pid)
     }
 
     /// Cgroups learned so far (creations and removals).

@@ -234,9 +234,8 @@ impl Worker {
     /// enrich stage does on cgroup v1-only hosts).
     fn attribution(&mut self, cgroup_id: u64, pid: Option<u32>) -> &Resolved {
         let now = Instant::now();
-        let pid = pid.filter(|_| cgroup_id == self.enricher.root_id());
-        // Cgroup ids never have the top bit set; pids are asked again every second.
-        let key = pid.map_or(cgroup_id, |p| 1 << 63 | u64::from(p));
+        let (key, pid) = self.enricher.attribute_by(cgroup_id, || pid);
+        // Pids are asked again every second (they are reused).
         let stale = self.attributions.get(&key).is_none_or(|(r, at)| {
             (!r.settled || pid.is_some()) && now.duration_since(*at) > Duration::from_secs(1)
         });
