@@ -7,9 +7,9 @@ fn main() {
     let dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
     let clang = env::var("CLANG").unwrap_or_else(|_| "clang".into());
-    let arch = match env::var("CARGO_CFG_TARGET_ARCH").unwrap().as_str() {
-        "x86_64" => "x86",
-        "aarch64" => "arm64",
+    let (arch, triple) = match env::var("CARGO_CFG_TARGET_ARCH").unwrap().as_str() {
+        "x86_64" => ("x86", "x86_64-linux-gnu"),
+        "aarch64" => ("arm64", "aarch64-linux-gnu"),
         other => panic!("no BPF target arch mapping for {other}"),
     };
     println!("cargo:rerun-if-changed=include");
@@ -37,6 +37,8 @@ fn main() {
                 .args(defines)
                 .arg("-I")
                 .arg(dir.join("include"))
+                .arg("-idirafter")
+                .arg(format!("/usr/include/{triple}"))
                 .arg("-c")
                 .arg(&src)
                 .arg("-o")

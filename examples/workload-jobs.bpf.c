@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /* A USDT probe's arguments in maps: the workload's `workload:job` probe (kind, cost),
  * counted per kind and its cost summed per kind. The binary is found on PATH, as
- * libbpf looks up a bare program name. Compile with -I bpf/include, whose
- * bpf/usdt.bpf.h the exporter fills with the probe's argument locations. */
+ * libbpf looks up a bare program name. libbpf's <bpf/usdt.bpf.h> reads the argument
+ * locations the exporter writes into its maps. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/usdt.bpf.h>

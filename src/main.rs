@@ -291,13 +291,9 @@ async fn serve(args: Args) -> Result<()> {
             config.web.telemetry_path
         );
     }
-    let btf = match &args.btf_path {
-        Some(p) => Some(Arc::new(
-            ingest::Btf::parse_file(p, Default::default())
-                .with_context(|| format!("--btf.path {}", p.display()))?,
-        )),
-        None => None,
-    };
+    // Every object is CO-RE-relocated against this one parse; it is dropped (and its
+    // memory returned) once programs are attached.
+    let btf = ingest::kernel_btf(args.btf_path.as_deref())?;
 
     let node = node_id(&config);
     let cgroups = CgroupFs::discover().context("enrich: cgroup v2 hierarchy")?;
@@ -320,12 +316,12 @@ async fn serve(args: Args) -> Result<()> {
     if perf_output {
         tracing::info!("programs that stream records use perf event arrays (pipeline.output, or no ring buffers in this kernel)");
     }
-    let setup = Setup {
+    let mut setup = Setup {
         perf_output,
         registry: &registry,
         decoders: &decoders,
         pipeline: &config.pipeline,
-        btf,
+        loader: ingest::Loader::new(&btf),
     };
 
     let mut running: Vec<Running> = Vec::new();
@@ -397,7 +393,7 @@ async fn serve(args: Args) -> Result<()> {
     }
     // Learn container cgroups as they come and go, so short-lived ones still resolve.
     let cgroup_events = if config.kubernetes.cgroup_events {
-        match bpf_programs::find("cgroup_events").map(|o| ingest::CgroupEvents::load(o.bytes)) {
+        match bpf_programs::find("cgroup_events").map(|o| ingest::CgroupEvents::load(&mut setup.loader, o.bytes)) {
             Some(Ok(events)) => Some(Arc::new(std::sync::Mutex::new(events))),
             Some(Err(e)) => {
                 tracing::warn!("cgroup events unavailable ({e}); cgroups are resolved when their events arrive");
@@ -424,8 +420,10 @@ async fn serve(args: Args) -> Result<()> {
         );
     }
     enricher.start_sources();
-    // Loading parsed the kernel's BTF once per object (~15 MiB, freed since); give the
-    // freed pages back rather than keep them for the process's life.
+    // The kernel's BTF (tens of MiB parsed) is needed only to load; give its pages back
+    // rather than keep them for the process's life.
+    drop(setup);
+    drop(btf);
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free memory.
     unsafe {

@@ -2,13 +2,10 @@
 //! and attach it. A failure names the config and its stage; whether it stops startup
 //! is the caller's choice (`--config.strict`).
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::path::{Path, PathBuf};
 
 use aggregate::{decoder::Context, ProgramPlan, Registry};
-use ingest::{Btf, LoadOptions, LoadedObject};
+use ingest::{LoadOptions, LoadedObject, Loader};
 
 use crate::config::{Pipeline, Program};
 
@@ -128,12 +125,13 @@ pub struct Setup<'a> {
     pub registry: &'a Registry,
     pub decoders: &'a Context,
     pub pipeline: &'a Pipeline,
-    pub btf: Option<Arc<Btf>>,
+    /// Relocates against the running kernel's BTF (or `--btf.path`), parsed once.
+    pub loader: Loader<'a>,
 }
 
 impl Setup<'_> {
     /// Compiles, loads and attaches one program.
-    pub fn start(&self, src: &Source, program: &Program) -> Result<Running, Failure> {
+    pub fn start(&mut self, src: &Source, program: &Program) -> Result<Running, Failure> {
         let fail = |stage, message: String| Failure {
             name: src.name.clone(),
             stage,
@@ -182,9 +180,8 @@ impl Setup<'_> {
             ring_bytes: Some(p.ring_bytes),
             wakeup_bytes: p.wakeup_bytes.unwrap_or(u64::from(p.ring_bytes) / 4),
             kaddrs,
-            btf: self.btf.clone(),
         };
-        let object = LoadedObject::load(&src.name, &bytes, &opts).map_err(|e| {
+        let object = self.loader.load(&src.name, &bytes, &opts).map_err(|e| {
             let stage = if matches!(e, ingest::IngestError::Program { action: "attach", .. }) { Stage::Attach } else { Stage::Load };
             // SAFETY: geteuid has no preconditions.
             let hint = if unsafe { libc::geteuid() } != 0 {

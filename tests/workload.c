@@ -24,12 +24,16 @@ unsigned short workload_job_semaphore __attribute__((unused, section(".probes"))
 #define JOB_ENABLED() 1
 #endif
 #include <errno.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
 #include <sys/sdt.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -69,6 +73,36 @@ int main(int argc, char **argv)
 	} else if (strcmp(cmd, "getppid") == 0) {
 		for (long i = 0; i < n; i++)
 			syscall(SYS_getppid);
+	} else if (strcmp(cmd, "getpgid") == 0) {
+		for (long i = 0; i < n; i++)
+			syscall(SYS_getpgid, 0);
+	} else if (strcmp(cmd, "getsid") == 0) {
+		for (long i = 0; i < n; i++)
+			syscall(SYS_getsid, 0);
+	} else if (strcmp(cmd, "fsync") == 0) {
+		char path[] = "/tmp/kebpf-workload-XXXXXX";
+		int fd = mkstemp(path);
+
+		if (fd < 0)
+			return 3;
+		unlink(path);
+		for (long i = 0; i < n; i++)
+			if (fsync(fd) != 0)
+				return 3;
+		close(fd);
+	} else if (strcmp(cmd, "connect") == 0) {
+		/* connect <port> <n>: n TCP connects to 127.0.0.1:<port>, each closed at once. */
+		struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons((uint16_t)n),
+					  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+		long count = argc > 4 ? atol(argv[4]) : 0;
+
+		for (long i = 0; i < count; i++) {
+			int s = socket(AF_INET, SOCK_STREAM, 0);
+
+			if (s < 0 || connect(s, (struct sockaddr *)&to, sizeof(to)) != 0)
+				return 3;
+			close(s);
+		}
 	} else if (strcmp(cmd, "open-missing") == 0) {
 		for (long i = 0; i < n; i++)
 			if (open("/nonexistent/kube-ebpf-exporter-test", O_RDONLY) >= 0 || errno != ENOENT)
@@ -86,8 +120,10 @@ int main(int argc, char **argv)
 			usleep((useconds_t)atol(argv[i]));
 	} else if (strcmp(cmd, "kill") == 0) {
 		int sig = argc > 4 ? atoi(argv[4]) : 0;
+		pid_t self = getpid();
+
 		for (long i = 0; i < n; i++)
-			if (kill(getpid(), sig) != 0)
+			if (kill(self, sig) != 0)
 				return 3;
 	} else if (strcmp(cmd, "jobs") == 0) {
 		for (long i = 0; i < n; i++) {

@@ -21,14 +21,14 @@ impl CgroupEvents {
     ///
     /// # Errors
     /// The kernel lacks the tracepoints or ring buffers, or loading fails.
-    pub fn load(bytes: &[u8]) -> Result<Self, IngestError> {
+    pub fn load(loader: &mut crate::Loader<'_>, bytes: &[u8]) -> Result<Self, IngestError> {
         let opts = LoadOptions {
             rings: vec![RING.into()],
             ring_bytes: Some(1 << 20),
             wakeup_bytes: 1 << 20,
-            ..Default::default()
+            kaddrs: Vec::new(),
         };
-        let mut object = LoadedObject::load("cgroup_events", bytes, &opts)?;
+        let mut object = loader.load("cgroup_events", bytes, &opts)?;
         match object.take_stream(RING)? {
             StreamMap::Ring(ring) => Ok(Self { object, ring }),
             StreamMap::Perf(_) => Err(IngestError::Map {

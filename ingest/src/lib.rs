@@ -8,7 +8,10 @@
 
 mod attach;
 mod batch;
+mod btf;
 mod cgroup_events;
+pub mod elf;
+pub mod kconfig;
 mod loader;
 mod perf;
 mod ring;
@@ -20,15 +23,52 @@ pub use attach::AttachPoint;
 pub use aya::Btf;
 pub use batch::{Batch, BatchBuilder, Records};
 pub use cgroup_events::CgroupEvents;
-pub use loader::{LoadOptions, LoadedObject, ProgramStats, StreamMap};
+pub use loader::{LoadOptions, LoadedObject, Loader, ProgramStats, StreamMap};
 pub use ring::{RingReader, RingStats};
 pub use ringbuf::RingConsumer;
+
+/// Where the running kernel publishes its BTF.
+pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Parses the kernel BTF every object is relocated against: `path` (`--btf.path`, for
+/// kernels without their own, e.g. from btfhub), else the running kernel's. Parse it
+/// once and share it: it is tens of MiB while parsed.
+///
+/// # Errors
+/// Neither is readable or parses; the message names both options.
+pub fn kernel_btf(path: Option<&std::path::Path>) -> Result<Btf, IngestError> {
+    let (at, parsed) = match path {
+        Some(p) => (p.display().to_string(), Btf::parse_file(p, Default::default())),
+        None => (KERNEL_BTF.to_string(), Btf::from_sys_fs()),
+    };
+    parsed.map_err(|e| IngestError::KernelBtf {
+        path: at,
+        reason: e.to_string(),
+        hint: if path.is_some() { "" } else { " (this kernel has no BTF (CONFIG_DEBUG_INFO_BTF): pass --btf.path with a BTF file for it, e.g. from btfhub)" },
+    })
+}
 
 /// Whether this kernel has `BPF_MAP_TYPE_RINGBUF` (5.8+), probed once.
 pub fn ring_buffers_supported() -> bool {
     static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *SUPPORTED
         .get_or_init(|| aya::sys::is_map_supported(aya::maps::MapType::RingBuf).unwrap_or(false))
+}
+
+/// An error and every cause under it, `: `-separated.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        // Some errors repeat their cause in their own text.
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
 }
 
 /// Errors of the ingest stage.
@@ -54,8 +94,18 @@ pub enum IngestError {
         /// Why it cannot be attached.
         reason: String,
     },
+    /// No kernel BTF to relocate objects against.
+    #[error("kernel BTF {path}: {reason}{hint}")]
+    KernelBtf {
+        /// Where it was looked for.
+        path: String,
+        /// Why it could not be used.
+        reason: String,
+        /// What to do about it.
+        hint: &'static str,
+    },
     /// aya failed to load the object.
-    #[error("object {object}: load failed")]
+    #[error("object {object}: load failed: {}", chain(source.as_ref()))]
     Load {
         /// Object name.
         object: String,

@@ -1,6 +1,6 @@
 //! Loads one BPF object into the kernel and attaches every program by its section name.
 
-use std::{borrow::Cow, os::fd::AsFd, sync::Arc};
+use std::os::fd::AsFd;
 
 use aya::{
     maps::{Map, MapData, PerCpuArray},
@@ -12,16 +12,14 @@ use aya::{
     },
     Btf, Ebpf, EbpfLoader,
 };
-use object::{
-    elf,
-    read::elf::{ElfFile64, FileHeader, SectionHeader},
-    Object, ObjectSection, ObjectSymbol, SectionIndex, SymbolKind,
-};
+use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 
-use crate::{usdt, AttachPoint, IngestError, RingConsumer};
+use crate::{elf, kconfig::KernelConfig, usdt, AttachPoint, IngestError, RingConsumer};
 
-/// The map `bpf/include/bpf/usdt.bpf.h` reads each USDT site's argument spec from.
+/// The map libbpf's `<bpf/usdt.bpf.h>` reads each USDT site's argument spec from.
 const USDT_SPECS: &str = "__bpf_usdt_specs";
+/// Where the header looks a site's spec up by address on kernels without BPF cookies.
+const USDT_IPS: &str = "__bpf_usdt_ip_to_spec_id";
 
 /// Name of the per-CPU reserve-failure counter that `output.bpf.h` declares.
 const DROPS_MAP: &str = "ringbuf_drops";
@@ -29,7 +27,7 @@ const DROPS_MAP: &str = "ringbuf_drops";
 const WAKEUP_GLOBAL: &str = "output_wakeup_bytes";
 
 /// How to load an object.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct LoadOptions {
     /// Ring buffers to size to `ring_bytes` (the ones the config reads).
     pub rings: Vec<String>,
@@ -40,8 +38,32 @@ pub struct LoadOptions {
     pub wakeup_bytes: u64,
     /// Globals `kaddr_<symbol>` to set to kernel addresses.
     pub kaddrs: Vec<(String, u64)>,
-    /// Kernel BTF to use instead of /sys/kernel/btf/vmlinux (`--btf.path`).
-    pub btf: Option<Arc<Btf>>,
+}
+
+/// Loads objects, each CO-RE-relocated against the kernel BTF it was made with. One
+/// loader serves every object: aya's loader parses the kernel's BTF when it is made
+/// (tens of MiB, thrown away here since ours is given), so it is made once.
+pub struct Loader<'a> {
+    aya: EbpfLoader<'a>,
+    btf: &'a Btf,
+}
+
+impl<'a> Loader<'a> {
+    /// A loader relocating against `btf` (see [`crate::kernel_btf`]).
+    pub fn new(btf: &'a Btf) -> Self {
+        let mut aya = EbpfLoader::new();
+        aya.btf(Some(btf));
+        Self { aya, btf }
+    }
+
+    /// Loads `bytes` (ELF with BTF) and attaches each program at its section's attach
+    /// point; see [`LoadedObject::load`].
+    ///
+    /// # Errors
+    /// As [`LoadedObject::load`].
+    pub fn load(&mut self, name: &str, bytes: &[u8], opts: &LoadOptions) -> Result<LoadedObject, IngestError> {
+        LoadedObject::load(self, name, bytes, opts)
+    }
 }
 
 /// The map behind a stream, ready for a [`crate::RingReader`].
@@ -73,7 +95,7 @@ pub struct LoadedObject {
     ebpf: Ebpf,
     attached: Vec<(String, AttachPoint)>,
     /// Perf events and links of USDT sites with semaphores: attached while held.
-    _semaphore_links: Vec<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>,
+    _semaphore_links: Vec<(std::os::fd::OwnedFd, Option<std::os::fd::OwnedFd>)>,
 }
 
 impl std::fmt::Debug for LoadedObject {
@@ -115,50 +137,6 @@ fn program_sections(object: &str, bytes: &[u8]) -> Result<Vec<(String, String)>,
     }
     out.sort();
     Ok(out)
-}
-
-/// aya only knows bare `xdp` sections and no `usdt` ones: end `xdp/<ifname>` names at
-/// the slash, and begin `usdt/<binary>:<provider>:<name>` ones with `uprobe/` (a USDT
-/// program is a uprobe program), in the section string table (same length, so no
-/// offset moves).
-fn patch_sections(bytes: &[u8]) -> Cow<'_, [u8]> {
-    let positions = || -> Option<Vec<(usize, &'static [u8])>> {
-        let file = ElfFile64::<object::Endianness>::parse(bytes).ok()?;
-        let endian = file.endian();
-        let table = file.elf_section_table();
-        let shstrndx = file.elf_header().shstrndx(endian, bytes).ok()?;
-        let base = table
-            .section(SectionIndex(shstrndx as usize))
-            .ok()?
-            .sh_offset(endian) as usize;
-        Some(
-            table
-                .iter()
-                .filter(|s| s.sh_type(endian) == elf::SHT_PROGBITS)
-                .filter_map(|s| {
-                    let name = table.section_name(endian, s).ok()?;
-                    let at = base + s.sh_name(endian) as usize;
-                    if name.starts_with(b"xdp/") {
-                        Some((at + 3, &b"\0"[..]))
-                    } else if name.starts_with(b"usdt/") && name.len() >= 7 {
-                        Some((at, &b"uprobe/"[..]))
-                    } else {
-                        None
-                    }
-                })
-                .collect(),
-        )
-    };
-    match positions() {
-        Some(at) if !at.is_empty() => {
-            let mut patched = bytes.to_vec();
-            for (i, with) in at {
-                patched[i..i + with.len()].copy_from_slice(with);
-            }
-            Cow::Owned(patched)
-        }
-        _ => Cow::Borrowed(bytes),
-    }
 }
 
 /// Finds a uprobe target given by name as libbpf does: libraries (`*.so*`) in the
@@ -216,21 +194,14 @@ fn program_error(e: &ProgramError) -> String {
             io_error,
             verifier_log,
         } => {
-            format!(
-                "{io_error}; verifier log (last lines):\n{}",
-                tail(&verifier_log.to_string(), 12)
-            )
-        }
-        other => {
-            let mut s = other.to_string();
-            let mut src = std::error::Error::source(other);
-            while let Some(e) = src {
-                s.push_str(": ");
-                s.push_str(&e.to_string());
-                src = e.source();
+            let log = tail(&verifier_log.to_string(), 12);
+            if log.is_empty() {
+                io_error.to_string()
+            } else {
+                format!("{io_error}; verifier log (last lines):\n{log}")
             }
-            s
         }
+        other => crate::chain(other),
     }
 }
 
@@ -258,7 +229,7 @@ impl LoadedObject {
     /// # Errors
     /// A parse or load failure, a section this exporter cannot attach, or a program the
     /// verifier rejects (with the log's last lines) or the kernel cannot attach.
-    pub fn load(name: &str, bytes: &[u8], opts: &LoadOptions) -> Result<Self, IngestError> {
+    fn load(loader: &mut Loader<'_>, name: &str, bytes: &[u8], opts: &LoadOptions) -> Result<Self, IngestError> {
         let mut points = Vec::new();
         for (program, section) in program_sections(name, bytes)? {
             let point = AttachPoint::from_section(&section).map_err(|reason| {
@@ -271,40 +242,39 @@ impl LoadedObject {
             })?;
             points.push((program, section, point));
         }
-        let bytes = patch_sections(bytes);
-
-        let mut loader = EbpfLoader::new();
-        loader.override_global(WAKEUP_GLOBAL, &opts.wakeup_bytes, false);
-        let kaddr_names: Vec<String> = opts
-            .kaddrs
-            .iter()
-            .map(|(s, _)| format!("kaddr_{s}"))
-            .collect();
+        // Settings go into the object itself, so the shared loader keeps none.
+        let kaddr_names: Vec<String> = opts.kaddrs.iter().map(|(s, _)| format!("kaddr_{s}")).collect();
+        let mut settings = elf::Settings {
+            globals: vec![(WAKEUP_GLOBAL, opts.wakeup_bytes.to_le_bytes().to_vec(), false)],
+            max_entries: Vec::new(),
+        };
         for ((_, addr), global) in opts.kaddrs.iter().zip(&kaddr_names) {
-            loader.override_global(global, addr, true);
+            settings.globals.push((global, addr.to_le_bytes().to_vec(), true));
         }
         if let Some(size) = opts.ring_bytes {
-            for ring in &opts.rings {
-                loader.map_max_entries(ring, size);
-            }
+            settings.max_entries = opts.rings.iter().map(|r| (r.as_str(), size)).collect();
         }
-        loader.btf(opts.btf.as_deref());
-        let mut ebpf = loader.load(&bytes).map_err(|source| IngestError::Load {
+        let bytes = elf::prepare(bytes, &settings, |e| {
+            let config = KernelConfig::running();
+            config.value(&e.name, e.kind).map_err(|why| {
+                if e.name.starts_with("CONFIG_") {
+                    format!("{why} (kernel config: {})", config.source())
+                } else {
+                    why
+                }
+            })
+        })
+        .map_err(|reason| IngestError::Parse {
+            object: name.into(),
+            reason,
+        })?;
+
+        let mut ebpf = loader.aya.load(&bytes).map_err(|source| IngestError::Load {
             object: name.into(),
             source: Box::new(source),
         })?;
 
-        let mut btf = opts.btf.clone();
-        let mut kernel_btf = || -> Result<Arc<Btf>, IngestError> {
-            if btf.is_none() {
-                let b = Btf::from_sys_fs().map_err(|e| IngestError::Parse {
-                    object: name.into(),
-                    reason: format!("kernel BTF (/sys/kernel/btf/vmlinux; pass --btf.path on kernels without it): {e}"),
-                })?;
-                btf = Some(Arc::new(b));
-            }
-            Ok(btf.clone().unwrap())
-        };
+        let btf = loader.btf;
         let mut attached = Vec::new();
         // Index of the next USDT spec in the object's spec map.
         let mut next_spec = 0u32;
@@ -339,9 +309,8 @@ impl LoadedObject {
                     p.attach(tp).map_err(|e| err("attach", &e))?;
                 }
                 AttachPoint::BtfTracePoint(tp) => {
-                    let btf = kernel_btf()?;
                     let p: &mut BtfTracePoint = prog.try_into().map_err(|e| err("load", &e))?;
-                    p.load(tp, &btf).map_err(|e| err("load", &e))?;
+                    p.load(tp, btf).map_err(|e| err("load", &e))?;
                     p.attach().map_err(|e| err("attach", &e))?;
                 }
                 AttachPoint::KProbe {
@@ -355,18 +324,16 @@ impl LoadedObject {
                     function,
                     exit: false,
                 } => {
-                    let btf = kernel_btf()?;
                     let p: &mut FEntry = prog.try_into().map_err(|e| err("load", &e))?;
-                    p.load(function, &btf).map_err(|e| err("load", &e))?;
+                    p.load(function, btf).map_err(|e| err("load", &e))?;
                     p.attach().map_err(|e| err("attach", &e))?;
                 }
                 AttachPoint::FEntry {
                     function,
                     exit: true,
                 } => {
-                    let btf = kernel_btf()?;
                     let p: &mut FExit = prog.try_into().map_err(|e| err("load", &e))?;
-                    p.load(function, &btf).map_err(|e| err("load", &e))?;
+                    p.load(function, btf).map_err(|e| err("load", &e))?;
                     p.attach().map_err(|e| err("attach", &e))?;
                 }
                 AttachPoint::UProbe {
@@ -441,14 +408,14 @@ impl LoadedObject {
                             program: program.clone(),
                             section: section.clone(),
                             action: "attach",
-                            detail: format!("{}: {reason}", path.display()),
+                            detail: format!(": {}: {reason}", path.display()),
                         })?;
                     // Specs go in before any site can fire.
                     let first = next_spec;
                     {
                         let map = ebpf.map_mut(USDT_SPECS).ok_or_else(|| IngestError::Parse {
                             object: name.into(),
-                            reason: format!("{program}: usdt programs need the {USDT_SPECS} map: include <bpf/usdt.bpf.h> from bpf/include"),
+                            reason: format!("{program}: usdt programs need the {USDT_SPECS} map: include <bpf/usdt.bpf.h>"),
                         })?;
                         let mut specs: aya::maps::Array<_, usdt::Spec> =
                             aya::maps::Array::try_from(map).map_err(|e| IngestError::Parse {
@@ -463,11 +430,38 @@ impl LoadedObject {
                             next_spec += 1;
                         }
                     }
+                    // Without BPF cookies (before 5.15) the header finds a site's spec by
+                    // the address it fired at, known ahead only in fixed-address binaries.
+                    let cookies = crate::kconfig::has_bpf_cookie();
+                    if !cookies {
+                        let map = ebpf.map_mut(USDT_IPS).ok_or_else(|| IngestError::Parse {
+                            object: name.into(),
+                            reason: format!("{program}: this kernel has no BPF cookies, so usdt programs need the {USDT_IPS} map of <bpf/usdt.bpf.h>"),
+                        })?;
+                        let mut ips: aya::maps::HashMap<_, i64, u32> =
+                            aya::maps::HashMap::try_from(map).map_err(|e| IngestError::Parse {
+                                object: name.into(),
+                                reason: format!("{USDT_IPS}: {e}"),
+                            })?;
+                        for (i, site) in sites.iter().enumerate() {
+                            let ip = site.fixed_ip.ok_or_else(|| IngestError::Program {
+                                object: name.into(),
+                                program: program.clone(),
+                                section: section.clone(),
+                                action: "attach",
+                                detail: format!(": {}: USDT probes in position-independent executables and shared libraries need BPF cookies (kernel 5.15+), as with libbpf; this kernel has none (a binary linked with -no-pie works)", path.display()),
+                            })?;
+                            ips.insert(ip as i64, first + i as u32, 0).map_err(|e| IngestError::Parse {
+                                object: name.into(),
+                                reason: format!("{USDT_IPS} (raise BPF_USDT_MAX_IP_CNT): {e}"),
+                            })?;
+                        }
+                    }
                     let prog = ebpf.program_mut(&program).expect("found above");
                     let p: &mut UProbe = prog.try_into().map_err(|e| err("load", &e))?;
                     p.load().map_err(|e| err("load", &e))?;
                     for (i, site) in sites.iter().enumerate() {
-                        let cookie = u64::from(first) + i as u64;
+                        let cookie = cookies.then_some(u64::from(first) + i as u64);
                         if site.semaphore != 0 {
                             let fd = p.fd().map_err(|e| err("attach", &e))?;
                             let fds = usdt::attach_with_semaphore(
@@ -482,7 +476,7 @@ impl LoadedObject {
                                 program: program.clone(),
                                 section: section.clone(),
                                 action: "attach",
-                                detail: format!("{} (with its semaphore): {e}", path.display()),
+                                detail: format!(": {} (with its semaphore): {e}", path.display()),
                             })?;
                             semaphore_links.push(fds);
                             continue;
@@ -493,7 +487,7 @@ impl LoadedObject {
                                     aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(
                                         site.offset,
                                     ),
-                                cookie: Some(cookie),
+                                cookie,
                             },
                             &path,
                             UProbeScope::AllProcesses,
@@ -630,7 +624,6 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("cannot parse"));
-        assert!(matches!(patch_sections(o.bytes), Cow::Borrowed(_)));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! USDT probes: the sites a binary's `.note.stapsdt` notes describe, turned into the
-//! file offsets uprobes attach at and the argument specs `bpf/include/bpf/usdt.bpf.h`
-//! reads (its `struct __bpf_usdt_spec`, one per site, indexed by the attach cookie).
+//! file offsets uprobes attach at and the argument specs libbpf's `<bpf/usdt.bpf.h>`
+//! reads (its `struct __bpf_usdt_spec`, one per site, indexed by the attach cookie, or
+//! by the probe's address where the kernel has no BPF cookies).
 
 use std::{
     io,
@@ -56,6 +57,9 @@ pub struct Site {
     pub semaphore: u64,
     /// Its arguments.
     pub spec: Spec,
+    /// The address the probe fires at in every process, for executables linked at a
+    /// fixed address (`None` for PIE binaries and shared libraries, which move).
+    pub fixed_ip: Option<u64>,
 }
 
 /// x86-64 `struct pt_regs` offsets by register name, with the names of its 32-, 16-
@@ -220,6 +224,7 @@ pub fn sites(bytes: &[u8], provider: &str, name: &str) -> Result<Vec<Site>, Stri
             offset,
             semaphore,
             spec,
+            fixed_ip: (file.kind() == object::ObjectKind::Executable).then_some(pc),
         });
     }
     if out.is_empty() {
@@ -231,14 +236,15 @@ pub fn sites(bytes: &[u8], provider: &str, name: &str) -> Result<Vec<Site>, Stri
 /// Attaches the loaded uprobe program `prog` at `offset` in `path` with `cookie`, the
 /// kernel raising the semaphore at file offset `semaphore` in every process mapping the
 /// file while attached (what libbpf does; aya 0.14 cannot pass the reference counter).
+/// Without a cookie (kernels before 5.15) the program is set on the perf event itself.
 /// Returns the perf event and link, which detach when dropped.
 pub fn attach_with_semaphore(
     prog: BorrowedFd<'_>,
     path: &Path,
     offset: u64,
     semaphore: u64,
-    cookie: u64,
-) -> io::Result<(OwnedFd, OwnedFd)> {
+    cookie: Option<u64>,
+) -> io::Result<(OwnedFd, Option<OwnedFd>)> {
     use std::os::unix::ffi::OsStrExt;
     let pmu: u32 = std::fs::read_to_string("/sys/bus/event_source/devices/uprobe/type")?
         .trim()
@@ -258,6 +264,14 @@ pub fn attach_with_semaphore(
     };
     // Every process (pid -1) needs a CPU: 0 stands for all for uprobes.
     let event = crate::perf::perf_event_open(&attr, -1, 0)?;
+    let Some(cookie) = cookie else {
+        const PERF_EVENT_IOC_SET_BPF: libc::c_ulong = 0x4004_2408;
+        // SAFETY: both descriptors are valid; the argument is the program's fd.
+        if unsafe { libc::ioctl(event.as_raw_fd(), PERF_EVENT_IOC_SET_BPF, prog.as_raw_fd()) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        return Ok((event, None));
+    };
     // union bpf_attr for BPF_LINK_CREATE: prog_fd, target_fd, attach_type
     // (BPF_PERF_EVENT = 41), flags, then perf_event.bpf_cookie.
     let mut link_attr = [0u8; 64];
@@ -279,7 +293,7 @@ pub fn attach_with_semaphore(
         return Err(io::Error::last_os_error());
     }
     // SAFETY: a new descriptor we own.
-    Ok((event, unsafe { OwnedFd::from_raw_fd(link as i32) }))
+    Ok((event, Some(unsafe { OwnedFd::from_raw_fd(link as i32) })))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::{
 };
 
 use benchmark::{compile_bpf, getpid_ns, pin_to_cpu};
-use ingest::{LoadOptions, LoadedObject};
+use ingest::LoadOptions;
 
 /// (attach type, section, program head, getpid filter).
 const ATTACH: &[(&str, &str, &str, &str)] = &[
@@ -80,6 +80,8 @@ fn main() {
         "attach", "probe", "ns/call", "overhead ns"
     );
     println!("{:<12} {:<14} {:>10.1} {:>12}", "-", "no probe", base, "-");
+    let btf = ingest::kernel_btf(None).expect("kernel BTF");
+    let mut loader = ingest::Loader::new(&btf);
     for (attach, section, head, filter) in ATTACH {
         for (probe, body) in BODIES {
             let name = format!("{attach}-{}", probe.replace(' ', "-"));
@@ -89,9 +91,9 @@ fn main() {
                 rings: vec!["events".into()],
                 ring_bytes: Some(8 << 20),
                 wakeup_bytes: 8 << 20,
-                ..Default::default()
+                kaddrs: Vec::new(),
             };
-            let mut loaded = match LoadedObject::load(&name, &bytes, &opts) {
+            let mut loaded = match loader.load(&name, &bytes, &opts) {
                 Ok(l) => l,
                 Err(e) => {
                     println!("{attach:<12} {probe:<14} {:>10}   ({e})", "n/a");

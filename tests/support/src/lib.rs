@@ -28,19 +28,34 @@ pub fn unavailable_reason() -> Option<String> {
 /// True when `test` may run; otherwise prints why it is skipped, or panics when
 /// skips are not allowed.
 pub fn privileged(test: &str) -> bool {
-    let Some(reason) = unavailable_reason() else {
+    runnable(test, "root and BPF", unavailable_reason())
+}
+
+/// True when nothing is `missing` for `test`, which needs `what`; otherwise prints why
+/// it is skipped, or panics when skips are not allowed.
+pub fn runnable(test: &str, what: &str, missing: Option<String>) -> bool {
+    let Some(reason) = missing else {
         return true;
     };
     if std::env::var(REQUIRE_VAR).is_ok_and(|v| v == "1") {
-        panic!("{test}: needs root and BPF but {reason}, and {REQUIRE_VAR}=1 forbids skipping");
+        panic!("{test}: needs {what} but {reason}, and {REQUIRE_VAR}=1 forbids skipping");
     }
     // Written past the test harness's output capture, so the skip is always seen.
     use std::io::Write;
     let _ = writeln!(
         std::io::stderr(),
-        "SKIPPED {test}: needs root and BPF, but {reason}"
+        "SKIPPED {test}: needs {what}, but {reason}"
     );
     false
+}
+
+/// `/usr/include/<triple>`, where Debian keeps the `asm/` headers.
+pub fn multiarch_include() -> &'static str {
+    if cfg!(target_arch = "x86_64") {
+        "/usr/include/x86_64-linux-gnu"
+    } else {
+        "/usr/include/aarch64-linux-gnu"
+    }
 }
 
 /// Compiles BPF C `source` into `out` with the project's headers (`bpf/include`), as
@@ -67,6 +82,9 @@ pub fn compile_bpf(source: &Path, out: &Path, extra: &[&str]) {
             .args(extra)
             .arg("-I")
             .arg(include)
+            // As the README says: asm/ headers (libbpf's usdt.bpf.h needs asm/errno.h)
+            // live in the multiarch directory, which -target bpf does not search.
+            .args(["-idirafter", multiarch_include()])
             .arg("-c")
             .arg(source)
             .arg("-o")

@@ -1,0 +1,419 @@
+//! The kernel matrix: Debian's 5.10, 6.1 and 6.12 cloud kernels boot under qemu with
+//! this build's exporter; in each guest every built-in program and example is checked
+//! with `--config.check`, workloads of known size run in a kubelet-shaped pod cgroup,
+//! and the exported values must be exact (the guest's side is tests/matrix/init.sh;
+//! the host's 6.18 is covered by the other tests). Needs qemu, cpio, busybox-static
+//! and the Debian mirror.
+
+#[macro_use]
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    io::Read,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+/// A guest that has not powered off by then is dead (TCG guests can hang).
+const GUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The pod the guest's workloads run in (tests/matrix/init.sh reads these).
+const NS: &str = "matrix";
+const POD: &str = "matrix-7d4f8-k2x9q";
+const CONTAINER: &str = "work";
+const POD_UID: &str = "6b1c3a52-0d4e-4f8a-9b7c-2e5d8f1a3c4b";
+const CONTAINER_ID: &str = "3f9a1c7e5b2d4a6c8e0f1a3b5c7d9e2f4a6b8c0d1e3f5a7b9c2d4e6f8a0b1c3d";
+
+fn missing_tools() -> Option<String> {
+    for tool in ["qemu-system-x86_64", "cpio", "apt-get", "strip", "cc"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            return Some(format!("{tool} is not installed"));
+        }
+    }
+    if !Path::new("/bin/busybox").exists() {
+        return Some("/bin/busybox (busybox-static) is not installed".into());
+    }
+    if !cfg!(target_arch = "x86_64") {
+        return Some("the guests are x86-64 kernels".into());
+    }
+    None
+}
+
+struct Kernel {
+    release: String,
+    vmlinuz: PathBuf,
+    config: PathBuf,
+}
+
+/// Downloads (once, cached under the target directory) and lists the guest kernels.
+fn kernels(cache: &Path) -> Vec<Kernel> {
+    let out = Command::new(Path::new(ROOT).join("tests/matrix/fetch-kernels.sh"))
+        .arg(cache)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("tests/matrix/fetch-kernels.sh");
+    assert!(out.status.success(), "fetching the matrix kernels failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            Kernel {
+                release: f[0].into(),
+                vmlinuz: f[1].into(),
+                config: f[2].into(),
+            }
+        })
+        .collect()
+}
+
+fn run(cmd: &mut Command) {
+    let status = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(status.success(), "{cmd:?} failed");
+}
+
+/// Copies `bin` into the tree at `at` with the shared libraries it needs.
+fn install_binary(tree: &Path, bin: &Path, at: &str) {
+    run(Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(tree.join(at))
+        .arg(bin));
+    let ldd = Command::new("ldd").arg(bin).output().unwrap();
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let lib = line
+            .split_whitespace()
+            .find(|w| w.starts_with('/'))
+            .map(PathBuf::from);
+        if let Some(lib) = lib {
+            let dest = tree.join(lib.strip_prefix("/").unwrap());
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(&lib, &dest).unwrap();
+        }
+    }
+}
+
+/// Builds the guests' initramfs: busybox, the exporter, the workload, every example
+/// compiled as the README says, the kernels' configs and the init script.
+fn initramfs(dir: &Path, kernels: &[Kernel]) -> PathBuf {
+    let tree = dir.join("tree");
+    let _ = std::fs::remove_dir_all(&tree);
+    for d in ["bin", "cfg", "boot", "matrix", "sys", "proc", "dev", "tmp"] {
+        std::fs::create_dir_all(tree.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", tree.join("bin/busybox")).unwrap();
+    install_binary(&tree, Path::new(common::BIN), "bin/kube-ebpf-exporter");
+    // Linked at a fixed address, so its USDT probe attaches on kernels without BPF
+    // cookies too (before 5.15, found by address as libbpf does).
+    let workload = dir.join("kebpf-workload");
+    run(Command::new("cc")
+        .args(["-O1", "-no-pie", "-o"])
+        .arg(&workload)
+        .arg(Path::new(ROOT).join("tests/workload.c")));
+    install_binary(&tree, &workload, "bin/kebpf-workload");
+    for entry in std::fs::read_dir(Path::new(ROOT).join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if let Some(example) = name.strip_suffix(".yaml") {
+            common::compile_example(example, &tree.join("cfg"));
+        }
+    }
+    for k in kernels {
+        std::fs::copy(&k.config, tree.join(format!("boot/config-{}", k.release))).unwrap();
+    }
+    std::fs::write(
+        tree.join("matrix/pod.env"),
+        format!(
+            "NS={NS}\nPOD={POD}\nCONTAINER={CONTAINER}\nPOD_UID={POD_UID}\nPOD_UID_={}\nCONTAINER_ID={CONTAINER_ID}\n",
+            POD_UID.replace('-', "_")
+        ),
+    )
+    .unwrap();
+    let init = tree.join("init");
+    std::fs::copy(Path::new(ROOT).join("tests/matrix/init.sh"), &init).unwrap();
+    run(Command::new("chmod").arg("755").arg(&init));
+    let cpio = dir.join("initramfs.cpio");
+    run(Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && find . | cpio -o -H newc --quiet > {}",
+            tree.display(),
+            cpio.display()
+        )));
+    cpio
+}
+
+/// Boots `kernel` with `initramfs` under TCG and returns its serial output.
+fn boot(kernel: &Kernel, initramfs: &Path, log: &Path) -> String {
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-m", "1536", "-smp", "1", "-nographic", "-no-reboot", "-nic", "none"])
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args(["-append", "console=ttyS0 rdinit=/init panic=-1 quiet"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(log).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("qemu-system-x86_64");
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > GUEST_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut out = String::new();
+    std::fs::File::open(log)
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    out
+}
+
+/// What one guest reported.
+#[derive(Default)]
+struct Report {
+    kernel: String,
+    checks: BTreeMap<String, String>,
+    /// (port, series with labels, value).
+    metrics: Vec<(String, String, f64)>,
+    logs: Vec<String>,
+    workload_failures: Vec<String>,
+    ended: bool,
+}
+
+fn parse(output: &str) -> Report {
+    let mut r = Report::default();
+    // Serial output can glue terminal codes before the first guest line.
+    for line in output.lines().filter_map(|l| l.split_once("MATRIX ").map(|(_, rest)| rest)) {
+        let line = line.trim_end();
+        let (kind, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match kind {
+            "kernel" => r.kernel = rest.into(),
+            "check" => {
+                // "<name> ok      <name>: ..." or "<name> FAILED  <name> (stage): ...";
+                // the default config's lines carry "default" first.
+                let rest = rest.strip_prefix("default ").unwrap_or(rest);
+                let mut f = rest.split_whitespace();
+                let (Some(status), Some(name)) = (f.next(), f.next()) else {
+                    continue;
+                };
+                let name = name.trim_end_matches(':').to_string();
+                r.checks.insert(name, rest.to_string());
+                let _ = status;
+            }
+            "metric" => {
+                let Some((port, sample)) = rest.split_once(' ') else {
+                    continue;
+                };
+                if sample.starts_with('#') {
+                    continue;
+                }
+                if let Some((series, value)) = sample.rsplit_once(' ') {
+                    if let Ok(v) = value.parse() {
+                        r.metrics.push((port.into(), series.into(), v));
+                    }
+                }
+            }
+            "log" => r.logs.push(rest.into()),
+            "workload-failed" => r.workload_failures.push(rest.into()),
+            "end" => r.ended = true,
+            _ => {}
+        }
+    }
+    r
+}
+
+impl Report {
+    /// Sum of `metric` over the series (on `port`) whose labels contain every `want`.
+    fn sum(&self, port: &str, metric: &str, want: &[&str]) -> f64 {
+        self.metrics
+            .iter()
+            .filter(|(p, series, _)| {
+                p == port
+                    && series
+                        .split_once('{')
+                        .map_or(series.as_str(), |(n, _)| n)
+                        == metric
+                    && want.iter().all(|w| series.contains(w))
+            })
+            .map(|(_, _, v)| v)
+            .sum()
+    }
+}
+
+/// `CONFIG_<name>` from a kernel config file.
+fn config_value(config: &Path, name: &str) -> String {
+    let text = std::fs::read_to_string(config).unwrap();
+    let prefix = format!("CONFIG_{name}=");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Everything wrong with one guest's report.
+fn problems(k: &Kernel, r: &Report) -> Vec<String> {
+    let mut bad = Vec::new();
+    let (major, minor) = {
+        let mut v = k.release.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+        (v.next().unwrap(), v.next().unwrap())
+    };
+    let has_cookie = (major, minor) >= (5, 15);
+    if r.kernel != k.release {
+        bad.push(format!("guest reports kernel {:?}", r.kernel));
+    }
+    // Every config loads and attaches.
+    let examples: Vec<String> = std::fs::read_dir(Path::new(ROOT).join("examples"))
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().to_string();
+            n.strip_suffix(".yaml").map(str::to_string)
+        })
+        .collect();
+    for name in examples.iter().map(String::as_str).chain(["tcp_connect_latency"]) {
+        match r.checks.get(name) {
+            Some(line) if line.starts_with("ok") => {}
+            Some(line) => bad.push(format!("check {name}: {line}")),
+            None => bad.push(format!("check {name}: no result")),
+        }
+    }
+    for w in &r.workload_failures {
+        bad.push(format!("workload failed: {w}"));
+    }
+    for l in &r.logs {
+        bad.push(format!("exporter logged: {l}"));
+    }
+
+    let pod = [
+        format!("app_namespace=\"{NS}\""),
+        format!("app_pod=\"{POD}\""),
+        format!("app_container=\"{CONTAINER}\""),
+    ];
+    let pod: Vec<&str> = pod.iter().map(String::as_str).collect();
+    let with = |extra: &[&'static str]| -> Vec<&str> { pod.iter().copied().chain(extra.iter().copied()).collect() };
+    let cgroup = format!("cri-containerd-{CONTAINER_ID}.scope");
+    let cg = [cgroup.as_str()];
+    let hz = config_value(&k.config, "HZ");
+    let (kmajor, kminor) = (format!("major=\"{major}\""), format!("minor=\"{minor}\""));
+    let hz = format!("hz=\"{hz}\"");
+    let cookie = if has_cookie { "bpf_cookie=\"1\"" } else { "bpf_cookie=\"0\"" };
+    let kconfig = [
+        kmajor.as_str(),
+        kminor.as_str(),
+        hz.as_str(),
+        cookie,
+        "syscall_wrapper=\"1\"",
+        "bpf_syscall=\"1\"",
+        "missing=\"0\"",
+    ];
+    let mut expect: Vec<(&str, &str, Vec<&str>, f64)> = vec![
+        ("9435", "ebpf_exporter_tcp_connect_latency_seconds_count", pod.clone(), 25.0),
+        // getpid 1234, and one by `kill` for its own pid.
+        ("9436", "ebpf_exporter_getpid_calls_total", pod.clone(), 1235.0),
+        // Pid-keyed: the workload has exited by the scrape, so only the count is exact.
+        ("9436", "ebpf_exporter_getpid_calls_by_pid_total", vec![], 1235.0),
+        ("9436", "ebpf_exporter_syscall_latency_seconds_count", with(&["syscall=\"getpid\""]), 1235.0),
+        ("9436", "ebpf_exporter_getppid_calls_total", cg.to_vec(), 321.0),
+        ("9436", "ebpf_exporter_task_tgid_reads_total", vec!["method=\"core\"", "right=\"true\""], 433.0),
+        ("9436", "ebpf_exporter_task_tgid_reads_total", vec!["method=\"core\"", "right=\"false\""], 0.0),
+        // vmlinux.h's compile-time offset is wrong on every guest kernel: what the
+        // CO-RE read would give without relocation.
+        ("9436", "ebpf_exporter_task_tgid_reads_total", vec!["method=\"fixed\"", "right=\"true\""], 0.0),
+        ("9436", "ebpf_exporter_kconfig_calls_total", kconfig.to_vec(), 50.0),
+        ("9436", "ebpf_exporter_open_errors_total", with(&["errno=\"ENOENT\""]), 77.0),
+        ("9436", "ebpf_exporter_process_forks_total", cg.to_vec(), 12.0),
+        ("9436", "ebpf_exporter_usleep_requested_seconds_count", cg.to_vec(), 5.0),
+        ("9436", "ebpf_exporter_usleep_requested_seconds_sum", cg.to_vec(), 0.005107),
+        ("9436", "ebpf_exporter_signals_sent_total", [cgroup.as_str(), "signal=\"0\""].to_vec(), 9.0),
+        ("9436", "ebpf_exporter_fsync_kprobe_hooks_total", with(&["hook=\"kprobe\""]), 41.0),
+        ("9436", "ebpf_exporter_fsync_kprobe_hooks_total", with(&["hook=\"kretprobe\""]), 41.0),
+        ("9436", "ebpf_exporter_fsync_fentry_hooks_total", with(&["hook=\"fentry\""]), 41.0),
+        ("9436", "ebpf_exporter_fsync_fentry_hooks_total", with(&["hook=\"fexit\""]), 41.0),
+    ];
+    // USDT: by BPF cookie from 5.15, by the probe's address before.
+    for (kind, n, cost) in [("kind=\"0\"", 4.0, 18000.0), ("kind=\"1\"", 3.0, 12000.0), ("kind=\"2\"", 3.0, 15000.0)] {
+        expect.push(("9436", "ebpf_exporter_workload_jobs_total", vec![kind], n));
+        expect.push(("9436", "ebpf_exporter_workload_job_cost_total", vec![kind], cost));
+    }
+    for (port, metric, want, value) in expect {
+        let got = r.sum(port, metric, &want);
+        if (got - value).abs() > 1e-9 {
+            bad.push(format!("{metric}{{{}}} = {got}, want {value}", want.join(",")));
+        }
+    }
+    bad
+}
+
+#[test]
+fn every_program_on_every_kernel() {
+    if !test_support::runnable(
+        "every_program_on_every_kernel",
+        "qemu, cpio, busybox-static and the Debian mirror",
+        missing_tools(),
+    ) {
+        return;
+    }
+    let target = Path::new(common::BIN)
+        .ancestors()
+        .nth(2)
+        .unwrap()
+        .join("kernel-matrix");
+    let kernels = kernels(&target.join("kernels"));
+    assert_eq!(kernels.len(), 3, "5.10, 6.1 and 6.12");
+    let dir = target.join("run");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cpio = initramfs(&dir, &kernels);
+
+    // Guests in parallel, one vCPU each; a guest that died is booted once more.
+    let reports: Vec<(usize, Report)> = std::thread::scope(|s| {
+        let handles: Vec<_> = kernels
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let (cpio, dir) = (&cpio, &dir);
+                s.spawn(move || {
+                    let log = dir.join(format!("{}.log", k.release));
+                    let mut report = parse(&boot(k, cpio, &log));
+                    if !report.ended {
+                        eprintln!("kernel matrix: the {} guest died; booting it once more", k.release);
+                        report = parse(&boot(k, cpio, &log));
+                    }
+                    (i, report)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut failures = Vec::new();
+    for (i, report) in &reports {
+        let k = &kernels[*i];
+        let log = dir.join(format!("{}.log", k.release));
+        if !report.ended {
+            failures.push(format!("{}: the guest did not finish (serial log: {})", k.release, log.display()));
+            continue;
+        }
+        for p in problems(k, report) {
+            failures.push(format!("{}: {p}", k.release));
+        }
+        eprintln!(
+            "kernel matrix: {}: {} checks, {} series",
+            k.release,
+            report.checks.len(),
+            report.metrics.len()
+        );
+    }
+    assert!(failures.is_empty(), "kernel matrix:\n  {}\n(serial logs in {})", failures.join("\n  "), dir.display());
+}
