@@ -630,7 +630,96 @@ mod tests {
         let o = bpf_programs::find("tcp_connect_latency").unwrap();
         assert_eq!(prepare(o.bytes, &Settings::default(), |_| Ok(None)).unwrap(), o.bytes);
         assert!(externs(o.bytes).unwrap().is_empty());
-        assert!(prepare(b"not elf", |_| Ok(None)).is_err());
+        assert!(prepare(b"not elf", &Settings::default(), |_| Ok(None)).is_err());
+    }
+
+    fn example(name: &str) -> Vec<u8> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out = std::env::temp_dir().join(format!("kebpf-elf-{}-{name}.o", std::process::id()));
+        test_support::compile_bpf(&root.join(format!("examples/{name}.bpf.c")), &out, &[]);
+        let bytes = std::fs::read(&out).unwrap();
+        let _ = std::fs::remove_file(out);
+        bytes
+    }
+
+    #[test]
+    fn kconfig_externs_are_found_with_their_types() {
+        let o = example("kconfig");
+        let e = externs(&o).unwrap();
+        let kinds: Vec<(&str, Kind)> = e.iter().map(|e| (e.name.as_str(), e.kind)).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("LINUX_KERNEL_VERSION", Kind::Int { size: 4, signed: false }),
+                ("LINUX_HAS_BPF_COOKIE", Kind::Bool),
+                ("LINUX_HAS_SYSCALL_WRAPPER", Kind::Bool),
+                ("CONFIG_HZ", Kind::Int { size: 4, signed: true }),
+                ("CONFIG_BPF_SYSCALL", Kind::Tristate),
+                ("CONFIG_KUBE_EBPF_EXPORTER_NO_SUCH_OPTION", Kind::Bool),
+            ]
+        );
+        // Weak ones may be missing; a strong one may not, and is named.
+        let mut seen = Vec::new();
+        let out = prepare(&o, &Settings::default(), |e| {
+            seen.push((e.name.clone(), e.weak));
+            Ok((!e.weak).then(|| vec![1; e.kind.size() as usize]))
+        })
+        .unwrap();
+        assert!(seen.contains(&("CONFIG_HZ".into(), true)));
+        assert!(seen.contains(&("CONFIG_BPF_SYSCALL".into(), false)));
+        // The rewritten object declares no externs any more: they are data now.
+        assert!(externs(&out).unwrap().is_empty());
+        let err = prepare(&o, &Settings::default(), |_| Ok(None)).unwrap_err();
+        assert!(err.contains("LINUX_KERNEL_VERSION is not defined by this kernel"), "{err}");
+        let err = prepare(&o, &Settings::default(), |_| Err("too big".into())).unwrap_err();
+        assert_eq!(err, "kconfig extern LINUX_KERNEL_VERSION: too big");
+    }
+
+    #[test]
+    fn flexible_array_accesses_get_a_struct_with_room() {
+        let o = example("signals");
+        let elf = Elf::parse(&o).unwrap();
+        let btf = Btf::parse(elf.data(&elf.by_name(".BTF").unwrap())).unwrap();
+        let (id, _) = btf
+            .types()
+            .find(|(_, t)| btf.string(t.name_off) == Some("syscall_trace_enter"))
+            .unwrap();
+        // ctx->args[1]: member 2 (args[0]) of three, index 1.
+        assert_eq!(flexible_index(&btf, id, "0:2:1"), Some(1));
+        assert_eq!(flexible_index(&btf, id, "0:1"), None);
+        assert_eq!(flexible_index(&btf, id, "0:2:2"), None, "aya accepts this one");
+        let out = prepare(&o, &Settings::default(), |_| Ok(None)).unwrap();
+        let elf = Elf::parse(&out).unwrap();
+        let btf = Btf::parse(elf.data(&elf.by_name(".BTF").unwrap())).unwrap();
+        let copies: Vec<_> = btf
+            .types()
+            .filter(|(_, t)| btf.string(t.name_off) == Some("syscall_trace_enter"))
+            .collect();
+        assert_eq!(copies.len(), 2);
+        let (_, copy) = copies[1];
+        let &(_, array, _) = btf.members(&copy).last().unwrap();
+        assert_eq!(btf.array(&btf.get(array).unwrap()).unwrap().1, 2);
+    }
+
+    #[test]
+    fn settings_are_written_into_the_object() {
+        let o = bpf_programs::find("tcp_connect_latency").unwrap().bytes;
+        let settings = Settings {
+            globals: vec![("output_wakeup_bytes", 77u64.to_le_bytes().to_vec(), true)],
+            max_entries: vec![("events", 1 << 16)],
+        };
+        let out = prepare(o, &settings, |_| Ok(None)).unwrap();
+        assert_ne!(out, o);
+        let missing = Settings {
+            globals: vec![("kaddr_nope", vec![0; 8], true)],
+            ..Default::default()
+        };
+        assert_eq!(prepare(o, &missing, |_| Ok(None)).unwrap_err(), "global kaddr_nope: not in the object");
+        let wrong = Settings {
+            globals: vec![("output_wakeup_bytes", vec![0; 4], true)],
+            ..Default::default()
+        };
+        assert!(prepare(o, &wrong, |_| Ok(None)).unwrap_err().contains("8 bytes in the object, 4 given"));
     }
 
     proptest::proptest! {
