@@ -84,7 +84,11 @@ impl<'a> Elf<'a> {
         let shoff = u64_at(bytes, 40)? as usize;
         let shnum = u16_at(bytes, 60)? as usize;
         let shstrndx = u16_at(bytes, 62)? as usize;
-        if u16_at(bytes, 58)? as usize != SHDR || shnum == 0 || shstrndx >= shnum {
+        if u16_at(bytes, 58)? as usize != SHDR
+            || shnum == 0
+            || shstrndx >= shnum
+            || shoff.checked_add(shnum * SHDR).is_none_or(|end| end > bytes.len())
+        {
             return Err("ELF: unexpected section header table".into());
         }
         let sections = (0..shnum)
@@ -722,17 +726,31 @@ mod tests {
         assert!(prepare(o, &wrong, |_| Ok(None)).unwrap_err().contains("8 bytes in the object, 4 given"));
     }
 
+    /// Objects with each rewrite: none, kconfig externs, flexible arrays, USDT (renames,
+    /// hidden functions).
+    fn objects() -> &'static [Vec<u8>] {
+        static OBJECTS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
+        OBJECTS.get_or_init(|| {
+            let builtin = bpf_programs::find("tcp_connect_latency").unwrap().bytes.to_vec();
+            vec![builtin, example("kconfig"), example("signals"), example("workload-jobs")]
+        })
+    }
+
     proptest::proptest! {
-        /// Arbitrary bytes after a valid ELF prefix never panic the rewriter.
+        /// A damaged object (cut short, one byte changed) is an error, never a panic.
         #[test]
-        fn damaged_objects_are_errors_not_panics(cut in 0usize..20000, flip in 0usize..20000, byte: u8) {
-            let o = bpf_programs::find("tcp_connect_latency").unwrap().bytes;
+        fn damaged_objects_are_errors_not_panics(which in 0usize..4, cut in 0usize..40000, flip in 0usize..40000, byte: u8) {
+            let o = &objects()[which];
             let mut b = o[..cut.min(o.len())].to_vec();
             if !b.is_empty() {
                 let i = flip % b.len();
                 b[i] = byte;
             }
-            let _ = prepare(&b, &Settings { globals: vec![("output_wakeup_bytes", vec![0; 8], false)], max_entries: vec![("events", 4096)] }, |_| Ok(Some(vec![0; 8])));
+            let settings = Settings {
+                globals: vec![("output_wakeup_bytes", vec![0; 8], false)],
+                max_entries: vec![("events", 4096)],
+            };
+            let _ = prepare(&b, &settings, |e| Ok(Some(vec![0; e.kind.size() as usize])));
         }
     }
 }
