@@ -200,10 +200,10 @@ impl Setup<'_> {
             let split = per_cpu && t.cpu_label;
             split_cpus.push(split);
             let key = if split { key + 2 } else { key };
-            if key != t.key_size {
+            if let Some(want) = t.key_size.filter(|&want| want != key) {
                 return Err(fail(
                     Stage::Config,
-                    format!("{}.labels: sizes and padding add up to {} bytes, but map {:?} has {key}-byte keys (from its BTF)", t.at, t.key_size, t.map),
+                    format!("{}.labels: sizes and padding add up to {want} bytes, but map {:?} has {key}-byte keys (from its BTF)", t.at, t.map),
                 ));
             }
         }

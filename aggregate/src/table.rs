@@ -63,8 +63,9 @@ struct Label {
 pub struct TablePlan {
     /// Map to read (the metric's name).
     pub map: String,
-    /// Bytes a key must have: the labels' sizes and padding.
-    pub key_size: usize,
+    /// Bytes a key must have: the labels' sizes and padding; `None` for a metric with
+    /// no labels, whose entries, whatever their keys, sum into one series.
+    pub key_size: Option<usize>,
     /// The metric's config path, for errors found later (key size against the map).
     pub at: String,
     /// The last label is the reference exporter's per-CPU `cpu` label (2 bytes, `uint`):
@@ -122,8 +123,7 @@ impl TablePlan {
             .iter()
             .zip(&spans)
             .map(|(l, s)| s.offset + s.size + l.padding)
-            .max()
-            .unwrap_or(0);
+            .max();
         let mut bucket = None;
         let mut label_configs = &m.labels[..];
         if histogram {
@@ -197,7 +197,7 @@ impl TablePlan {
         let buckets = self.bucket.as_ref().map_or(0, |(_, l, _)| l.keys.len() + 1);
         let mut rows: BTreeMap<Vec<String>, Row> = BTreeMap::new();
         'entry: for (key, value) in entries {
-            if key.len() != self.key_size {
+            if self.key_size.is_some_and(|size| key.len() != size) {
                 self.malformed.fetch_add(1, Relaxed);
                 continue;
             }

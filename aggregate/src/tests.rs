@@ -267,10 +267,10 @@ fn tables_render_like_the_reference_exporter() {
         panic!()
     };
     assert_eq!(
-        (counters.map.as_str(), counters.key_size),
+        (counters.map.as_str(), counters.key_size.unwrap()),
         ("syscalls_total", 16)
     );
-    assert_eq!(hist.key_size, 16);
+    assert_eq!(hist.key_size, Some(16));
 
     let k = |cg: u64, sc: u32| key(&[&cg.to_ne_bytes(), &sc.to_ne_bytes(), &[0; 4]]);
     let entries = vec![

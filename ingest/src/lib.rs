@@ -38,7 +38,7 @@ pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// Neither is readable or parses; the message names both options.
 pub fn kernel_btf(path: Option<&std::path::Path>) -> Result<Btf, IngestError> {
     let (at, parsed) = match path {
-        Some(p) => (p.display().to_string(), Btf::parse_file(p, Default::default())),
+        Some(p) => (format!("--btf.path {}", p.display()), Btf::parse_file(p, Default::default())),
         None => (KERNEL_BTF.to_string(), Btf::from_sys_fs()),
     };
     parsed.map_err(|e| IngestError::KernelBtf {
@@ -95,7 +95,7 @@ pub enum IngestError {
         reason: String,
     },
     /// No kernel BTF to relocate objects against.
-    #[error("kernel BTF {path}: {reason}{hint}")]
+    #[error("kernel BTF ({path}): {reason}{hint}")]
     KernelBtf {
         /// Where it was looked for.
         path: String,
