@@ -387,6 +387,33 @@ pub struct Program {
     /// The reference exporter's OpenTelemetry tracing section: accepted, not supported.
     #[serde(default)]
     pub tracing: Option<serde_yaml_ng::Value>,
+    /// A map the exporter fills with the cgroups whose paths match, for filtering in
+    /// the kernel (the reference exporter's `cgroup_id_map`).
+    #[serde(default)]
+    pub cgroup_id_map: Option<CgroupIdMapConfig>,
+}
+
+/// `cgroup_id_map`: which map, how it holds cgroups, which cgroups.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CgroupIdMapConfig {
+    /// The map's name in the object.
+    pub name: String,
+    /// `hash` (key: cgroup id) or `cgrp_storage` (the cgroup's own storage, 6.2+).
+    #[serde(default, rename = "type")]
+    pub kind: CgroupIdMapType,
+    /// Regular expressions matched against each cgroup's full path
+    /// (`/sys/fs/cgroup/...`); any match puts the cgroup in the map.
+    pub regexps: Vec<String>,
+}
+
+/// How a cgroup id map holds its cgroups.
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CgroupIdMapType {
+    #[default]
+    Hash,
+    CgrpStorage,
 }
 
 impl Program {

@@ -29,6 +29,7 @@ use axum::{
 use bytes::Bytes;
 use clap::Parser;
 use enrich::{CgroupFs, Cri, Enricher, KubeApiSource, PodLogs, PodSource, Sources};
+use ingest::cgroup_id_map::CgroupIdMap;
 use ingest::{RingReader, StreamMap};
 use kube_ebpf_exporter::pipeline::{self, Pipeline, Stream};
 use tap::Tap;
@@ -230,6 +231,33 @@ fn program_sources(
     Ok(out)
 }
 
+/// Learns container cgroups as they come and go (so short-lived ones still resolve),
+/// and keeps the programs' cgroup id maps current with them; the maps are first
+/// filled with the cgroups that exist once the stream is attached.
+fn cgroup_feed(
+    loader: &mut ingest::Loader<'_>,
+    wanted: bool,
+    mut maps: Vec<CgroupIdMap>,
+) -> Option<pipeline::CgroupEventsHandle> {
+    let events = if wanted || !maps.is_empty() {
+        match bpf_programs::find("cgroup_events").map(|o| ingest::CgroupEvents::load(loader, o.bytes)) {
+            Some(Ok(events)) => Some(events),
+            Some(Err(e)) => {
+                tracing::warn!("cgroup events unavailable ({e}); cgroups are resolved when their events arrive, and cgroup_id_maps hold only the cgroups that exist now");
+                None
+            }
+            None => None,
+        }
+    } else {
+        None
+    };
+    for m in &mut maps {
+        let n = m.fill();
+        tracing::info!(map = ?m, matching = n, "cgroup_id_map filled");
+    }
+    events.map(|events| Arc::new(std::sync::Mutex::new(pipeline::CgroupFeed { events, maps })))
+}
+
 /// Runs once every program is attached: configs written for cloudflare/ebpf_exporter
 /// attach a uprobe here (`uprobe//proc/self/exe:post_attach_mark`) to fill their maps
 /// before the first event. Exported as a dynamic symbol (build.rs), so stripped
@@ -313,6 +341,7 @@ async fn serve(args: Args) -> Result<()> {
 
     let node = node_id(&config);
     let cgroups = CgroupFs::discover().context("enrich: cgroup v2 hierarchy")?;
+    let cgroup_mount = cgroups.mount().to_path_buf();
     let pods = metadata_sources(&config.kubernetes, &source)?;
     let (extra, extra_names): (Vec<_>, Vec<_>) =
         config.kubernetes.labels.extra().into_iter().unzip();
@@ -338,6 +367,7 @@ async fn serve(args: Args) -> Result<()> {
         decoders: &decoders,
         pipeline: &config.pipeline,
         loader: ingest::Loader::new(&btf),
+        cgroup_mount: &cgroup_mount,
     };
 
     let mut running: Vec<Running> = Vec::new();
@@ -408,19 +438,8 @@ async fn serve(args: Args) -> Result<()> {
             });
         }
     }
-    // Learn container cgroups as they come and go, so short-lived ones still resolve.
-    let cgroup_events = if config.kubernetes.cgroup_events {
-        match bpf_programs::find("cgroup_events").map(|o| ingest::CgroupEvents::load(&mut setup.loader, o.bytes)) {
-            Some(Ok(events)) => Some(Arc::new(std::sync::Mutex::new(events))),
-            Some(Err(e)) => {
-                tracing::warn!("cgroup events unavailable ({e}); cgroups are resolved when their events arrive");
-                None
-            }
-            None => None,
-        }
-    } else {
-        None
-    };
+    let cgroup_maps = running.iter_mut().filter_map(|r| r.cgroup_map.take()).collect();
+    let cgroup_events = cgroup_feed(&mut setup.loader, config.kubernetes.cgroup_events, cgroup_maps);
     // Everything privileged is done and no other thread runs yet: lower capabilities
     // here, so every thread started from now on holds only what is still used.
     if args.capabilities_keep_all {
@@ -455,7 +474,9 @@ async fn serve(args: Args) -> Result<()> {
     for reader in reader_tasks {
         readers.push(ingest.spawn(reader.run(tx.clone(), shutdown_rx.clone())));
     }
-    drop(tx);
+    // Kept until shutdown: enrich workers run while a sender lives, and they must go
+    // on following cgroup events when no ring feeds them (configs with tables only).
+    let batches = tx;
     let streams = Arc::new(streams);
     let tap = config.tap.enabled.then(|| {
         let views = streams
@@ -542,6 +563,7 @@ async fn serve(args: Args) -> Result<()> {
     for r in readers {
         let _ = r.await;
     }
+    drop(batches);
     let state = Arc::into_inner(state_for_shutdown).map(|s| s.pipeline);
     let _ = tokio::task::spawn_blocking(move || {
         ingest.shutdown_timeout(Duration::from_secs(1));

@@ -67,15 +67,27 @@ pub struct Settings {
     pub metadata_wait: std::time::Duration,
 }
 
-/// The cgroup creation/removal stream, shared by enrich workers. Each worker drains it
-/// before a batch: a container's cgroup is created before any of its processes run, so
-/// its path is known before its first record is enriched, and kept after removal.
-pub type CgroupEventsHandle = Arc<std::sync::Mutex<ingest::CgroupEvents>>;
+/// The cgroup creation/removal stream and the programs' cgroup id maps that follow it.
+pub struct CgroupFeed {
+    pub events: ingest::CgroupEvents,
+    pub maps: Vec<ingest::cgroup_id_map::CgroupIdMap>,
+}
+
+/// Shared by enrich workers. Each worker drains it before a batch: a container's
+/// cgroup is created before any of its processes run, so its path is known before its
+/// first record is enriched, and kept after removal.
+pub type CgroupEventsHandle = Arc<std::sync::Mutex<CgroupFeed>>;
 
 fn learn_cgroups(events: Option<&CgroupEventsHandle>, enricher: &Enricher) {
-    if let Some(events) = events {
-        let mut events = events.lock().unwrap_or_else(|e| e.into_inner());
-        events.drain(|id, path, removed| enricher.learn(id, path, removed));
+    if let Some(feed) = events {
+        let mut feed = feed.lock().unwrap_or_else(|e| e.into_inner());
+        let CgroupFeed { events, maps } = &mut *feed;
+        events.drain(|id, path, removed| {
+            enricher.learn(id, path, removed);
+            for m in maps.iter_mut() {
+                m.update(id, path, removed);
+            }
+        });
     }
 }
 

@@ -5,9 +5,12 @@
 use std::path::{Path, PathBuf};
 
 use aggregate::{decoder::Context, ProgramPlan, Registry};
-use ingest::{LoadOptions, LoadedObject, Loader};
+use ingest::{
+    cgroup_id_map::{self, CgroupIdMap},
+    LoadOptions, LoadedObject, Loader,
+};
 
-use crate::config::{Pipeline, Program};
+use crate::config::{CgroupIdMapConfig, CgroupIdMapType, Pipeline, Program};
 
 /// Where a program's config came from, for messages and relative object paths.
 pub struct Source {
@@ -116,6 +119,8 @@ pub struct Running {
     pub plan: ProgramPlan,
     /// Per table: read per CPU (the per-CPU map has a `cpu` label).
     pub split_cpus: Vec<bool>,
+    /// The map of matching cgroups, until the cgroup stream takes it.
+    pub cgroup_map: Option<CgroupIdMap>,
 }
 
 /// Shared inputs of program setup.
@@ -127,6 +132,8 @@ pub struct Setup<'a> {
     pub pipeline: &'a Pipeline,
     /// Relocates against the running kernel's BTF (or `--btf.path`), parsed once.
     pub loader: Loader<'a>,
+    /// Where cgroup2 is mounted: cgroup id maps match full paths below it.
+    pub cgroup_mount: &'a Path,
 }
 
 impl Setup<'_> {
@@ -181,7 +188,7 @@ impl Setup<'_> {
             wakeup_bytes: p.wakeup_bytes.unwrap_or(u64::from(p.ring_bytes) / 4),
             kaddrs,
         };
-        let object = self.loader.load(&src.name, &bytes, &opts).map_err(|e| {
+        let mut object = self.loader.load(&src.name, &bytes, &opts).map_err(|e| {
             let stage = if matches!(e, ingest::IngestError::Program { action: "attach", .. }) { Stage::Attach } else { Stage::Load };
             // SAFETY: geteuid has no preconditions.
             let hint = if unsafe { libc::geteuid() } != 0 {
@@ -207,6 +214,10 @@ impl Setup<'_> {
                 ));
             }
         }
+        let cgroup_map = match &program.cgroup_id_map {
+            Some(c) => Some(self.cgroup_map(c, &mut object, at).map_err(|m| fail(Stage::Config, m))?),
+            None => None,
+        };
         for (prog, point) in object.attached() {
             tracing::info!(program = %src.name, function = %prog, at = %point, "attached");
         }
@@ -215,6 +226,23 @@ impl Setup<'_> {
             object,
             plan,
             split_cpus,
+            cgroup_map,
         })
+    }
+
+    /// The program's `cgroup_id_map`, taken from its object.
+    fn cgroup_map(&self, c: &CgroupIdMapConfig, object: &mut LoadedObject, at: &str) -> Result<CgroupIdMap, String> {
+        let regexps = c
+            .regexps
+            .iter()
+            .enumerate()
+            .map(|(i, r)| regex::Regex::new(r).map_err(|e| format!("{at}cgroup_id_map.regexps[{i}]: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let kind = match c.kind {
+            CgroupIdMapType::Hash => cgroup_id_map::Kind::Hash,
+            CgroupIdMapType::CgrpStorage => cgroup_id_map::Kind::CgrpStorage,
+        };
+        CgroupIdMap::take(object, &c.name, kind, regexps, self.cgroup_mount)
+            .map_err(|e| format!("{at}cgroup_id_map.name: {e}"))
     }
 }

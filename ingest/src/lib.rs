@@ -10,6 +10,7 @@ mod attach;
 mod batch;
 mod btf;
 mod cgroup_events;
+pub mod cgroup_id_map;
 pub mod elf;
 pub mod kconfig;
 mod loader;

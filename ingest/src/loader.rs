@@ -553,10 +553,32 @@ impl LoadedObject {
             .map(map)
             .ok_or_else(|| self.map_error(map, "no such map in the object".into()))?;
         let per_cpu = crate::table::table_data(m).is_some_and(|(_, per_cpu)| per_cpu);
-        let data = crate::table::map_data(m);
+        let data = crate::table::map_data(m)
+            .ok_or_else(|| self.map_error(map, "not a hash, array, ring or perf event array map".into()))?;
         data.info()
             .map(|i| (i.key_size() as usize, per_cpu))
             .map_err(|e| self.map_error(map, e.to_string()))
+    }
+
+    /// A map's key and value sizes in bytes, as the kernel has them.
+    ///
+    /// # Errors
+    /// The map is missing.
+    pub fn key_value_size(&self, map: &str) -> Result<(usize, usize), IngestError> {
+        let m = self
+            .ebpf
+            .map(map)
+            .ok_or_else(|| self.map_error(map, "no such map in the object".into()))?;
+        crate::table::map_data(m)
+            .ok_or_else(|| self.map_error(map, "not a hash, array or cgrp_storage map".into()))?
+            .info()
+            .map(|i| (i.key_size() as usize, i.value_size() as usize))
+            .map_err(|e| self.map_error(map, e.to_string()))
+    }
+
+    /// Takes a map out of the object, for a user-space writer that outlives it.
+    pub fn take_map(&mut self, map: &str) -> Option<Map> {
+        self.ebpf.take_map(map)
     }
 
     /// Every entry of a hash or array map, for tables: per-CPU values summed, or with

@@ -63,12 +63,10 @@ pub(crate) fn table_data(m: &Map) -> Option<(&MapData, bool)> {
 }
 
 /// The map's data, for info queries.
-pub(crate) fn map_data(m: &Map) -> &MapData {
+pub(crate) fn map_data(m: &Map) -> Option<&MapData> {
     match m {
-        Map::RingBuf(d) | Map::PerfEventArray(d) => d,
-        other => table_data(other)
-            .map(|(d, _)| d)
-            .expect("map kinds used by the exporter"),
+        Map::RingBuf(d) | Map::PerfEventArray(d) | Map::CgrpStorage(d) => Some(d),
+        other => table_data(other).map(|(d, _)| d),
     }
 }
 
