@@ -103,6 +103,17 @@ int main(int argc, char **argv)
 				return 3;
 			close(s);
 		}
+	} else if (strcmp(cmd, "udp") == 0) {
+		/* udp <port> <n>: n datagrams to 127.0.0.1:<port>. */
+		struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons((uint16_t)n),
+					  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+		long count = argc > 4 ? atol(argv[4]) : 0;
+		int s = socket(AF_INET, SOCK_DGRAM, 0);
+
+		for (long i = 0; i < count; i++)
+			if (s < 0 || sendto(s, "x", 1, 0, (struct sockaddr *)&to, sizeof(to)) != 1)
+				return 3;
+		close(s);
 	} else if (strcmp(cmd, "open-missing") == 0) {
 		for (long i = 0; i < n; i++)
 			if (open("/nonexistent/kube-ebpf-exporter-test", O_RDONLY) >= 0 || errno != ENOENT)

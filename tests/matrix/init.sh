@@ -38,14 +38,19 @@ mkdir -p "$cg"
 # The built-ins (embedded default) and every config that passed its check.
 ok=$(kube-ebpf-exporter --config.dir /cfg --config.check 2>/dev/null | awk '/^ok/ { sub(":", "", $2); printf "%s%s", sep, $2; sep="," }')
 say serving "$ok"
-kube-ebpf-exporter --web.listen-address 127.0.0.1:9435 >/tmp/default.log 2>&1 &
-kube-ebpf-exporter --config.dir /cfg --config.names "$ok" --web.listen-address 127.0.0.1:9436 >/tmp/examples.log 2>&1 &
-# Under emulation loading takes seconds; workloads start once both serve.
+# Under emulation loading takes seconds; workloads start once both serve. One after
+# the other: the attach-mark example counts every post_attach_mark call after its own.
 started=$(cut -d' ' -f1 /proc/uptime)
-for i in $(seq 1 600); do
-  wget -q -O /dev/null http://127.0.0.1:9435/healthz && wget -q -O /dev/null http://127.0.0.1:9436/healthz && break
-  sleep 0.2
-done
+serve() { # <port> <flags...>
+  port=$1; shift
+  kube-ebpf-exporter --web.listen-address 127.0.0.1:$port "$@" >/tmp/$port.log 2>&1 &
+  for i in $(seq 1 600); do
+    wget -q -O /dev/null http://127.0.0.1:$port/healthz && return
+    sleep 0.2
+  done
+}
+serve 9435
+serve 9436 --config.dir /cfg --config.names "$ok"
 say serving-after "$started" "$(cut -d' ' -f1 /proc/uptime)"
 
 # Workloads: the sizes tests/kernel_matrix.rs expects.
@@ -60,13 +65,14 @@ w usleep 1 3 3 100 5000
 w kill 9 0
 w jobs 10
 w fsync 41
+w udp 9999 23
 w connect 9436 25
 sleep 3
 
 for port in 9435 9436; do
   wget -q -O - "http://127.0.0.1:$port/metrics" | sed "s/^/MATRIX metric $port /"
 done
-for log in /tmp/default.log /tmp/examples.log; do
+for log in /tmp/9435.log /tmp/9436.log; do
   grep -E "ERROR|WARN" "$log" | sed "s|^|MATRIX log ${log##*/} |"
 done
 say end
