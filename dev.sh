@@ -51,6 +51,9 @@ case "$cmd" in
     dpkg -s busybox-static >/dev/null 2>&1 || extra+=(busybox-static)
     # The test workload fires a USDT probe (<sys/sdt.h>).
     dpkg -s systemtap-sdt-dev >/dev/null 2>&1 || extra+=(systemtap-sdt-dev)
+    # The kernel matrix boots Debian's 5.10, 6.1 and 6.12 kernels under qemu.
+    command -v qemu-system-x86_64 >/dev/null || extra+=(qemu-system-x86)
+    command -v cpio >/dev/null || extra+=(cpio)
     if [ ${#extra[@]} -gt 0 ]; then
       apt-get update -qq
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${extra[@]}" >/dev/null

@@ -292,6 +292,11 @@ fn problems(k: &Kernel, r: &Report) -> Vec<String> {
             None => bad.push(format!("check {name}: no result")),
         }
     }
+    if let Some(line) = r.checks.get("cgroup-id-map-storage").filter(|_| !has_cgrp_storage) {
+        if !line.contains("cgrp_storage needs 6.2") {
+            bad.push(format!("cgroup-id-map-storage should say why it cannot load here: {line}"));
+        }
+    }
     for w in &r.workload_failures {
         bad.push(format!("workload failed: {w}"));
     }

@@ -176,3 +176,42 @@ fn kprobe_and_fentry_programs_say_what_this_kernel_lacks() {
     assert!(text.contains("FAILED  kprobe-fsync (attach)") && text.contains("this kernel lacks kprobes (CONFIG_KPROBES)"), "{text}");
     assert!(text.contains("FAILED  fentry-fsync (load)") && text.contains("no BPF trampoline support"), "{text}");
 }
+
+#[test]
+fn a_map_whose_btf_the_kernel_refuses_is_created_without_it() {
+    privileged!("a_map_whose_btf_the_kernel_refuses_is_created_without_it");
+    // The kernel allows bpf_spin_lock only in (non-per-CPU) hash, array and storage
+    // maps: with BTF this per-CPU array is refused; without it, it is just 16 bytes.
+    let dir = TempDir::new("ref-map-btf");
+    let source = dir.0.join("locked.bpf.c");
+    std::fs::write(
+        &source,
+        r#"#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+struct locked { struct bpf_spin_lock lock; __u64 n; };
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct locked);
+} locked_counts SEC(".maps");
+SEC("tracepoint/syscalls/sys_enter_getppid")
+int count(void *ctx)
+{
+	__u32 zero = 0;
+	struct locked *l = bpf_map_lookup_elem(&locked_counts, &zero);
+	if (l)
+		l->n++;
+	return 0;
+}
+char LICENSE[] SEC("license") = "GPL";
+"#,
+    )
+    .unwrap();
+    test_support::compile_bpf(&source, &dir.0.join("locked.bpf.o"), &[]);
+    std::fs::write(dir.0.join("locked.yaml"), "metrics: {}\n").unwrap();
+    let out = check(&dir);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("ok      locked: 1 program(s) attached"), "{stdout}\n{stderr}");
+    assert!(stderr.contains("map=\"locked_counts\"") && stderr.contains("creating it without BTF"), "{stderr}");
+}

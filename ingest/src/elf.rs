@@ -33,6 +33,8 @@ pub struct Settings<'s> {
     pub globals: Vec<(&'s str, Vec<u8>, bool)>,
     /// BTF-defined maps to resize: name, max_entries.
     pub max_entries: Vec<(&'s str, u32)>,
+    /// Maps to create without key and value BTF (the kernel refused it).
+    pub plain_maps: Vec<String>,
 }
 
 /// One `.kconfig` extern the object declares.
@@ -481,6 +483,56 @@ fn set_max_entries(btf: &Btf<'_>, sizes: &[(&str, u32)], edit: &mut btf::Edit) -
     changed
 }
 
+/// Turns the `__type(key, T)` and `__type(value, T)` of the named maps into
+/// `__uint(key_size, sizeof(T))` and `value_size`, so aya creates them without BTF.
+fn plain_maps(btf: &Btf<'_>, names: &[String], edit: &mut btf::Edit) -> bool {
+    let Some((_, maps)) = btf
+        .types()
+        .find(|(_, t)| t.kind == btf::KIND_DATASEC && btf.string(t.name_off) == Some(".maps"))
+    else {
+        return false;
+    };
+    let mut changed = false;
+    for (_, var_id) in btf.datasec_entries(&maps) {
+        let Some(var) = btf.get(var_id).filter(|v| names.iter().any(|n| btf.string(v.name_off) == Some(n))) else {
+            continue;
+        };
+        let Some(def) = btf.resolve(var.size_or_type).filter(|t| t.kind == btf::KIND_STRUCT) else {
+            continue;
+        };
+        let members = btf.members(&def);
+        let name_of = |at: usize| btf.string(u32::from_le_bytes(btf.record(&def)[at - def.at..][..4].try_into().unwrap()));
+        // An `int[N]` from `__uint(type, ...)` gives the element type for sizes.
+        let Some(array) = members.iter().find_map(|&(at, ty, _)| {
+            (name_of(at) == Some("type")).then(|| btf.get(ty).and_then(|p| btf.get(p.size_or_type)))?
+        }) else {
+            continue;
+        };
+        for &(at, ty, _) in &members {
+            let new_name = match name_of(at) {
+                Some("key") => "key_size",
+                Some("value") => "value_size",
+                _ => continue,
+            };
+            let Some(size) = btf.get(ty).and_then(|p| btf.size_of(p.size_or_type)) else {
+                continue;
+            };
+            let mut record = btf.record(&array).to_vec();
+            btf::put_u32(&mut record, 12 + 8, size);
+            let sized = edit.add_type(&record);
+            let mut ptr = vec![0u8; 12];
+            btf::put_u32(&mut ptr, 4, btf::KIND_PTR << 24);
+            btf::put_u32(&mut ptr, 8, sized);
+            let ptr = edit.add_type(&ptr);
+            let name = edit.add_string(new_name);
+            edit.put(at, name);
+            edit.put(at + 4, ptr);
+            changed = true;
+        }
+    }
+    changed
+}
+
 /// Global functions marked `__hidden` (libbpf's headers mark theirs so) become static
 /// in BTF, as libbpf makes them: the verifier then checks them in their caller's
 /// context instead of alone, where every pointer argument might be NULL.
@@ -557,7 +609,8 @@ pub fn prepare(
     let flexible = fix_flexible_arrays(&renamed, &btf_renamed, &mut edit, &mut o2)?;
     let hidden = hidden_functions_static(&renamed, &btf_renamed, &mut edit)?;
     let resized = set_max_entries(&btf_renamed, &settings.max_entries, &mut edit);
-    if kconfig.is_none() && !flexible && !hidden && !resized {
+    let plain = plain_maps(&btf_renamed, &settings.plain_maps, &mut edit);
+    if kconfig.is_none() && !flexible && !hidden && !resized && !plain {
         return Ok(o2);
     }
     if elf.sections.len() >= 0xff00 {
@@ -749,6 +802,7 @@ mod tests {
             let settings = Settings {
                 globals: vec![("output_wakeup_bytes", vec![0; 8], false)],
                 max_entries: vec![("events", 4096)],
+                plain_maps: vec!["events".into(), "__bpf_usdt_specs".into()],
             };
             let _ = prepare(&b, &settings, |e| Ok(Some(vec![0; e.kind.size() as usize])));
         }

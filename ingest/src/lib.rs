@@ -106,13 +106,15 @@ pub enum IngestError {
         hint: &'static str,
     },
     /// aya failed to load the object.
-    #[error("object {object}: load failed: {}", chain(source.as_ref()))]
+    #[error("object {object}: load failed: {}{hint}", chain(source.as_ref()))]
     Load {
         /// Object name.
         object: String,
         /// The loader's error.
         #[source]
         source: Box<aya::EbpfError>,
+        /// What it most likely means, or empty.
+        hint: &'static str,
     },
     /// The verifier rejected a program, or attaching failed.
     #[error("object {object}: program {program} ({section}): {action} failed{detail}")]

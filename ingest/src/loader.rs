@@ -223,6 +223,49 @@ fn attach_hint(point: &AttachPoint, action: &str, detail: &str) -> &'static str 
     }
 }
 
+/// Rewrites and loads `bytes`. As libbpf does, a map the kernel refuses to create with
+/// its BTF is created without it (key and value sizes only), once per map.
+fn load_object(
+    loader: &mut Loader<'_>,
+    name: &str,
+    bytes: &[u8],
+    settings: &mut elf::Settings<'_>,
+) -> Result<Ebpf, IngestError> {
+    let kconfig = |e: &elf::Extern| {
+        let config = KernelConfig::running();
+        config.value(&e.name, e.kind).map_err(|why| {
+            if e.name.starts_with("CONFIG_") {
+                format!("{why} (kernel config: {})", config.source())
+            } else {
+                why
+            }
+        })
+    };
+    loop {
+        let prepared = elf::prepare(bytes, settings, kconfig).map_err(|reason| IngestError::Parse {
+            object: name.into(),
+            reason,
+        })?;
+        match loader.aya.load(&prepared) {
+            Ok(ebpf) => return Ok(ebpf),
+            Err(aya::EbpfError::MapError(aya::maps::MapError::CreateError { name: map, io_error }))
+                if !settings.plain_maps.contains(&map) =>
+            {
+                tracing::warn!(object = name, map, "the kernel refused the map with its BTF ({io_error}); creating it without BTF, as libbpf does");
+                settings.plain_maps.push(map);
+            }
+            Err(source) => {
+                let retried = matches!(&source, aya::EbpfError::MapError(aya::maps::MapError::CreateError { .. }));
+                return Err(IngestError::Load {
+                    object: name.into(),
+                    source: Box::new(source),
+                    hint: if retried { " (refused with and without its BTF: its type or flags may be newer than this kernel, e.g. cgrp_storage needs 6.2)" } else { "" },
+                });
+            }
+        }
+    }
+}
+
 impl LoadedObject {
     /// Loads `bytes` (ELF with BTF) and attaches each program at its section's attach point.
     ///
@@ -246,7 +289,7 @@ impl LoadedObject {
         let kaddr_names: Vec<String> = opts.kaddrs.iter().map(|(s, _)| format!("kaddr_{s}")).collect();
         let mut settings = elf::Settings {
             globals: vec![(WAKEUP_GLOBAL, opts.wakeup_bytes.to_le_bytes().to_vec(), false)],
-            max_entries: Vec::new(),
+            ..Default::default()
         };
         for ((_, addr), global) in opts.kaddrs.iter().zip(&kaddr_names) {
             settings.globals.push((global, addr.to_le_bytes().to_vec(), true));
@@ -254,25 +297,7 @@ impl LoadedObject {
         if let Some(size) = opts.ring_bytes {
             settings.max_entries = opts.rings.iter().map(|r| (r.as_str(), size)).collect();
         }
-        let bytes = elf::prepare(bytes, &settings, |e| {
-            let config = KernelConfig::running();
-            config.value(&e.name, e.kind).map_err(|why| {
-                if e.name.starts_with("CONFIG_") {
-                    format!("{why} (kernel config: {})", config.source())
-                } else {
-                    why
-                }
-            })
-        })
-        .map_err(|reason| IngestError::Parse {
-            object: name.into(),
-            reason,
-        })?;
-
-        let mut ebpf = loader.aya.load(&bytes).map_err(|source| IngestError::Load {
-            object: name.into(),
-            source: Box::new(source),
-        })?;
+        let mut ebpf = load_object(loader, name, bytes, &mut settings)?;
 
         let btf = loader.btf;
         let mut attached = Vec::new();
