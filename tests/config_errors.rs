@@ -289,6 +289,7 @@ fn every_attach_kind_this_kernel_has_attaches_and_the_others_say_why() {
     let dir = common::TempDir::new("attach-kinds");
     let kinds = [
         ("perf", "perf_event/type=1,config=0,frequency=99", "0"),
+        ("hwperf", "perf_event/type=0,config=0,frequency=99", "0"),
         ("uretprobe", "uretprobe/libc.so.6:usleep", "0"),
         ("xdp", "xdp/lo", "2"),
         ("kprobe", "kprobe/do_nanosleep", "0"),
@@ -312,6 +313,13 @@ fn every_attach_kind_this_kernel_has_attaches_and_the_others_say_why() {
     if !kprobes {
         assert!(
             out.contains("FAILED  kprobe (attach)") && out.contains("this kernel lacks kprobes"),
+            "{out}"
+        );
+    }
+    // A hardware event needs a PMU: where there is none, the reason is given.
+    if !std::path::Path::new("/sys/bus/event_source/devices/cpu").exists() {
+        assert!(
+            out.contains("FAILED  hwperf (attach)") && out.contains("this machine has no hardware PMU"),
             "{out}"
         );
     }

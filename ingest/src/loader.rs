@@ -218,6 +218,10 @@ fn attach_hint(point: &AttachPoint, action: &str, detail: &str) -> &'static str 
         AttachPoint::KProbe { .. } if missing => " (this kernel lacks kprobes (CONFIG_KPROBES) or the function)",
         AttachPoint::TracePoint { .. } if missing => " (no such tracepoint on this kernel: see /sys/kernel/tracing/events)",
         AttachPoint::FEntry { .. } => " (fentry/fexit need CONFIG_FUNCTION_TRACER with BPF trampolines, and the function in BTF)",
+        // PERF_TYPE_HARDWARE (0) and HW_CACHE (3) need a CPU PMU, which VMs often lack.
+        AttachPoint::PerfEvent { kind: 0 | 3, .. } if missing || detail.contains("not supported") => {
+            " (this machine has no hardware PMU (no /sys/bus/event_source/devices/cpu), as many VMs: software events, type=1, work everywhere)"
+        }
         _ if detail.contains("Permission denied") => " (needs root or CAP_BPF + CAP_PERFMON; a tracepoint program that reads past the record fails here too)",
         _ => "",
     }
