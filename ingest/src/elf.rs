@@ -764,6 +764,7 @@ mod tests {
         let settings = Settings {
             globals: vec![("output_wakeup_bytes", 77u64.to_le_bytes().to_vec(), true)],
             max_entries: vec![("events", 1 << 16)],
+            ..Default::default()
         };
         let out = prepare(o, &settings, |_| Ok(None)).unwrap();
         assert_ne!(out, o);
