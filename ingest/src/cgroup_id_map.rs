@@ -30,6 +30,8 @@ pub struct CgroupIdMap {
     mount: PathBuf,
     /// Cgroups written, for logs and tests.
     written: u64,
+    /// Ids written into a hash map, so removals touch only those.
+    ids: std::collections::HashSet<u64>,
 }
 
 impl std::fmt::Debug for CgroupIdMap {
@@ -100,6 +102,7 @@ impl CgroupIdMap {
             regexps,
             mount: mount.to_path_buf(),
             written: 0,
+            ids: std::collections::HashSet::new(),
         })
     }
 
@@ -137,19 +140,17 @@ impl CgroupIdMap {
     /// Follows one cgroup creation or removal; `path` is below the cgroup2 mount.
     pub fn update(&mut self, id: u64, path: &str, removed: bool) {
         let full = format!("{}{path}", self.mount.display());
-        tracing::debug!(id, %full, removed, "cgroup_id_map update");
         let result = match self.kind() {
-            Kind::Hash if removed => HashMap::<_, u64, u64>::try_from(&mut self.map)
-                .and_then(|mut m| m.remove(&id))
-                // Only matching cgroups were written.
-                .or_else(|e| match e {
-                    aya::maps::MapError::KeyNotFound => Ok(()),
-                    e => Err(e),
-                }),
+            // Only matching cgroups were written.
+            Kind::Hash if removed && !self.ids.remove(&id) => return,
+            Kind::Hash if removed => HashMap::<_, u64, u64>::try_from(&mut self.map).and_then(|mut m| m.remove(&id)),
             // The kernel drops a cgroup's storage with the cgroup.
             Kind::CgrpStorage if removed => Ok(()),
             _ if !self.matches(&full) => return,
-            Kind::Hash => HashMap::<_, u64, u64>::try_from(&mut self.map).and_then(|mut m| m.insert(id, 1, 0)),
+            Kind::Hash => {
+                self.ids.insert(id);
+                HashMap::<_, u64, u64>::try_from(&mut self.map).and_then(|mut m| m.insert(id, 1, 0))
+            }
             Kind::CgrpStorage => match std::fs::File::open(&full) {
                 Ok(dir) => CgrpStorage::<_, u64>::try_from(&mut self.map)
                     .and_then(|mut m| m.insert(&dir, 1u64, 0)),
