@@ -236,6 +236,7 @@ fn program_sources(
 /// filled with the cgroups that exist once the stream is attached.
 fn cgroup_feed(
     loader: &mut ingest::Loader<'_>,
+    cgroups: &CgroupFs,
     wanted: bool,
     mut maps: Vec<CgroupIdMap>,
 ) -> Option<pipeline::CgroupEventsHandle> {
@@ -251,9 +252,11 @@ fn cgroup_feed(
     } else {
         None
     };
-    for m in &mut maps {
-        let n = m.fill();
-        tracing::info!(map = ?m, matching = n, "cgroup_id_map filled");
+    if !maps.is_empty() {
+        cgroups.walk(|id, path| maps.iter_mut().for_each(|m| m.update(id, path, false)));
+        for m in &maps {
+            tracing::info!(map = ?m, matching = m.written(), "cgroup_id_map filled");
+        }
     }
     events.map(|events| Arc::new(std::sync::Mutex::new(pipeline::CgroupFeed { events, maps })))
 }
@@ -439,7 +442,7 @@ async fn serve(args: Args) -> Result<()> {
         }
     }
     let cgroup_maps = running.iter_mut().filter_map(|r| r.cgroup_map.take()).collect();
-    let cgroup_events = cgroup_feed(&mut setup.loader, config.kubernetes.cgroup_events, cgroup_maps);
+    let cgroup_events = cgroup_feed(&mut setup.loader, enricher.cgroups(), config.kubernetes.cgroup_events, cgroup_maps);
     // Everything privileged is done and no other thread runs yet: lower capabilities
     // here, so every thread started from now on holds only what is still used.
     if args.capabilities_keep_all {

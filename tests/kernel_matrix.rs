@@ -110,7 +110,10 @@ fn initramfs(dir: &Path, kernels: &[Kernel]) -> PathBuf {
         std::fs::create_dir_all(tree.join(d)).unwrap();
     }
     std::fs::copy("/bin/busybox", tree.join("bin/busybox")).unwrap();
-    install_binary(&tree, Path::new(common::BIN), "bin/kube-ebpf-exporter");
+    // The test build by default (CI builds no release binary); any other build with
+    // KUBE_EBPF_EXPORTER_MATRIX_BIN, e.g. target/release/kube-ebpf-exporter.
+    let exporter = std::env::var("KUBE_EBPF_EXPORTER_MATRIX_BIN").unwrap_or_else(|_| common::BIN.into());
+    install_binary(&tree, Path::new(&exporter), "bin/kube-ebpf-exporter");
     // Linked at a fixed address, so its USDT probe attaches on kernels without BPF
     // cookies too (before 5.15, found by address as libbpf does).
     let workload = dir.join("kebpf-workload");

@@ -83,6 +83,30 @@ impl CgroupFs {
         &self.mount
     }
 
+    /// Hands every cgroup below the mount to `f`: its id (the directory's inode number)
+    /// and path (relative to the mount, starting with `/`). A cgroup removed mid-walk
+    /// is skipped.
+    pub fn walk(&self, mut f: impl FnMut(u64, &str)) {
+        use std::os::unix::fs::{DirEntryExt, MetadataExt};
+        let mut dirs = vec![(self.mount.clone(), String::new())];
+        while let Some((dir, path)) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                let child = format!("{path}/{name}");
+                f(e.metadata().map_or(e.ino(), |m| m.ino()), &child);
+                dirs.push((e.path(), child));
+            }
+        }
+    }
+
     /// The id of the cgroup at `path` (relative to the mount), i.e. its inode number.
     ///
     /// # Errors

@@ -169,35 +169,21 @@ impl Enricher {
     /// so containers started before the exporter still resolve after their cgroup is
     /// gone; later ones come from cgroup events. Returns how many it learned.
     pub fn walk(&self) -> usize {
-        use std::os::unix::fs::{DirEntryExt, MetadataExt};
-        let mount = self.cgroups.mount().to_path_buf();
         let mut found = 0;
-        let mut dirs = vec![(mount.clone(), String::new())];
-        while let Some((dir, path)) = dirs.pop() {
-            // A cgroup removed mid-walk is just not learned.
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                    continue;
-                }
-                let Some(name) = e.file_name().to_str().map(str::to_string) else {
-                    continue;
-                };
-                let child = format!("{path}/{name}");
-                if kubepath::parse(&child).is_some_and(|k| k.container_id.is_some())
-                    || kubepath::standalone_container(&child).is_some()
-                {
-                    // A cgroup2 directory's inode number is its cgroup id.
-                    let id = e.metadata().map_or(e.ino(), |m| m.ino());
-                    self.learn(id, &child, false);
-                    found += 1;
-                }
-                dirs.push((e.path(), child));
+        self.cgroups.walk(|id, path| {
+            if kubepath::parse(path).is_some_and(|k| k.container_id.is_some())
+                || kubepath::standalone_container(path).is_some()
+            {
+                self.learn(id, path, false);
+                found += 1;
             }
-        }
+        });
         found
+    }
+
+    /// The cgroup2 hierarchy this enricher resolves in.
+    pub fn cgroups(&self) -> &CgroupFs {
+        &self.cgroups
     }
 
     /// What a record from `cgroup_id` is attributed by: its process (`pid()`, read only

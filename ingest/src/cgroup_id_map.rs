@@ -110,34 +110,8 @@ impl CgroupIdMap {
         self.regexps.iter().any(|r| r.is_match(full))
     }
 
-    /// Writes every matching cgroup that exists now; returns how many.
-    pub fn fill(&mut self) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        let before = self.written;
-        let mut dirs = vec![(self.mount.clone(), String::new())];
-        while let Some((dir, path)) = dirs.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                    continue;
-                }
-                let Some(name) = e.file_name().to_str().map(str::to_string) else {
-                    continue;
-                };
-                let child = format!("{path}/{name}");
-                // A cgroup2 directory's inode number is its cgroup id.
-                if let Ok(m) = e.metadata() {
-                    self.update(m.ino(), &child, false);
-                }
-                dirs.push((e.path(), child));
-            }
-        }
-        self.written - before
-    }
-
-    /// Follows one cgroup creation or removal; `path` is below the cgroup2 mount.
+    /// Follows one cgroup (one that exists, from a walk at start, or a creation or
+    /// removal); `path` is below the cgroup2 mount.
     pub fn update(&mut self, id: u64, path: &str, removed: bool) {
         let full = format!("{}{path}", self.mount.display());
         let result = match self.kind() {

@@ -72,6 +72,18 @@ fn u64_at(b: &[u8], at: usize) -> Result<u64, String> {
         .ok_or_else(|| "ELF: truncated".to_string())
 }
 
+/// One symbol: where its record is in the file, and its fields.
+#[derive(Debug, Clone, Copy)]
+struct Sym<'a> {
+    at: usize,
+    name: &'a str,
+    info: u8,
+    other: u8,
+    shndx: u16,
+    value: u64,
+    size: u64,
+}
+
 struct Elf<'a> {
     bytes: &'a [u8],
     sections: Vec<Shdr>,
@@ -132,6 +144,33 @@ impl<'a> Elf<'a> {
 
     fn section_name(&self, s: &Shdr) -> Option<&'a str> {
         Self::cstr(self.data(&self.sections[self.shstrndx]), s.name as usize)
+    }
+
+    /// The symbol table's entries (none without one).
+    fn symbols(&self) -> Result<Vec<Sym<'a>>, String> {
+        let Some(symtab) = self.sections.iter().copied().find(|s| s.kind == SHT_SYMTAB) else {
+            return Ok(Vec::new());
+        };
+        let strtab = self
+            .sections
+            .get(symtab.link as usize)
+            .copied()
+            .ok_or("ELF: symbol table without strings")?;
+        let names = self.data(&strtab);
+        (0..symtab.size / SYM)
+            .map(|i| {
+                let at = symtab.offset + i * SYM;
+                Ok(Sym {
+                    at,
+                    name: Self::cstr(names, u32_at(self.bytes, at)? as usize).unwrap_or(""),
+                    info: self.bytes[at + 4],
+                    other: self.bytes[at + 5],
+                    shndx: u16_at(self.bytes, at + 6)?,
+                    value: u64_at(self.bytes, at + 8)?,
+                    size: u64_at(self.bytes, at + 16)?,
+                })
+            })
+            .collect()
     }
 
     fn by_name(&self, name: &str) -> Option<Shdr> {
@@ -265,34 +304,21 @@ fn kconfig_section(
     if externs.is_empty() {
         return Ok(None);
     }
-    let bytes = elf.bytes;
-    let symtab = elf
-        .sections
-        .iter()
-        .copied()
-        .find(|s| s.kind == SHT_SYMTAB)
-        .ok_or("ELF: no symbol table")?;
-    let strtab = elf
-        .sections
-        .get(symtab.link as usize)
-        .copied()
-        .ok_or("ELF: symbol table without strings")?;
-    let mut symbols = HashMap::new();
-    for i in 0..symtab.size / SYM {
-        let at = symtab.offset + i * SYM;
-        let name = Elf::cstr(elf.data(&strtab), u32_at(bytes, at)? as usize).unwrap_or("");
-        if u16_at(bytes, at + 6)? == 0 && !name.is_empty() {
-            symbols.insert(name, at);
-        }
-    }
+    let symbols: HashMap<&str, Sym<'_>> = elf
+        .symbols()?
+        .into_iter()
+        .filter(|s| s.shndx == 0 && !s.name.is_empty())
+        .map(|s| (s.name, s))
+        .collect();
     let new_index = elf.sections.len() as u16;
     // Values in declaration order, each aligned to its own size (at most 8).
     let mut data = Vec::new();
     for (e, entry_at, var) in &mut externs {
-        let sym = *symbols
+        let sym = symbols
             .get(e.name.as_str())
-            .ok_or_else(|| format!("kconfig extern {}: no undefined symbol", e.name))?;
-        e.weak = bytes[sym + 4] >> 4 == STB_WEAK;
+            .ok_or_else(|| format!("kconfig extern {}: no undefined symbol", e.name))?
+            .at;
+        e.weak = elf.bytes[sym + 4] >> 4 == STB_WEAK;
         let size = e.kind.size() as usize;
         let align = match e.kind {
             Kind::Str { .. } => 1,
@@ -406,26 +432,12 @@ fn set_globals(elf: &Elf<'_>, globals: &[(&str, Vec<u8>, bool)], o: &mut [u8]) -
     if globals.is_empty() {
         return Ok(());
     }
-    let symtab = elf
-        .sections
-        .iter()
-        .copied()
-        .find(|s| s.kind == SHT_SYMTAB)
-        .ok_or("ELF: no symbol table")?;
-    let strtab = elf.sections.get(symtab.link as usize).copied().ok_or("ELF: symbol table without strings")?;
+    let symbols = elf.symbols()?;
     for (name, value, must_exist) in globals {
-        let mut found = None;
-        for i in 0..symtab.size / SYM {
-            let at = symtab.offset + i * SYM;
-            let shndx = u16_at(elf.bytes, at + 6)? as usize;
-            if shndx != 0
-                && shndx < elf.sections.len()
-                && Elf::cstr(elf.data(&strtab), u32_at(elf.bytes, at)? as usize) == Some(*name)
-            {
-                found = Some((shndx, u64_at(elf.bytes, at + 8)? as usize, u64_at(elf.bytes, at + 16)? as usize));
-                break;
-            }
-        }
+        let found = symbols
+            .iter()
+            .find(|s| s.shndx != 0 && (s.shndx as usize) < elf.sections.len() && s.name == *name)
+            .map(|s| (s.shndx as usize, s.value as usize, s.size as usize));
         let Some((shndx, offset, size)) = found else {
             if *must_exist {
                 return Err(format!("global {name}: not in the object"));
@@ -436,7 +448,7 @@ fn set_globals(elf: &Elf<'_>, globals: &[(&str, Vec<u8>, bool)], o: &mut [u8]) -
         if size != value.len() {
             return Err(format!("global {name}: {size} bytes in the object, {} given", value.len()));
         }
-        if sec.kind == SHT_NOBITS || offset + size > sec.size {
+        if sec.kind == SHT_NOBITS || offset.checked_add(size).is_none_or(|end| end > sec.size) {
             return Err(format!("global {name}: not initialized data: declare it const volatile with a value"));
         }
         o[sec.offset + offset..sec.offset + offset + size].copy_from_slice(value);
@@ -537,24 +549,15 @@ fn plain_maps(btf: &Btf<'_>, names: &[String], edit: &mut btf::Edit) -> bool {
 /// in BTF, as libbpf makes them: the verifier then checks them in their caller's
 /// context instead of alone, where every pointer argument might be NULL.
 fn hidden_functions_static(elf: &Elf<'_>, btf: &Btf<'_>, edit: &mut btf::Edit) -> Result<bool, String> {
-    let Some(symtab) = elf.sections.iter().copied().find(|s| s.kind == SHT_SYMTAB) else {
-        return Ok(false);
-    };
-    let strtab = elf
-        .sections
-        .get(symtab.link as usize)
-        .copied()
-        .ok_or("ELF: symbol table without strings")?;
-    let mut hidden = std::collections::HashSet::new();
-    for i in 0..symtab.size / SYM {
-        let at = symtab.offset + i * SYM;
-        let (info, other) = (elf.bytes[at + 4], elf.bytes[at + 5]);
-        let global = matches!(info >> 4, 1 | STB_WEAK);
-        if info & 0xf == STT_FUNC && global && other & 3 == STV_HIDDEN {
-            let name = Elf::cstr(elf.data(&strtab), u32_at(elf.bytes, at)? as usize).unwrap_or("");
-            hidden.insert(name);
-        }
-    }
+    let hidden: std::collections::HashSet<&str> = elf
+        .symbols()?
+        .into_iter()
+        .filter(|s| {
+            let global = matches!(s.info >> 4, 1 | STB_WEAK);
+            s.info & 0xf == STT_FUNC && global && s.other & 3 == STV_HIDDEN
+        })
+        .map(|s| s.name)
+        .collect();
     let mut changed = false;
     for (_, t) in btf.types() {
         if t.kind == btf::KIND_FUNC && t.vlen != 0 && btf.string(t.name_off).is_some_and(|n| hidden.contains(n)) {
