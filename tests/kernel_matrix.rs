@@ -287,7 +287,7 @@ fn problems(k: &Kernel, r: &Report) -> Vec<String> {
             n.strip_suffix(".yaml").map(str::to_string)
         })
         .collect();
-    for name in examples.iter().map(String::as_str).chain(["tcp_connect_latency"]) {
+    for name in examples.iter().map(String::as_str).chain(["tcp_connect_latency", "process_lifecycle"]) {
         let expect_ok = name != "cgroup-id-map-storage" || has_cgrp_storage;
         match r.checks.get(name) {
             Some(line) if line.starts_with("ok") == expect_ok => {}
@@ -331,6 +331,11 @@ fn problems(k: &Kernel, r: &Report) -> Vec<String> {
     ];
     let mut expect: Vec<(&str, &str, Vec<&str>, f64)> = vec![
         ("9435", "ebpf_exporter_tcp_connect_latency_seconds_count", pod.clone(), 25.0),
+        // `lifecycle 4`: 4 execs, 4 exits with code 3, 4 kills (the workloads exec
+        // before they join the pod's cgroup).
+        ("9435", "ebpf_exporter_process_execs_total", pod.clone(), 4.0),
+        ("9435", "ebpf_exporter_process_exits_total", with(&["reason=\"code_3\""]), 4.0),
+        ("9435", "ebpf_exporter_process_exits_total", with(&["reason=\"signal_SIGKILL\""]), 4.0),
         // getpid 1234, and one by `kill` for its own pid.
         ("9436", "ebpf_exporter_getpid_calls_total", pod.clone(), 1235.0),
         // Pid-keyed: the workload has exited by the scrape, so only the count is exact.
@@ -344,7 +349,8 @@ fn problems(k: &Kernel, r: &Report) -> Vec<String> {
         ("9436", "ebpf_exporter_task_tgid_reads_total", vec!["method=\"fixed\"", "right=\"true\""], 0.0),
         ("9436", "ebpf_exporter_kconfig_calls_total", kconfig.to_vec(), 50.0),
         ("9436", "ebpf_exporter_open_errors_total", with(&["errno=\"ENOENT\""]), 77.0),
-        ("9436", "ebpf_exporter_process_forks_total", cg.to_vec(), 12.0),
+        // `fork 12`, and the 12 children of `lifecycle 4`.
+        ("9436", "ebpf_exporter_process_forks_total", cg.to_vec(), 24.0),
         ("9436", "ebpf_exporter_usleep_requested_seconds_count", cg.to_vec(), 5.0),
         ("9436", "ebpf_exporter_usleep_requested_seconds_sum", cg.to_vec(), 0.005107),
         ("9436", "ebpf_exporter_signals_sent_total", [cgroup.as_str(), "signal=\"0\""].to_vec(), 9.0),

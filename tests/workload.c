@@ -114,6 +114,27 @@ int main(int argc, char **argv)
 			if (s < 0 || sendto(s, "x", 1, 0, (struct sockaddr *)&to, sizeof(to)) != 1)
 				return 3;
 		close(s);
+	} else if (strcmp(cmd, "lifecycle") == 0) {
+		/* lifecycle <n>: n children that exec /bin/true, n that exit with code 3 and
+		 * n killed by SIGKILL. */
+		for (long i = 0; i < 3 * n; i++) {
+			pid_t child = fork();
+
+			if (child == 0) {
+				if (i < n)
+					execl("/bin/true", "true", (char *)NULL);
+				if (i < 2 * n)
+					_exit(3);
+				pause();
+				_exit(0);
+			}
+			if (child < 0)
+				return 3;
+			if (i >= 2 * n)
+				kill(child, SIGKILL);
+			if (waitpid(child, NULL, 0) != child)
+				return 3;
+		}
 	} else if (strcmp(cmd, "open-missing") == 0) {
 		for (long i = 0; i < n; i++)
 			if (open("/nonexistent/kube-ebpf-exporter-test", O_RDONLY) >= 0 || errno != ENOENT)

@@ -43,7 +43,11 @@ macro_rules! object {
 }
 
 /// Every embedded object.
-pub const OBJECTS: &[Object] = &[object!("tcp_connect_latency"), object!("cgroup_events")];
+pub const OBJECTS: &[Object] = &[
+    object!("tcp_connect_latency"),
+    object!("process_lifecycle"),
+    object!("cgroup_events"),
+];
 
 /// Looks up an embedded object by name.
 pub fn find(name: &str) -> Option<&'static Object> {

@@ -66,6 +66,7 @@ w kill 9 0
 w jobs 10
 w fsync 41
 w udp 9999 23
+w lifecycle 4
 w connect 9436 25
 sleep 3
 

@@ -9,6 +9,7 @@
 mod cgroup;
 mod dname;
 mod errno;
+mod exit_reason;
 mod hex;
 mod ifname;
 mod inet_ip;
@@ -144,6 +145,7 @@ impl Chain {
                 "hex" => Box::new(hex::Hex),
                 "string" => Box::new(string::CString),
                 "errno" => Box::new(errno::Errno),
+                "exit_reason" => Box::new(exit_reason::ExitReason),
                 "syscall" => Box::new(syscall::Syscall),
                 "ksym" => {
                     sizes(&[8], "an 8 byte address")?;
