@@ -2,7 +2,8 @@
 /* Process execs and exits per cgroup, counted in the kernel (both are rare next to
  * the events of a busy node, so a map update each costs nothing that matters). An
  * exit is counted once per process, when its last thread leaves, with its wait status
- * (task->exit_code: exit code << 8, or the terminating signal). */
+ * (task->exit_code: exit code << 8, or the terminating signal). LRU maps: on a node
+ * that churns through more cgroups than they hold, the oldest entries go first. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
@@ -14,14 +15,14 @@ struct exit_key {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 10240);
 	__type(key, __u64);
 	__type(value, __u64);
 } process_execs_total SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 10240);
 	__type(key, struct exit_key);
 	__type(value, __u64);

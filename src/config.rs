@@ -391,6 +391,12 @@ pub struct Program {
     /// the kernel (the reference exporter's `cgroup_id_map`).
     #[serde(default)]
     pub cgroup_id_map: Option<CgroupIdMapConfig>,
+    /// Whether it runs unless `--programs` names it (main config programs only).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// What the program answers, for `kube-ebpf-exporter programs`.
+    #[serde(default)]
+    pub description: Option<String>,
 }
 
 /// `cgroup_id_map`: which map, how it holds cgroups, which cgroups.

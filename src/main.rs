@@ -55,6 +55,9 @@ struct Cli {
 enum Command {
     /// Print live, enriched events from a running exporter (its /events).
     Tap(tap_client::TapArgs),
+    /// List the built-in programs: what each answers, its hooks, kernel needs, and
+    /// whether the embedded default runs it.
+    Programs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -65,6 +68,10 @@ struct Args {
     /// Directory of `<name>.yaml` configs, each beside its compiled `<name>.bpf.o`.
     #[arg(long = "config.dir", value_name = "DIR")]
     config_dir: Option<PathBuf>,
+    /// Which of the main config's programs run: comma-separated names, or `all`
+    /// (default: those not marked `enabled: false`).
+    #[arg(long = "programs", env = "KUBE_EBPF_EXPORTER_PROGRAMS", value_name = "NAMES", value_delimiter = ',')]
+    programs: Vec<String>,
     /// Comma-separated config names to run from --config.dir (default: every .yaml).
     #[arg(long = "config.names", value_name = "NAMES", value_delimiter = ',')]
     config_names: Vec<String>,
@@ -187,6 +194,8 @@ fn program_sources(
 ) -> Result<Vec<(Source, Result<Program, Failure>)>> {
     let mut out = Vec::new();
     if args.config_dir.is_none() || args.config_file.is_some() {
+        select_programs(&args.programs, &mut config.programs)
+            .with_context(|| format!("{source}: --programs"))?;
         for (name, program) in std::mem::take(&mut config.programs) {
             out.push((
                 Source::inline(&name, &program, args.config_file.as_deref(), source),
@@ -229,6 +238,39 @@ fn program_sources(
         }
     }
     Ok(out)
+}
+
+/// Keeps the programs `names` chooses (`all`: every one; none given: those not marked
+/// `enabled: false`).
+fn select_programs(names: &[String], programs: &mut std::collections::BTreeMap<String, Program>) -> Result<()> {
+    if names.iter().any(|n| n == "all") {
+        return Ok(());
+    }
+    if names.is_empty() {
+        programs.retain(|_, p| p.enabled);
+        return Ok(());
+    }
+    if let Some(unknown) = names.iter().find(|n| !programs.contains_key(*n)) {
+        let known: Vec<&str> = programs.keys().map(String::as_str).collect();
+        bail!("no program {unknown:?}; the config has: {} (or `all`)", known.join(", "));
+    }
+    programs.retain(|name, _| names.contains(name));
+    Ok(())
+}
+
+/// `kube-ebpf-exporter programs`: the embedded default config's programs.
+fn list_programs() -> Result<()> {
+    let config = Config::load(None)?;
+    for (name, program) in &config.programs {
+        let object = bpf_programs::find(program.object.as_deref().unwrap_or(name))
+            .with_context(|| format!("program {name}: no built-in object"))?;
+        let hooks = ingest::sections(name, object.bytes)?;
+        let default = if program.enabled { "on by default" } else { "off by default" };
+        println!("{name} ({default}): {}", program.description.as_deref().unwrap_or(""));
+        println!("  hooks: {}", hooks.join(", "));
+        println!("  needs: {}", programs::kernel_needs(&hooks, !program.rings.is_empty()));
+    }
+    Ok(())
 }
 
 /// Learns container cgroups as they come and go (so short-lived ones still resolve),
@@ -281,6 +323,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Tap(t)) => tap_client::run(t),
+        Some(Command::Programs) => list_programs(),
         // One thread until programs are attached and capabilities dropped (see serve);
         // HTTP needs no more, and scrapes render on blocking threads.
         None => tokio::runtime::Builder::new_current_thread()

@@ -98,6 +98,30 @@ impl Stage {
     }
 }
 
+/// What a program's hooks need of the kernel (for `kube-ebpf-exporter programs`).
+pub fn kernel_needs(sections: &[String], rings: bool) -> String {
+    let mut needs = Vec::new();
+    for s in sections {
+        let need = match s.split('/').next().unwrap_or("") {
+            "tracepoint" => "tracepoints (4.7)",
+            "raw_tp" | "raw_tracepoint" => "raw tracepoints (4.17)",
+            "tp_btf" => "BTF tracepoints (5.5, BTF)",
+            "kprobe" | "kretprobe" => "CONFIG_KPROBES",
+            "fentry" | "fexit" => "BPF trampolines (5.5, BTF)",
+            "uprobe" | "uretprobe" | "usdt" => "CONFIG_UPROBES",
+            "xdp" => "XDP",
+            _ => continue,
+        };
+        if !needs.contains(&need) {
+            needs.push(need);
+        }
+    }
+    if rings {
+        needs.push("ring buffers (5.8; perf buffers before)");
+    }
+    needs.join(", ")
+}
+
 /// A program that could not start.
 #[derive(Debug)]
 pub struct Failure {

@@ -119,3 +119,57 @@ fn capabilities_keep_and_keep_all() {
         "{err}"
     );
 }
+
+#[test]
+fn programs_lists_the_built_ins() {
+    let out = std::process::Command::new(common::BIN).arg("programs").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "tcp_connect_latency (on by default): How long TCP connects take",
+        "  hooks: tracepoint/sock/inet_sock_set_state",
+        "  needs: tracepoints (4.7), ring buffers (5.8; perf buffers before)",
+        "process_lifecycle (on by default):",
+    ] {
+        assert!(text.contains(line), "{text}");
+    }
+}
+
+#[test]
+fn programs_flag_chooses_which_run() {
+    if !test_support::privileged("programs_flag_chooses_which_run") {
+        return;
+    }
+    let check = |programs: Option<&str>, config: Option<&str>| {
+        let dir = common::TempDir::new("programs-flag");
+        let mut cmd = std::process::Command::new(common::BIN);
+        cmd.arg("--config.check").env("RUST_BACKTRACE", "0");
+        if let Some(p) = programs {
+            cmd.env("KUBE_EBPF_EXPORTER_PROGRAMS", p);
+        }
+        if let Some(c) = config {
+            let file = dir.0.join("config.yaml");
+            std::fs::write(&file, c).unwrap();
+            cmd.arg("--config.file").arg(&file);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, out, _) = check(Some("process_lifecycle"), None);
+    assert!(ok && out.contains("ok      process_lifecycle") && !out.contains("tcp_connect_latency"), "{out}");
+    let (ok, _, err) = check(Some("nope"), None);
+    assert!(!ok && err.contains("no program \"nope\"; the config has: process_lifecycle, tcp_connect_latency (or `all`)"), "{err}");
+    // `enabled: false` keeps a program off unless --programs names it (or all).
+    let default = include_str!("../src/default.yaml").replace(
+        "  process_lifecycle:\n",
+        "  process_lifecycle:\n    enabled: false\n",
+    );
+    let (ok, out, _) = check(None, Some(&default));
+    assert!(ok && !out.contains("process_lifecycle") && out.contains("ok      tcp_connect_latency"), "{out}");
+    let (ok, out, _) = check(Some("all"), Some(&default));
+    assert!(ok && out.contains("ok      process_lifecycle") && out.contains("ok      tcp_connect_latency"), "{out}");
+}

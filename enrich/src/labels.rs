@@ -238,15 +238,17 @@ impl Enricher {
 
     /// Resolves one cgroup id (syscalls and directory reads: call through a cache).
     pub fn resolve(&self, cgroup_id: u64) -> Resolved {
-        let known = self.known.get(&cgroup_id).map(|k| k.0.clone());
-        let path = match known {
-            Some(path) => Ok(path),
-            None => self.cgroups.path_of(cgroup_id),
+        let known = self.known.get(&cgroup_id).map(|k| (k.0.clone(), k.1.is_some()));
+        let (path, removed) = match known {
+            Some((path, removed)) => (Ok(path), removed),
+            None => (self.cgroups.path_of(cgroup_id), false),
         };
         match path {
             Ok(path) => {
                 let r = self.resolve_path(path);
-                if r.labels.id != 0 {
+                // A removed cgroup (resolved late, e.g. from a map entry at scrape
+                // time) no longer keeps its pod's series alive.
+                if r.labels.id != 0 && !removed {
                     self.own(cgroup_id, r.labels.id);
                 }
                 r

@@ -28,6 +28,14 @@ pub use loader::{LoadOptions, LoadedObject, Loader, ProgramStats, StreamMap};
 pub use ring::{RingReader, RingStats};
 pub use ringbuf::RingConsumer;
 
+/// The attach-point sections of an object's programs.
+///
+/// # Errors
+/// The object does not parse.
+pub fn sections(object: &str, bytes: &[u8]) -> Result<Vec<String>, IngestError> {
+    loader::program_sections(object, bytes).map(|s| s.into_iter().map(|(_, section)| section).collect())
+}
+
 /// Where the running kernel publishes its BTF.
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 

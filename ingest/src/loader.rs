@@ -108,7 +108,7 @@ impl std::fmt::Debug for LoadedObject {
 }
 
 /// Maps each program (function) name to its ELF section.
-fn program_sections(object: &str, bytes: &[u8]) -> Result<Vec<(String, String)>, IngestError> {
+pub(crate) fn program_sections(object: &str, bytes: &[u8]) -> Result<Vec<(String, String)>, IngestError> {
     let parse = |reason: String| IngestError::Parse {
         object: object.into(),
         reason,
