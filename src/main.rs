@@ -70,7 +70,12 @@ struct Args {
     config_dir: Option<PathBuf>,
     /// Which of the main config's programs run: comma-separated names, or `all`
     /// (default: those not marked `enabled: false`).
-    #[arg(long = "programs", env = "KUBE_EBPF_EXPORTER_PROGRAMS", value_name = "NAMES", value_delimiter = ',')]
+    #[arg(
+        long = "programs",
+        env = "KUBE_EBPF_EXPORTER_PROGRAMS",
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
     programs: Vec<String>,
     /// Comma-separated config names to run from --config.dir (default: every .yaml).
     #[arg(long = "config.names", value_name = "NAMES", value_delimiter = ',')]
@@ -242,7 +247,10 @@ fn program_sources(
 
 /// Keeps the programs `names` chooses (`all`: every one; none given: those not marked
 /// `enabled: false`).
-fn select_programs(names: &[String], programs: &mut std::collections::BTreeMap<String, Program>) -> Result<()> {
+fn select_programs(
+    names: &[String],
+    programs: &mut std::collections::BTreeMap<String, Program>,
+) -> Result<()> {
     if names.iter().any(|n| n == "all") {
         return Ok(());
     }
@@ -252,7 +260,10 @@ fn select_programs(names: &[String], programs: &mut std::collections::BTreeMap<S
     }
     if let Some(unknown) = names.iter().find(|n| !programs.contains_key(*n)) {
         let known: Vec<&str> = programs.keys().map(String::as_str).collect();
-        bail!("no program {unknown:?}; the config has: {} (or `all`)", known.join(", "));
+        bail!(
+            "no program {unknown:?}; the config has: {} (or `all`)",
+            known.join(", ")
+        );
     }
     programs.retain(|name, _| names.contains(name));
     Ok(())
@@ -265,10 +276,20 @@ fn list_programs() -> Result<()> {
         let object = bpf_programs::find(program.object.as_deref().unwrap_or(name))
             .with_context(|| format!("program {name}: no built-in object"))?;
         let hooks = ingest::sections(name, object.bytes)?;
-        let default = if program.enabled { "on by default" } else { "off by default" };
-        println!("{name} ({default}): {}", program.description.as_deref().unwrap_or(""));
+        let default = if program.enabled {
+            "on by default"
+        } else {
+            "off by default"
+        };
+        println!(
+            "{name} ({default}): {}",
+            program.description.as_deref().unwrap_or("")
+        );
         println!("  hooks: {}", hooks.join(", "));
-        println!("  needs: {}", programs::kernel_needs(&hooks, !program.rings.is_empty()));
+        println!(
+            "  needs: {}",
+            programs::kernel_needs(&hooks, !program.rings.is_empty())
+        );
     }
     Ok(())
 }
@@ -283,7 +304,9 @@ fn cgroup_feed(
     mut maps: Vec<CgroupIdMap>,
 ) -> Option<pipeline::CgroupEventsHandle> {
     let events = if wanted || !maps.is_empty() {
-        match bpf_programs::find("cgroup_events").map(|o| ingest::CgroupEvents::load(loader, o.bytes)) {
+        match bpf_programs::find("cgroup_events")
+            .map(|o| ingest::CgroupEvents::load(loader, o.bytes))
+        {
             Some(Ok(events)) => Some(events),
             Some(Err(e)) => {
                 tracing::warn!("cgroup events unavailable ({e}); cgroups are resolved when their events arrive, and cgroup_id_maps hold only the cgroups that exist now");
@@ -484,8 +507,16 @@ async fn serve(args: Args) -> Result<()> {
             });
         }
     }
-    let cgroup_maps = running.iter_mut().filter_map(|r| r.cgroup_map.take()).collect();
-    let cgroup_events = cgroup_feed(&mut setup.loader, enricher.cgroups(), config.kubernetes.cgroup_events, cgroup_maps);
+    let cgroup_maps = running
+        .iter_mut()
+        .filter_map(|r| r.cgroup_map.take())
+        .collect();
+    let cgroup_events = cgroup_feed(
+        &mut setup.loader,
+        enricher.cgroups(),
+        config.kubernetes.cgroup_events,
+        cgroup_maps,
+    );
     // Everything privileged is done and no other thread runs yet: lower capabilities
     // here, so every thread started from now on holds only what is still used.
     if args.capabilities_keep_all {

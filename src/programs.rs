@@ -239,7 +239,10 @@ impl Setup<'_> {
             }
         }
         let cgroup_map = match &program.cgroup_id_map {
-            Some(c) => Some(self.cgroup_map(c, &mut object, at).map_err(|m| fail(Stage::Config, m))?),
+            Some(c) => Some(
+                self.cgroup_map(c, &mut object, at)
+                    .map_err(|m| fail(Stage::Config, m))?,
+            ),
             None => None,
         };
         for (prog, point) in object.attached() {
@@ -255,12 +258,19 @@ impl Setup<'_> {
     }
 
     /// The program's `cgroup_id_map`, taken from its object.
-    fn cgroup_map(&self, c: &CgroupIdMapConfig, object: &mut LoadedObject, at: &str) -> Result<CgroupIdMap, String> {
+    fn cgroup_map(
+        &self,
+        c: &CgroupIdMapConfig,
+        object: &mut LoadedObject,
+        at: &str,
+    ) -> Result<CgroupIdMap, String> {
         let regexps = c
             .regexps
             .iter()
             .enumerate()
-            .map(|(i, r)| regex::Regex::new(r).map_err(|e| format!("{at}cgroup_id_map.regexps[{i}]: {e}")))
+            .map(|(i, r)| {
+                regex::Regex::new(r).map_err(|e| format!("{at}cgroup_id_map.regexps[{i}]: {e}"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let kind = match c.kind {
             CgroupIdMapType::Hash => cgroup_id_map::Kind::Hash,

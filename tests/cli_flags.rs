@@ -122,7 +122,10 @@ fn capabilities_keep_and_keep_all() {
 
 #[test]
 fn programs_lists_the_built_ins() {
-    let out = std::process::Command::new(common::BIN).arg("programs").output().unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .arg("programs")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     for line in [
@@ -160,7 +163,10 @@ fn programs_flag_chooses_which_run() {
         )
     };
     let (ok, out, _) = check(Some("process_lifecycle"), None);
-    assert!(ok && out.contains("ok      process_lifecycle") && !out.contains("tcp_connect_latency"), "{out}");
+    assert!(
+        ok && out.contains("ok      process_lifecycle") && !out.contains("tcp_connect_latency"),
+        "{out}"
+    );
     let (ok, _, err) = check(Some("nope"), None);
     assert!(!ok && err.contains("no program \"nope\"; the config has: process_lifecycle, tcp_connect_latency (or `all`)"), "{err}");
     // `enabled: false` keeps a program off unless --programs names it (or all).
@@ -169,7 +175,14 @@ fn programs_flag_chooses_which_run() {
         "  process_lifecycle:\n    enabled: false\n",
     );
     let (ok, out, _) = check(None, Some(&default));
-    assert!(ok && !out.contains("process_lifecycle") && out.contains("ok      tcp_connect_latency"), "{out}");
+    assert!(
+        ok && !out.contains("process_lifecycle") && out.contains("ok      tcp_connect_latency"),
+        "{out}"
+    );
     let (ok, out, _) = check(Some("all"), Some(&default));
-    assert!(ok && out.contains("ok      process_lifecycle") && out.contains("ok      tcp_connect_latency"), "{out}");
+    assert!(
+        ok && out.contains("ok      process_lifecycle")
+            && out.contains("ok      tcp_connect_latency"),
+        "{out}"
+    );
 }

@@ -319,7 +319,8 @@ fn every_attach_kind_this_kernel_has_attaches_and_the_others_say_why() {
     // A hardware event needs a PMU: where there is none, the reason is given.
     if !std::path::Path::new("/sys/bus/event_source/devices/cpu").exists() {
         assert!(
-            out.contains("FAILED  hwperf (attach)") && out.contains("this machine has no hardware PMU"),
+            out.contains("FAILED  hwperf (attach)")
+                && out.contains("this machine has no hardware PMU"),
             "{out}"
         );
     }

@@ -112,7 +112,8 @@ fn initramfs(dir: &Path, kernels: &[Kernel]) -> PathBuf {
     std::fs::copy("/bin/busybox", tree.join("bin/busybox")).unwrap();
     // The test build by default (CI builds no release binary); any other build with
     // KUBE_EBPF_EXPORTER_MATRIX_BIN, e.g. target/release/kube-ebpf-exporter.
-    let exporter = std::env::var("KUBE_EBPF_EXPORTER_MATRIX_BIN").unwrap_or_else(|_| common::BIN.into());
+    let exporter =
+        std::env::var("KUBE_EBPF_EXPORTER_MATRIX_BIN").unwrap_or_else(|_| common::BIN.into());
     install_binary(&tree, Path::new(&exporter), "bin/kube-ebpf-exporter");
     // Linked at a fixed address, so its USDT probe attaches on kernels without BPF
     // cookies too (before 5.15, found by address as libbpf does).
@@ -144,20 +145,29 @@ fn initramfs(dir: &Path, kernels: &[Kernel]) -> PathBuf {
     std::fs::copy(Path::new(ROOT).join("tests/matrix/init.sh"), &init).unwrap();
     run(Command::new("chmod").arg("755").arg(&init));
     let cpio = dir.join("initramfs.cpio");
-    run(Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "cd {} && find . | cpio -o -H newc --quiet > {}",
-            tree.display(),
-            cpio.display()
-        )));
+    run(Command::new("sh").arg("-c").arg(format!(
+        "cd {} && find . | cpio -o -H newc --quiet > {}",
+        tree.display(),
+        cpio.display()
+    )));
     cpio
 }
 
 /// Boots `kernel` with `initramfs` under TCG and returns its serial output.
 fn boot(kernel: &Kernel, initramfs: &Path, log: &Path) -> String {
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "1536", "-smp", "1", "-nographic", "-no-reboot", "-nic", "none"])
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "1536",
+            "-smp",
+            "1",
+            "-nographic",
+            "-no-reboot",
+            "-nic",
+            "none",
+        ])
         .arg("-kernel")
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
@@ -200,7 +210,10 @@ struct Report {
 fn parse(output: &str) -> Report {
     let mut r = Report::default();
     // Serial output can glue terminal codes before the first guest line.
-    for line in output.lines().filter_map(|l| l.split_once("MATRIX ").map(|(_, rest)| rest)) {
+    for line in output
+        .lines()
+        .filter_map(|l| l.split_once("MATRIX ").map(|(_, rest)| rest))
+    {
         let line = line.trim_end();
         let (kind, rest) = line.split_once(' ').unwrap_or((line, ""));
         match kind {
@@ -246,10 +259,7 @@ impl Report {
             .iter()
             .filter(|(p, series, _)| {
                 p == port
-                    && series
-                        .split_once('{')
-                        .map_or(series.as_str(), |(n, _)| n)
-                        == metric
+                    && series.split_once('{').map_or(series.as_str(), |(n, _)| n) == metric
                     && want.iter().all(|w| series.contains(w))
             })
             .map(|(_, _, v)| v)
@@ -271,7 +281,10 @@ fn config_value(config: &Path, name: &str) -> String {
 fn problems(k: &Kernel, r: &Report) -> Vec<String> {
     let mut bad = Vec::new();
     let (major, minor) = {
-        let mut v = k.release.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+        let mut v = k
+            .release
+            .split(['.', '-'])
+            .map(|p| p.parse::<u32>().unwrap_or(0));
         (v.next().unwrap(), v.next().unwrap())
     };
     let has_cookie = (major, minor) >= (5, 15);
@@ -287,7 +300,11 @@ fn problems(k: &Kernel, r: &Report) -> Vec<String> {
             n.strip_suffix(".yaml").map(str::to_string)
         })
         .collect();
-    for name in examples.iter().map(String::as_str).chain(["tcp_connect_latency", "process_lifecycle"]) {
+    for name in examples
+        .iter()
+        .map(String::as_str)
+        .chain(["tcp_connect_latency", "process_lifecycle"])
+    {
         let expect_ok = name != "cgroup-id-map-storage" || has_cgrp_storage;
         match r.checks.get(name) {
             Some(line) if line.starts_with("ok") == expect_ok => {}
@@ -295,9 +312,15 @@ fn problems(k: &Kernel, r: &Report) -> Vec<String> {
             None => bad.push(format!("check {name}: no result")),
         }
     }
-    if let Some(line) = r.checks.get("cgroup-id-map-storage").filter(|_| !has_cgrp_storage) {
+    if let Some(line) = r
+        .checks
+        .get("cgroup-id-map-storage")
+        .filter(|_| !has_cgrp_storage)
+    {
         if !line.contains("cgrp_storage needs 6.2") {
-            bad.push(format!("cgroup-id-map-storage should say why it cannot load here: {line}"));
+            bad.push(format!(
+                "cgroup-id-map-storage should say why it cannot load here: {line}"
+            ));
         }
     }
     for w in &r.workload_failures {
@@ -313,13 +336,19 @@ fn problems(k: &Kernel, r: &Report) -> Vec<String> {
         format!("app_container=\"{CONTAINER}\""),
     ];
     let pod: Vec<&str> = pod.iter().map(String::as_str).collect();
-    let with = |extra: &[&'static str]| -> Vec<&str> { pod.iter().copied().chain(extra.iter().copied()).collect() };
+    let with = |extra: &[&'static str]| -> Vec<&str> {
+        pod.iter().copied().chain(extra.iter().copied()).collect()
+    };
     let cgroup = format!("cri-containerd-{CONTAINER_ID}.scope");
     let cg = [cgroup.as_str()];
     let hz = config_value(&k.config, "HZ");
     let (kmajor, kminor) = (format!("major=\"{major}\""), format!("minor=\"{minor}\""));
     let hz = format!("hz=\"{hz}\"");
-    let cookie = if has_cookie { "bpf_cookie=\"1\"" } else { "bpf_cookie=\"0\"" };
+    let cookie = if has_cookie {
+        "bpf_cookie=\"1\""
+    } else {
+        "bpf_cookie=\"0\""
+    };
     let kconfig = [
         kmajor.as_str(),
         kminor.as_str(),
@@ -330,51 +359,188 @@ fn problems(k: &Kernel, r: &Report) -> Vec<String> {
         "missing=\"0\"",
     ];
     let mut expect: Vec<(&str, &str, Vec<&str>, f64)> = vec![
-        ("9435", "ebpf_exporter_tcp_connect_latency_seconds_count", pod.clone(), 25.0),
+        (
+            "9435",
+            "ebpf_exporter_tcp_connect_latency_seconds_count",
+            pod.clone(),
+            25.0,
+        ),
         // `lifecycle 4`: 4 execs, 4 exits with code 3, 4 kills (the workloads exec
         // before they join the pod's cgroup).
-        ("9435", "ebpf_exporter_process_execs_total", pod.clone(), 4.0),
-        ("9435", "ebpf_exporter_process_exits_total", with(&["reason=\"code_3\""]), 4.0),
-        ("9435", "ebpf_exporter_process_exits_total", with(&["reason=\"signal_SIGKILL\""]), 4.0),
+        (
+            "9435",
+            "ebpf_exporter_process_execs_total",
+            pod.clone(),
+            4.0,
+        ),
+        (
+            "9435",
+            "ebpf_exporter_process_exits_total",
+            with(&["reason=\"code_3\""]),
+            4.0,
+        ),
+        (
+            "9435",
+            "ebpf_exporter_process_exits_total",
+            with(&["reason=\"signal_SIGKILL\""]),
+            4.0,
+        ),
         // getpid 1234, and one by `kill` for its own pid.
-        ("9436", "ebpf_exporter_getpid_calls_total", pod.clone(), 1235.0),
+        (
+            "9436",
+            "ebpf_exporter_getpid_calls_total",
+            pod.clone(),
+            1235.0,
+        ),
         // Pid-keyed: the workload has exited by the scrape, so only the count is exact.
-        ("9436", "ebpf_exporter_getpid_calls_by_pid_total", vec![], 1235.0),
-        ("9436", "ebpf_exporter_syscall_latency_seconds_count", with(&["syscall=\"getpid\""]), 1235.0),
-        ("9436", "ebpf_exporter_getppid_calls_total", cg.to_vec(), 321.0),
-        ("9436", "ebpf_exporter_task_tgid_reads_total", vec!["method=\"core\"", "right=\"true\""], 433.0),
-        ("9436", "ebpf_exporter_task_tgid_reads_total", vec!["method=\"core\"", "right=\"false\""], 0.0),
+        (
+            "9436",
+            "ebpf_exporter_getpid_calls_by_pid_total",
+            vec![],
+            1235.0,
+        ),
+        (
+            "9436",
+            "ebpf_exporter_syscall_latency_seconds_count",
+            with(&["syscall=\"getpid\""]),
+            1235.0,
+        ),
+        (
+            "9436",
+            "ebpf_exporter_getppid_calls_total",
+            cg.to_vec(),
+            321.0,
+        ),
+        (
+            "9436",
+            "ebpf_exporter_task_tgid_reads_total",
+            vec!["method=\"core\"", "right=\"true\""],
+            433.0,
+        ),
+        (
+            "9436",
+            "ebpf_exporter_task_tgid_reads_total",
+            vec!["method=\"core\"", "right=\"false\""],
+            0.0,
+        ),
         // vmlinux.h's compile-time offset is wrong on every guest kernel: what the
         // CO-RE read would give without relocation.
-        ("9436", "ebpf_exporter_task_tgid_reads_total", vec!["method=\"fixed\"", "right=\"true\""], 0.0),
-        ("9436", "ebpf_exporter_kconfig_calls_total", kconfig.to_vec(), 50.0),
-        ("9436", "ebpf_exporter_open_errors_total", with(&["errno=\"ENOENT\""]), 77.0),
+        (
+            "9436",
+            "ebpf_exporter_task_tgid_reads_total",
+            vec!["method=\"fixed\"", "right=\"true\""],
+            0.0,
+        ),
+        (
+            "9436",
+            "ebpf_exporter_kconfig_calls_total",
+            kconfig.to_vec(),
+            50.0,
+        ),
+        (
+            "9436",
+            "ebpf_exporter_open_errors_total",
+            with(&["errno=\"ENOENT\""]),
+            77.0,
+        ),
         // `fork 12`, and the 12 children of `lifecycle 4`.
-        ("9436", "ebpf_exporter_process_forks_total", cg.to_vec(), 24.0),
-        ("9436", "ebpf_exporter_usleep_requested_seconds_count", cg.to_vec(), 5.0),
-        ("9436", "ebpf_exporter_usleep_requested_seconds_sum", cg.to_vec(), 0.005107),
-        ("9436", "ebpf_exporter_signals_sent_total", [cgroup.as_str(), "signal=\"0\""].to_vec(), 9.0),
-        ("9436", "ebpf_exporter_fsync_kprobe_hooks_total", with(&["hook=\"kprobe\""]), 41.0),
-        ("9436", "ebpf_exporter_fsync_kprobe_hooks_total", with(&["hook=\"kretprobe\""]), 41.0),
-        ("9436", "ebpf_exporter_fsync_fentry_hooks_total", with(&["hook=\"fentry\""]), 41.0),
-        ("9436", "ebpf_exporter_fsync_fentry_hooks_total", with(&["hook=\"fexit\""]), 41.0),
+        (
+            "9436",
+            "ebpf_exporter_process_forks_total",
+            cg.to_vec(),
+            24.0,
+        ),
+        (
+            "9436",
+            "ebpf_exporter_usleep_requested_seconds_count",
+            cg.to_vec(),
+            5.0,
+        ),
+        (
+            "9436",
+            "ebpf_exporter_usleep_requested_seconds_sum",
+            cg.to_vec(),
+            0.005107,
+        ),
+        (
+            "9436",
+            "ebpf_exporter_signals_sent_total",
+            [cgroup.as_str(), "signal=\"0\""].to_vec(),
+            9.0,
+        ),
+        (
+            "9436",
+            "ebpf_exporter_fsync_kprobe_hooks_total",
+            with(&["hook=\"kprobe\""]),
+            41.0,
+        ),
+        (
+            "9436",
+            "ebpf_exporter_fsync_kprobe_hooks_total",
+            with(&["hook=\"kretprobe\""]),
+            41.0,
+        ),
+        (
+            "9436",
+            "ebpf_exporter_fsync_fentry_hooks_total",
+            with(&["hook=\"fentry\""]),
+            41.0,
+        ),
+        (
+            "9436",
+            "ebpf_exporter_fsync_fentry_hooks_total",
+            with(&["hook=\"fexit\""]),
+            41.0,
+        ),
         // The reference format's features.
-        ("9436", "ebpf_exporter_exporter_attach_marks_total", vec![], 1.0),
-        ("9436", "ebpf_exporter_getppid_calls_by_filter_total", [cgroup.as_str(), "matched=\"true\""].to_vec(), 321.0),
-        ("9436", "ebpf_exporter_xdp_udp_packets_total", vec!["port=\"9999\""], 23.0),
+        (
+            "9436",
+            "ebpf_exporter_exporter_attach_marks_total",
+            vec![],
+            1.0,
+        ),
+        (
+            "9436",
+            "ebpf_exporter_getppid_calls_by_filter_total",
+            [cgroup.as_str(), "matched=\"true\""].to_vec(),
+            321.0,
+        ),
+        (
+            "9436",
+            "ebpf_exporter_xdp_udp_packets_total",
+            vec!["port=\"9999\""],
+            23.0,
+        ),
     ];
     if has_cgrp_storage {
-        expect.push(("9436", "ebpf_exporter_getppid_calls_by_storage_total", [cgroup.as_str(), "matched=\"true\""].to_vec(), 321.0));
+        expect.push((
+            "9436",
+            "ebpf_exporter_getppid_calls_by_storage_total",
+            [cgroup.as_str(), "matched=\"true\""].to_vec(),
+            321.0,
+        ));
     }
     // USDT: by BPF cookie from 5.15, by the probe's address before.
-    for (kind, n, cost) in [("kind=\"0\"", 4.0, 18000.0), ("kind=\"1\"", 3.0, 12000.0), ("kind=\"2\"", 3.0, 15000.0)] {
+    for (kind, n, cost) in [
+        ("kind=\"0\"", 4.0, 18000.0),
+        ("kind=\"1\"", 3.0, 12000.0),
+        ("kind=\"2\"", 3.0, 15000.0),
+    ] {
         expect.push(("9436", "ebpf_exporter_workload_jobs_total", vec![kind], n));
-        expect.push(("9436", "ebpf_exporter_workload_job_cost_total", vec![kind], cost));
+        expect.push((
+            "9436",
+            "ebpf_exporter_workload_job_cost_total",
+            vec![kind],
+            cost,
+        ));
     }
     for (port, metric, want, value) in expect {
         let got = r.sum(port, metric, &want);
         if (got - value).abs() > 1e-9 {
-            bad.push(format!("{metric}{{{}}} = {got}, want {value}", want.join(",")));
+            bad.push(format!(
+                "{metric}{{{}}} = {got}, want {value}",
+                want.join(",")
+            ));
         }
     }
     bad
@@ -411,7 +577,10 @@ fn every_program_on_every_kernel() {
                     let log = dir.join(format!("{}.log", k.release));
                     let mut report = parse(&boot(k, cpio, &log));
                     if !report.ended {
-                        eprintln!("kernel matrix: the {} guest died; booting it once more", k.release);
+                        eprintln!(
+                            "kernel matrix: the {} guest died; booting it once more",
+                            k.release
+                        );
                         report = parse(&boot(k, cpio, &log));
                     }
                     (i, report)
@@ -425,7 +594,11 @@ fn every_program_on_every_kernel() {
         let k = &kernels[*i];
         let log = dir.join(format!("{}.log", k.release));
         if !report.ended {
-            failures.push(format!("{}: the guest did not finish (serial log: {})", k.release, log.display()));
+            failures.push(format!(
+                "{}: the guest did not finish (serial log: {})",
+                k.release,
+                log.display()
+            ));
             continue;
         }
         for p in problems(k, report) {
@@ -438,5 +611,10 @@ fn every_program_on_every_kernel() {
             report.metrics.len()
         );
     }
-    assert!(failures.is_empty(), "kernel matrix:\n  {}\n(serial logs in {})", failures.join("\n  "), dir.display());
+    assert!(
+        failures.is_empty(),
+        "kernel matrix:\n  {}\n(serial logs in {})",
+        failures.join("\n  "),
+        dir.display()
+    );
 }

@@ -22,8 +22,16 @@ fn execs_and_exits_by_reason_count_under_their_pod() {
     let exits = "ebpf_exporter_process_exits_total";
     let reason = |r: &str| format!("{},reason=\"{r}\"", pod.labels());
     let page = wait_for(&exporter, exits, &reason("signal_SIGKILL"), 4.0);
-    assert_eq!(sample(&page, "ebpf_exporter_process_execs_total", &pod.labels()), Some(4.0), "{page}");
+    assert_eq!(
+        sample(&page, "ebpf_exporter_process_execs_total", &pod.labels()),
+        Some(4.0),
+        "{page}"
+    );
     assert_eq!(sample(&page, exits, &reason("code_0")), Some(5.0), "{page}");
     assert_eq!(sample(&page, exits, &reason("code_3")), Some(4.0), "{page}");
-    assert_eq!(sample(&page, exits, &reason("signal_SIGKILL")), Some(4.0), "{page}");
+    assert_eq!(
+        sample(&page, exits, &reason("signal_SIGKILL")),
+        Some(4.0),
+        "{page}"
+    );
 }

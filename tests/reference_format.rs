@@ -49,9 +49,17 @@ fn a_metric_without_labels_counts_the_post_attach_mark_once() {
     // No other exporter of this test binary starts while ours is counted.
     let _alone = STARTING.lock().unwrap_or_else(|e| e.into_inner());
     let exporter = start_unlocked(&["attach-mark"], &dir);
-    let page = wait_for(&exporter, "ebpf_exporter_exporter_attach_marks_total", "", 1.0);
+    let page = wait_for(
+        &exporter,
+        "ebpf_exporter_exporter_attach_marks_total",
+        "",
+        1.0,
+    );
     // One series, no labels, and the hook ran exactly once.
-    assert!(page.contains("\nebpf_exporter_exporter_attach_marks_total 1\n"), "{page}");
+    assert!(
+        page.contains("\nebpf_exporter_exporter_attach_marks_total 1\n"),
+        "{page}"
+    );
 }
 
 /// Pods (matching the example's regexp) and a plain cgroup, before and after start.
@@ -71,8 +79,16 @@ fn cgroup_id_map(example: &str, metric: &str) {
         format!("cgroup=\"{}\",matched=\"{matched}\"", Cgroups::display(cg))
     };
     let page = wait_for(&exporter, metric, &series(&late, true), 5.0);
-    for (cg, matched, n) in [(&early, true, 11.0), (&plain, false, 7.0), (&late, true, 5.0)] {
-        assert_eq!(sample(&page, metric, &series(cg, matched)), Some(n), "{page}");
+    for (cg, matched, n) in [
+        (&early, true, 11.0),
+        (&plain, false, 7.0),
+        (&late, true, 5.0),
+    ] {
+        assert_eq!(
+            sample(&page, metric, &series(cg, matched)),
+            Some(n),
+            "{page}"
+        );
         assert_eq!(sample(&page, metric, &series(cg, !matched)), None, "{page}");
     }
 }
@@ -80,13 +96,19 @@ fn cgroup_id_map(example: &str, metric: &str) {
 #[test]
 fn cgroup_id_map_of_type_hash_follows_cgroups() {
     privileged!("cgroup_id_map_of_type_hash_follows_cgroups");
-    cgroup_id_map("cgroup-id-map", "ebpf_exporter_getppid_calls_by_filter_total");
+    cgroup_id_map(
+        "cgroup-id-map",
+        "ebpf_exporter_getppid_calls_by_filter_total",
+    );
 }
 
 #[test]
 fn cgroup_id_map_of_type_cgrp_storage_follows_cgroups() {
     privileged!("cgroup_id_map_of_type_cgrp_storage_follows_cgroups");
-    cgroup_id_map("cgroup-id-map-storage", "ebpf_exporter_getppid_calls_by_storage_total");
+    cgroup_id_map(
+        "cgroup-id-map-storage",
+        "ebpf_exporter_getppid_calls_by_storage_total",
+    );
 }
 
 #[test]
@@ -115,14 +137,23 @@ fn kconfig_externs_read_the_running_kernels_values() {
     let exporter = start(&["kconfig"], &dir);
     run_workload(Some(&cg), &["getsid", "50"]);
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    let mut v = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut v = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
     let (major, minor) = (v.next().unwrap(), v.next().unwrap());
     let config = std::process::Command::new("sh")
-        .args(["-c", "zcat /proc/config.gz 2>/dev/null || cat /boot/config-$(uname -r)"])
+        .args([
+            "-c",
+            "zcat /proc/config.gz 2>/dev/null || cat /boot/config-$(uname -r)",
+        ])
         .output()
         .unwrap();
     let config = String::from_utf8_lossy(&config.stdout);
-    let hz = config.lines().find_map(|l| l.strip_prefix("CONFIG_HZ=")).unwrap();
+    let hz = config
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_HZ="))
+        .unwrap();
     let cookie = u8::from((major, minor) >= (5, 15));
     let labels = format!("bpf_cookie=\"{cookie}\",bpf_syscall=\"1\",hz=\"{hz}\",major=\"{major}\",minor=\"{minor}\",missing=\"0\",syscall_wrapper=\"1\"");
     let name = "ebpf_exporter_kconfig_calls_total";
@@ -143,7 +174,11 @@ fn core_reads_of_task_struct_are_right() {
     let page = wait_for(&exporter, name, right, 433.0);
     // Other processes call getpgid too: every read is right, ours among them.
     assert!(sample(&page, name, right).unwrap() >= 433.0, "{page}");
-    assert_eq!(sample(&page, name, "method=\"core\",right=\"false\""), None, "{page}");
+    assert_eq!(
+        sample(&page, name, "method=\"core\",right=\"false\""),
+        None,
+        "{page}"
+    );
 }
 
 #[test]
@@ -154,8 +189,17 @@ fn xdp_sections_name_their_interface() {
     let port = 30000 + (std::process::id() % 20000);
     run_workload(None, &["udp", &port.to_string(), "17"]);
     let labels = format!("port=\"{port}\"");
-    let page = wait_for(&exporter, "ebpf_exporter_xdp_udp_packets_total", &labels, 17.0);
-    assert_eq!(sample(&page, "ebpf_exporter_xdp_udp_packets_total", &labels), Some(17.0), "{page}");
+    let page = wait_for(
+        &exporter,
+        "ebpf_exporter_xdp_udp_packets_total",
+        &labels,
+        17.0,
+    );
+    assert_eq!(
+        sample(&page, "ebpf_exporter_xdp_udp_packets_total", &labels),
+        Some(17.0),
+        "{page}"
+    );
 }
 
 #[test]
@@ -173,8 +217,15 @@ fn kprobe_and_fentry_programs_say_what_this_kernel_lacks() {
     let out = check(&dir);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
-    assert!(text.contains("FAILED  kprobe-fsync (attach)") && text.contains("this kernel lacks kprobes (CONFIG_KPROBES)"), "{text}");
-    assert!(text.contains("FAILED  fentry-fsync (load)") && text.contains("no BPF trampoline support"), "{text}");
+    assert!(
+        text.contains("FAILED  kprobe-fsync (attach)")
+            && text.contains("this kernel lacks kprobes (CONFIG_KPROBES)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("FAILED  fentry-fsync (load)") && text.contains("no BPF trampoline support"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -211,7 +262,16 @@ char LICENSE[] SEC("license") = "GPL";
     test_support::compile_bpf(&source, &dir.0.join("locked.bpf.o"), &[]);
     std::fs::write(dir.0.join("locked.yaml"), "metrics: {}\n").unwrap();
     let out = check(&dir);
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("ok      locked: 1 program(s) attached"), "{stdout}\n{stderr}");
-    assert!(stderr.contains("map=\"locked_counts\"") && stderr.contains("creating it without BTF"), "{stderr}");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.contains("ok      locked: 1 program(s) attached"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("map=\"locked_counts\"") && stderr.contains("creating it without BTF"),
+        "{stderr}"
+    );
 }

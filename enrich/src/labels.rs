@@ -238,7 +238,10 @@ impl Enricher {
 
     /// Resolves one cgroup id (syscalls and directory reads: call through a cache).
     pub fn resolve(&self, cgroup_id: u64) -> Resolved {
-        let known = self.known.get(&cgroup_id).map(|k| (k.0.clone(), k.1.is_some()));
+        let known = self
+            .known
+            .get(&cgroup_id)
+            .map(|k| (k.0.clone(), k.1.is_some()));
         let (path, removed) = match known {
             Some((path, removed)) => (Ok(path), removed),
             None => (self.cgroups.path_of(cgroup_id), false),

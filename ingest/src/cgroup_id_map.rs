@@ -83,7 +83,8 @@ impl CgroupIdMap {
             .take_map(name)
             .ok_or_else(|| error("no such map in the object".into()))?;
         match (&map, kind) {
-            (Map::HashMap(_) | Map::LruHashMap(_), Kind::Hash) | (Map::CgrpStorage(_), Kind::CgrpStorage) => {}
+            (Map::HashMap(_) | Map::LruHashMap(_), Kind::Hash)
+            | (Map::CgrpStorage(_), Kind::CgrpStorage) => {}
             _ => {
                 return Err(error(format!(
                     "cgroup_id_map of type {}: the map is neither {}",
@@ -117,7 +118,9 @@ impl CgroupIdMap {
         let result = match self.kind() {
             // Only matching cgroups were written.
             Kind::Hash if removed && !self.ids.remove(&id) => return,
-            Kind::Hash if removed => HashMap::<_, u64, u64>::try_from(&mut self.map).and_then(|mut m| m.remove(&id)),
+            Kind::Hash if removed => {
+                HashMap::<_, u64, u64>::try_from(&mut self.map).and_then(|mut m| m.remove(&id))
+            }
             // The kernel drops a cgroup's storage with the cgroup.
             Kind::CgrpStorage if removed => Ok(()),
             _ if !self.matches(&full) => return,
@@ -135,7 +138,9 @@ impl CgroupIdMap {
         match result {
             Ok(()) if !removed => self.written += 1,
             Ok(()) => {}
-            Err(e) => tracing::warn!(object = %self.object, map = %self.name, cgroup = %full, "cgroup_id_map: {e}"),
+            Err(e) => {
+                tracing::warn!(object = %self.object, map = %self.name, cgroup = %full, "cgroup_id_map: {e}")
+            }
         }
     }
 

@@ -101,7 +101,9 @@ impl<'a> Elf<'a> {
         if u16_at(bytes, 58)? as usize != SHDR
             || shnum == 0
             || shstrndx >= shnum
-            || shoff.checked_add(shnum * SHDR).is_none_or(|end| end > bytes.len())
+            || shoff
+                .checked_add(shnum * SHDR)
+                .is_none_or(|end| end > bytes.len())
         {
             return Err("ELF: unexpected section header table".into());
         }
@@ -119,7 +121,8 @@ impl<'a> Elf<'a> {
             })
             .collect::<Result<Vec<_>, String>>()?;
         for s in &sections {
-            if s.kind != SHT_NOBITS && s.offset.checked_add(s.size).is_none_or(|e| e > bytes.len()) {
+            if s.kind != SHT_NOBITS && s.offset.checked_add(s.size).is_none_or(|e| e > bytes.len())
+            {
                 return Err("ELF: a section runs past the end of the file".into());
             }
         }
@@ -254,7 +257,10 @@ pub fn externs(bytes: &[u8]) -> Result<Vec<Extern>, String> {
         return Ok(Vec::new());
     };
     let btf = Btf::parse(elf.data(&btf_sec))?;
-    Ok(kconfig_externs(&btf)?.into_iter().map(|(e, ..)| e).collect())
+    Ok(kconfig_externs(&btf)?
+        .into_iter()
+        .map(|(e, ..)| e)
+        .collect())
 }
 
 /// Shortens section names aya cannot parse, in the section string table and wherever
@@ -389,7 +395,8 @@ fn fix_flexible_arrays(
             let (type_id, access, kind) = (word(at + 4)?, word(at + 8)?, word(at + 12)?);
             // Field relocations only (byte offset, size, exists, signed, shifts).
             if kind <= 5 {
-                if let Some(index) = flexible_index(btf, type_id, btf.string(access).unwrap_or("")) {
+                if let Some(index) = flexible_index(btf, type_id, btf.string(access).unwrap_or(""))
+                {
                     fixes.push((at, type_id, index));
                 }
             }
@@ -404,12 +411,20 @@ fn fix_flexible_arrays(
     roots.sort_unstable();
     roots.dedup();
     for root in roots {
-        let len = fixes.iter().filter(|f| f.1 == root).map(|f| f.2).max().unwrap() + 1;
+        let len = fixes
+            .iter()
+            .filter(|f| f.1 == root)
+            .map(|f| f.2)
+            .max()
+            .unwrap()
+            + 1;
         let t = btf.resolve(root).unwrap();
         let &(member_at, array_id, bits) = btf.members(&t).last().unwrap();
         let array = btf.resolve(array_id).unwrap();
         let (elem, _) = btf.array(&array).unwrap();
-        let elem_size = btf.size_of(elem).ok_or("flexible array of unsized elements")?;
+        let elem_size = btf
+            .size_of(elem)
+            .ok_or("flexible array of unsized elements")?;
         let mut record = btf.record(&array).to_vec();
         btf::put_u32(&mut record, 12 + 8, len);
         let new_array = edit.add_type(&record);
@@ -428,7 +443,11 @@ fn fix_flexible_arrays(
 
 /// Writes each setting's global into its data section (`const volatile` globals live
 /// in `.rodata`, which the file holds).
-fn set_globals(elf: &Elf<'_>, globals: &[(&str, Vec<u8>, bool)], o: &mut [u8]) -> Result<(), String> {
+fn set_globals(
+    elf: &Elf<'_>,
+    globals: &[(&str, Vec<u8>, bool)],
+    o: &mut [u8],
+) -> Result<(), String> {
     if globals.is_empty() {
         return Ok(());
     }
@@ -446,10 +465,15 @@ fn set_globals(elf: &Elf<'_>, globals: &[(&str, Vec<u8>, bool)], o: &mut [u8]) -
         };
         let sec = elf.sections[shndx];
         if size != value.len() {
-            return Err(format!("global {name}: {size} bytes in the object, {} given", value.len()));
+            return Err(format!(
+                "global {name}: {size} bytes in the object, {} given",
+                value.len()
+            ));
         }
         if sec.kind == SHT_NOBITS || offset.checked_add(size).is_none_or(|end| end > sec.size) {
-            return Err(format!("global {name}: not initialized data: declare it const volatile with a value"));
+            return Err(format!(
+                "global {name}: not initialized data: declare it const volatile with a value"
+            ));
         }
         o[sec.offset + offset..sec.offset + offset + size].copy_from_slice(value);
     }
@@ -468,18 +492,34 @@ fn set_max_entries(btf: &Btf<'_>, sizes: &[(&str, u32)], edit: &mut btf::Edit) -
     let mut changed = false;
     for (_, var_id) in btf.datasec_entries(&maps) {
         let Some(var) = btf.get(var_id) else { continue };
-        let Some(&(_, size)) = sizes.iter().find(|(n, _)| btf.string(var.name_off) == Some(*n)) else {
+        let Some(&(_, size)) = sizes
+            .iter()
+            .find(|(n, _)| btf.string(var.name_off) == Some(*n))
+        else {
             continue;
         };
-        let Some(def) = btf.resolve(var.size_or_type).filter(|t| t.kind == btf::KIND_STRUCT) else {
+        let Some(def) = btf
+            .resolve(var.size_or_type)
+            .filter(|t| t.kind == btf::KIND_STRUCT)
+        else {
             continue;
         };
         for (member_at, ty, _) in btf.members(&def) {
-            let name_off = u32::from_le_bytes(btf.record(&def)[member_at - def.at..][..4].try_into().unwrap());
-            let Some(ptr) = btf.get(ty).filter(|_| btf.string(name_off) == Some("max_entries")) else {
+            let name_off = u32::from_le_bytes(
+                btf.record(&def)[member_at - def.at..][..4]
+                    .try_into()
+                    .unwrap(),
+            );
+            let Some(ptr) = btf
+                .get(ty)
+                .filter(|_| btf.string(name_off) == Some("max_entries"))
+            else {
                 continue;
             };
-            let Some(array) = btf.get(ptr.size_or_type).filter(|a| a.kind == btf::KIND_ARRAY) else {
+            let Some(array) = btf
+                .get(ptr.size_or_type)
+                .filter(|a| a.kind == btf::KIND_ARRAY)
+            else {
                 continue;
             };
             let mut record = btf.record(&array).to_vec();
@@ -506,17 +546,28 @@ fn plain_maps(btf: &Btf<'_>, names: &[String], edit: &mut btf::Edit) -> bool {
     };
     let mut changed = false;
     for (_, var_id) in btf.datasec_entries(&maps) {
-        let Some(var) = btf.get(var_id).filter(|v| names.iter().any(|n| btf.string(v.name_off) == Some(n))) else {
+        let Some(var) = btf
+            .get(var_id)
+            .filter(|v| names.iter().any(|n| btf.string(v.name_off) == Some(n)))
+        else {
             continue;
         };
-        let Some(def) = btf.resolve(var.size_or_type).filter(|t| t.kind == btf::KIND_STRUCT) else {
+        let Some(def) = btf
+            .resolve(var.size_or_type)
+            .filter(|t| t.kind == btf::KIND_STRUCT)
+        else {
             continue;
         };
         let members = btf.members(&def);
-        let name_of = |at: usize| btf.string(u32::from_le_bytes(btf.record(&def)[at - def.at..][..4].try_into().unwrap()));
+        let name_of = |at: usize| {
+            btf.string(u32::from_le_bytes(
+                btf.record(&def)[at - def.at..][..4].try_into().unwrap(),
+            ))
+        };
         // An `int[N]` from `__uint(type, ...)` gives the element type for sizes.
         let Some(array) = members.iter().find_map(|&(at, ty, _)| {
-            (name_of(at) == Some("type")).then(|| btf.get(ty).and_then(|p| btf.get(p.size_or_type)))?
+            (name_of(at) == Some("type"))
+                .then(|| btf.get(ty).and_then(|p| btf.get(p.size_or_type)))?
         }) else {
             continue;
         };
@@ -548,7 +599,11 @@ fn plain_maps(btf: &Btf<'_>, names: &[String], edit: &mut btf::Edit) -> bool {
 /// Global functions marked `__hidden` (libbpf's headers mark theirs so) become static
 /// in BTF, as libbpf makes them: the verifier then checks them in their caller's
 /// context instead of alone, where every pointer argument might be NULL.
-fn hidden_functions_static(elf: &Elf<'_>, btf: &Btf<'_>, edit: &mut btf::Edit) -> Result<bool, String> {
+fn hidden_functions_static(
+    elf: &Elf<'_>,
+    btf: &Btf<'_>,
+    edit: &mut btf::Edit,
+) -> Result<bool, String> {
     let hidden: std::collections::HashSet<&str> = elf
         .symbols()?
         .into_iter()
@@ -560,7 +615,10 @@ fn hidden_functions_static(elf: &Elf<'_>, btf: &Btf<'_>, edit: &mut btf::Edit) -
         .collect();
     let mut changed = false;
     for (_, t) in btf.types() {
-        if t.kind == btf::KIND_FUNC && t.vlen != 0 && btf.string(t.name_off).is_some_and(|n| hidden.contains(n)) {
+        if t.kind == btf::KIND_FUNC
+            && t.vlen != 0
+            && btf.string(t.name_off).is_some_and(|n| hidden.contains(n))
+        {
             edit.put(t.at + 4, btf::KIND_FUNC << 24);
             changed = true;
         }
@@ -571,7 +629,10 @@ fn hidden_functions_static(elf: &Elf<'_>, btf: &Btf<'_>, edit: &mut btf::Edit) -
 /// The array index of an access `0:<member>:<index>` into `root`'s trailing zero-length
 /// array, when aya would refuse it.
 fn flexible_index(btf: &Btf<'_>, root: u32, access: &str) -> Option<u32> {
-    let parts: Vec<u32> = access.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
+    let parts: Vec<u32> = access
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
     let [_, member, index] = parts[..] else {
         return None;
     };
@@ -688,7 +749,10 @@ mod tests {
     #[test]
     fn objects_without_either_pass_through() {
         let o = bpf_programs::find("tcp_connect_latency").unwrap();
-        assert_eq!(prepare(o.bytes, &Settings::default(), |_| Ok(None)).unwrap(), o.bytes);
+        assert_eq!(
+            prepare(o.bytes, &Settings::default(), |_| Ok(None)).unwrap(),
+            o.bytes
+        );
         assert!(externs(o.bytes).unwrap().is_empty());
         assert!(prepare(b"not elf", &Settings::default(), |_| Ok(None)).is_err());
     }
@@ -710,10 +774,22 @@ mod tests {
         assert_eq!(
             kinds,
             [
-                ("LINUX_KERNEL_VERSION", Kind::Int { size: 4, signed: false }),
+                (
+                    "LINUX_KERNEL_VERSION",
+                    Kind::Int {
+                        size: 4,
+                        signed: false
+                    }
+                ),
                 ("LINUX_HAS_BPF_COOKIE", Kind::Bool),
                 ("LINUX_HAS_SYSCALL_WRAPPER", Kind::Bool),
-                ("CONFIG_HZ", Kind::Int { size: 4, signed: true }),
+                (
+                    "CONFIG_HZ",
+                    Kind::Int {
+                        size: 4,
+                        signed: true
+                    }
+                ),
                 ("CONFIG_BPF_SYSCALL", Kind::Tristate),
                 ("CONFIG_KUBE_EBPF_EXPORTER_NO_SUCH_OPTION", Kind::Bool),
             ]
@@ -730,7 +806,10 @@ mod tests {
         // The rewritten object declares no externs any more: they are data now.
         assert!(externs(&out).unwrap().is_empty());
         let err = prepare(&o, &Settings::default(), |_| Ok(None)).unwrap_err();
-        assert!(err.contains("LINUX_KERNEL_VERSION is not defined by this kernel"), "{err}");
+        assert!(
+            err.contains("LINUX_KERNEL_VERSION is not defined by this kernel"),
+            "{err}"
+        );
         let err = prepare(&o, &Settings::default(), |_| Err("too big".into())).unwrap_err();
         assert_eq!(err, "kconfig extern LINUX_KERNEL_VERSION: too big");
     }
@@ -747,7 +826,11 @@ mod tests {
         // ctx->args[1]: member 2 (args[0]) of three, index 1.
         assert_eq!(flexible_index(&btf, id, "0:2:1"), Some(1));
         assert_eq!(flexible_index(&btf, id, "0:1"), None);
-        assert_eq!(flexible_index(&btf, id, "0:2:2"), None, "aya accepts this one");
+        assert_eq!(
+            flexible_index(&btf, id, "0:2:2"),
+            None,
+            "aya accepts this one"
+        );
         let out = prepare(&o, &Settings::default(), |_| Ok(None)).unwrap();
         let elf = Elf::parse(&out).unwrap();
         let btf = Btf::parse(elf.data(&elf.by_name(".BTF").unwrap())).unwrap();
@@ -775,12 +858,17 @@ mod tests {
             globals: vec![("kaddr_nope", vec![0; 8], true)],
             ..Default::default()
         };
-        assert_eq!(prepare(o, &missing, |_| Ok(None)).unwrap_err(), "global kaddr_nope: not in the object");
+        assert_eq!(
+            prepare(o, &missing, |_| Ok(None)).unwrap_err(),
+            "global kaddr_nope: not in the object"
+        );
         let wrong = Settings {
             globals: vec![("output_wakeup_bytes", vec![0; 4], true)],
             ..Default::default()
         };
-        assert!(prepare(o, &wrong, |_| Ok(None)).unwrap_err().contains("8 bytes in the object, 4 given"));
+        assert!(prepare(o, &wrong, |_| Ok(None))
+            .unwrap_err()
+            .contains("8 bytes in the object, 4 given"));
     }
 
     /// Objects with each rewrite: none, kconfig externs, flexible arrays, USDT (renames,
@@ -788,8 +876,16 @@ mod tests {
     fn objects() -> &'static [Vec<u8>] {
         static OBJECTS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
         OBJECTS.get_or_init(|| {
-            let builtin = bpf_programs::find("tcp_connect_latency").unwrap().bytes.to_vec();
-            vec![builtin, example("kconfig"), example("signals"), example("workload-jobs")]
+            let builtin = bpf_programs::find("tcp_connect_latency")
+                .unwrap()
+                .bytes
+                .to_vec();
+            vec![
+                builtin,
+                example("kconfig"),
+                example("signals"),
+                example("workload-jobs"),
+            ]
         })
     }
 

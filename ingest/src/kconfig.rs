@@ -45,7 +45,11 @@ pub fn kernel_version(release: &str) -> Option<u32> {
         .split(|c: char| !c.is_ascii_digit())
         .take(3)
         .map(|p| p.parse::<u32>().ok());
-    let (a, b, c) = (parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0));
+    let (a, b, c) = (
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    );
     Some((a << 16) + (b << 8) + c.min(255))
 }
 
@@ -148,7 +152,9 @@ pub fn encode(value: &str, kind: Kind) -> Result<Vec<u8>, String> {
         _ => None,
     };
     match (kind, tri) {
-        (Kind::Bool, Some(2)) => Err("value m (module) does not fit a bool: declare it enum libbpf_tristate".into()),
+        (Kind::Bool, Some(2)) => {
+            Err("value m (module) does not fit a bool: declare it enum libbpf_tristate".into())
+        }
         (Kind::Bool, Some(t)) => Ok(vec![t]),
         (Kind::Char, Some(_)) => Ok(vec![value.as_bytes()[0]]),
         (Kind::Tristate, Some(t)) => Ok(u32::from(t).to_le_bytes().to_vec()),
@@ -167,7 +173,10 @@ pub fn encode(value: &str, kind: Kind) -> Result<Vec<u8>, String> {
                 Some(d) => (true, d),
                 None => (false, value),
             };
-            let n = match digits.strip_prefix("0x").or_else(|| digits.strip_prefix("0X")) {
+            let n = match digits
+                .strip_prefix("0x")
+                .or_else(|| digits.strip_prefix("0X"))
+            {
                 Some(h) => u64::from_str_radix(h, 16),
                 None => digits.parse::<u64>(),
             }
@@ -227,7 +236,9 @@ mod tests {
 
     #[test]
     fn config_lines() {
-        let c = parse_config("CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=\"s\"\nCONFIG_D=0x10\n# comment\n");
+        let c = parse_config(
+            "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=\"s\"\nCONFIG_D=0x10\n# comment\n",
+        );
         assert_eq!(c["CONFIG_A"], "y");
         assert_eq!(c["CONFIG_B"], "n");
         assert_eq!(c["CONFIG_C"], "\"s\"");
@@ -243,11 +254,52 @@ mod tests {
         assert_eq!(encode("m", Kind::Char).unwrap(), [b'm']);
         assert_eq!(encode("\"abc\"", Kind::Str { len: 3 }).unwrap(), b"ab\0");
         assert!(encode("abc", Kind::Str { len: 8 }).is_err());
-        assert_eq!(encode("0x10", Kind::Int { size: 2, signed: false }).unwrap(), [16, 0]);
-        assert_eq!(encode("-1", Kind::Int { size: 1, signed: true }).unwrap(), [255]);
-        assert!(encode("256", Kind::Int { size: 1, signed: false }).is_err());
-        assert!(encode("-1", Kind::Int { size: 4, signed: false }).is_err());
-        assert!(encode("y", Kind::Int { size: 4, signed: false }).is_err());
+        assert_eq!(
+            encode(
+                "0x10",
+                Kind::Int {
+                    size: 2,
+                    signed: false
+                }
+            )
+            .unwrap(),
+            [16, 0]
+        );
+        assert_eq!(
+            encode(
+                "-1",
+                Kind::Int {
+                    size: 1,
+                    signed: true
+                }
+            )
+            .unwrap(),
+            [255]
+        );
+        assert!(encode(
+            "256",
+            Kind::Int {
+                size: 1,
+                signed: false
+            }
+        )
+        .is_err());
+        assert!(encode(
+            "-1",
+            Kind::Int {
+                size: 4,
+                signed: false
+            }
+        )
+        .is_err());
+        assert!(encode(
+            "y",
+            Kind::Int {
+                size: 4,
+                signed: false
+            }
+        )
+        .is_err());
     }
 
     proptest::proptest! {

@@ -33,7 +33,8 @@ pub use ringbuf::RingConsumer;
 /// # Errors
 /// The object does not parse.
 pub fn sections(object: &str, bytes: &[u8]) -> Result<Vec<String>, IngestError> {
-    loader::program_sections(object, bytes).map(|s| s.into_iter().map(|(_, section)| section).collect())
+    loader::program_sections(object, bytes)
+        .map(|s| s.into_iter().map(|(_, section)| section).collect())
 }
 
 /// Where the running kernel publishes its BTF.
@@ -47,7 +48,10 @@ pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// Neither is readable or parses; the message names both options.
 pub fn kernel_btf(path: Option<&std::path::Path>) -> Result<Btf, IngestError> {
     let (at, parsed) = match path {
-        Some(p) => (format!("--btf.path {}", p.display()), Btf::parse_file(p, Default::default())),
+        Some(p) => (
+            format!("--btf.path {}", p.display()),
+            Btf::parse_file(p, Default::default()),
+        ),
         None => (KERNEL_BTF.to_string(), Btf::from_sys_fs()),
     };
     parsed.map_err(|e| IngestError::KernelBtf {

@@ -61,7 +61,12 @@ impl<'a> Loader<'a> {
     ///
     /// # Errors
     /// As [`LoadedObject::load`].
-    pub fn load(&mut self, name: &str, bytes: &[u8], opts: &LoadOptions) -> Result<LoadedObject, IngestError> {
+    pub fn load(
+        &mut self,
+        name: &str,
+        bytes: &[u8],
+        opts: &LoadOptions,
+    ) -> Result<LoadedObject, IngestError> {
         LoadedObject::load(self, name, bytes, opts)
     }
 }
@@ -108,7 +113,10 @@ impl std::fmt::Debug for LoadedObject {
 }
 
 /// Maps each program (function) name to its ELF section.
-pub(crate) fn program_sections(object: &str, bytes: &[u8]) -> Result<Vec<(String, String)>, IngestError> {
+pub(crate) fn program_sections(
+    object: &str,
+    bytes: &[u8],
+) -> Result<Vec<(String, String)>, IngestError> {
     let parse = |reason: String| IngestError::Parse {
         object: object.into(),
         reason,
@@ -246,24 +254,33 @@ fn load_object(
         })
     };
     loop {
-        let prepared = elf::prepare(bytes, settings, kconfig).map_err(|reason| IngestError::Parse {
-            object: name.into(),
-            reason,
-        })?;
+        let prepared =
+            elf::prepare(bytes, settings, kconfig).map_err(|reason| IngestError::Parse {
+                object: name.into(),
+                reason,
+            })?;
         match loader.aya.load(&prepared) {
             Ok(ebpf) => return Ok(ebpf),
-            Err(aya::EbpfError::MapError(aya::maps::MapError::CreateError { name: map, io_error }))
-                if !settings.plain_maps.contains(&map) =>
-            {
+            Err(aya::EbpfError::MapError(aya::maps::MapError::CreateError {
+                name: map,
+                io_error,
+            })) if !settings.plain_maps.contains(&map) => {
                 tracing::warn!(object = name, map, "the kernel refused the map with its BTF ({io_error}); creating it without BTF, as libbpf does");
                 settings.plain_maps.push(map);
             }
             Err(source) => {
-                let retried = matches!(&source, aya::EbpfError::MapError(aya::maps::MapError::CreateError { .. }));
+                let retried = matches!(
+                    &source,
+                    aya::EbpfError::MapError(aya::maps::MapError::CreateError { .. })
+                );
                 return Err(IngestError::Load {
                     object: name.into(),
                     source: Box::new(source),
-                    hint: if retried { " (refused with and without its BTF: its type or flags may be newer than this kernel, e.g. cgrp_storage needs 6.2)" } else { "" },
+                    hint: if retried {
+                        " (refused with and without its BTF: its type or flags may be newer than this kernel, e.g. cgrp_storage needs 6.2)"
+                    } else {
+                        ""
+                    },
                 });
             }
         }
@@ -276,7 +293,12 @@ impl LoadedObject {
     /// # Errors
     /// A parse or load failure, a section this exporter cannot attach, or a program the
     /// verifier rejects (with the log's last lines) or the kernel cannot attach.
-    fn load(loader: &mut Loader<'_>, name: &str, bytes: &[u8], opts: &LoadOptions) -> Result<Self, IngestError> {
+    fn load(
+        loader: &mut Loader<'_>,
+        name: &str,
+        bytes: &[u8],
+        opts: &LoadOptions,
+    ) -> Result<Self, IngestError> {
         let mut points = Vec::new();
         for (program, section) in program_sections(name, bytes)? {
             let point = AttachPoint::from_section(&section).map_err(|reason| {
@@ -290,13 +312,23 @@ impl LoadedObject {
             points.push((program, section, point));
         }
         // Settings go into the object itself, so the shared loader keeps none.
-        let kaddr_names: Vec<String> = opts.kaddrs.iter().map(|(s, _)| format!("kaddr_{s}")).collect();
+        let kaddr_names: Vec<String> = opts
+            .kaddrs
+            .iter()
+            .map(|(s, _)| format!("kaddr_{s}"))
+            .collect();
         let mut settings = elf::Settings {
-            globals: vec![(WAKEUP_GLOBAL, opts.wakeup_bytes.to_le_bytes().to_vec(), false)],
+            globals: vec![(
+                WAKEUP_GLOBAL,
+                opts.wakeup_bytes.to_le_bytes().to_vec(),
+                false,
+            )],
             ..Default::default()
         };
         for ((_, addr), global) in opts.kaddrs.iter().zip(&kaddr_names) {
-            settings.globals.push((global, addr.to_le_bytes().to_vec(), true));
+            settings
+                .globals
+                .push((global, addr.to_le_bytes().to_vec(), true));
         }
         if let Some(size) = opts.ring_bytes {
             settings.max_entries = opts.rings.iter().map(|r| (r.as_str(), size)).collect();
@@ -480,9 +512,11 @@ impl LoadedObject {
                                 action: "attach",
                                 detail: format!(": {}: USDT probes in position-independent executables and shared libraries need BPF cookies (kernel 5.15+), as with libbpf; this kernel has none (a binary linked with -no-pie works)", path.display()),
                             })?;
-                            ips.insert(ip as i64, first + i as u32, 0).map_err(|e| IngestError::Parse {
-                                object: name.into(),
-                                reason: format!("{USDT_IPS} (raise BPF_USDT_MAX_IP_CNT): {e}"),
+                            ips.insert(ip as i64, first + i as u32, 0).map_err(|e| {
+                                IngestError::Parse {
+                                    object: name.into(),
+                                    reason: format!("{USDT_IPS} (raise BPF_USDT_MAX_IP_CNT): {e}"),
+                                }
                             })?;
                         }
                     }
@@ -582,8 +616,12 @@ impl LoadedObject {
             .map(map)
             .ok_or_else(|| self.map_error(map, "no such map in the object".into()))?;
         let per_cpu = crate::table::table_data(m).is_some_and(|(_, per_cpu)| per_cpu);
-        let data = crate::table::map_data(m)
-            .ok_or_else(|| self.map_error(map, "not a hash, array, ring or perf event array map".into()))?;
+        let data = crate::table::map_data(m).ok_or_else(|| {
+            self.map_error(
+                map,
+                "not a hash, array, ring or perf event array map".into(),
+            )
+        })?;
         data.info()
             .map(|i| (i.key_size() as usize, per_cpu))
             .map_err(|e| self.map_error(map, e.to_string()))
