@@ -62,7 +62,11 @@ fn semantic_errors_name_the_key() {
         "semantic",
         &DEFAULT.replace("field: latency_ns", "field: latency_us"),
     );
-    let (ok, err) = run(&["--config.file", file.0.to_str().unwrap()], &[]);
+    // Strict: the default's other programs would otherwise start and serve.
+    let (ok, err) = run(
+        &["--config.file", file.0.to_str().unwrap(), "--config.strict"],
+        &[],
+    );
     assert!(!ok);
     assert!(
         err.contains(&format!(
