@@ -168,7 +168,7 @@ fn programs_flag_chooses_which_run() {
         "{out}"
     );
     let (ok, _, err) = check(Some("nope"), None);
-    assert!(!ok && err.contains("no program \"nope\"; the config has: process_lifecycle, tcp_connect_latency (or `all`)"), "{err}");
+    assert!(!ok && err.contains("no program \"nope\"; the config has: oom_kills, process_lifecycle, tcp_connect_latency (or `all`)"), "{err}");
     // `enabled: false` keeps a program off unless --programs names it (or all).
     let default = include_str!("../src/default.yaml").replace(
         "  process_lifecycle:\n",

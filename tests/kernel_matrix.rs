@@ -300,11 +300,11 @@ fn problems(k: &Kernel, r: &Report) -> Vec<String> {
             n.strip_suffix(".yaml").map(str::to_string)
         })
         .collect();
-    for name in examples
-        .iter()
-        .map(String::as_str)
-        .chain(["tcp_connect_latency", "process_lifecycle"])
-    {
+    for name in examples.iter().map(String::as_str).chain([
+        "tcp_connect_latency",
+        "process_lifecycle",
+        "oom_kills",
+    ]) {
         let expect_ok = name != "cgroup-id-map-storage" || has_cgrp_storage;
         match r.checks.get(name) {
             Some(line) if line.starts_with("ok") == expect_ok => {}
@@ -366,7 +366,7 @@ fn problems(k: &Kernel, r: &Report) -> Vec<String> {
             25.0,
         ),
         // `lifecycle 4`: 4 execs, 4 exits with code 3, 4 kills (the workloads exec
-        // before they join the pod's cgroup).
+        // before they join the pod's cgroup); `oom`: one more kill, by the OOM killer.
         (
             "9435",
             "ebpf_exporter_process_execs_total",
@@ -383,8 +383,9 @@ fn problems(k: &Kernel, r: &Report) -> Vec<String> {
             "9435",
             "ebpf_exporter_process_exits_total",
             with(&["reason=\"signal_SIGKILL\""]),
-            4.0,
+            5.0,
         ),
+        ("9435", "ebpf_exporter_oom_kills_total", pod.clone(), 1.0),
         // getpid 1234, and one by `kill` for its own pid.
         (
             "9436",

@@ -1,5 +1,6 @@
-//! The built-in `process_lifecycle` program (in the embedded default config): execs and
-//! process exits by reason count exactly under the pod that ran them. Needs root and BPF.
+//! The built-in `process_lifecycle` and `oom_kills` programs (in the embedded default
+//! config): execs, process exits by reason and OOM kills count exactly under the pod
+//! that ran them (the victim's, for OOM kills). Needs root and BPF.
 
 #[macro_use]
 mod common;
@@ -34,4 +35,61 @@ fn execs_and_exits_by_reason_count_under_their_pod() {
         Some(4.0),
         "{page}"
     );
+}
+
+/// Limits the memory of a workload in `cg`: on hybrid hosts (cgroup v1 memory
+/// controller) through a v1 memory cgroup it also joins; else `memory.max` on `cg`.
+fn memory_limit(cg: &std::path::Path, bytes: u64) -> Option<std::path::PathBuf> {
+    let v1 = std::path::Path::new("/sys/fs/cgroup/memory");
+    if v1.join("memory.limit_in_bytes").exists() {
+        let dir = v1.join(format!("kebpf-oom-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("memory.limit_in_bytes"), bytes.to_string()).unwrap();
+        return Some(dir);
+    }
+    // Enable the controller down the path, then limit the leaf.
+    let mount = common::cgroup2_mount();
+    let mut at = mount.clone();
+    for part in cg.strip_prefix(&mount).unwrap().components() {
+        let _ = std::fs::write(at.join("cgroup.subtree_control"), "+memory");
+        at = at.join(part);
+    }
+    std::fs::write(cg.join("memory.max"), bytes.to_string()).unwrap();
+    None
+}
+
+#[test]
+fn an_oom_kill_counts_under_the_victims_pod() {
+    privileged!("an_oom_kill_counts_under_the_victims_pod");
+    let pod = Pod::new("shop", "oom-victim-1e2f3", "app");
+    let dir = TempDir::new("oom");
+    let mut cgroups = Cgroups::new("oom");
+    let cg = pod.cgroup(&mut cgroups);
+    let logs = pod.logs(&dir.0);
+    let args: Vec<&str> = logs.iter().map(String::as_str).collect();
+    let exporter = Exporter::start(&args, &dir.0.join("exporter.log"));
+    let v1 = memory_limit(&cg, 32 << 20);
+    let mut cmd = std::process::Command::new(common::workload());
+    cmd.arg(&cg).arg("oom");
+    if let Some(v1) = &v1 {
+        cmd.env("WORKLOAD_MEMORY_CGROUP", v1);
+    }
+    let status = cmd.status().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "{status:?}"
+    );
+    let name = "ebpf_exporter_oom_kills_total";
+    let page = wait_for(&exporter, name, &pod.labels(), 1.0);
+    assert_eq!(sample(&page, name, &pod.labels()), Some(1.0), "{page}");
+    let killed = format!("{},reason=\"signal_SIGKILL\"", pod.labels());
+    assert_eq!(
+        sample(&page, "ebpf_exporter_process_exits_total", &killed),
+        Some(1.0),
+        "{page}"
+    );
+    if let Some(v1) = v1 {
+        let _ = std::fs::remove_dir(v1);
+    }
 }

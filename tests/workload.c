@@ -62,6 +62,9 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	join_cgroup(argv[1]);
+	/* Also a cgroup v1 memory cgroup, for memory limits on hybrid hosts. */
+	if (getenv("WORKLOAD_MEMORY_CGROUP"))
+		join_cgroup(getenv("WORKLOAD_MEMORY_CGROUP"));
 	const char *cmd = argv[2];
 	if (getenv("WORKLOAD_SLEEP_US"))
 		usleep((useconds_t)atol(getenv("WORKLOAD_SLEEP_US")));
@@ -134,6 +137,15 @@ int main(int argc, char **argv)
 				kill(child, SIGKILL);
 			if (waitpid(child, NULL, 0) != child)
 				return 3;
+		}
+	} else if (strcmp(cmd, "oom") == 0) {
+		/* oom: touch memory until the memory limit's OOM killer ends us. */
+		for (;;) {
+			char *p = malloc(1 << 20);
+
+			if (!p)
+				return 3;
+			memset(p, 1, 1 << 20);
 		}
 	} else if (strcmp(cmd, "open-missing") == 0) {
 		for (long i = 0; i < n; i++)

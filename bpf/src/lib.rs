@@ -46,6 +46,7 @@ macro_rules! object {
 pub const OBJECTS: &[Object] = &[
     object!("tcp_connect_latency"),
     object!("process_lifecycle"),
+    object!("oom_kills"),
     object!("cgroup_events"),
 ];
 

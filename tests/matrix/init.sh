@@ -67,6 +67,16 @@ w jobs 10
 w fsync 41
 w udp 9999 23
 w lifecycle 4
+# One OOM kill: the container's memory limited to 32 MiB, then a workload that grows.
+d=/sys/fs/cgroup
+for part in kubepods.slice kubepods-burstable.slice kubepods-burstable-pod${POD_UID_}.slice; do
+  echo +memory >"$d/cgroup.subtree_control"
+  d=$d/$part
+done
+echo +memory >"$d/cgroup.subtree_control"
+echo $((32 << 20)) >"$cg/memory.max"
+kebpf-workload "$cg" oom
+echo max >"$cg/memory.max"
 w connect 9436 25
 sleep 3
 
