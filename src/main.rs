@@ -410,7 +410,6 @@ async fn serve(args: Args) -> Result<()> {
 
     let node = node_id(&config);
     let cgroups = CgroupFs::discover().context("enrich: cgroup v2 hierarchy")?;
-    let cgroup_mount = cgroups.mount().to_path_buf();
     let pods = metadata_sources(&config.kubernetes, &source)?;
     let (extra, extra_names): (Vec<_>, Vec<_>) =
         config.kubernetes.labels.extra().into_iter().unzip();
@@ -436,7 +435,7 @@ async fn serve(args: Args) -> Result<()> {
         decoders: &decoders,
         pipeline: &config.pipeline,
         loader: ingest::Loader::new(&btf),
-        cgroup_mount: &cgroup_mount,
+        cgroup_mount: enricher.cgroups().mount(),
     };
 
     let mut running: Vec<Running> = Vec::new();

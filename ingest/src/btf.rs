@@ -140,6 +140,11 @@ impl<'a> Btf<'a> {
         &self.data[t.at..t.at + t.len]
     }
 
+    /// The name of the struct member whose record starts at `at`.
+    pub fn member_name(&self, at: usize) -> Option<&'a str> {
+        self.string(u32_at(self.data, at)?)
+    }
+
     /// A struct's or union's members: (record offset, type id, bit offset).
     pub fn members(&self, t: &Type) -> Vec<(usize, u32, u32)> {
         let kflag = u32_at(self.data, t.at + 4).unwrap_or(0) >> 31 == 1;

@@ -480,56 +480,57 @@ fn set_globals(
     Ok(())
 }
 
-/// Resizes BTF-defined maps: each map's `max_entries` member is pointed at a new
-/// array type of the wanted length (`__uint(max_entries, N)` is a pointer to `int[N]`).
-fn set_max_entries(btf: &Btf<'_>, sizes: &[(&str, u32)], edit: &mut btf::Edit) -> bool {
+/// The struct type of each BTF-defined map (`.maps` variable) whose name `wanted`.
+fn map_defs(btf: &Btf<'_>, wanted: impl Fn(&str) -> bool) -> Vec<btf::Type> {
     let Some((_, maps)) = btf
         .types()
         .find(|(_, t)| t.kind == btf::KIND_DATASEC && btf.string(t.name_off) == Some(".maps"))
     else {
-        return false;
+        return Vec::new();
     };
+    btf.datasec_entries(&maps)
+        .into_iter()
+        .filter_map(|(_, var_id)| btf.get(var_id))
+        .filter(|var| btf.string(var.name_off).is_some_and(&wanted))
+        .filter_map(|var| btf.resolve(var.size_or_type))
+        .filter(|t| t.kind == btf::KIND_STRUCT)
+        .collect()
+}
+
+/// Adds what `__uint(name, n)` declares, a pointer to `int[n]` (a copy of `array`, an
+/// `int[...]` of the object, with length `n`); returns the pointer's id.
+fn add_uint(btf: &Btf<'_>, array: &btf::Type, n: u32, edit: &mut btf::Edit) -> u32 {
+    let mut record = btf.record(array).to_vec();
+    btf::put_u32(&mut record, 12 + 8, n);
+    let sized = edit.add_type(&record);
+    let mut ptr = vec![0u8; 12];
+    btf::put_u32(&mut ptr, 4, btf::KIND_PTR << 24);
+    btf::put_u32(&mut ptr, 8, sized);
+    edit.add_type(&ptr)
+}
+
+/// The `int[N]` a `__uint(...)` member points at.
+fn uint_array(btf: &Btf<'_>, ty: u32) -> Option<btf::Type> {
+    btf.get(btf.get(ty)?.size_or_type)
+        .filter(|a| a.kind == btf::KIND_ARRAY)
+}
+
+/// Resizes BTF-defined maps: each map's `max_entries` member is pointed at a new
+/// `int[N]` of the wanted length.
+fn set_max_entries(btf: &Btf<'_>, sizes: &[(&str, u32)], edit: &mut btf::Edit) -> bool {
     let mut changed = false;
-    for (_, var_id) in btf.datasec_entries(&maps) {
-        let Some(var) = btf.get(var_id) else { continue };
-        let Some(&(_, size)) = sizes
-            .iter()
-            .find(|(n, _)| btf.string(var.name_off) == Some(*n))
-        else {
-            continue;
-        };
-        let Some(def) = btf
-            .resolve(var.size_or_type)
-            .filter(|t| t.kind == btf::KIND_STRUCT)
-        else {
-            continue;
-        };
-        for (member_at, ty, _) in btf.members(&def) {
-            let name_off = u32::from_le_bytes(
-                btf.record(&def)[member_at - def.at..][..4]
-                    .try_into()
-                    .unwrap(),
-            );
-            let Some(ptr) = btf
-                .get(ty)
-                .filter(|_| btf.string(name_off) == Some("max_entries"))
-            else {
-                continue;
-            };
-            let Some(array) = btf
-                .get(ptr.size_or_type)
-                .filter(|a| a.kind == btf::KIND_ARRAY)
-            else {
-                continue;
-            };
-            let mut record = btf.record(&array).to_vec();
-            btf::put_u32(&mut record, 12 + 8, size);
-            let new_array = edit.add_type(&record);
-            let mut record = btf.record(&ptr).to_vec();
-            btf::put_u32(&mut record, 8, new_array);
-            let new_ptr = edit.add_type(&record);
-            edit.put(member_at + 4, new_ptr);
-            changed = true;
+    for &(name, size) in sizes {
+        for def in map_defs(btf, |n| n == name) {
+            for (at, ty, _) in btf.members(&def) {
+                if btf.member_name(at) != Some("max_entries") {
+                    continue;
+                }
+                if let Some(array) = uint_array(btf, ty) {
+                    let ptr = add_uint(btf, &array, size, edit);
+                    edit.put(at + 4, ptr);
+                    changed = true;
+                }
+            }
         }
     }
     changed
@@ -538,41 +539,19 @@ fn set_max_entries(btf: &Btf<'_>, sizes: &[(&str, u32)], edit: &mut btf::Edit) -
 /// Turns the `__type(key, T)` and `__type(value, T)` of the named maps into
 /// `__uint(key_size, sizeof(T))` and `value_size`, so aya creates them without BTF.
 fn plain_maps(btf: &Btf<'_>, names: &[String], edit: &mut btf::Edit) -> bool {
-    let Some((_, maps)) = btf
-        .types()
-        .find(|(_, t)| t.kind == btf::KIND_DATASEC && btf.string(t.name_off) == Some(".maps"))
-    else {
-        return false;
-    };
     let mut changed = false;
-    for (_, var_id) in btf.datasec_entries(&maps) {
-        let Some(var) = btf
-            .get(var_id)
-            .filter(|v| names.iter().any(|n| btf.string(v.name_off) == Some(n)))
-        else {
-            continue;
-        };
-        let Some(def) = btf
-            .resolve(var.size_or_type)
-            .filter(|t| t.kind == btf::KIND_STRUCT)
-        else {
-            continue;
-        };
+    for def in map_defs(btf, |n| names.iter().any(|m| m == n)) {
         let members = btf.members(&def);
-        let name_of = |at: usize| {
-            btf.string(u32::from_le_bytes(
-                btf.record(&def)[at - def.at..][..4].try_into().unwrap(),
-            ))
-        };
-        // An `int[N]` from `__uint(type, ...)` gives the element type for sizes.
-        let Some(array) = members.iter().find_map(|&(at, ty, _)| {
-            (name_of(at) == Some("type"))
-                .then(|| btf.get(ty).and_then(|p| btf.get(p.size_or_type)))?
-        }) else {
+        // The `int[N]` of `__uint(type, ...)` serves as the template for sizes.
+        let Some(array) = members
+            .iter()
+            .find(|&&(at, _, _)| btf.member_name(at) == Some("type"))
+            .and_then(|&(_, ty, _)| uint_array(btf, ty))
+        else {
             continue;
         };
         for &(at, ty, _) in &members {
-            let new_name = match name_of(at) {
+            let new_name = match btf.member_name(at) {
                 Some("key") => "key_size",
                 Some("value") => "value_size",
                 _ => continue,
@@ -580,13 +559,7 @@ fn plain_maps(btf: &Btf<'_>, names: &[String], edit: &mut btf::Edit) -> bool {
             let Some(size) = btf.get(ty).and_then(|p| btf.size_of(p.size_or_type)) else {
                 continue;
             };
-            let mut record = btf.record(&array).to_vec();
-            btf::put_u32(&mut record, 12 + 8, size);
-            let sized = edit.add_type(&record);
-            let mut ptr = vec![0u8; 12];
-            btf::put_u32(&mut ptr, 4, btf::KIND_PTR << 24);
-            btf::put_u32(&mut ptr, 8, sized);
-            let ptr = edit.add_type(&ptr);
+            let ptr = add_uint(btf, &array, size, edit);
             let name = edit.add_string(new_name);
             edit.put(at, name);
             edit.put(at + 4, ptr);

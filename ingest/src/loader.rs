@@ -611,20 +611,13 @@ impl LoadedObject {
     /// # Errors
     /// The map is missing.
     pub fn key_size(&self, map: &str) -> Result<(usize, bool), IngestError> {
-        let m = self
+        let (key, _) = self.key_value_size(map)?;
+        let per_cpu = self
             .ebpf
             .map(map)
-            .ok_or_else(|| self.map_error(map, "no such map in the object".into()))?;
-        let per_cpu = crate::table::table_data(m).is_some_and(|(_, per_cpu)| per_cpu);
-        let data = crate::table::map_data(m).ok_or_else(|| {
-            self.map_error(
-                map,
-                "not a hash, array, ring or perf event array map".into(),
-            )
-        })?;
-        data.info()
-            .map(|i| (i.key_size() as usize, per_cpu))
-            .map_err(|e| self.map_error(map, e.to_string()))
+            .and_then(crate::table::table_data)
+            .is_some_and(|(_, per_cpu)| per_cpu);
+        Ok((key, per_cpu))
     }
 
     /// A map's key and value sizes in bytes, as the kernel has them.
@@ -637,7 +630,12 @@ impl LoadedObject {
             .map(map)
             .ok_or_else(|| self.map_error(map, "no such map in the object".into()))?;
         crate::table::map_data(m)
-            .ok_or_else(|| self.map_error(map, "not a hash, array or cgrp_storage map".into()))?
+            .ok_or_else(|| {
+                self.map_error(
+                    map,
+                    "not a hash, array, cgrp_storage, ring or perf event array map".into(),
+                )
+            })?
             .info()
             .map(|i| (i.key_size() as usize, i.value_size() as usize))
             .map_err(|e| self.map_error(map, e.to_string()))
