@@ -1,13 +1,19 @@
 // SPDX-License-Identifier: GPL-2.0
-/* TCP connect latency: one record per connect that reaches ESTABLISHED.
+/* TCP connect latency: one record per connect that reaches ESTABLISHED; and failed
+ * connects, counted in the kernel by cgroup and errno.
  *
  * sock:inet_sock_set_state fires for CLOSE -> SYN_SENT in the connecting task (so
  * the cgroup id there is the caller's) and for SYN_SENT -> ESTABLISHED in softirq
  * context (where `current` is arbitrary), so the start time and cgroup id are kept
- * per socket between the two.
+ * per socket between the two. A connect that fails (SYN_SENT -> CLOSE), blocking or
+ * not, leaves its reason in sk_err (ECONNREFUSED on a reset, ETIMEDOUT when the SYNs
+ * went unanswered, EHOSTUNREACH... from ICMP); one closed by its caller before it
+ * completed has none and is not an error.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include "maps.bpf.h"
 #include "output.bpf.h"
 
 #define AF_INET 2
@@ -42,6 +48,18 @@ struct {
 	__type(key, const void *);
 	__type(value, struct connect_start);
 } connect_starts SEC(".maps");
+
+struct connect_error_key {
+	__u64 cgroup;
+	__u64 errno;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 10240);
+	__type(key, struct connect_error_key);
+	__type(value, __u64);
+} tcp_connect_errors_total SEC(".maps");
 
 OUTPUT_RINGBUF(events);
 
@@ -85,6 +103,14 @@ int tcp_connect_state(struct trace_event_raw_inet_sock_set_state *ctx)
 			rec->pid = start->pid;
 			OUTPUT_SUBMIT(ctx, events, rec);
 		}
+	} else if (newstate == TCP_CLOSE) {
+		struct connect_error_key key = {
+			.cgroup = start->cgroup_id,
+			.errno = BPF_CORE_READ((struct sock *)sk, sk_err),
+		};
+
+		if (key.errno)
+			map_increment(&tcp_connect_errors_total, &key, 1);
 	}
 	/* Established or failed: either way the connect is over. */
 	bpf_map_delete_elem(&connect_starts, &sk);

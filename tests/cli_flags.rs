@@ -133,6 +133,9 @@ fn programs_lists_the_built_ins() {
         "  hooks: tracepoint/sock/inet_sock_set_state",
         "  needs: tracepoints (4.7), ring buffers (5.8; perf buffers before)",
         "process_lifecycle (on by default):",
+        "runqueue_latency (off by default): How long runnable tasks waited for a CPU, by pod",
+        "  hooks: tp_btf/sched_switch, tp_btf/sched_wakeup, tp_btf/sched_wakeup_new",
+        "  needs: BTF tracepoints (5.5, BTF)",
     ] {
         assert!(text.contains(line), "{text}");
     }
@@ -168,7 +171,15 @@ fn programs_flag_chooses_which_run() {
         "{out}"
     );
     let (ok, _, err) = check(Some("nope"), None);
-    assert!(!ok && err.contains("no program \"nope\"; the config has: oom_kills, process_lifecycle, tcp_connect_latency (or `all`)"), "{err}");
+    assert!(!ok && err.contains("no program \"nope\"; the config has: block_io, direct_reclaim, oom_kills, packet_drops, process_lifecycle, runqueue_latency, syscall_errors, tcp_connect_latency, tcp_resets, tcp_retransmits, udp_drops (or `all`)"), "{err}");
+    // The default set leaves the hot hooks off; `all` attaches every built-in here.
+    let (ok, out, _) = check(None, None);
+    assert!(ok && !out.contains("runqueue_latency") && !out.contains("syscall_errors"), "{out}");
+    let (ok, out, _) = check(Some("all"), None);
+    assert!(ok && out.lines().count() == 11, "{out}");
+    for line in out.lines() {
+        assert!(line.starts_with("ok") && line.ends_with("attached"), "{out}");
+    }
     // `enabled: false` keeps a program off unless --programs names it (or all).
     let default = include_str!("../src/default.yaml").replace(
         "  process_lifecycle:\n",

@@ -37,27 +37,6 @@ fn execs_and_exits_by_reason_count_under_their_pod() {
     );
 }
 
-/// Limits the memory of a workload in `cg`: on hybrid hosts (cgroup v1 memory
-/// controller) through a v1 memory cgroup it also joins; else `memory.max` on `cg`.
-fn memory_limit(cg: &std::path::Path, bytes: u64) -> Option<std::path::PathBuf> {
-    let v1 = std::path::Path::new("/sys/fs/cgroup/memory");
-    if v1.join("memory.limit_in_bytes").exists() {
-        let dir = v1.join(format!("kebpf-oom-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("memory.limit_in_bytes"), bytes.to_string()).unwrap();
-        return Some(dir);
-    }
-    // Enable the controller down the path, then limit the leaf.
-    let mount = common::cgroup2_mount();
-    let mut at = mount.clone();
-    for part in cg.strip_prefix(&mount).unwrap().components() {
-        let _ = std::fs::write(at.join("cgroup.subtree_control"), "+memory");
-        at = at.join(part);
-    }
-    std::fs::write(cg.join("memory.max"), bytes.to_string()).unwrap();
-    None
-}
-
 #[test]
 fn an_oom_kill_counts_under_the_victims_pod() {
     privileged!("an_oom_kill_counts_under_the_victims_pod");
@@ -68,7 +47,7 @@ fn an_oom_kill_counts_under_the_victims_pod() {
     let logs = pod.logs(&dir.0);
     let args: Vec<&str> = logs.iter().map(String::as_str).collect();
     let exporter = Exporter::start(&args, &dir.0.join("exporter.log"));
-    let v1 = memory_limit(&cg, 32 << 20);
+    let v1 = common::memory_limit(&cg, 32 << 20);
     let mut cmd = std::process::Command::new(common::workload());
     cmd.arg(&cg).arg("oom");
     if let Some(v1) = &v1 {

@@ -12,6 +12,15 @@
  *   kill N SIG        N kill(self, SIG) calls (SIG 0 delivers nothing)
  *   jobs N            N firings of the USDT probe workload:job(i % 3, i * 1000); built
  *                     with -DWORKLOAD_SEMAPHORE, only while a tracer raised its semaphore
+ *   connect-timeout A P N  N non-blocking TCP connects to A:P at once, each of which must
+ *                     fail with ETIMEDOUT (the caller makes A drop packets); prints the
+ *                     retransmits the kernel counted for them (TCP_INFO)
+ *   udp-overflow N    N datagrams to a socket that reads none until the end; prints how
+ *                     many its full receive queue dropped
+ *   spin MS N         N children pinned to CPU 0 spin for MS ms; prints their
+ *                     involuntary context switches
+ *   direct-write F N S  N O_DIRECT writes of S bytes over the existing file F
+ *   pagecache F MIB   writes MIB MiB to F through the page cache
  * WORKLOAD_SLEEP_US=N sleeps that long first (a container's life before its last calls).
  * With WORKLOAD_HOLD=1 it then waits until killed, so its pid stays resolvable.
  */
@@ -23,10 +32,16 @@ unsigned short workload_job_semaphore __attribute__((unused, section(".probes"))
 #else
 #define JOB_ENABLED() 1
 #endif
+#define _GNU_SOURCE
 #include <errno.h>
+#include <poll.h>
+#include <sched.h>
+#include <sys/resource.h>
+#include <time.h>
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -147,6 +162,111 @@ int main(int argc, char **argv)
 				return 3;
 			memset(p, 1, 1 << 20);
 		}
+	} else if (strcmp(cmd, "connect-timeout") == 0) {
+		struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[4])) };
+		long count = argc > 5 ? atol(argv[5]) : 0;
+		struct pollfd fds[64];
+
+		if (count > 64 || inet_pton(AF_INET, argv[3], &to.sin_addr) != 1)
+			return 2;
+		for (long i = 0; i < count; i++) {
+			fds[i].fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+			fds[i].events = POLLOUT;
+			if (fds[i].fd < 0 || connect(fds[i].fd, (struct sockaddr *)&to, sizeof(to)) == 0 ||
+			    errno != EINPROGRESS)
+				return 3;
+		}
+		long retransmits = 0;
+
+		for (long i = 0; i < count; i++) {
+			int err = 0;
+			socklen_t len = sizeof(err);
+			struct tcp_info info;
+			socklen_t info_len = sizeof(info);
+
+			while (poll(&fds[i], 1, -1) != 1)
+				;
+			getsockopt(fds[i].fd, SOL_SOCKET, SO_ERROR, &err, &len);
+			if (err != ETIMEDOUT) {
+				fprintf(stderr, "connect: %s, not ETIMEDOUT\n", strerror(err));
+				return 3;
+			}
+			if (getsockopt(fds[i].fd, IPPROTO_TCP, TCP_INFO, &info, &info_len))
+				return 3;
+			retransmits += info.tcpi_total_retrans;
+			close(fds[i].fd);
+		}
+		printf("%ld\n", retransmits);
+	} else if (strcmp(cmd, "udp-overflow") == 0) {
+		struct sockaddr_in at = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+		socklen_t len = sizeof(at);
+		int rcvbuf = 1, in = socket(AF_INET, SOCK_DGRAM, 0), out = socket(AF_INET, SOCK_DGRAM, 0);
+		char byte;
+		long received = 0;
+
+		/* The smallest buffer the kernel allows: a few datagrams fit. */
+		if (in < 0 || out < 0 || setsockopt(in, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)) ||
+		    bind(in, (struct sockaddr *)&at, sizeof(at)) || getsockname(in, (struct sockaddr *)&at, &len))
+			return 3;
+		for (long i = 0; i < n; i++)
+			if (sendto(out, "x", 1, 0, (struct sockaddr *)&at, sizeof(at)) != 1)
+				return 3;
+		while (recv(in, &byte, 1, MSG_DONTWAIT) == 1)
+			received++;
+		printf("%ld\n", n - received);
+	} else if (strcmp(cmd, "spin") == 0) {
+		long children = argc > 4 ? atol(argv[4]) : 0;
+		struct rusage usage;
+
+		for (long i = 0; i < children; i++) {
+			pid_t child = fork();
+
+			if (child == 0) {
+				cpu_set_t one;
+				struct timespec start, now;
+
+				CPU_ZERO(&one);
+				CPU_SET(0, &one);
+				if (sched_setaffinity(0, sizeof(one), &one))
+					_exit(3);
+				clock_gettime(CLOCK_MONOTONIC, &start);
+				do
+					clock_gettime(CLOCK_MONOTONIC, &now);
+				while ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 < n);
+				_exit(0);
+			}
+			if (child < 0)
+				return 3;
+		}
+		for (long i = 0; i < children; i++)
+			if (wait(NULL) < 0)
+				return 3;
+		getrusage(RUSAGE_CHILDREN, &usage);
+		printf("%ld\n", usage.ru_nivcsw);
+	} else if (strcmp(cmd, "direct-write") == 0) {
+		long count = atol(argv[4]), size = argc > 5 ? atol(argv[5]) : 0;
+		int fd = open(argv[3], O_WRONLY | O_DIRECT);
+		void *buf;
+
+		if (fd < 0 || posix_memalign(&buf, 4096, size))
+			return 3;
+		memset(buf, 7, size);
+		for (long i = 0; i < count; i++)
+			if (pwrite(fd, buf, size, i * size) != size)
+				return 3;
+		close(fd);
+	} else if (strcmp(cmd, "pagecache") == 0) {
+		long mib = argc > 4 ? atol(argv[4]) : 0;
+		int fd = open(argv[3], O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		static char chunk[1 << 20];
+
+		if (fd < 0)
+			return 3;
+		memset(chunk, 1, sizeof(chunk));
+		for (long i = 0; i < mib; i++)
+			if (write(fd, chunk, sizeof(chunk)) != sizeof(chunk))
+				return 3;
+		close(fd);
 	} else if (strcmp(cmd, "open-missing") == 0) {
 		for (long i = 0; i < n; i++)
 			if (open("/nonexistent/kube-ebpf-exporter-test", O_RDONLY) >= 0 || errno != ENOENT)

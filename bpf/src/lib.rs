@@ -47,6 +47,14 @@ pub const OBJECTS: &[Object] = &[
     object!("tcp_connect_latency"),
     object!("process_lifecycle"),
     object!("oom_kills"),
+    object!("tcp_retransmits"),
+    object!("tcp_resets"),
+    object!("udp_drops"),
+    object!("packet_drops"),
+    object!("runqueue_latency"),
+    object!("block_io"),
+    object!("direct_reclaim"),
+    object!("syscall_errors"),
     object!("cgroup_events"),
 ];
 

@@ -390,3 +390,24 @@ pub fn connects(n: usize, cgroup: &std::path::Path) {
     assert!(status.success(), "client failed: {script}");
     accept.join().unwrap();
 }
+
+/// Limits the memory of a workload in `cg`: on hybrid hosts (cgroup v1 memory
+/// controller) through a v1 memory cgroup it also joins; else `memory.max` on `cg`.
+pub fn memory_limit(cg: &std::path::Path, bytes: u64) -> Option<std::path::PathBuf> {
+    let v1 = std::path::Path::new("/sys/fs/cgroup/memory");
+    if v1.join("memory.limit_in_bytes").exists() {
+        let dir = v1.join(cg.file_name().unwrap());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("memory.limit_in_bytes"), bytes.to_string()).unwrap();
+        return Some(dir);
+    }
+    // Enable the controller down the path, then limit the leaf.
+    let mount = cgroup2_mount();
+    let mut at = mount.clone();
+    for part in cg.strip_prefix(&mount).unwrap().components() {
+        let _ = std::fs::write(at.join("cgroup.subtree_control"), "+memory");
+        at = at.join(part);
+    }
+    std::fs::write(cg.join("memory.max"), bytes.to_string()).unwrap();
+    None
+}

@@ -8,6 +8,7 @@
 
 mod cgroup;
 mod dname;
+mod drop_reason;
 mod errno;
 mod exit_reason;
 mod hex;
@@ -85,7 +86,7 @@ impl Context {
 }
 
 /// Every decoder name, for error messages.
-const NAMES: &str = "uint, hex, string, errno, syscall, ksym, kstack, inet_ip, inet_subnet, ifname, majorminor, dname, cgroup, regexp, static_map, pci_vendor, pci_device, pci_class, pci_subclass, kube_namespace, kube_pod, kube_container, kube_podnamespace, kube_podname, kube_containername";
+const NAMES: &str = "uint, hex, string, errno, exit_reason, drop_reason, syscall, ksym, kstack, inet_ip, inet_subnet, ifname, majorminor, dname, cgroup, regexp, static_map, pci_vendor, pci_device, pci_class, pci_subclass, kube_namespace, kube_pod, kube_container, kube_podnamespace, kube_podname, kube_containername";
 
 /// A label's decoder chain.
 #[derive(Debug)]
@@ -146,6 +147,7 @@ impl Chain {
                 "string" => Box::new(string::CString),
                 "errno" => Box::new(errno::Errno),
                 "exit_reason" => Box::new(exit_reason::ExitReason),
+                "drop_reason" => Box::new(drop_reason::DropReason::load()),
                 "syscall" => Box::new(syscall::Syscall),
                 "ksym" => {
                     sizes(&[8], "an 8 byte address")?;

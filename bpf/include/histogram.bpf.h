@@ -1,0 +1,25 @@
+/* In-kernel exp2 histograms keyed by cgroup, as table histograms read them: bucket i
+ * counts values in (2^(i-1), 2^i] (clamped to [min, max]), key max + 1 holds the sum. */
+#ifndef KUBE_EBPF_HISTOGRAM_BPF_H
+#define KUBE_EBPF_HISTOGRAM_BPF_H
+
+#include "maps.bpf.h"
+
+struct cgroup_bucket_key {
+	__u64 cgroup;
+	__u64 bucket;
+};
+
+static __always_inline void histogram_observe(void *map, __u64 cgroup, __u64 value,
+					      __u64 min_bucket, __u64 max_bucket)
+{
+	struct cgroup_bucket_key key = { .cgroup = cgroup };
+	__u64 bucket = log2_ceil(value);
+
+	key.bucket = bucket < min_bucket ? min_bucket : bucket > max_bucket ? max_bucket : bucket;
+	map_increment(map, &key, 1);
+	key.bucket = max_bucket + 1;
+	map_increment(map, &key, value);
+}
+
+#endif
