@@ -103,11 +103,25 @@ static __always_inline void observe(void *map, struct io_key *key, __u64 value, 
 	map_increment(map, key, value);
 }
 
-/* 5.11 dropped the request_queue argument of block_bio_queue and block_rq_issue. */
+/* The tracepoints' first argument was the request_queue until 5.10 (block_rq_issue)
+ * and 5.11 (block_bio_queue): `dropped` is the version without it. The loads are
+ * written out so that clang cannot fold them into one load from a computed offset,
+ * which the verifier refuses (a context pointer must not be modified). */
+static __always_inline void *after_queue_arg(unsigned long long *ctx, int dropped)
+{
+	void *arg;
+
+	if (LINUX_KERNEL_VERSION < dropped)
+		asm volatile("%[arg] = *(u64 *)(%[ctx] + 8)" : [arg] "=r"(arg) : [ctx] "r"(ctx));
+	else
+		asm volatile("%[arg] = *(u64 *)(%[ctx] + 0)" : [arg] "=r"(arg) : [ctx] "r"(ctx));
+	return arg;
+}
+
 SEC("tp_btf/block_bio_queue")
 int BPF_PROG(block_bio_queue)
 {
-	struct bio *bio = LINUX_KERNEL_VERSION < KERNEL_VERSION(5, 11, 0) ? (void *)ctx[1] : (void *)ctx[0];
+	struct bio *bio = after_queue_arg(ctx, KERNEL_VERSION(5, 11, 0));
 	__u64 cgroup;
 
 	if (bio_blkcg_id(bio))
@@ -120,7 +134,7 @@ int BPF_PROG(block_bio_queue)
 SEC("tp_btf/block_rq_issue")
 int BPF_PROG(block_rq_issue)
 {
-	struct request *rq = LINUX_KERNEL_VERSION < KERNEL_VERSION(5, 11, 0) ? (void *)ctx[1] : (void *)ctx[0];
+	struct request *rq = after_queue_arg(ctx, KERNEL_VERSION(5, 10, 0));
 	struct gendisk *disk = request_disk(rq);
 	struct bio *bio = BPF_CORE_READ(rq, bio);
 	__u32 major = BPF_CORE_READ(disk, major), minor = BPF_CORE_READ(disk, first_minor);

@@ -174,11 +174,17 @@ fn programs_flag_chooses_which_run() {
     assert!(!ok && err.contains("no program \"nope\"; the config has: block_io, direct_reclaim, oom_kills, packet_drops, process_lifecycle, runqueue_latency, syscall_errors, tcp_connect_latency, tcp_resets, tcp_retransmits, udp_drops (or `all`)"), "{err}");
     // The default set leaves the hot hooks off; `all` attaches every built-in here.
     let (ok, out, _) = check(None, None);
-    assert!(ok && !out.contains("runqueue_latency") && !out.contains("syscall_errors"), "{out}");
+    assert!(
+        ok && !out.contains("runqueue_latency") && !out.contains("syscall_errors"),
+        "{out}"
+    );
     let (ok, out, _) = check(Some("all"), None);
     assert!(ok && out.lines().count() == 11, "{out}");
     for line in out.lines() {
-        assert!(line.starts_with("ok") && line.ends_with("attached"), "{out}");
+        assert!(
+            line.starts_with("ok") && line.ends_with("attached"),
+            "{out}"
+        );
     }
     // `enabled: false` keeps a program off unless --programs names it (or all).
     let default = include_str!("../src/default.yaml").replace(

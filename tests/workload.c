@@ -17,10 +17,10 @@
  *                     retransmits the kernel counted for them (TCP_INFO)
  *   udp-overflow N    N datagrams to a socket that reads none until the end; prints how
  *                     many its full receive queue dropped
- *   spin MS N         N children pinned to CPU 0 spin for MS ms; prints their
- *                     involuntary context switches
+ *   spin MS N         N children pinned to CPU 0 spin for MS ms; prints the run-queue
+ *                     wait (ns) and runs the kernel accounted to them and to itself
  *   direct-write F N S  N O_DIRECT writes of S bytes over the existing file F
- *   pagecache F MIB   writes MIB MiB to F through the page cache
+ *   pagecache F MIB   writes MIB MiB to F through the page cache, then fsyncs it
  * WORKLOAD_SLEEP_US=N sleeps that long first (a container's life before its last calls).
  * With WORKLOAD_HOLD=1 it then waits until killed, so its pid stays resolvable.
  */
@@ -52,6 +52,18 @@ unsigned short workload_job_semaphore __attribute__((unused, section(".probes"))
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+/* /proc/self/schedstat: time on CPU, time waiting on a run queue, times run. */
+static int schedstat(unsigned long long *run_delay, unsigned long long *runs)
+{
+	unsigned long long on_cpu;
+	FILE *f = fopen("/proc/self/schedstat", "r");
+	int n = f ? fscanf(f, "%llu %llu %llu", &on_cpu, run_delay, runs) : 0;
+
+	if (f)
+		fclose(f);
+	return n == 3 ? 0 : -1;
+}
 
 static void join_cgroup(const char *dir)
 {
@@ -215,15 +227,22 @@ int main(int argc, char **argv)
 			received++;
 		printf("%ld\n", n - received);
 	} else if (strcmp(cmd, "spin") == 0) {
+		/* The kernel's own run-queue accounting (sched_info) of the children and of
+		 * this process from here on: total run_delay (ns) and times run (pcount). */
 		long children = argc > 4 ? atol(argv[4]) : 0;
-		struct rusage usage;
+		unsigned long long delay = 0, runs = 0, d, r;
+		int report[2];
 
+		if (pipe(report) || schedstat(&d, &r))
+			return 3;
+		delay -= d, runs -= r;
 		for (long i = 0; i < children; i++) {
 			pid_t child = fork();
 
 			if (child == 0) {
 				cpu_set_t one;
 				struct timespec start, now;
+				unsigned long long mine[2];
 
 				CPU_ZERO(&one);
 				CPU_SET(0, &one);
@@ -233,16 +252,23 @@ int main(int argc, char **argv)
 				do
 					clock_gettime(CLOCK_MONOTONIC, &now);
 				while ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 < n);
+				if (schedstat(&mine[0], &mine[1]) || write(report[1], mine, sizeof(mine)) != sizeof(mine))
+					_exit(3);
 				_exit(0);
 			}
 			if (child < 0)
 				return 3;
 		}
-		for (long i = 0; i < children; i++)
-			if (wait(NULL) < 0)
+		for (long i = 0; i < children; i++) {
+			unsigned long long theirs[2];
+
+			if (read(report[0], theirs, sizeof(theirs)) != sizeof(theirs) || wait(NULL) < 0)
 				return 3;
-		getrusage(RUSAGE_CHILDREN, &usage);
-		printf("%ld\n", usage.ru_nivcsw);
+			delay += theirs[0], runs += theirs[1];
+		}
+		if (schedstat(&d, &r))
+			return 3;
+		printf("%llu %llu\n", delay + d, runs + r);
 	} else if (strcmp(cmd, "direct-write") == 0) {
 		long count = atol(argv[4]), size = argc > 5 ? atol(argv[5]) : 0;
 		int fd = open(argv[3], O_WRONLY | O_DIRECT);
@@ -266,6 +292,8 @@ int main(int argc, char **argv)
 		for (long i = 0; i < mib; i++)
 			if (write(fd, chunk, sizeof(chunk)) != sizeof(chunk))
 				return 3;
+		if (fsync(fd))
+			return 3;
 		close(fd);
 	} else if (strcmp(cmd, "open-missing") == 0) {
 		for (long i = 0; i < n; i++)

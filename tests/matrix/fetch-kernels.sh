@@ -3,6 +3,8 @@
 # Debian bullseye's newest 5.10 and bookworm's newest 6.1 and 6.12 cloud kernels.
 # Packages are downloaded and unpacked, never installed; bullseye's index lives in a
 # private apt directory so the system's sources stay as they are.
+# Each kernel's null_blk module (and configfs, which it needs) comes along, uncompressed:
+# the guest's block device.
 # Prints one line per kernel: <release> <vmlinuz path> <config path>.
 set -euo pipefail
 cache=$1
@@ -27,10 +29,12 @@ fi
 fetch() { # <apt options...> -- <package>
   local opts=() ; while [ "$1" != -- ]; do opts+=("$1"); shift; done; shift
   local pkg=$1 dir="$cache/$1"
-  if [ ! -f "$dir/done" ]; then
+  if [ ! -f "$dir/done-modules" ]; then
     rm -rf "$dir"; mkdir -p "$dir"
     (cd "$dir" && apt-get "${opts[@]}" download -qq "$pkg" >&2 &&
-      dpkg-deb --fsys-tarfile ./*.deb | tar -x ./boot && rm -f ./*.deb && touch done)
+      dpkg-deb --fsys-tarfile ./*.deb | tar -x ./boot --wildcards '*/null_blk.ko*' '*/configfs.ko*' &&
+      find . -name '*.ko.xz' -exec xz -d {} + &&
+      find . -name '*.ko' -exec mv {} boot/ \; && rm -rf ./*.deb ./lib ./usr && touch done-modules)
   fi
   local vmlinuz; vmlinuz=$(ls "$dir"/boot/vmlinuz-*)
   local release=${vmlinuz##*/vmlinuz-}

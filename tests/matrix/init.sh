@@ -19,8 +19,12 @@ ip link set lo up
 say() { echo "MATRIX $*"; }
 say kernel "$(uname -r)"
 
-# --config.check on every config, the embedded default (built-in programs) first.
-kube-ebpf-exporter --config.check 2>/dev/null | sed 's/^/MATRIX check default /'
+# Two disks for block_io: direct I/O on nullb0, page cache writeback on nullb1.
+insmod /matrix/modules/$(uname -r)/configfs.ko
+insmod /matrix/modules/$(uname -r)/null_blk.ko nr_devices=2 || say workload-failed insmod null_blk
+
+# --config.check on every config, every built-in program first.
+kube-ebpf-exporter --programs all --config.check 2>/dev/null | sed 's/^/MATRIX check default /'
 for yaml in /cfg/*.yaml; do
   name=${yaml##*/}; name=${name%.yaml}
   kube-ebpf-exporter --config.dir /cfg --config.names "$name" --config.check 2>/tmp/check.log |
@@ -49,7 +53,7 @@ serve() { # <port> <flags...>
     sleep 0.2
   done
 }
-serve 9435
+serve 9435 --programs all
 serve 9436 --config.dir /cfg --config.names "$ok"
 say serving-after "$started" "$(cut -d' ' -f1 /proc/uptime)"
 
@@ -67,17 +71,51 @@ w jobs 10
 w fsync 41
 w udp 9999 23
 w lifecycle 4
-# One OOM kill: the container's memory limited to 32 MiB, then a workload that grows.
+# The memory and io controllers down to the container, as the kubelet enables them.
 d=/sys/fs/cgroup
 for part in kubepods.slice kubepods-burstable.slice kubepods-burstable-pod${POD_UID_}.slice; do
   echo +memory >"$d/cgroup.subtree_control"
+  echo +io >"$d/cgroup.subtree_control"
   d=$d/$part
 done
 echo +memory >"$d/cgroup.subtree_control"
+echo +io >"$d/cgroup.subtree_control"
+# One OOM kill: the container's memory limited to 32 MiB, then a workload that grows.
 echo $((32 << 20)) >"$cg/memory.max"
 kebpf-workload "$cg" oom
+# Direct reclaim: 64 MiB through the page cache of a 16 MiB container (nullb1's cache,
+# written back on behalf of the container).
+echo $((16 << 20)) >"$cg/memory.max"
+w pagecache /dev/nullb1 64
 echo max >"$cg/memory.max"
 w connect 9436 25
+# The program library's workloads; `value` lines report what the kernel counted.
+v() { # <name> <workload args...>
+  name=$1; shift
+  out=$(kebpf-workload "$cg" "$@") || say workload-failed "$@"
+  say value "$name" "$out"
+}
+# 7 connects to a closed port: 7 ECONNREFUSED and 7 resets received.
+for i in 1 2 3 4 5 6 7; do kebpf-workload "$cg" connect 9 1; done
+# 3 connects whose SYNs vanish, in a network namespace of their own.
+out=$(unshare -n sh -ec 'ip link set lo up; ip addr add 10.9.9.1/32 dev lo; ip route add 10.9.9.9/32 dev lo src 10.9.9.1; echo 1 >/proc/sys/net/ipv4/tcp_syn_retries; exec "$@"' netns \
+  kebpf-workload "$cg" connect-timeout 10.9.9.9 80 3) || say workload-failed connect-timeout
+say value retransmits_sent "$out"
+v udp_dropped udp-overflow 200
+# Two loops sharing the CPU for 2 s: the kernel's own run-queue accounting of them, and
+# the pod's histogram just before and after (nothing else of the pod runs meanwhile).
+rq() { # <when>
+  for s in count sum; do
+    say value "runqueue_${s}_$1" "$(wget -q -O - http://127.0.0.1:9435/metrics |
+      grep "^ebpf_exporter_runqueue_latency_seconds_$s{.*app_pod=\"$POD\"" | sed 's/.* //')"
+  done
+}
+rq before
+out=$(kebpf-workload "$cg" spin 2000 2) || say workload-failed spin
+rq after
+say value run_delay_ns "${out% *}"
+say value runs "${out#* }"
+w direct-write /dev/nullb0 16 65536
 sleep 3
 
 for port in 9435 9436; do

@@ -35,7 +35,11 @@ impl DropReason {
                 };
                 names.insert(number.trim().as_bytes().to_vec(), name.as_bytes().to_vec());
                 // The list ends where the call does.
-                if rest.split('}').nth(1).is_some_and(|after| after.trim_start().starts_with(')')) {
+                if rest
+                    .split('}')
+                    .nth(1)
+                    .is_some_and(|after| after.trim_start().starts_with(')'))
+                {
                     break;
                 }
             }

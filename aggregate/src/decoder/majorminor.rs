@@ -1,5 +1,7 @@
 //! `majorminor`: the kernel's u32 device number (`new_encode_dev`) as a block device
-//! name from /proc/partitions, `unknown:<major>:<minor>` otherwise.
+//! name from /proc/partitions, else from sysfs (`/sys/dev/block/<major>:<minor>`: disks
+//! that hide from /proc/partitions, such as null_blk's on 5.10), `unknown:<major>:<minor>`
+//! otherwise.
 
 use super::{DecodeError, Decoder};
 
@@ -39,7 +41,12 @@ impl Decoder for MajorMinor {
             (f.len() == 4 && f[0] == major.to_string() && f[1] == minor.to_string())
                 .then(|| f[3].to_string())
         });
+        let sysfs = || {
+            let link = std::fs::read_link(format!("/sys/dev/block/{major}:{minor}")).ok()?;
+            Some(link.file_name()?.to_string_lossy().into_owned())
+        };
         Ok(name
+            .or_else(sysfs)
             .unwrap_or_else(|| format!("unknown:{major}:{minor}"))
             .into_bytes())
     }
@@ -60,8 +67,23 @@ mod tests {
         assert_eq!(d.decode(&enc(259, 0)).unwrap(), b"nvme0n1");
         assert_eq!(d.decode(&enc(8, 17)).unwrap(), b"sdb1");
         assert_eq!(d.decode(&enc(8, 300)).unwrap(), b"unknown:8:300");
+        // Not in the file: sysfs names it (1:3 is /dev/null, a character device).
+        assert_eq!(d.decode(&enc(1, 3)).unwrap(), b"unknown:1:3");
         assert_eq!(split(u32::from_ne_bytes(enc(8, 300))), (8, 300));
         assert!(d.decode(&[1, 2]).is_err());
+        // A disk missing from the file: sysfs names it.
+        std::fs::write(&file, "").unwrap();
+        let sysfs = std::fs::read_dir("/sys/dev/block").into_iter().flatten().next();
+        if let Some(entry) = sysfs {
+            let entry = entry.unwrap();
+            let number = entry.file_name().into_string().unwrap();
+            let (major, minor) = number.split_once(':').unwrap();
+            let name = std::fs::read_link(entry.path()).unwrap();
+            assert_eq!(
+                d.decode(&enc(major.parse().unwrap(), minor.parse().unwrap())).unwrap(),
+                name.file_name().unwrap().as_encoded_bytes()
+            );
+        }
         std::fs::remove_file(file).unwrap();
     }
 }
