@@ -1,6 +1,8 @@
 //! As root, with Debian's `prometheus` and `promtool`: a real Prometheus server scrapes
 //! the exporter on loopback, and PromQL over a pod's TCP connects gives the answers the
-//! exporter's own histogram says it should; promtool finds nothing wrong with the page.
+//! exporter's own histogram says it should; promtool finds nothing wrong with the page;
+//! every query of the Grafana dashboard finds the series of a pod that ran a workload
+//! for every built-in program.
 
 mod common;
 
@@ -10,7 +12,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use common::{connects, get, samples, Cgroups, Exporter, Pod, TempDir};
+use common::{connects, get, run_workload, samples, workload, Cgroups, Exporter, Pod, TempDir};
 
 const METRIC: &str = "ebpf_exporter_tcp_connect_latency_seconds";
 
@@ -212,34 +214,6 @@ fn prometheus_scrapes_the_pods_connect_latency() {
         );
     }
 
-    // Every query of the Grafana dashboard is valid PromQL, and those over the
-    // connect histogram find this pod's series.
-    let dashboard: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/deploy/grafana/kube-ebpf-exporter.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    for panel in dashboard["panels"].as_array().unwrap() {
-        for target in panel["targets"].as_array().unwrap() {
-            let expr = target["expr"]
-                .as_str()
-                .unwrap()
-                .replace("$__rate_interval", &format!("{range}s"))
-                .replace("$node", ".*")
-                .replace("$namespace", ".*")
-                .replace("$pod", pod.name);
-            let n = prometheus.series(&expr, at);
-            assert!(
-                n > 0 || !expr.contains(METRIC),
-                "{}: {expr}",
-                panel["title"]
-            );
-        }
-    }
-
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -259,4 +233,109 @@ fn prometheus_scrapes_the_pods_connect_latency() {
         out.status.success() && report.trim().is_empty(),
         "promtool check metrics: {report}"
     );
+}
+
+/// Runs a workload for every built-in program in `cg`: each program's series exist for
+/// the pod afterwards.
+fn every_programs_workload(cg: &std::path::Path) {
+    connects(5, cg);
+    // Refused: a connect error, a reset received, an exit with code 3.
+    let closed = common::free_port().to_string();
+    let refused = Command::new(workload())
+        .arg(cg)
+        .args(["connect", &closed, "1"])
+        .status()
+        .unwrap();
+    assert_eq!(refused.code(), Some(3));
+    let netns = "ip link set lo up; ip addr add 10.9.9.1/32 dev lo; ip route add 10.9.9.9/32 dev lo src 10.9.9.1; echo 1 >/proc/sys/net/ipv4/tcp_syn_retries; exec \"$@\"";
+    let unanswered = Command::new("unshare")
+        .args(["-n", "sh", "-ec", netns, "netns"])
+        .arg(workload())
+        .arg(cg)
+        .args(["connect-timeout", "10.9.9.9", "80", "1"])
+        .output()
+        .unwrap();
+    assert!(unanswered.status.success(), "{unanswered:?}");
+    run_workload(Some(cg), &["udp-overflow", "50"]);
+    run_workload(Some(cg), &["open-missing", "5"]);
+    run_workload(Some(cg), &["spin", "200", "2"]);
+    run_workload(Some(cg), &["lifecycle", "1"]);
+    let file =
+        std::path::Path::new("/var/tmp").join(format!("kebpf-dashboard-{}", std::process::id()));
+    std::fs::write(&file, vec![0u8; 65536]).unwrap();
+    std::fs::File::open(&file).unwrap().sync_all().unwrap();
+    run_workload(
+        Some(cg),
+        &["direct-write", file.to_str().unwrap(), "1", "65536"],
+    );
+    // Memory: reclaim at 16 MiB, then one OOM kill.
+    let v1 = common::memory_limit(cg, 16 << 20);
+    let with_limit = |args: &[&str]| {
+        let mut cmd = Command::new(workload());
+        cmd.arg(cg).args(args);
+        if let Some(v1) = &v1 {
+            cmd.env("WORKLOAD_MEMORY_CGROUP", v1);
+        }
+        cmd.status().unwrap()
+    };
+    let _ = std::fs::remove_file(&file);
+    let cache = file.with_extension("cache");
+    assert!(with_limit(&["pagecache", cache.to_str().unwrap(), "48"]).success());
+    let _ = std::fs::remove_file(&cache);
+    assert!(!with_limit(&["oom"]).success());
+    if let Some(v1) = v1 {
+        let _ = std::fs::remove_dir(v1);
+    }
+}
+
+#[test]
+fn every_dashboard_query_finds_its_programs_series() {
+    let name = "every_dashboard_query_finds_its_programs_series";
+    if !test_support::privileged(name) || !test_support::tool(name, "prometheus") {
+        return;
+    }
+    let pod = Pod::new("shop", "dashboard-2d3e4-f5a6b", "app");
+    let dir = TempDir::new(pod.name);
+    let mut cgroups = Cgroups::new(pod.name);
+    let cg = pod.cgroup(&mut cgroups);
+    let mut flags = pod.logs(&dir.0);
+    flags.extend(["--programs".into(), "all".into()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let exporter = Exporter::start(&flags, &dir.0.join("exporter.log"));
+    let prometheus = Prometheus::start(&exporter.addr, &dir.0);
+    every_programs_workload(&cg);
+    // Two scrapes of every series, so rate() has its two samples.
+    std::thread::sleep(Duration::from_secs(3));
+    let at = now();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/grafana/kube-ebpf-exporter.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        // Rows have no queries.
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            let pod_scoped = expr.contains("app_pod=~\"$pod\"");
+            let expr = expr
+                .replace("$__rate_interval", "60s")
+                .replace("$node", ".*")
+                .replace("$namespace", ".*")
+                .replace("$pod", pod.name);
+            // Valid PromQL everywhere; a query over a program's metric finds the pod.
+            let n = prometheus.series(&expr, at);
+            assert!(
+                n > 0 || !pod_scoped,
+                "{}: {expr}\n{}",
+                panel["title"],
+                exporter.metrics()
+            );
+            checked += usize::from(pod_scoped);
+        }
+    }
+    assert!(checked >= 20, "{checked} pod queries");
 }

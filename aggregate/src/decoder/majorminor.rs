@@ -73,14 +73,18 @@ mod tests {
         assert!(d.decode(&[1, 2]).is_err());
         // A disk missing from the file: sysfs names it.
         std::fs::write(&file, "").unwrap();
-        let sysfs = std::fs::read_dir("/sys/dev/block").into_iter().flatten().next();
+        let sysfs = std::fs::read_dir("/sys/dev/block")
+            .into_iter()
+            .flatten()
+            .next();
         if let Some(entry) = sysfs {
             let entry = entry.unwrap();
             let number = entry.file_name().into_string().unwrap();
             let (major, minor) = number.split_once(':').unwrap();
             let name = std::fs::read_link(entry.path()).unwrap();
             assert_eq!(
-                d.decode(&enc(major.parse().unwrap(), minor.parse().unwrap())).unwrap(),
+                d.decode(&enc(major.parse().unwrap(), minor.parse().unwrap()))
+                    .unwrap(),
                 name.file_name().unwrap().as_encoded_bytes()
             );
         }
