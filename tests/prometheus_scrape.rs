@@ -304,9 +304,6 @@ fn every_dashboard_query_finds_its_programs_series() {
     let exporter = Exporter::start(&flags, &dir.0.join("exporter.log"));
     let prometheus = Prometheus::start(&exporter.addr, &dir.0);
     every_programs_workload(&cg);
-    // Two scrapes of every series, so rate() has its two samples.
-    std::thread::sleep(Duration::from_secs(3));
-    let at = now();
     let dashboard: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -326,14 +323,19 @@ fn every_dashboard_query_finds_its_programs_series() {
                 .replace("$node", ".*")
                 .replace("$namespace", ".*")
                 .replace("$pod", pod.name);
-            // Valid PromQL everywhere; a query over a program's metric finds the pod.
-            let n = prometheus.series(&expr, at);
-            assert!(
-                n > 0 || !pod_scoped,
-                "{}: {expr}\n{}",
-                panel["title"],
-                exporter.metrics()
-            );
+            // Valid PromQL everywhere; a query over a program's metric finds the pod
+            // (once Prometheus holds two scrapes of it: scrapes time out at 1 s).
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while prometheus.series(&expr, now()) == 0 && pod_scoped {
+                assert!(
+                    Instant::now() < deadline,
+                    "{}: {expr}\nup: {:?}\n{}",
+                    panel["title"],
+                    prometheus.query("up", now()),
+                    std::fs::read_to_string(dir.0.join("prometheus.log")).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(250));
+            }
             checked += usize::from(pod_scoped);
         }
     }
