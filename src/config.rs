@@ -397,6 +397,9 @@ pub struct Program {
     /// What the program answers, for `kube-ebpf-exporter programs`.
     #[serde(default)]
     pub description: Option<String>,
+    /// What it costs, as measured (`benchmark/`), for `kube-ebpf-exporter programs`.
+    #[serde(default)]
+    pub cost: Option<String>,
 }
 
 /// `cgroup_id_map`: which map, how it holds cgroups, which cgroups.

@@ -290,6 +290,9 @@ fn list_programs() -> Result<()> {
             "  needs: {}",
             programs::kernel_needs(&hooks, !program.rings.is_empty())
         );
+        if let Some(cost) = &program.cost {
+            println!("  cost: {cost}");
+        }
     }
     Ok(())
 }

@@ -136,6 +136,7 @@ fn programs_lists_the_built_ins() {
         "runqueue_latency (off by default): How long runnable tasks waited for a CPU, by pod",
         "  hooks: tp_btf/sched_switch, tp_btf/sched_wakeup, tp_btf/sched_wakeup_new",
         "  needs: BTF tracepoints (5.5, BTF)",
+        "  cost: 480 ns per wakeup or context switch",
     ] {
         assert!(text.contains(line), "{text}");
     }
