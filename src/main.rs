@@ -416,7 +416,12 @@ async fn serve(args: Args) -> Result<()> {
     let pods = metadata_sources(&config.kubernetes, &source)?;
     let (extra, extra_names): (Vec<_>, Vec<_>) =
         config.kubernetes.labels.extra().into_iter().unzip();
-    let enricher = Arc::new(Enricher::new(cgroups, pods).with_extra(extra));
+    let grace = Duration::from_secs(config.kubernetes.series_grace_seconds);
+    let enricher = Arc::new(
+        Enricher::new(cgroups, pods)
+            .with_extra(extra)
+            .with_series_grace(grace),
+    );
     let walked = enricher.walk();
     tracing::info!(
         containers = walked,
@@ -613,7 +618,7 @@ async fn serve(args: Args) -> Result<()> {
         sink,
         node: node.clone(),
         enricher,
-        series_grace: Duration::from_secs(config.kubernetes.series_grace_seconds),
+        series_grace: grace,
     });
     let mut app = Router::new()
         .route(&config.web.telemetry_path, get(metrics))
@@ -778,6 +783,42 @@ fn sink_table(
     }
 }
 
+/// Removes the entries of a cgroup-keyed table whose cgroups were removed at least the
+/// series grace period ago, from the map too: the kernel would keep deleted pods'
+/// counts (and their series) until its LRU map fills.
+fn expire_entries(
+    s: &AppState,
+    r: &programs::Running,
+    t: &aggregate::TablePlan,
+    split_cpus: bool,
+    entries: &mut Vec<(Vec<u8>, u64)>,
+) {
+    let gone = |key: &[u8]| {
+        t.cgroup_id(key)
+            .and_then(|id| s.enricher.removed_for(id))
+            .is_some_and(|removed| removed >= s.series_grace)
+    };
+    let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(entries)
+        .into_iter()
+        .partition(|(key, _)| gone(key));
+    *entries = kept;
+    if expired.is_empty() {
+        return;
+    }
+    // Entries read per CPU carry the CPU (u16) after the map's key.
+    let mut keys: Vec<Vec<u8>> = expired
+        .into_iter()
+        .map(|(mut k, _)| {
+            k.truncate(k.len() - if split_cpus { 2 } else { 0 });
+            k
+        })
+        .collect();
+    keys.dedup();
+    if let Err(e) = r.object.delete_table_keys(&t.map, &keys) {
+        tracing::warn!(config = %r.name, "deleting entries of removed cgroups: {e}");
+    }
+}
+
 /// `/metrics`: rendered on a blocking thread and streamed in chunks, so a scrape of
 /// many series never holds the whole page.
 async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
@@ -798,7 +839,8 @@ async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
             let sink = s.sink.as_ref().filter(|k| k.configs.contains(&r.name));
             for (t, &split) in r.plan.tables.iter().zip(&r.split_cpus) {
                 match r.object.read_table(&t.map, split) {
-                    Ok(entries) => {
+                    Ok(mut entries) => {
+                        expire_entries(&s, r, t, split, &mut entries);
                         let rows = t.rows(&entries);
                         t.render(&rows, &mut out);
                         if let Some(sink) = sink {

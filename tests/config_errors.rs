@@ -41,7 +41,10 @@ const DEFAULT: &str = include_str!("../src/default.yaml");
 fn unknown_key_names_file_key_and_reason() {
     let file = TempConfig::new(
         "unknown",
-        &DEFAULT.replace("bucket_type: exp2", "bucket_kind: exp2"),
+        &DEFAULT.replace(
+            "bucket_type: exp2\n          bucket_min: 0\n          bucket_max: 26",
+            "bucket_kind: exp2\n          bucket_min: 0\n          bucket_max: 26",
+        ),
     );
     let (ok, err) = run(&["--config.file", file.0.to_str().unwrap()], &[]);
     assert!(!ok);

@@ -38,8 +38,12 @@ fn getpid_calls_table_counter_with_kube_decoders() {
     let exporter = start("getpid-calls", &dir, &pod.logs(&dir.0));
     run_workload(Some(&cg), &["getpid", "1234"]);
     let name = "ebpf_exporter_getpid_calls_total";
-    let page = wait_for(&exporter, name, &pod.labels(), 1234.0);
-    assert_eq!(sample(&page, name, &pod.labels()), Some(1234.0), "{page}");
+    let page = wait_for(&exporter, name, &pod.series(&[]), 1234.0);
+    assert_eq!(
+        sample(&page, name, &pod.series(&[])),
+        Some(1234.0),
+        "{page}"
+    );
     assert!(
         page.contains("ebpf_exporter_enabled_configs{name=\"getpid-calls\"} 1"),
         "{page}"
@@ -182,10 +186,10 @@ fn getpid_by_pid_table_with_pid_keyed_kube_decoders() {
     .unwrap();
     assert_eq!(line, "done\n");
     let name = "ebpf_exporter_getpid_calls_by_pid_total";
-    let page = wait_for(&exporter, name, &pod.labels(), 321.0);
+    let page = wait_for(&exporter, name, &pod.series(&[]), 321.0);
     held.kill().unwrap();
     held.wait().unwrap();
-    assert_eq!(sample(&page, name, &pod.labels()), Some(321.0), "{page}");
+    assert_eq!(sample(&page, name, &pod.series(&[])), Some(321.0), "{page}");
 }
 
 #[test]

@@ -21,10 +21,10 @@ fn execs_and_exits_by_reason_count_under_their_pod() {
     // itself exits 0 in the pod (it joins the cgroup after its own exec).
     run_workload(Some(&cg), &["lifecycle", "4"]);
     let exits = "ebpf_exporter_process_exits_total";
-    let reason = |r: &str| format!("{},reason=\"{r}\"", pod.labels());
+    let reason = |r: &str| pod.series(&[("reason", r)]);
     let page = wait_for(&exporter, exits, &reason("signal_SIGKILL"), 4.0);
     assert_eq!(
-        sample(&page, "ebpf_exporter_process_execs_total", &pod.labels()),
+        sample(&page, "ebpf_exporter_process_execs_total", &pod.series(&[])),
         Some(4.0),
         "{page}"
     );
@@ -60,9 +60,9 @@ fn an_oom_kill_counts_under_the_victims_pod() {
         "{status:?}"
     );
     let name = "ebpf_exporter_oom_kills_total";
-    let page = wait_for(&exporter, name, &pod.labels(), 1.0);
-    assert_eq!(sample(&page, name, &pod.labels()), Some(1.0), "{page}");
-    let killed = format!("{},reason=\"signal_SIGKILL\"", pod.labels());
+    let page = wait_for(&exporter, name, &pod.series(&[]), 1.0);
+    assert_eq!(sample(&page, name, &pod.series(&[])), Some(1.0), "{page}");
+    let killed = pod.series(&[("reason", "signal_SIGKILL")]);
     assert_eq!(
         sample(&page, "ebpf_exporter_process_exits_total", &killed),
         Some(1.0),

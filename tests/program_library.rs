@@ -37,12 +37,17 @@ fn setup(name: &'static str, pod: &'static str, programs: &str) -> Setup {
 }
 
 impl Setup {
+    /// The pod's series labels with `extra` (`name="value"` pairs, comma-separated).
     fn labels(&self, extra: &str) -> String {
-        if extra.is_empty() {
-            return self.pod.labels();
-        }
-        // Label names sort after the pod's (as exported): append.
-        format!("{},{extra}", self.pod.labels())
+        let pairs: Vec<(&str, &str)> = extra
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap();
+                (k, v.trim_matches('"'))
+            })
+            .collect();
+        self.pod.series(&pairs)
     }
 }
 
@@ -65,9 +70,12 @@ fn workload_output(wrapper: &[&str], cg: &std::path::Path, args: &[&str]) -> Str
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// `labels` without the pod's: samples counted outside any pod.
+/// Samples counted outside any pod, with `extra` (a label that sorts before node_id).
 fn unattributed(extra: &str) -> String {
-    format!("app_container=\"\",app_namespace=\"\",app_pod=\"\",{extra}")
+    format!(
+        "app_container=\"\",app_namespace=\"\",app_pod=\"\",{extra},node_id=\"{}\"",
+        common::node()
+    )
 }
 
 #[test]
@@ -194,12 +202,8 @@ fn udp_receive_queue_overflow_counts_under_the_receivers_pod() {
         "the tiny queue should drop most of 200: {dropped}"
     );
     let drops = "ebpf_exporter_udp_receive_drops_total";
-    let page = wait_for(&s.exporter, drops, &s.pod.labels(), dropped);
-    assert_eq!(
-        sample(&page, drops, &s.pod.labels()),
-        Some(dropped),
-        "{page}"
-    );
+    let page = wait_for(&s.exporter, drops, &s.labels(""), dropped);
+    assert_eq!(sample(&page, drops, &s.labels("")), Some(dropped), "{page}");
     // The same drops by reason; the receiving socket names the pod from 6.11 (rx_sk).
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     let mut v = release
@@ -249,14 +253,14 @@ fn busy_loops_sharing_a_cpu_wait_in_the_run_queue_under_their_pod() {
     let name = "ebpf_exporter_runqueue_latency_seconds";
     std::thread::sleep(std::time::Duration::from_millis(500));
     let page = s.exporter.metrics();
-    let count = sample(&page, &format!("{name}_count"), &s.pod.labels()).unwrap_or(0.0);
-    let sum = sample(&page, &format!("{name}_sum"), &s.pod.labels()).unwrap_or(0.0);
+    let count = sample(&page, &format!("{name}_count"), &s.labels("")).unwrap_or(0.0);
+    let sum = sample(&page, &format!("{name}_sum"), &s.labels("")).unwrap_or(0.0);
     assert!(common::run_queue_agrees(count, sum, delay, runs), "{count} waits of {sum} s; the kernel accounted {runs} runs after {delay} s waiting: {page}");
     // Cumulative buckets end at the count.
     let buckets = samples(&page, &format!("{name}_bucket"));
     let mine: Vec<f64> = buckets
         .iter()
-        .filter(|(l, _)| l.contains(&s.pod.labels()))
+        .filter(|(l, _)| l.contains(&s.labels("")))
         .map(|(_, v)| *v)
         .collect();
     assert_eq!(mine.last(), Some(&count), "{page}");
@@ -369,8 +373,8 @@ fn page_cache_over_the_memory_limit_stalls_in_reclaim_under_its_pod() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     let page = s.exporter.metrics();
     let name = "ebpf_exporter_direct_reclaim_latency_seconds";
-    let count = sample(&page, &format!("{name}_count"), &s.pod.labels()).unwrap_or(0.0);
-    let sum = sample(&page, &format!("{name}_sum"), &s.pod.labels()).unwrap_or(0.0);
+    let count = sample(&page, &format!("{name}_count"), &s.labels("")).unwrap_or(0.0);
+    let sum = sample(&page, &format!("{name}_sum"), &s.labels("")).unwrap_or(0.0);
     assert!(
         count >= 1.0 && sum > 0.0,
         "count {count}, sum {sum}: {page}"

@@ -181,6 +181,11 @@ impl Registry {
         self
     }
 
+    /// The node label's name and value.
+    pub(crate) fn node_label(&self) -> (&str, &str) {
+        (&self.kube.node, &self.node)
+    }
+
     pub(crate) fn default_max_series(&self) -> usize {
         self.max_series
     }

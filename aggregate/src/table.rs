@@ -78,8 +78,16 @@ pub struct TablePlan {
     order: Vec<usize>,
     /// Histograms: the bucket key's place and the bucket layout.
     bucket: Option<(Span, Layout, f64)>,
+    /// Where the key holds a cgroup id (an 8-byte label decoded by `cgroup` or a
+    /// `kube_*` cgroup decoder): entries of deleted pods can be found and removed.
+    cgroup: Option<Span>,
+    /// The node label's value, on tables with pod labels (the last label name).
+    node: Option<String>,
     malformed: AtomicU64,
 }
+
+/// Decoders that read a cgroup id.
+const CGROUP_DECODERS: &[&str] = &["cgroup", "kube_namespace", "kube_pod", "kube_container"];
 
 /// A table's series, decoded from one read of its map.
 #[derive(Default)]
@@ -166,7 +174,26 @@ impl TablePlan {
                 })
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
-        let names: Vec<String> = label_configs.iter().map(|l| l.name.clone()).collect();
+        let cgroup = label_configs
+            .iter()
+            .zip(&spans)
+            .find(|(l, span)| {
+                span.size == 8
+                    && l.decoders
+                        .iter()
+                        .any(|d| CGROUP_DECODERS.contains(&d.name.as_str()))
+            })
+            .map(|(_, span)| *span);
+        let mut names: Vec<String> = label_configs.iter().map(|l| l.name.clone()).collect();
+        // Pod labels come with the node's, as on event-stream series.
+        let pod_labelled = label_configs
+            .iter()
+            .any(|l| l.decoders.iter().any(|d| d.name.starts_with("kube_")));
+        let node = pod_labelled.then(|| {
+            let (label, value) = registry.node_label();
+            names.push(label.to_string());
+            value.to_string()
+        });
         let name = registry
             .claim(&m.name, &names)
             .map_err(|reason| invalid(format!("{at}.name"), reason))?;
@@ -187,8 +214,17 @@ impl TablePlan {
             sorted_names: order.iter().map(|&i| names[i].clone()).collect(),
             order,
             bucket,
+            cgroup,
+            node,
             malformed: AtomicU64::new(0),
         })
+    }
+
+    /// The cgroup id in an entry's key, for tables keyed by cgroup.
+    pub fn cgroup_id(&self, key: &[u8]) -> Option<u64> {
+        let span = self.cgroup?;
+        let bytes = key.get(span.offset..span.offset + 8)?;
+        Some(u64::from_ne_bytes(bytes.try_into().unwrap()))
     }
 
     /// Decodes the map's entries (key bytes, value) into series, summing entries that
@@ -201,7 +237,7 @@ impl TablePlan {
                 self.malformed.fetch_add(1, Relaxed);
                 continue;
             }
-            let mut values = Vec::with_capacity(self.labels.len());
+            let mut values = Vec::with_capacity(self.labels.len() + 1);
             for l in &self.labels {
                 match l.chain.decode(l.span.bytes(key)) {
                     Ok(v) => values.push(v),
@@ -212,6 +248,7 @@ impl TablePlan {
                     }
                 }
             }
+            values.extend(self.node.clone());
             let sorted: Vec<String> = self
                 .order
                 .iter()
@@ -313,8 +350,9 @@ impl TablePlan {
             .map(|(&i, n)| (i, n.as_str()));
         let mut out: Vec<(usize, &str)> = names.collect();
         out.sort();
+        // The node label (after the config's) has no decoder.
         out.into_iter()
-            .map(|(i, n)| (n, self.labels[i].errors.load(Relaxed)))
+            .filter_map(|(i, n)| Some((n, self.labels.get(i)?.errors.load(Relaxed))))
             .collect()
     }
 

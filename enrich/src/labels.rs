@@ -90,6 +90,9 @@ pub struct Enricher {
     /// The cgroup2 root's id: what `bpf_get_current_cgroup_id()` reports for tasks in
     /// no v2 cgroup of their own (on v1-only hosts, every task).
     root_id: u64,
+    /// How long tombstones are kept: `TOMBSTONE`, or longer than twice the series grace
+    /// period, so a removed cgroup is still known when its grace period ends.
+    keep: Duration,
 }
 
 /// How long a removed cgroup's path is kept for events still in flight.
@@ -117,7 +120,21 @@ impl Enricher {
             learned: AtomicU64::new(0),
             owners: DashMap::new(),
             live: DashMap::new(),
+            keep: TOMBSTONE,
         }
+    }
+
+    /// Keeps removed cgroups known for at least twice `grace` (the series grace period).
+    pub fn with_series_grace(mut self, grace: Duration) -> Self {
+        self.keep = TOMBSTONE.max(grace * 2);
+        self
+    }
+
+    /// How long ago the kernel removed `cgroup_id`; `None` while it exists or when it
+    /// is not known to be removed.
+    pub fn removed_for(&self, cgroup_id: u64) -> Option<Duration> {
+        let removed = self.known.get(&cgroup_id)?.1?;
+        Some(removed.elapsed())
     }
 
     /// Each metadata source and whether its last attempt to learn pods worked.
@@ -138,7 +155,8 @@ impl Enricher {
 
     /// Records a cgroup's creation (`removed` false) or removal, as the kernel reports
     /// it (`cgroup:cgroup_mkdir`/`cgroup_rmdir`, path relative to the cgroup2 root).
-    /// Removed cgroups are forgotten `TOMBSTONE` after their removal.
+    /// Removed cgroups are forgotten `TOMBSTONE` (or twice the series grace period) after
+    /// their removal.
     pub fn learn(&self, cgroup_id: u64, path: &str, removed: bool) {
         let now = Instant::now();
         if removed {
@@ -160,7 +178,7 @@ impl Enricher {
         // Prune now and then: cgroups come and go by the thousand on busy nodes.
         if self.learned.fetch_add(1, Relaxed) % 1024 == 1023 {
             self.known.retain(|_, (_, removed)| {
-                removed.is_none_or(|t| now.duration_since(t) < TOMBSTONE)
+                removed.is_none_or(|t| now.duration_since(t) < self.keep)
             });
         }
     }

@@ -663,6 +663,18 @@ impl LoadedObject {
         crate::table::read(m, split_cpus).map_err(|reason| self.map_error(map, reason))
     }
 
+    /// Deletes entries of a table map by key (entries of deleted pods' cgroups).
+    ///
+    /// # Errors
+    /// No such map, not a table, or the kernel refuses (array maps keep their keys).
+    pub fn delete_table_keys(&self, map: &str, keys: &[Vec<u8>]) -> Result<usize, IngestError> {
+        let m = self
+            .ebpf
+            .map(map)
+            .ok_or_else(|| self.map_error(map, "no such map in the object".into()))?;
+        crate::table::delete(m, keys).map_err(|reason| self.map_error(map, reason))
+    }
+
     /// Records the kernel side failed to reserve (ring full), summed over CPUs; 0 when the
     /// object does not use `output.bpf.h`.
     pub fn ring_drops(&self) -> u64 {

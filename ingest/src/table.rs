@@ -11,6 +11,7 @@ use aya::maps::{Map, MapData};
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 
 /// The `bpf_attr` member these two commands use.
@@ -51,6 +52,27 @@ pub(crate) fn update_elem(map_fd: i32, key: &[u8], value: &[u8]) -> std::io::Res
         ..ElemAttr::default()
     };
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
+}
+
+/// Deletes `keys` (the map's key size; per-CPU split keys are not) from a hash table;
+/// keys already gone are no error. Returns how many it deleted.
+pub(crate) fn delete(m: &Map, keys: &[Vec<u8>]) -> Result<usize, String> {
+    let (data, _) = table_data(m).ok_or("not a hash or array map; tables read those")?;
+    let fd = data.fd().as_fd().as_raw_fd() as u32;
+    let mut deleted = 0;
+    for key in keys {
+        let mut attr = ElemAttr {
+            map_fd: fd,
+            key: key.as_ptr() as u64,
+            ..ElemAttr::default()
+        };
+        match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+            Ok(()) => deleted += 1,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(format!("BPF_MAP_DELETE_ELEM: {e}")),
+        }
+    }
+    Ok(deleted)
 }
 
 /// The map's data and whether it is per-CPU; other map types are not tables.

@@ -277,6 +277,21 @@ impl Pod {
         ]
     }
 
+    /// The pod's labels, the node's and `extra`, sorted by name as exported.
+    pub fn series(&self, extra: &[(&str, &str)]) -> String {
+        let node = node();
+        let mut labels = vec![
+            ("app_container", self.container),
+            ("app_namespace", self.namespace),
+            ("app_pod", self.name),
+            ("node_id", node.as_str()),
+        ];
+        labels.extend_from_slice(extra);
+        labels.sort();
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        labels.join(",")
+    }
+
     /// `app_container="..",app_namespace="..",app_pod=".."` (sorted, as exported).
     pub fn labels(&self) -> String {
         format!(
