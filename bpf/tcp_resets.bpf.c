@@ -4,10 +4,12 @@
  * softirq context, so the count goes to the socket's cgroup, never `current`'s. A reset
  * sent for a segment no socket owns (a connect to a closed port) has no socket: it is
  * counted under cgroup 0, which exports with empty pod labels. Kernels before 6.10
- * trace only resets sent by a socket (tcp_send_active_reset), not those answering
- * segments to closed ports. */
+ * trace only resets sent by a socket, not those answering segments to closed ports:
+ * there kprobes on tcp_v4/v6_send_reset count those (optional programs: skipped where
+ * kprobes are missing, and idle from 6.10, where the tracepoint sees them). */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
 #include "cgroup.bpf.h"
 #include "maps.bpf.h"
 
@@ -46,6 +48,27 @@ SEC("raw_tp/tcp_receive_reset")
 int tcp_receive_reset(struct bpf_raw_tracepoint_args *ctx)
 {
 	return count_reset((const struct sock *)ctx->args[0], RESET_RECEIVED);
+}
+
+extern int LINUX_KERNEL_VERSION __kconfig;
+
+static __always_inline int closed_port_reset(const struct sock *sk)
+{
+	if (LINUX_KERNEL_VERSION >= KERNEL_VERSION(6, 10, 0) || sk)
+		return 0;
+	return count_reset(sk, RESET_SENT);
+}
+
+SEC("kprobe/tcp_v4_send_reset")
+int BPF_KPROBE(tcp_v4_send_reset_kprobe, const struct sock *sk)
+{
+	return closed_port_reset(sk);
+}
+
+SEC("kprobe/tcp_v6_send_reset")
+int BPF_KPROBE(tcp_v6_send_reset_kprobe, const struct sock *sk)
+{
+	return closed_port_reset(sk);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -400,6 +400,10 @@ pub struct Program {
     /// What it costs, as measured (`benchmark/`), for `kube-ebpf-exporter programs`.
     #[serde(default)]
     pub cost: Option<String>,
+    /// BPF programs (function names) that may fail to load or attach without failing
+    /// the config: variants for kernels that have their hook (kprobes, fentry).
+    #[serde(default)]
+    pub optional: Vec<String>,
 }
 
 /// `cgroup_id_map`: which map, how it holds cgroups, which cgroups.

@@ -275,7 +275,10 @@ fn list_programs() -> Result<()> {
     for (name, program) in &config.programs {
         let object = bpf_programs::find(program.object.as_deref().unwrap_or(name))
             .with_context(|| format!("program {name}: no built-in object"))?;
-        let hooks = ingest::sections(name, object.bytes)?;
+        let (optional, hooks): (Vec<_>, Vec<_>) = ingest::sections(name, object.bytes)?
+            .into_iter()
+            .partition(|(function, _)| program.optional.contains(function));
+        let hooks: Vec<String> = hooks.into_iter().map(|(_, s)| s).collect();
         let default = if program.enabled {
             "on by default"
         } else {
@@ -286,6 +289,10 @@ fn list_programs() -> Result<()> {
             program.description.as_deref().unwrap_or("")
         );
         println!("  hooks: {}", hooks.join(", "));
+        if !optional.is_empty() {
+            let optional: Vec<&str> = optional.iter().map(|(_, s)| s.as_str()).collect();
+            println!("  where the kernel has them: {}", optional.join(", "));
+        }
         println!(
             "  needs: {}",
             programs::kernel_needs(&hooks, !program.rings.is_empty())
@@ -466,8 +473,15 @@ async fn serve(args: Args) -> Result<()> {
     mark_attached();
     if args.config_check {
         for r in &running {
+            let skipped = r.object.skipped();
+            let optional = if skipped.is_empty() {
+                String::new()
+            } else {
+                let names: Vec<&str> = skipped.iter().map(|(n, _)| n.as_str()).collect();
+                format!(" (optional, not attached: {})", names.join(", "))
+            };
             println!(
-                "ok      {}: {} program(s) attached",
+                "ok      {}: {} program(s) attached{optional}",
                 r.name,
                 r.object.attached().len()
             );

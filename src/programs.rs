@@ -211,6 +211,7 @@ impl Setup<'_> {
             ring_bytes: Some(p.ring_bytes),
             wakeup_bytes: p.wakeup_bytes.unwrap_or(u64::from(p.ring_bytes) / 4),
             kaddrs,
+            optional: program.optional.clone(),
         };
         let mut object = self.loader.load(&src.name, &bytes, &opts).map_err(|e| {
             let stage = if matches!(e, ingest::IngestError::Program { action: "attach", .. }) { Stage::Attach } else { Stage::Load };

@@ -124,7 +124,7 @@ fn refused_connects_count_errors_and_resets_under_their_pod() {
         Some(7.0),
         "{page}"
     );
-    // The resets answering them had no socket (6.10+ traces those): no pod.
+    // The resets answering them had no socket: no pod.
     let sent = sample(&page, resets, &unattributed("direction=\"sent\"")).unwrap_or(0.0);
     assert!(sent >= 7.0, "{page}");
     assert_eq!(

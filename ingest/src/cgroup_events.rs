@@ -27,6 +27,7 @@ impl CgroupEvents {
             ring_bytes: Some(1 << 20),
             wakeup_bytes: 1 << 20,
             kaddrs: Vec::new(),
+            optional: Vec::new(),
         };
         let mut object = loader.load("cgroup_events", bytes, &opts)?;
         match object.take_stream(RING)? {

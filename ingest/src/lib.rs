@@ -28,13 +28,12 @@ pub use loader::{LoadOptions, LoadedObject, Loader, ProgramStats, StreamMap};
 pub use ring::{RingReader, RingStats};
 pub use ringbuf::RingConsumer;
 
-/// The attach-point sections of an object's programs.
+/// Each program of an object: (function name, attach-point section).
 ///
 /// # Errors
 /// The object does not parse.
-pub fn sections(object: &str, bytes: &[u8]) -> Result<Vec<String>, IngestError> {
+pub fn sections(object: &str, bytes: &[u8]) -> Result<Vec<(String, String)>, IngestError> {
     loader::program_sections(object, bytes)
-        .map(|s| s.into_iter().map(|(_, section)| section).collect())
 }
 
 /// Where the running kernel publishes its BTF.

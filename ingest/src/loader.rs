@@ -38,6 +38,9 @@ pub struct LoadOptions {
     pub wakeup_bytes: u64,
     /// Globals `kaddr_<symbol>` to set to kernel addresses.
     pub kaddrs: Vec<(String, u64)>,
+    /// Programs (function names) that may fail to load or attach without failing the
+    /// object: variants for kernels that have their hook.
+    pub optional: Vec<String>,
 }
 
 /// Loads objects, each CO-RE-relocated against the kernel BTF it was made with. One
@@ -99,6 +102,8 @@ pub struct LoadedObject {
     name: String,
     ebpf: Ebpf,
     attached: Vec<(String, AttachPoint)>,
+    /// Optional programs that did not load or attach, and why.
+    skipped: Vec<(String, String)>,
     /// Perf events and links of USDT sites with semaphores: attached while held.
     _semaphore_links: Vec<(std::os::fd::OwnedFd, Option<std::os::fd::OwnedFd>)>,
 }
@@ -337,234 +342,258 @@ impl LoadedObject {
 
         let btf = loader.btf;
         let mut attached = Vec::new();
+        let mut skipped = Vec::new();
         // Index of the next USDT spec in the object's spec map.
         let mut next_spec = 0u32;
         // USDT sites attached beside aya (their semaphores need a reference counter).
         let mut semaphore_links = Vec::new();
         for (program, section, point) in points {
-            let err = |action, e: &ProgramError| {
-                let detail = program_error(e);
-                IngestError::Program {
-                    object: name.into(),
-                    program: program.clone(),
-                    section: section.clone(),
-                    action,
-                    detail: format!("{}: {detail}", attach_hint(&point, action, &detail)),
-                }
-            };
-            let prog = ebpf
-                .program_mut(&program)
-                .ok_or_else(|| IngestError::Parse {
-                    object: name.into(),
-                    reason: format!("program {program} not found by the loader"),
-                })?;
-            match &point {
-                AttachPoint::TracePoint { category, name: tp } => {
-                    let p: &mut TracePoint = prog.try_into().map_err(|e| err("load", &e))?;
-                    p.load().map_err(|e| err("load", &e))?;
-                    p.attach(category, tp).map_err(|e| err("attach", &e))?;
-                }
-                AttachPoint::RawTracePoint(tp) => {
-                    let p: &mut RawTracePoint = prog.try_into().map_err(|e| err("load", &e))?;
-                    p.load().map_err(|e| err("load", &e))?;
-                    p.attach(tp).map_err(|e| err("attach", &e))?;
-                }
-                AttachPoint::BtfTracePoint(tp) => {
-                    let p: &mut BtfTracePoint = prog.try_into().map_err(|e| err("load", &e))?;
-                    p.load(tp, btf).map_err(|e| err("load", &e))?;
-                    p.attach().map_err(|e| err("attach", &e))?;
-                }
-                AttachPoint::KProbe {
-                    function, offset, ..
-                } => {
-                    let p: &mut KProbe = prog.try_into().map_err(|e| err("load", &e))?;
-                    p.load().map_err(|e| err("load", &e))?;
-                    p.attach(function, *offset).map_err(|e| err("attach", &e))?;
-                }
-                AttachPoint::FEntry {
-                    function,
-                    exit: false,
-                } => {
-                    let p: &mut FEntry = prog.try_into().map_err(|e| err("load", &e))?;
-                    p.load(function, btf).map_err(|e| err("load", &e))?;
-                    p.attach().map_err(|e| err("attach", &e))?;
-                }
-                AttachPoint::FEntry {
-                    function,
-                    exit: true,
-                } => {
-                    let p: &mut FExit = prog.try_into().map_err(|e| err("load", &e))?;
-                    p.load(function, btf).map_err(|e| err("load", &e))?;
-                    p.attach().map_err(|e| err("attach", &e))?;
-                }
-                AttachPoint::UProbe {
-                    target,
-                    symbol,
-                    offset,
-                    ..
-                } => {
-                    let p: &mut UProbe = prog.try_into().map_err(|e| err("load", &e))?;
-                    p.load().map_err(|e| err("load", &e))?;
-                    use aya::programs::uprobe::UProbeAttachLocation as L;
-                    let location = match symbol {
-                        Some(s) if *offset != 0 => L::SymbolOffset(s, *offset),
-                        Some(s) => L::Symbol(s),
-                        None => L::AbsoluteOffset(*offset),
-                    };
-                    p.attach(
-                        location,
-                        resolve_uprobe_target(target),
-                        UProbeScope::AllProcesses,
-                    )
-                    .map_err(|e| err("attach", &e))?;
-                }
-                AttachPoint::PerfEvent {
-                    kind,
-                    config,
-                    frequency,
-                    period,
-                } => {
-                    let p: &mut PerfEvent = prog.try_into().map_err(|e| err("load", &e))?;
-                    p.load().map_err(|e| err("load", &e))?;
-                    let policy = match (frequency, period) {
-                        (Some(f), _) => SamplePolicy::Frequency(*f),
-                        (_, p) => SamplePolicy::Period(p.unwrap_or(1)),
-                    };
-                    let cpus =
-                        aya::util::online_cpus().map_err(|(what, e)| IngestError::Parse {
-                            object: name.into(),
-                            reason: format!("{what}: {e}"),
-                        })?;
-                    for cpu in cpus {
-                        let config = PerfEventConfig::Pmu {
-                            pmu_type: *kind,
-                            config: *config,
+            // One program's load and attach; an optional one may fail alone.
+            let mut attach_one = || -> Result<(), IngestError> {
+                let err = |action, e: &ProgramError| {
+                    let detail = program_error(e);
+                    IngestError::Program {
+                        object: name.into(),
+                        program: program.clone(),
+                        section: section.clone(),
+                        action,
+                        detail: format!("{}: {detail}", attach_hint(&point, action, &detail)),
+                    }
+                };
+                let prog = ebpf
+                    .program_mut(&program)
+                    .ok_or_else(|| IngestError::Parse {
+                        object: name.into(),
+                        reason: format!("program {program} not found by the loader"),
+                    })?;
+                match &point {
+                    AttachPoint::TracePoint { category, name: tp } => {
+                        let p: &mut TracePoint = prog.try_into().map_err(|e| err("load", &e))?;
+                        p.load().map_err(|e| err("load", &e))?;
+                        p.attach(category, tp).map_err(|e| err("attach", &e))?;
+                    }
+                    AttachPoint::RawTracePoint(tp) => {
+                        let p: &mut RawTracePoint = prog.try_into().map_err(|e| err("load", &e))?;
+                        p.load().map_err(|e| err("load", &e))?;
+                        p.attach(tp).map_err(|e| err("attach", &e))?;
+                    }
+                    AttachPoint::BtfTracePoint(tp) => {
+                        let p: &mut BtfTracePoint = prog.try_into().map_err(|e| err("load", &e))?;
+                        p.load(tp, btf).map_err(|e| err("load", &e))?;
+                        p.attach().map_err(|e| err("attach", &e))?;
+                    }
+                    AttachPoint::KProbe {
+                        function, offset, ..
+                    } => {
+                        let p: &mut KProbe = prog.try_into().map_err(|e| err("load", &e))?;
+                        p.load().map_err(|e| err("load", &e))?;
+                        p.attach(function, *offset).map_err(|e| err("attach", &e))?;
+                    }
+                    AttachPoint::FEntry {
+                        function,
+                        exit: false,
+                    } => {
+                        let p: &mut FEntry = prog.try_into().map_err(|e| err("load", &e))?;
+                        p.load(function, btf).map_err(|e| err("load", &e))?;
+                        p.attach().map_err(|e| err("attach", &e))?;
+                    }
+                    AttachPoint::FEntry {
+                        function,
+                        exit: true,
+                    } => {
+                        let p: &mut FExit = prog.try_into().map_err(|e| err("load", &e))?;
+                        p.load(function, btf).map_err(|e| err("load", &e))?;
+                        p.attach().map_err(|e| err("attach", &e))?;
+                    }
+                    AttachPoint::UProbe {
+                        target,
+                        symbol,
+                        offset,
+                        ..
+                    } => {
+                        let p: &mut UProbe = prog.try_into().map_err(|e| err("load", &e))?;
+                        p.load().map_err(|e| err("load", &e))?;
+                        use aya::programs::uprobe::UProbeAttachLocation as L;
+                        let location = match symbol {
+                            Some(s) if *offset != 0 => L::SymbolOffset(s, *offset),
+                            Some(s) => L::Symbol(s),
+                            None => L::AbsoluteOffset(*offset),
                         };
                         p.attach(
-                            config,
-                            PerfEventScope::AllProcessesOneCpu { cpu },
-                            policy,
-                            false,
-                        )
-                        .map_err(|e| err("attach", &e))?;
-                    }
-                }
-                AttachPoint::Xdp(ifname) => {
-                    let p: &mut Xdp = prog.try_into().map_err(|e| err("load", &e))?;
-                    p.load().map_err(|e| err("load", &e))?;
-                    p.attach(ifname, XdpMode::Default)
-                        .map_err(|e| err("attach", &e))?;
-                }
-                AttachPoint::Usdt {
-                    target,
-                    provider,
-                    name: probe,
-                } => {
-                    let path = resolve_uprobe_target(target);
-                    let sites = std::fs::read(&path)
-                        .map_err(|e| e.to_string())
-                        .and_then(|elf| usdt::sites(&elf, provider, probe))
-                        .map_err(|reason| IngestError::Program {
-                            object: name.into(),
-                            program: program.clone(),
-                            section: section.clone(),
-                            action: "attach",
-                            detail: format!(": {}: {reason}", path.display()),
-                        })?;
-                    // Specs go in before any site can fire.
-                    let first = next_spec;
-                    {
-                        let map = ebpf.map_mut(USDT_SPECS).ok_or_else(|| IngestError::Parse {
-                            object: name.into(),
-                            reason: format!("{program}: usdt programs need the {USDT_SPECS} map: include <bpf/usdt.bpf.h>"),
-                        })?;
-                        let mut specs: aya::maps::Array<_, usdt::Spec> =
-                            aya::maps::Array::try_from(map).map_err(|e| IngestError::Parse {
-                                object: name.into(),
-                                reason: format!("{USDT_SPECS}: {e}"),
-                            })?;
-                        for site in &sites {
-                            specs.set(next_spec, site.spec, 0).map_err(|e| IngestError::Parse {
-                                object: name.into(),
-                                reason: format!("{USDT_SPECS}[{next_spec}] ({} sites so far; raise BPF_USDT_MAX_SPEC_CNT): {e}", next_spec + 1),
-                            })?;
-                            next_spec += 1;
-                        }
-                    }
-                    // Without BPF cookies (before 5.15) the header finds a site's spec by
-                    // the address it fired at, known ahead only in fixed-address binaries.
-                    let cookies = crate::kconfig::has_bpf_cookie();
-                    if !cookies {
-                        let map = ebpf.map_mut(USDT_IPS).ok_or_else(|| IngestError::Parse {
-                            object: name.into(),
-                            reason: format!("{program}: this kernel has no BPF cookies, so usdt programs need the {USDT_IPS} map of <bpf/usdt.bpf.h>"),
-                        })?;
-                        let mut ips: aya::maps::HashMap<_, i64, u32> =
-                            aya::maps::HashMap::try_from(map).map_err(|e| IngestError::Parse {
-                                object: name.into(),
-                                reason: format!("{USDT_IPS}: {e}"),
-                            })?;
-                        for (i, site) in sites.iter().enumerate() {
-                            let ip = site.fixed_ip.ok_or_else(|| IngestError::Program {
-                                object: name.into(),
-                                program: program.clone(),
-                                section: section.clone(),
-                                action: "attach",
-                                detail: format!(": {}: USDT probes in position-independent executables and shared libraries need BPF cookies (kernel 5.15+), as with libbpf; this kernel has none (a binary linked with -no-pie works)", path.display()),
-                            })?;
-                            ips.insert(ip as i64, first + i as u32, 0).map_err(|e| {
-                                IngestError::Parse {
-                                    object: name.into(),
-                                    reason: format!("{USDT_IPS} (raise BPF_USDT_MAX_IP_CNT): {e}"),
-                                }
-                            })?;
-                        }
-                    }
-                    let prog = ebpf.program_mut(&program).expect("found above");
-                    let p: &mut UProbe = prog.try_into().map_err(|e| err("load", &e))?;
-                    p.load().map_err(|e| err("load", &e))?;
-                    for (i, site) in sites.iter().enumerate() {
-                        let cookie = cookies.then_some(u64::from(first) + i as u64);
-                        if site.semaphore != 0 {
-                            let fd = p.fd().map_err(|e| err("attach", &e))?;
-                            let fds = usdt::attach_with_semaphore(
-                                fd.as_fd(),
-                                &path,
-                                site.offset,
-                                site.semaphore,
-                                cookie,
-                            )
-                            .map_err(|e| IngestError::Program {
-                                object: name.into(),
-                                program: program.clone(),
-                                section: section.clone(),
-                                action: "attach",
-                                detail: format!(": {} (with its semaphore): {e}", path.display()),
-                            })?;
-                            semaphore_links.push(fds);
-                            continue;
-                        }
-                        p.attach(
-                            aya::programs::uprobe::UProbeAttachPoint {
-                                location:
-                                    aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(
-                                        site.offset,
-                                    ),
-                                cookie,
-                            },
-                            &path,
+                            location,
+                            resolve_uprobe_target(target),
                             UProbeScope::AllProcesses,
                         )
                         .map_err(|e| err("attach", &e))?;
                     }
+                    AttachPoint::PerfEvent {
+                        kind,
+                        config,
+                        frequency,
+                        period,
+                    } => {
+                        let p: &mut PerfEvent = prog.try_into().map_err(|e| err("load", &e))?;
+                        p.load().map_err(|e| err("load", &e))?;
+                        let policy = match (frequency, period) {
+                            (Some(f), _) => SamplePolicy::Frequency(*f),
+                            (_, p) => SamplePolicy::Period(p.unwrap_or(1)),
+                        };
+                        let cpus =
+                            aya::util::online_cpus().map_err(|(what, e)| IngestError::Parse {
+                                object: name.into(),
+                                reason: format!("{what}: {e}"),
+                            })?;
+                        for cpu in cpus {
+                            let config = PerfEventConfig::Pmu {
+                                pmu_type: *kind,
+                                config: *config,
+                            };
+                            p.attach(
+                                config,
+                                PerfEventScope::AllProcessesOneCpu { cpu },
+                                policy,
+                                false,
+                            )
+                            .map_err(|e| err("attach", &e))?;
+                        }
+                    }
+                    AttachPoint::Xdp(ifname) => {
+                        let p: &mut Xdp = prog.try_into().map_err(|e| err("load", &e))?;
+                        p.load().map_err(|e| err("load", &e))?;
+                        p.attach(ifname, XdpMode::Default)
+                            .map_err(|e| err("attach", &e))?;
+                    }
+                    AttachPoint::Usdt {
+                        target,
+                        provider,
+                        name: probe,
+                    } => {
+                        let path = resolve_uprobe_target(target);
+                        let sites = std::fs::read(&path)
+                            .map_err(|e| e.to_string())
+                            .and_then(|elf| usdt::sites(&elf, provider, probe))
+                            .map_err(|reason| IngestError::Program {
+                                object: name.into(),
+                                program: program.clone(),
+                                section: section.clone(),
+                                action: "attach",
+                                detail: format!(": {}: {reason}", path.display()),
+                            })?;
+                        // Specs go in before any site can fire.
+                        let first = next_spec;
+                        {
+                            let map = ebpf.map_mut(USDT_SPECS).ok_or_else(|| IngestError::Parse {
+                                object: name.into(),
+                                reason: format!("{program}: usdt programs need the {USDT_SPECS} map: include <bpf/usdt.bpf.h>"),
+                            })?;
+                            let mut specs: aya::maps::Array<_, usdt::Spec> =
+                                aya::maps::Array::try_from(map).map_err(|e| {
+                                    IngestError::Parse {
+                                        object: name.into(),
+                                        reason: format!("{USDT_SPECS}: {e}"),
+                                    }
+                                })?;
+                            for site in &sites {
+                                specs.set(next_spec, site.spec, 0).map_err(|e| IngestError::Parse {
+                                    object: name.into(),
+                                    reason: format!("{USDT_SPECS}[{next_spec}] ({} sites so far; raise BPF_USDT_MAX_SPEC_CNT): {e}", next_spec + 1),
+                                })?;
+                                next_spec += 1;
+                            }
+                        }
+                        // Without BPF cookies (before 5.15) the header finds a site's spec by
+                        // the address it fired at, known ahead only in fixed-address binaries.
+                        let cookies = crate::kconfig::has_bpf_cookie();
+                        if !cookies {
+                            let map = ebpf.map_mut(USDT_IPS).ok_or_else(|| IngestError::Parse {
+                                object: name.into(),
+                                reason: format!("{program}: this kernel has no BPF cookies, so usdt programs need the {USDT_IPS} map of <bpf/usdt.bpf.h>"),
+                            })?;
+                            let mut ips: aya::maps::HashMap<_, i64, u32> =
+                                aya::maps::HashMap::try_from(map).map_err(|e| {
+                                    IngestError::Parse {
+                                        object: name.into(),
+                                        reason: format!("{USDT_IPS}: {e}"),
+                                    }
+                                })?;
+                            for (i, site) in sites.iter().enumerate() {
+                                let ip = site.fixed_ip.ok_or_else(|| IngestError::Program {
+                                    object: name.into(),
+                                    program: program.clone(),
+                                    section: section.clone(),
+                                    action: "attach",
+                                    detail: format!(": {}: USDT probes in position-independent executables and shared libraries need BPF cookies (kernel 5.15+), as with libbpf; this kernel has none (a binary linked with -no-pie works)", path.display()),
+                                })?;
+                                ips.insert(ip as i64, first + i as u32, 0).map_err(|e| {
+                                    IngestError::Parse {
+                                        object: name.into(),
+                                        reason: format!(
+                                            "{USDT_IPS} (raise BPF_USDT_MAX_IP_CNT): {e}"
+                                        ),
+                                    }
+                                })?;
+                            }
+                        }
+                        let prog = ebpf.program_mut(&program).expect("found above");
+                        let p: &mut UProbe = prog.try_into().map_err(|e| err("load", &e))?;
+                        p.load().map_err(|e| err("load", &e))?;
+                        for (i, site) in sites.iter().enumerate() {
+                            let cookie = cookies.then_some(u64::from(first) + i as u64);
+                            if site.semaphore != 0 {
+                                let fd = p.fd().map_err(|e| err("attach", &e))?;
+                                let fds = usdt::attach_with_semaphore(
+                                    fd.as_fd(),
+                                    &path,
+                                    site.offset,
+                                    site.semaphore,
+                                    cookie,
+                                )
+                                .map_err(|e| {
+                                    IngestError::Program {
+                                        object: name.into(),
+                                        program: program.clone(),
+                                        section: section.clone(),
+                                        action: "attach",
+                                        detail: format!(
+                                            ": {} (with its semaphore): {e}",
+                                            path.display()
+                                        ),
+                                    }
+                                })?;
+                                semaphore_links.push(fds);
+                                continue;
+                            }
+                            p.attach(
+                                aya::programs::uprobe::UProbeAttachPoint {
+                                    location:
+                                        aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(
+                                            site.offset,
+                                        ),
+                                    cookie,
+                                },
+                                &path,
+                                UProbeScope::AllProcesses,
+                            )
+                            .map_err(|e| err("attach", &e))?;
+                        }
+                    }
                 }
+                Ok(())
+            };
+            match attach_one() {
+                Ok(()) => attached.push((program, point)),
+                Err(e) if opts.optional.contains(&program) => {
+                    tracing::info!(object = name, program = %program, "optional program skipped: {e}");
+                    skipped.push((program, e.to_string()));
+                }
+                Err(e) => return Err(e),
             }
-            attached.push((program, point));
         }
         Ok(Self {
             name: name.into(),
             ebpf,
             attached,
+            skipped,
             _semaphore_links: semaphore_links,
         })
     }
@@ -577,6 +606,11 @@ impl LoadedObject {
     /// Attached programs and where.
     pub fn attached(&self) -> &[(String, AttachPoint)] {
         &self.attached
+    }
+
+    /// Optional programs that did not load or attach, with the reason.
+    pub fn skipped(&self) -> &[(String, String)] {
+        &self.skipped
     }
 
     fn map_error(&self, map: &str, reason: String) -> IngestError {

@@ -92,6 +92,7 @@ fn main() {
                 ring_bytes: Some(8 << 20),
                 wakeup_bytes: 8 << 20,
                 kaddrs: Vec::new(),
+                optional: Vec::new(),
             };
             let mut loaded = match loader.load(&name, &bytes, &opts) {
                 Ok(l) => l,
