@@ -171,42 +171,24 @@ fn retransmit_load(_secs: f64) -> u64 {
 /// 64 MiB through the page cache of a 16 MiB memory cgroup: it reclaims its own pages.
 fn reclaim_load(_secs: f64) -> u64 {
     let file = Path::new("/var/tmp").join(format!("kebpf-bench-reclaim-{}", std::process::id()));
+    let cg = test_support::cgroup2_mount().join(format!("kebpf-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&cg).unwrap();
+    let v1 = test_support::memory_limit(&cg, 16 << 20);
     let mut cmd = Command::new(workload());
-    let v1 = Path::new("/sys/fs/cgroup/memory");
-    let cg = if v1.join("memory.limit_in_bytes").exists() {
-        let dir = v1.join(format!("kebpf-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("memory.limit_in_bytes"), (16u64 << 20).to_string()).unwrap();
-        cmd.env("WORKLOAD_MEMORY_CGROUP", &dir);
-        cmd.arg("-");
-        dir
-    } else {
-        let dir = cgroup2().join(format!("kebpf-bench-{}", std::process::id()));
-        let _ = std::fs::write(cgroup2().join("cgroup.subtree_control"), "+memory");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("memory.max"), (16u64 << 20).to_string()).unwrap();
-        cmd.arg(&dir);
-        dir
-    };
+    if let Some(v1) = &v1 {
+        cmd.env("WORKLOAD_MEMORY_CGROUP", v1);
+    }
     let status = cmd
+        .arg(&cg)
         .args(["pagecache", file.to_str().unwrap(), "64"])
         .status()
         .unwrap();
     assert!(status.success());
     let _ = std::fs::remove_file(file);
-    let _ = std::fs::remove_dir(cg);
+    for dir in v1.iter().chain([&cg]) {
+        let _ = std::fs::remove_dir(dir);
+    }
     64
-}
-
-fn cgroup2() -> PathBuf {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            (right.split_whitespace().next()? == "cgroup2")
-                .then(|| left.split_whitespace().nth(4).unwrap().into())
-        })
-        .expect("no cgroup2 mount")
 }
 
 fn workload() -> &'static Path {

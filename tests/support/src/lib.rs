@@ -114,3 +114,36 @@ pub fn tool(test: &str, tool: &str) -> bool {
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: needs `{tool}` on PATH");
     false
 }
+
+/// The cgroup2 mount point, from /proc/self/mountinfo.
+pub fn cgroup2_mount() -> std::path::PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| left.split_whitespace().nth(4).unwrap().into())
+        })
+        .expect("no cgroup2 mount")
+}
+
+/// Limits the memory of a workload in `cg`: on hybrid hosts (cgroup v1 memory
+/// controller) through a v1 memory cgroup it also joins; else `memory.max` on `cg`.
+pub fn memory_limit(cg: &std::path::Path, bytes: u64) -> Option<std::path::PathBuf> {
+    let v1 = std::path::Path::new("/sys/fs/cgroup/memory");
+    if v1.join("memory.limit_in_bytes").exists() {
+        let dir = v1.join(cg.file_name().unwrap());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("memory.limit_in_bytes"), bytes.to_string()).unwrap();
+        return Some(dir);
+    }
+    // Enable the controller down the path, then limit the leaf.
+    let mount = cgroup2_mount();
+    let mut at = mount.clone();
+    for part in cg.strip_prefix(&mount).unwrap().components() {
+        let _ = std::fs::write(at.join("cgroup.subtree_control"), "+memory");
+        at = at.join(part);
+    }
+    std::fs::write(cg.join("memory.max"), bytes.to_string()).unwrap();
+    None
+}
