@@ -479,6 +479,99 @@ impl Config {
     }
 }
 
+/// A numeric setting outside its range: `key = value: reason (env var)`.
+fn out_of_range(key: &str, value: impl std::fmt::Display, range: &str) -> String {
+    let env = format!("{ENV_PREFIX}{}", key.to_uppercase().replace('.', "__"));
+    format!("{key} = {value}: must be {range} (set in the file or by {env})")
+}
+
+impl Config {
+    /// Checks every numeric setting against its range (the kernel's rules for ring and
+    /// perf buffer sizes included); each problem names the key, the value and the range.
+    pub fn validate(&self) -> Vec<String> {
+        let mut bad = Vec::new();
+        let mut check = |key: &str, value: u64, min: u64, max: u64| {
+            if !(min..=max).contains(&value) {
+                bad.push(out_of_range(key, value, &format!("{min}..={max}")));
+            }
+        };
+        let p = &self.pipeline;
+        let threads = 256;
+        check(
+            "pipeline.ingest_workers",
+            p.ingest_workers as u64,
+            1,
+            threads,
+        );
+        check(
+            "pipeline.enrich_workers",
+            p.enrich_workers as u64,
+            1,
+            threads,
+        );
+        check(
+            "pipeline.aggregate_workers",
+            p.aggregate_workers as u64,
+            1,
+            threads,
+        );
+        check("pipeline.queue_batches", p.queue_batches as u64, 1, 1 << 20);
+        check("pipeline.batch_bytes", p.batch_bytes as u64, 4096, 16 << 20);
+        check("pipeline.drain_interval_ms", p.drain_interval_ms, 1, 10_000);
+        check("pipeline.max_series", p.max_series as u64, 1, 10_000_000);
+        check("pipeline.perf_pages", p.perf_pages as u64, 1, 1 << 16);
+        let t = &self.tap;
+        check("tap.input_batches", t.input_batches as u64, 1, 1 << 20);
+        check("tap.queue_events", t.queue_events as u64, 1, 1 << 24);
+        let k = &self.kubernetes;
+        check(
+            "kubernetes.series_grace_seconds",
+            k.series_grace_seconds,
+            0,
+            7 * 86_400,
+        );
+        check("kubernetes.metadata_wait_ms", k.metadata_wait_ms, 0, 60_000);
+        if let Some(sink) = &t.sink {
+            check("tap.sink.max_bytes", sink.max_bytes, 1 << 20, u64::MAX);
+        }
+        // The kernel's rules: a ring buffer is a power of two pages; a perf buffer
+        // a power of two of pages per CPU.
+        let page = page_size();
+        let ring = u64::from(p.ring_bytes);
+        if !ring.is_power_of_two() || ring < page || ring > 1 << 30 {
+            bad.push(out_of_range(
+                "pipeline.ring_bytes",
+                ring,
+                &format!("a power of two from the page size ({page}) to 1073741824"),
+            ));
+        }
+        if !p.perf_pages.is_power_of_two() {
+            bad.push(out_of_range(
+                "pipeline.perf_pages",
+                p.perf_pages,
+                "a power of two",
+            ));
+        }
+        if let Some(w) = p.wakeup_bytes {
+            if w == 0 || w >= ring {
+                bad.push(out_of_range(
+                    "pipeline.wakeup_bytes",
+                    w,
+                    &format!("1..{ring} (below pipeline.ring_bytes)"),
+                ));
+            }
+        }
+        bad
+    }
+}
+
+/// The kernel's page size.
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).unwrap_or(4096)
+}
+
 /// One figment error as `key: reason (source)`.
 fn describe(e: &figment::Error) -> String {
     let key = if e.path.is_empty() {
@@ -506,6 +599,29 @@ mod tests {
         let c = Config::load(None).unwrap();
         assert_eq!(c.web.listen_address, ":9435");
         assert!(c.programs.contains_key("tcp_connect_latency"));
+        assert_eq!(c.validate(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn out_of_range_settings_name_key_value_and_range() {
+        let mut c = Config::load(None).unwrap();
+        c.pipeline.enrich_workers = 100_000;
+        c.pipeline.ring_bytes = 3;
+        c.pipeline.wakeup_bytes = Some(1 << 30);
+        c.pipeline.perf_pages = 3;
+        c.tap.queue_events = 0;
+        let bad = c.validate();
+        let want = [
+            "pipeline.enrich_workers = 100000: must be 1..=256 (set in the file or by KUBE_EBPF_EXPORTER__PIPELINE__ENRICH_WORKERS)",
+            "pipeline.ring_bytes = 3: must be a power of two from the page size",
+            "pipeline.wakeup_bytes = 1073741824: must be 1..3 (below pipeline.ring_bytes)",
+            "pipeline.perf_pages = 3: must be a power of two",
+            "tap.queue_events = 0: must be 1..=16777216",
+        ];
+        for w in want {
+            assert!(bad.iter().any(|b| b.starts_with(w)), "{w}\n{bad:#?}");
+        }
+        assert_eq!(bad.len(), want.len(), "{bad:#?}");
     }
 
     #[test]

@@ -406,6 +406,10 @@ async fn serve(args: Args) -> Result<()> {
         .map_or("embedded default config".to_string(), |p| {
             p.display().to_string()
         });
+    let bad = config.validate();
+    if !bad.is_empty() {
+        bail!("{source}: settings out of range:\n  {}", bad.join("\n  "));
+    }
     let addr = listen_addr(&config.web.listen_address)
         .with_context(|| format!("{source}: web.listen_address"))?;
     if !config.web.telemetry_path.starts_with('/') || config.web.telemetry_path == "/healthz" {
@@ -440,6 +444,9 @@ async fn serve(args: Args) -> Result<()> {
     );
     let decoders = Context::new(Some(enricher.clone()));
     let sources = program_sources(&args, &mut config, &source)?;
+    if sources.is_empty() {
+        bail!("{source}: no programs to run: add a `programs:` section (deploy/overlays/custom-config/config.yaml holds the built-in ones to copy, `kube-ebpf-exporter programs` lists them), or give --config.dir with <name>.yaml and <name>.bpf.o files; without --config.file the built-in programs run");
+    }
     let perf_output = config.pipeline.output.perf();
     if perf_output {
         tracing::info!("programs that stream records use perf event arrays (pipeline.output, or no ring buffers in this kernel)");

@@ -418,3 +418,72 @@ fn metadata_sources_that_cannot_answer_are_named() {
         );
     }
 }
+
+#[test]
+fn out_of_range_settings_are_named_with_value_and_range() {
+    for (key, value, range) in [
+        ("PIPELINE__ENRICH_WORKERS", "100000", "must be 1..=256"),
+        ("PIPELINE__INGEST_WORKERS", "0", "must be 1..=256"),
+        ("PIPELINE__AGGREGATE_WORKERS", "1000", "must be 1..=256"),
+        ("PIPELINE__QUEUE_BATCHES", "0", "must be 1..=1048576"),
+        ("PIPELINE__BATCH_BYTES", "100", "must be 4096..=16777216"),
+        ("PIPELINE__DRAIN_INTERVAL_MS", "0", "must be 1..=10000"),
+        ("PIPELINE__MAX_SERIES", "0", "must be 1..=10000000"),
+        ("PIPELINE__PERF_PAGES", "3", "must be a power of two"),
+        (
+            "PIPELINE__RING_BYTES",
+            "3",
+            "must be a power of two from the page size",
+        ),
+        (
+            "PIPELINE__RING_BYTES",
+            "12288",
+            "must be a power of two from the page size",
+        ),
+        (
+            "PIPELINE__WAKEUP_BYTES",
+            "4194304",
+            "must be 1..4194304 (below pipeline.ring_bytes)",
+        ),
+        ("TAP__INPUT_BATCHES", "0", "must be 1..=1048576"),
+        ("TAP__QUEUE_EVENTS", "0", "must be 1..=16777216"),
+        (
+            "KUBERNETES__SERIES_GRACE_SECONDS",
+            "99999999",
+            "must be 0..=604800",
+        ),
+        (
+            "KUBERNETES__METADATA_WAIT_MS",
+            "600000",
+            "must be 0..=60000",
+        ),
+    ] {
+        let var = format!("KUBE_EBPF_EXPORTER__{key}");
+        let (ok, err) = run(&["--config.check"], &[(&var, value)]);
+        let name = key.to_lowercase().replace("__", ".");
+        assert!(!ok, "{var}={value} accepted");
+        assert!(
+            err.contains("embedded default config: settings out of range")
+                && err.contains(&format!("{name} = {value}: {range}"))
+                && err.contains(&var),
+            "{var}={value}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_config_without_programs_says_how_to_add_them() {
+    let file = TempConfig::new("no-programs", "web:\n  listen_address: \":9999\"\n");
+    let (ok, err) = run(
+        &["--config.check", "--config.file", file.0.to_str().unwrap()],
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "{}: no programs to run: add a `programs:` section",
+            file.0.display()
+        )) && err.contains("--config.dir"),
+        "{err}"
+    );
+}
