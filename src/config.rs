@@ -56,6 +56,16 @@ pub struct Web {
     /// Path of the metrics page.
     #[serde(default = "default_telemetry_path")]
     pub telemetry_path: String,
+    /// Connections open at once; more are closed as they arrive (counted).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a client has to send each request's header.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_seconds: u64,
+    /// Scrapes rendered at once; more get 503 (counted), like node_exporter's
+    /// `--web.max-requests`.
+    #[serde(default = "default_max_requests")]
+    pub max_requests: usize,
 }
 
 impl Default for Web {
@@ -63,8 +73,23 @@ impl Default for Web {
         Self {
             listen_address: default_listen(),
             telemetry_path: default_telemetry_path(),
+            max_connections: default_max_connections(),
+            header_timeout_seconds: default_header_timeout(),
+            max_requests: default_max_requests(),
         }
     }
+}
+
+const fn default_max_connections() -> usize {
+    512
+}
+
+const fn default_header_timeout() -> u64 {
+    10
+}
+
+const fn default_max_requests() -> usize {
+    40
 }
 
 fn default_listen() -> String {
@@ -330,6 +355,8 @@ pub struct TapConfig {
     pub input_batches: usize,
     /// Lines waiting for each subscriber; a slower reader loses events (counted).
     pub queue_events: usize,
+    /// `/events` subscribers at once; more get 429 (counted).
+    pub max_subscribers: usize,
     /// Cluster name written into every event.
     pub cluster: Option<String>,
     /// Write selected configs' events to files.
@@ -342,6 +369,7 @@ impl Default for TapConfig {
             enabled: true,
             input_batches: 256,
             queue_events: 4096,
+            max_subscribers: 16,
             cluster: None,
             sink: None,
         }
@@ -520,7 +548,17 @@ impl Config {
         check("pipeline.drain_interval_ms", p.drain_interval_ms, 1, 10_000);
         check("pipeline.max_series", p.max_series as u64, 1, 10_000_000);
         check("pipeline.perf_pages", p.perf_pages as u64, 1, 1 << 16);
+        let w = &self.web;
+        check("web.max_connections", w.max_connections as u64, 1, 1 << 16);
+        check(
+            "web.header_timeout_seconds",
+            w.header_timeout_seconds,
+            1,
+            300,
+        );
+        check("web.max_requests", w.max_requests as u64, 1, 1024);
         let t = &self.tap;
+        check("tap.max_subscribers", t.max_subscribers as u64, 1, 1024);
         check("tap.input_batches", t.input_batches as u64, 1, 1 << 20);
         check("tap.queue_events", t.queue_events as u64, 1, 1 << 24);
         let k = &self.kubernetes;

@@ -9,6 +9,7 @@ mod privileges;
 mod programs;
 mod tap_client;
 mod telemetry;
+mod web;
 
 use std::{
     net::SocketAddr,
@@ -640,6 +641,8 @@ async fn serve(args: Args) -> Result<()> {
         node: node.clone(),
         enricher,
         series_grace: grace,
+        scrapes: web::Slots::new(config.web.max_requests, "max_requests"),
+        subscribers: web::Slots::new(config.tap.max_subscribers, "max_subscribers"),
     });
     let mut app = Router::new()
         .route(&config.web.telemetry_path, get(metrics))
@@ -653,16 +656,20 @@ async fn serve(args: Args) -> Result<()> {
         .await
         .with_context(|| format!("{source}: web.listen_address: cannot listen on {addr}"))?;
     tracing::info!(%addr, node = %node, path = %config.web.telemetry_path, "serving metrics");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = term.recv() => {},
-            }
-        })
-        .await?;
+    let limits = web::Limits {
+        max_connections: config.web.max_connections,
+        header_timeout: Duration::from_secs(config.web.header_timeout_seconds),
+        shutdown_timeout: Duration::from_secs(5),
+    };
+    web::serve(listener, app, limits, async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+    })
+    .await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     for r in readers {
@@ -692,6 +699,10 @@ struct AppState {
     node: String,
     enricher: Arc<Enricher>,
     series_grace: Duration,
+    /// Scrapes rendering now (`web.max_requests`).
+    scrapes: web::Slots,
+    /// `/events` subscribers (`tap.max_subscribers`).
+    subscribers: web::Slots,
 }
 
 /// The file sink's input, for tables written at each scrape.
@@ -753,10 +764,21 @@ async fn events(
                 .into_response()
         }
     };
+    let Some(slot) = s.subscribers.try_take() else {
+        return (
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too many event subscribers (tap.max_subscribers)\n",
+        )
+            .into_response();
+    };
     let rx = tap.subscribe_http(filter);
+    // The slot is held as long as the stream is.
     let body = axum::body::Body::from_stream(tokio_stream::StreamExt::map(
         tokio_stream::wrappers::ReceiverStream::new(rx),
-        Ok::<_, std::convert::Infallible>,
+        move |line| {
+            let _held = &slot;
+            Ok::<_, std::convert::Infallible>(line)
+        },
     ));
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
@@ -842,9 +864,17 @@ fn expire_entries(
 
 /// `/metrics`: rendered on a blocking thread and streamed in chunks, so a scrape of
 /// many series never holds the whole page.
-async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+async fn metrics(State(s): State<Arc<AppState>>) -> axum::response::Response {
+    let Some(slot) = s.scrapes.try_take() else {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too many concurrent scrapes (web.max_requests)\n",
+        )
+            .into_response();
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     tokio::task::spawn_blocking(move || {
+        let _held = slot;
         let mut emit = |chunk: String| {
             // A client that went away just stops reading.
             let _ = tx.blocking_send(Bytes::from(chunk));
@@ -899,4 +929,5 @@ async fn metrics(State(s): State<Arc<AppState>>) -> impl IntoResponse {
         )],
         body,
     )
+        .into_response()
 }

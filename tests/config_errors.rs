@@ -446,6 +446,10 @@ fn out_of_range_settings_are_named_with_value_and_range() {
             "must be 1..4194304 (below pipeline.ring_bytes)",
         ),
         ("TAP__INPUT_BATCHES", "0", "must be 1..=1048576"),
+        ("TAP__MAX_SUBSCRIBERS", "0", "must be 1..=1024"),
+        ("WEB__MAX_CONNECTIONS", "0", "must be 1..=65536"),
+        ("WEB__HEADER_TIMEOUT_SECONDS", "0", "must be 1..=300"),
+        ("WEB__MAX_REQUESTS", "5000", "must be 1..=1024"),
         ("TAP__QUEUE_EVENTS", "0", "must be 1..=16777216"),
         (
             "KUBERNETES__SERIES_GRACE_SECONDS",

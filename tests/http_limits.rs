@@ -1,0 +1,131 @@
+//! The HTTP server is bounded: half-open connections are closed after the header
+//! timeout, connections beyond the cap are refused while a scrape on an open connection
+//! still answers, and event subscribers beyond their cap get 429; each refusal counted.
+//! Needs root and BPF (the exporter loads its programs).
+
+#[macro_use]
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::{Duration, Instant},
+};
+
+use common::{sample, Exporter, TempDir};
+
+/// Sends a keep-alive scrape on `s` and reads the whole (chunked) response.
+fn scrape_on(s: &mut TcpStream) -> String {
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    // The chunked body ends with an empty chunk.
+    while !got.ends_with(b"\r\n0\r\n\r\n") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "connection closed mid-response");
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Whether the server closed `s` (EOF or reset) within `wait`.
+fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 256];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => {
+            e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut
+        }
+    }
+}
+
+#[test]
+fn slow_clients_cannot_hold_the_server() {
+    privileged!("slow_clients_cannot_hold_the_server");
+    let dir = TempDir::new("http-limits");
+    let exporter = Exporter::start_with_env(
+        &["--programs", "process_lifecycle"],
+        &[
+            ("KUBE_EBPF_EXPORTER__WEB__MAX_CONNECTIONS", "20"),
+            ("KUBE_EBPF_EXPORTER__WEB__HEADER_TIMEOUT_SECONDS", "2"),
+        ],
+        &dir.0.join("log"),
+    );
+    // Prometheus keeps its connection open between scrapes.
+    let mut prometheus = TcpStream::connect(&exporter.addr).unwrap();
+    assert!(scrape_on(&mut prometheus).starts_with("HTTP/1.1 200"));
+    // 19 clients send half a header and stop: with Prometheus's, the cap is full.
+    let started = Instant::now();
+    let mut slow: Vec<TcpStream> = (0..19)
+        .map(|_| {
+            let mut s = TcpStream::connect(&exporter.addr).unwrap();
+            write!(s, "GET /metrics HTTP/1.1\r\nHost:").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut refused = TcpStream::connect(&exporter.addr).unwrap();
+    let _ = write!(refused, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        closed_within(&mut refused, Duration::from_secs(1)),
+        "a 21st connection was served"
+    );
+    // The scrape on the open connection still answers.
+    assert!(scrape_on(&mut prometheus).starts_with("HTTP/1.1 200"));
+    // The header timeout closes the slow ones, and new clients are served again.
+    for s in &mut slow {
+        assert!(
+            closed_within(s, Duration::from_secs(4)),
+            "a half-open connection stayed open"
+        );
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "closed before the timeout"
+    );
+    let page = exporter.metrics();
+    let refused = "ebpf_exporter_http_refused_total";
+    assert!(
+        sample(&page, refused, "reason=\"connections\"").unwrap_or(0.0) >= 1.0,
+        "{page}"
+    );
+    assert_eq!(
+        sample(&page, refused, "reason=\"header_timeout\""),
+        Some(19.0),
+        "{page}"
+    );
+}
+
+#[test]
+fn event_subscribers_beyond_the_cap_get_429() {
+    privileged!("event_subscribers_beyond_the_cap_get_429");
+    let dir = TempDir::new("http-subscribers");
+    let exporter = Exporter::start_with_env(
+        &[],
+        &[("KUBE_EBPF_EXPORTER__TAP__MAX_SUBSCRIBERS", "2")],
+        &dir.0.join("log"),
+    );
+    let (first, _a) = common::open_stream(&exporter.addr, "/events");
+    let (second, _b) = common::open_stream(&exporter.addr, "/events");
+    assert!(
+        first.contains(" 200 ") && second.contains(" 200 "),
+        "{first}{second}"
+    );
+    let (third, mut body) = common::open_stream(&exporter.addr, "/events");
+    assert!(third.contains(" 429 "), "{third}");
+    let mut text = String::new();
+    body.read_to_string(&mut text).unwrap();
+    assert!(text.contains("tap.max_subscribers"), "{text}");
+    let page = exporter.metrics();
+    assert_eq!(
+        sample(
+            &page,
+            "ebpf_exporter_http_refused_total",
+            "reason=\"max_subscribers\""
+        ),
+        Some(1.0),
+        "{page}"
+    );
+}
