@@ -345,6 +345,37 @@ impl Default for Pipeline {
     }
 }
 
+/// Where the event stream is served by default (and where `tap` looks for it).
+pub const DEFAULT_TAP_LISTEN: &str = "unix:/run/kube-ebpf-exporter/tap.sock";
+
+/// Where the event stream listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TapListen {
+    /// A unix socket (only this host's processes, by file permission).
+    Unix(PathBuf),
+    /// A loopback TCP address.
+    Loopback(std::net::SocketAddr),
+}
+
+impl TapListen {
+    /// Parses `tap.listen`; anything but a unix socket or a loopback address is refused.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if !path.starts_with('/') {
+                return Err(format!("{s:?}: a unix socket needs an absolute path"));
+            }
+            return Ok(Self::Unix(path.into()));
+        }
+        let addr: std::net::SocketAddr = s.parse().map_err(|_| {
+            format!("{s:?} is neither unix:<path> nor ip:port (e.g. 127.0.0.1:9436)")
+        })?;
+        if !addr.ip().is_loopback() {
+            return Err(format!("{s:?} is not a loopback address: the event stream shows every process on the node, so it is served only on a unix socket or loopback (reach it with `kubectl exec <pod> -- kube-ebpf-exporter tap` or `kubectl port-forward`)"));
+        }
+        Ok(Self::Loopback(addr))
+    }
+}
+
 /// Event tap settings.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -357,6 +388,11 @@ pub struct TapConfig {
     pub queue_events: usize,
     /// `/events` subscribers at once; more get 429 (counted).
     pub max_subscribers: usize,
+    /// Where `/events` is served, apart from the metrics listener: `unix:<path>` (the
+    /// default, for `kube-ebpf-exporter tap` in the same container) or a loopback
+    /// `ip:port`. The stream shows every process on the node, so it is never on a
+    /// network listener without authentication.
+    pub listen: String,
     /// Cluster name written into every event.
     pub cluster: Option<String>,
     /// Write selected configs' events to files.
@@ -370,6 +406,7 @@ impl Default for TapConfig {
             input_batches: 256,
             queue_events: 4096,
             max_subscribers: 16,
+            listen: DEFAULT_TAP_LISTEN.into(),
             cluster: None,
             sink: None,
         }
@@ -572,6 +609,9 @@ impl Config {
         if let Some(sink) = &t.sink {
             check("tap.sink.max_bytes", sink.max_bytes, 1 << 20, u64::MAX);
         }
+        if let Err(e) = TapListen::parse(&t.listen) {
+            bad.push(format!("tap.listen: {e}"));
+        }
         // The kernel's rules: a ring buffer is a power of two pages; a perf buffer
         // a power of two of pages per CPU.
         let page = page_size();
@@ -638,6 +678,24 @@ mod tests {
         assert_eq!(c.web.listen_address, ":9435");
         assert!(c.programs.contains_key("tcp_connect_latency"));
         assert_eq!(c.validate(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_event_stream_listens_only_locally() {
+        assert_eq!(
+            TapListen::parse(DEFAULT_TAP_LISTEN),
+            Ok(TapListen::Unix("/run/kube-ebpf-exporter/tap.sock".into()))
+        );
+        assert_eq!(
+            TapListen::parse("127.0.0.1:9436"),
+            Ok(TapListen::Loopback("127.0.0.1:9436".parse().unwrap()))
+        );
+        assert!(TapListen::parse("[::1]:9436").is_ok());
+        assert!(TapListen::parse("0.0.0.0:9436")
+            .unwrap_err()
+            .contains("not a loopback address"));
+        assert!(TapListen::parse("unix:tap.sock").is_err());
+        assert!(TapListen::parse("localhost").is_err());
     }
 
     #[test]

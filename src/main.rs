@@ -644,14 +644,26 @@ async fn serve(args: Args) -> Result<()> {
         scrapes: web::Slots::new(config.web.max_requests, "max_requests"),
         subscribers: web::Slots::new(config.tap.max_subscribers, "max_subscribers"),
     });
-    let mut app = Router::new()
+    let app = Router::new()
         .route(&config.web.telemetry_path, get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }));
-    if state.tap.is_some() {
-        app = app.route("/events", get(events));
-    }
-    let state_for_shutdown = state.clone();
-    let app = app.with_state(state);
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(state.clone());
+    // The event stream has a listener of its own, local only (tap.listen).
+    let tap_server = match &state.tap {
+        Some(_) => {
+            let listen = config::TapListen::parse(&config.tap.listen).expect("validated");
+            let events = Router::new()
+                .route("/events", get(events))
+                .with_state(state.clone());
+            let mut stop = shutdown_tx.subscribe();
+            serve_tap(&listen, events, async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            })
+            .await
+        }
+        None => None,
+    };
+    let state_for_shutdown = state;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("{source}: web.listen_address: cannot listen on {addr}"))?;
@@ -672,6 +684,9 @@ async fn serve(args: Args) -> Result<()> {
     .await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
+    if let Some(t) = tap_server {
+        let _ = t.await;
+    }
     for r in readers {
         let _ = r.await;
     }
@@ -824,6 +839,58 @@ fn sink_table(
         bytes.push(b'\n');
         let _ = sink.tx.try_send(Bytes::from(bytes));
     }
+}
+
+/// Serves the event stream on its own local listener until `shutdown`; `None` (logged)
+/// when it cannot listen: the exporter serves metrics without it.
+async fn serve_tap(
+    listen: &config::TapListen,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Option<tokio::task::JoinHandle<()>> {
+    // Subscribers are held streams: at shutdown they get a second, not five.
+    let limits = web::Limits {
+        max_connections: 64,
+        header_timeout: Duration::from_secs(10),
+        shutdown_timeout: Duration::from_secs(1),
+    };
+    let bound = match listen {
+        config::TapListen::Unix(path) => {
+            bind_unix(path).map(|l| tokio::spawn(web::serve(l, app, limits, shutdown)))
+        }
+        config::TapListen::Loopback(addr) => tokio::net::TcpListener::bind(addr)
+            .await
+            .map(|l| tokio::spawn(web::serve(l, app, limits, shutdown))),
+    };
+    match bound {
+        Ok(task) => {
+            tracing::info!(at = ?listen, "serving the event stream (/events)");
+            Some(task)
+        }
+        Err(e) => {
+            tracing::warn!(at = ?listen, "tap.listen: cannot serve the event stream: {e}");
+            None
+        }
+    }
+}
+
+/// A unix socket at `path` that only this user can connect to (a stale one from an
+/// earlier run is replaced).
+fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
 }
 
 /// Removes the entries of a cgroup-keyed table whose cgroups were removed at least the

@@ -1,8 +1,10 @@
-//! `kube-ebpf-exporter tap`: prints live events from a running exporter's `/events`.
+//! `kube-ebpf-exporter tap`: prints live events from a running exporter's `/events`
+//! (its local event stream listener: a unix socket by default).
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
+    os::unix::net::UnixStream,
 };
 
 use anyhow::{bail, Context, Result};
@@ -20,8 +22,8 @@ pub enum Output {
 /// Flags of `tap`: filters as `/events` takes them.
 #[derive(Debug, Args)]
 pub struct TapArgs {
-    /// Exporter address.
-    #[arg(long, default_value = "localhost:9435")]
+    /// The exporter's event stream (`tap.listen`): `unix:<path>` or `host:port`.
+    #[arg(long, default_value = crate::config::DEFAULT_TAP_LISTEN)]
     address: String,
     /// Only this config.
     #[arg(long)]
@@ -93,6 +95,10 @@ impl TapArgs {
     }
 }
 
+/// A connection to the exporter, over TCP or a unix socket.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 /// A readable line for one event.
 fn pretty(line: &str) -> Result<String> {
     let e: serde_json::Value = serde_json::from_str(line).context("event is not JSON")?;
@@ -120,12 +126,16 @@ fn pretty(line: &str) -> Result<String> {
 /// Streams events to stdout until the exporter ends the stream or the limit is hit.
 pub fn run(args: &TapArgs) -> Result<()> {
     let query = args.query()?;
-    let mut conn = TcpStream::connect(&args.address)
-        .with_context(|| format!("connecting to the exporter at {}", args.address))?;
+    let connected: std::io::Result<Box<dyn ReadWrite>> = match args.address.strip_prefix("unix:") {
+        Some(path) => UnixStream::connect(path).map(|s| Box::new(s) as _),
+        None => TcpStream::connect(&args.address).map(|s| Box::new(s) as _),
+    };
+    let mut conn = connected.with_context(|| {
+        format!("connecting to the exporter's event stream at {} (tap.listen; as the exporter's user, e.g. `kubectl exec <pod> -- kube-ebpf-exporter tap`)", args.address)
+    })?;
     write!(
         conn,
-        "GET /events?{query} HTTP/1.0\r\nHost: {}\r\n\r\n",
-        args.address
+        "GET /events?{query} HTTP/1.0\r\nHost: localhost\r\n\r\n"
     )?;
     let mut reader = BufReader::new(conn);
     let mut status = String::new();
@@ -136,7 +146,7 @@ pub fn run(args: &TapArgs) -> Result<()> {
     }
     if !status.contains(" 200 ") {
         let mut body = String::new();
-        let _ = std::io::Read::read_to_string(&mut reader, &mut body);
+        let _ = reader.read_to_string(&mut body);
         bail!("{}: {}", status.trim(), body.trim());
     }
     let stdout = std::io::stdout();

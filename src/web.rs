@@ -7,10 +7,34 @@ use std::{sync::Arc, time::Duration};
 use axum::Router;
 use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown, service::TowerToHyperService};
 use metrics::counter;
+use std::future::Future;
 use tokio::{
-    net::TcpListener,
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, UnixListener},
     sync::{OwnedSemaphorePermit, Semaphore},
 };
+
+/// What `serve` takes connections from: TCP, or a unix socket (the event stream's).
+pub trait Listener: Send + 'static {
+    /// A connection.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// The next connection.
+    fn next(&self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+}
+
+impl Listener for TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn next(&self) -> std::io::Result<Self::Io> {
+        Ok(self.accept().await?.0)
+    }
+}
+
+impl Listener for UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn next(&self) -> std::io::Result<Self::Io> {
+        Ok(self.accept().await?.0)
+    }
+}
 
 /// The counter of refused connections and requests.
 pub const REFUSED: &str = "ebpf_exporter_http_refused_total";
@@ -55,10 +79,10 @@ impl Slots {
 /// Serves `app` on `listener` within `limits` until `shutdown` completes, then lets
 /// open connections finish for up to `limits.shutdown_timeout`.
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Listener,
     app: Router,
     limits: Limits,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl Future<Output = ()>,
 ) {
     let connections = Slots::new(limits.max_connections, "connections");
     let graceful = GracefulShutdown::new();
@@ -67,8 +91,8 @@ pub async fn serve(
         .header_read_timeout(limits.header_timeout);
     tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+        let stream = tokio::select! {
+            accepted = listener.next() => match accepted {
                 Ok(c) => c,
                 Err(e) => {
                     // Out of descriptors, most likely: give connections time to close.

@@ -303,7 +303,8 @@ fn connects_of_a_process_in_v1_cgroups_only_are_attributed_by_pid() {
     std::fs::create_dir_all(dirs.last().unwrap()).unwrap();
 
     // The event tap attributes them the same way.
-    let (_, mut events) = common::open_stream(&exporter.addr, "/events?namespace=legacy&limit=1");
+    let (_, mut events) =
+        common::open_stream(&exporter.tap_addr, "/events?namespace=legacy&limit=1");
     const N: usize = 9;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();

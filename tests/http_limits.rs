@@ -107,13 +107,13 @@ fn event_subscribers_beyond_the_cap_get_429() {
         &[("KUBE_EBPF_EXPORTER__TAP__MAX_SUBSCRIBERS", "2")],
         &dir.0.join("log"),
     );
-    let (first, _a) = common::open_stream(&exporter.addr, "/events");
-    let (second, _b) = common::open_stream(&exporter.addr, "/events");
+    let (first, _a) = common::open_stream(&exporter.tap_addr, "/events");
+    let (second, _b) = common::open_stream(&exporter.tap_addr, "/events");
     assert!(
         first.contains(" 200 ") && second.contains(" 200 "),
         "{first}{second}"
     );
-    let (third, mut body) = common::open_stream(&exporter.addr, "/events");
+    let (third, mut body) = common::open_stream(&exporter.tap_addr, "/events");
     assert!(third.contains(" 429 "), "{third}");
     let mut text = String::new();
     body.read_to_string(&mut text).unwrap();

@@ -235,7 +235,7 @@ fn api_watch_names_pods_through_bookmarks_deletes_and_a_410_relist() {
 
     // The event tap shows the opt-in labels too.
     let (status, mut events) =
-        common::open_stream(&exporter.addr, "/events?namespace=monitoring&limit=1");
+        common::open_stream(&exporter.tap_addr, "/events?namespace=monitoring&limit=1");
     assert!(status.contains("200"), "{status}");
     let mut cgroups = Cgroups::new("kube-api");
     let pods = [

@@ -23,7 +23,7 @@ fn events_are_filtered_enriched_json_lines() {
     let exporter = Exporter::start(&flags, &dir.0.join("log"));
 
     let (status, reader) = open_stream(
-        &exporter.addr,
+        &exporter.tap_addr,
         "/events?namespace=shop&pod=web-*&subnet=127&limit=3",
     );
     assert!(status.contains(" 200 "), "{status}");
@@ -75,7 +75,7 @@ fn events_are_filtered_enriched_json_lines() {
         .args([
             "tap",
             "--address",
-            &exporter.addr,
+            &exporter.tap_addr,
             "--pod",
             "web-*",
             "--limit",
@@ -114,14 +114,14 @@ fn bad_filters_get_400_with_the_reason() {
         ("pod=", "pod: empty value"),
         ("pod=a&pod=b", "pod is given twice"),
     ] {
-        let (status, mut reader) = open_stream(&exporter.addr, &format!("/events?{query}"));
+        let (status, mut reader) = open_stream(&exporter.tap_addr, &format!("/events?{query}"));
         let mut body = String::new();
         reader.read_to_string(&mut body).unwrap();
         assert!(status.contains(" 400 "), "{query}: {status}");
         assert!(body.contains(want), "{query}: {body}");
     }
     let out = Command::new(common::BIN)
-        .args(["tap", "--address", &exporter.addr, "--field", "nope=1"])
+        .args(["tap", "--address", &exporter.tap_addr, "--field", "nope=1"])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -148,7 +148,7 @@ fn a_slow_subscriber_loses_tap_events_never_metrics() {
     let exporter = Exporter::start(&flags, &dir.0.join("log"));
     // Subscribe and never read: two events fit in its queue and some KiB in the socket
     // buffers (made small), so most of N events are dropped for this subscriber.
-    let (_status, unread) = open_stream(&exporter.addr, "/events?pod=slow-*");
+    let (_status, unread) = open_stream(&exporter.tap_addr, "/events?pod=slow-*");
     let small: libc::c_int = 4096;
     // SAFETY: a valid socket and option value for setsockopt(2).
     let rc = unsafe {
@@ -297,5 +297,62 @@ fn the_file_sink_writes_events_and_tables() {
             table["cluster"].as_str()
         ),
         (Some(5), Some("getpid-calls"), Some("test-cluster"))
+    );
+}
+
+#[test]
+fn the_event_stream_is_private_by_default() {
+    privileged!("the_event_stream_is_private_by_default");
+    let pod = Pod::new("shop", "private-tap-3c4d5", "app");
+    let dir = TempDir::new("private-tap");
+    let mut cgroups = Cgroups::new("private-tap");
+    let cg = pod.cgroup(&mut cgroups);
+    let socket = dir.0.join("run/tap.sock");
+    let flags = pod.logs(&dir.0);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let listen = format!("unix:{}", socket.display());
+    let exporter = Exporter::start_with_env(
+        &flags,
+        &[("KUBE_EBPF_EXPORTER__TAP__LISTEN", &listen)],
+        &dir.0.join("log"),
+    );
+    // Not on the metrics listener.
+    let (status, _) = open_stream(&exporter.addr, "/events");
+    assert!(status.contains(" 404 "), "{status}");
+    // A socket only its owner may open, which `tap` reads.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let tap = Command::new(common::BIN)
+        .args([
+            "tap",
+            "--address",
+            &listen,
+            "--pod",
+            pod.name,
+            "--limit",
+            "2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    connects(2, &cg);
+    let out = tap.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.contains(pod.name), "{text}");
+    // A network address is refused, saying why.
+    let out = Command::new(common::BIN)
+        .arg("--config.check")
+        .env("KUBE_EBPF_EXPORTER__TAP__LISTEN", "0.0.0.0:9436")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("tap.listen: \"0.0.0.0:9436\" is not a loopback address"),
+        "{err}"
     );
 }

@@ -27,6 +27,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_kube-ebpf-exporter");
 pub struct Exporter {
     pub child: Child,
     pub addr: String,
+    /// Its event stream's listener (`tap.listen`, on loopback for the tests).
+    pub tap_addr: String,
 }
 
 impl Drop for Exporter {
@@ -59,6 +61,7 @@ impl Exporter {
     /// As [`Exporter::start_with_env`], run by the command `wrapper` (e.g. `setpriv ...`).
     pub fn start_under(wrapper: &[&str], args: &[&str], env: &[(&str, &str)], log: &Path) -> Self {
         let addr = format!("127.0.0.1:{}", free_port());
+        let tap_addr = format!("127.0.0.1:{}", free_port());
         let mut command = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut c = Command::new(program);
@@ -70,13 +73,18 @@ impl Exporter {
         let child = command
             .args(["--web.listen-address", &addr])
             .args(args)
+            .env("KUBE_EBPF_EXPORTER__TAP__LISTEN", &tap_addr)
             .envs(env.iter().copied())
             .env("RUST_BACKTRACE", "0")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
             .unwrap();
-        let mut e = Self { child, addr };
+        let mut e = Self {
+            child,
+            addr,
+            tap_addr,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = e.child.try_wait().unwrap() {
