@@ -108,6 +108,29 @@ fn every_overlay_renders_and_validates_offline() {
             k.display()
         );
 
+        // Only the monitoring namespace reaches the metrics port, unless opted out.
+        let policies = of_kind(&docs, "NetworkPolicy");
+        if k.ends_with("no-network-policy") {
+            assert!(policies.is_empty(), "{}", k.display());
+        } else {
+            let ds = &daemonsets[0];
+            assert_eq!(policies.len(), 1, "{}", k.display());
+            let spec = &policies[0]["spec"];
+            assert_eq!(spec["policyTypes"][0], "Ingress");
+            // It selects the DaemonSet's pods (kustomize adds the common labels).
+            let selects = spec["podSelector"]["matchLabels"].as_mapping().unwrap();
+            for (key, value) in selects {
+                assert_eq!(&ds["spec"]["template"]["metadata"]["labels"][key], value);
+            }
+            let rule = &spec["ingress"][0];
+            assert_eq!(
+                rule["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+                "monitoring"
+            );
+            assert_eq!(rule["ports"][0]["port"], "metrics");
+            assert_eq!(rule["from"].as_sequence().unwrap().len(), 1);
+        }
+
         // A ServiceMonitor must find the Service and its port.
         let service = of_kind(&docs, "Service")[0];
         for sm in of_kind(&docs, "ServiceMonitor") {
