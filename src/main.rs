@@ -10,6 +10,7 @@ mod programs;
 mod tap_client;
 mod telemetry;
 mod web;
+mod web_config;
 
 use std::{
     net::SocketAddr,
@@ -94,6 +95,10 @@ struct Args {
     /// Path of the metrics page; overrides the config.
     #[arg(long = "web.telemetry-path", value_name = "PATH")]
     telemetry_path: Option<String>,
+    /// TLS, basic auth and headers for the metrics listener, in the Prometheus
+    /// exporter-toolkit format; read again for every connection.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    web_config_file: Option<PathBuf>,
     /// External kernel BTF, for kernels without /sys/kernel/btf/vmlinux.
     #[arg(long = "btf.path", value_name = "PATH")]
     btf_path: Option<PathBuf>,
@@ -411,6 +416,10 @@ async fn serve(args: Args) -> Result<()> {
     if !bad.is_empty() {
         bail!("{source}: settings out of range:\n  {}", bad.join("\n  "));
     }
+    if let Some(path) = &args.web_config_file {
+        // Checked now; read again for every connection.
+        web_config::load(path)?;
+    }
     let addr = listen_addr(&config.web.listen_address)
         .with_context(|| format!("{source}: web.listen_address"))?;
     if !config.web.telemetry_path.starts_with('/') || config.web.telemetry_path == "/healthz" {
@@ -669,6 +678,7 @@ async fn serve(args: Args) -> Result<()> {
         .with_context(|| format!("{source}: web.listen_address: cannot listen on {addr}"))?;
     tracing::info!(%addr, node = %node, path = %config.web.telemetry_path, "serving metrics");
     let limits = web::Limits {
+        web_config: args.web_config_file.clone(),
         max_connections: config.web.max_connections,
         header_timeout: Duration::from_secs(config.web.header_timeout_seconds),
         shutdown_timeout: Duration::from_secs(5),
@@ -850,6 +860,7 @@ async fn serve_tap(
 ) -> Option<tokio::task::JoinHandle<()>> {
     // Subscribers are held streams: at shutdown they get a second, not five.
     let limits = web::Limits {
+        web_config: None,
         max_connections: 64,
         header_timeout: Duration::from_secs(10),
         shutdown_timeout: Duration::from_secs(1),

@@ -39,9 +39,11 @@ impl Listener for UnixListener {
 /// The counter of refused connections and requests.
 pub const REFUSED: &str = "ebpf_exporter_http_refused_total";
 
-/// Limits on what clients may hold.
+/// Limits on what clients may hold, and how connections are secured.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// `--web.config.file` (TLS, basic auth, headers), read for every connection.
+    pub web_config: Option<std::path::PathBuf>,
     /// Connections open at once; more are closed as they come.
     pub max_connections: usize,
     /// Time a client has to send a request's header (each request on a connection).
@@ -76,6 +78,77 @@ impl Slots {
     }
 }
 
+/// Serves one connection until it ends (or shutdown ends it).
+async fn connection<IO, S>(
+    io: IO,
+    service: S,
+    http: &hyper::server::conn::http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = watcher.watch(http.serve_connection(TokioIo::new(io), service));
+    if let Err(e) = conn.await {
+        if e.is_timeout() {
+            counter!(REFUSED, "reason" => "header_timeout").increment(1);
+        }
+    }
+}
+
+/// `app` behind the web config's basic auth (all but `/healthz`), with its headers on
+/// every response.
+fn secured(
+    app: Router,
+    loaded: Arc<crate::web_config::Loaded>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send,
+> + Clone
+       + Send
+       + 'static {
+    hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let (app, loaded) = (app.clone(), loaded.clone());
+        async move {
+            use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+            use tower::ServiceExt;
+            let auth = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes());
+            let mut response = if loaded.authorized(auth) {
+                app.oneshot(req.map(axum::body::Body::new)).await?
+            } else {
+                counter!(REFUSED, "reason" => "unauthorized").increment(1);
+                let mut r = axum::response::Response::new(axum::body::Body::from("Unauthorized\n"));
+                *r.status_mut() = StatusCode::UNAUTHORIZED;
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"kube-ebpf-exporter\""),
+                );
+                r
+            };
+            for (name, value) in &loaded.headers {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::try_from(name.as_str()),
+                    HeaderValue::try_from(value.as_str()),
+                ) {
+                    response.headers_mut().insert(n, v);
+                }
+            }
+            Ok(response)
+        }
+    })
+}
+
 /// Serves `app` on `listener` within `limits` until `shutdown` completes, then lets
 /// open connections finish for up to `limits.shutdown_timeout`.
 pub async fn serve(
@@ -87,6 +160,7 @@ pub async fn serve(
     let connections = Slots::new(limits.max_connections, "connections");
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
+    // A TLS handshake gets the header's deadline too.
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
     tokio::pin!(shutdown);
@@ -107,15 +181,37 @@ pub async fn serve(
         let Some(permit) = connections.try_take() else {
             continue;
         };
-        let service = TowerToHyperService::new(app.clone());
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let (app, http, watcher) = (app.clone(), http.clone(), graceful.watcher());
+        let web_config = limits.web_config.clone();
+        let handshake = limits.header_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                if e.is_timeout() {
-                    counter!(REFUSED, "reason" => "header_timeout").increment(1);
+            let _held = permit;
+            let Some(path) = web_config else {
+                return connection(stream, TowerToHyperService::new(app), &http, watcher).await;
+            };
+            // Read again for every connection: certificates and users change in place.
+            let loaded = match crate::web_config::load(&path) {
+                Ok(l) => Arc::new(l),
+                Err(e) => {
+                    tracing::warn!("{e:#}");
+                    return;
+                }
+            };
+            let service = secured(app, loaded.clone());
+            match &loaded.tls {
+                None => connection(stream, service, &http, watcher).await,
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+                    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => connection(tls, service, &http, watcher).await,
+                        Ok(Err(e)) => {
+                            counter!(REFUSED, "reason" => "tls").increment(1);
+                            tracing::debug!("TLS handshake: {e}");
+                        }
+                        Err(_) => counter!(REFUSED, "reason" => "header_timeout").increment(1),
+                    }
                 }
             }
-            drop(permit);
         });
     }
     drop(listener);

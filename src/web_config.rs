@@ -1,0 +1,427 @@
+//! `--web.config.file`: TLS, client certificates, basic auth and response headers in
+//! the Prometheus exporter-toolkit format (what node_exporter and Prometheus read).
+//! As there, the file is read again for every connection, so certificates and users
+//! change without a restart.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::{bail, Context, Result};
+use rustls::{
+    crypto::ring as provider,
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
+    server::{danger::ClientCertVerifier, WebPkiClientVerifier},
+    RootCertStore, ServerConfig, SupportedCipherSuite,
+};
+use serde::Deserialize;
+
+/// The file, as the exporter-toolkit documents it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    #[serde(default)]
+    tls_server_config: Option<TlsServerConfig>,
+    #[serde(default)]
+    http_server_config: Option<HttpServerConfig>,
+    /// User name → bcrypt hash of the password.
+    #[serde(default)]
+    basic_auth_users: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsServerConfig {
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    #[serde(default)]
+    client_auth_type: Option<String>,
+    client_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    min_version: Option<String>,
+    #[serde(default)]
+    max_version: Option<String>,
+    #[serde(default)]
+    cipher_suites: Vec<String>,
+    /// Go chooses by server preference when true; rustls always does.
+    #[serde(default)]
+    prefer_server_cipher_suites: Option<bool>,
+    #[serde(default)]
+    curve_preferences: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpServerConfig {
+    /// Headers added to every response.
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    /// HTTP/2 is not served; accepted for compatibility.
+    #[serde(default)]
+    http2: Option<bool>,
+}
+
+/// Headers the exporter-toolkit lets a web config set.
+const HEADERS: &[&str] = &[
+    "Strict-Transport-Security",
+    "X-Content-Type-Options",
+    "X-Frame-Options",
+    "X-XSS-Protection",
+    "Content-Security-Policy",
+];
+
+/// What a connection is served with, from one reading of the file.
+pub struct Loaded {
+    /// TLS, when `tls_server_config` is there.
+    pub tls: Option<Arc<ServerConfig>>,
+    /// User → bcrypt hash; empty: no authentication.
+    pub users: BTreeMap<String, String>,
+    /// Response headers.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Loaded {
+    /// Whether an `Authorization` header value lets the request in.
+    pub fn authorized(&self, authorization: Option<&[u8]>) -> bool {
+        if self.users.is_empty() {
+            return true;
+        }
+        let Some((user, password)) = authorization.and_then(basic_credentials) else {
+            return false;
+        };
+        // An unknown user's password is checked against another user's hash (its cost
+        // and its time), and refused whatever the result.
+        let (hash, known) = match self.users.get(&user) {
+            Some(h) => (h, true),
+            None => (self.users.values().next().expect("not empty"), false),
+        };
+        bcrypt::verify(password, hash).unwrap_or(false) && known
+    }
+}
+
+/// `Basic <base64(user:password)>` → (user, password).
+fn basic_credentials(header: &[u8]) -> Option<(String, String)> {
+    let encoded = header.strip_prefix(b"Basic ")?;
+    let decoded = base64_decode(encoded)?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+fn base64_decode(input: &[u8]) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let input: Vec<u8> = input.iter().copied().filter(|&c| c != b'=').collect();
+    let mut out = Vec::with_capacity(input.len() * 3 / 4);
+    for chunk in input.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= value(c)? << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    Some(out)
+}
+
+/// Reads and checks the file; every problem names the file and the key.
+pub fn load(path: &Path) -> Result<Loaded> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--web.config.file {}", path.display()))?;
+    let config: WebConfig = serde_yaml_ng::from_str(&text)
+        .with_context(|| format!("--web.config.file {}", path.display()))?;
+    let at = |key: &str| format!("--web.config.file {}: {key}", path.display());
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut headers = Vec::new();
+    if let Some(http) = &config.http_server_config {
+        if http.http2 == Some(true) {
+            tracing::debug!(
+                "{}: HTTP/2 is not served; HTTP/1.1 is",
+                at("http_server_config.http2")
+            );
+        }
+        for (name, value) in &http.headers {
+            if !HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+                bail!(
+                    "{}: {name:?} cannot be set (one of {})",
+                    at("http_server_config.headers"),
+                    HEADERS.join(", ")
+                );
+            }
+            headers.push((name.clone(), value.clone()));
+        }
+    }
+    for (user, hash) in &config.basic_auth_users {
+        if bcrypt::verify("", hash).is_err() {
+            bail!(
+                "{}: the password of {user:?} is not a bcrypt hash",
+                at("basic_auth_users")
+            );
+        }
+    }
+    let tls = match &config.tls_server_config {
+        Some(t) => Some(Arc::new(tls(t, dir, &at)?)),
+        None => None,
+    };
+    Ok(Loaded {
+        tls,
+        users: config.basic_auth_users,
+        headers,
+    })
+}
+
+/// A file path of the web config, relative to its directory.
+fn relative(dir: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        dir.join(p)
+    }
+}
+
+fn tls(t: &TlsServerConfig, dir: &Path, at: &dyn Fn(&str) -> String) -> Result<ServerConfig> {
+    let (Some(cert), Some(key)) = (&t.cert_file, &t.key_file) else {
+        bail!(
+            "{}: cert_file and key_file are required",
+            at("tls_server_config")
+        );
+    };
+    let (cert, key) = (relative(dir, cert), relative(dir, key));
+    let chain = CertificateDer::pem_file_iter(&cert)
+        .and_then(|c| c.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {}: {e}",
+                at("tls_server_config.cert_file"),
+                cert.display()
+            )
+        })?;
+    if chain.is_empty() {
+        bail!(
+            "{}: {}: no certificate",
+            at("tls_server_config.cert_file"),
+            cert.display()
+        );
+    }
+    let key = PrivateKeyDer::from_pem_file(&key).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {}: {e}",
+            at("tls_server_config.key_file"),
+            key.display()
+        )
+    })?;
+    let versions = versions(t, at)?;
+    let suites = cipher_suites(&t.cipher_suites, at)?;
+    if !t.curve_preferences.is_empty() {
+        tracing::debug!(
+            "{}: rustls chooses curves itself",
+            at("tls_server_config.curve_preferences")
+        );
+    }
+    let _ = t.prefer_server_cipher_suites;
+    let mut crypto = provider::default_provider();
+    if !suites.is_empty() {
+        // TLS 1.3 suites are not configurable (as in Go); TLS 1.2 ones as listed.
+        crypto
+            .cipher_suites
+            .retain(|s| s.version() == &rustls::version::TLS13 || suites.contains(s));
+    }
+    let crypto = Arc::new(crypto);
+    let verifier = client_verifier(t, dir, at, &crypto)?;
+    let mut config = ServerConfig::builder_with_provider(crypto)
+        .with_protocol_versions(&versions)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", at("tls_server_config")))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", at("tls_server_config.key_file")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn versions(
+    t: &TlsServerConfig,
+    at: &dyn Fn(&str) -> String,
+) -> Result<Vec<&'static rustls::SupportedProtocolVersion>> {
+    let parse = |key: &str, v: &Option<String>, default: u8| -> Result<u8> {
+        match v.as_deref() {
+            None => Ok(default),
+            Some("TLS12") => Ok(12),
+            Some("TLS13") => Ok(13),
+            Some("TLS10" | "TLS11") => bail!(
+                "{}: {v:?}: only TLS12 and TLS13 are offered (TLS 1.0 and 1.1 are broken)",
+                at(key)
+            ),
+            Some(other) => bail!(
+                "{}: {other:?} is not one of TLS10, TLS11, TLS12, TLS13",
+                at(key)
+            ),
+        }
+    };
+    let min = parse("tls_server_config.min_version", &t.min_version, 12)?;
+    let max = parse("tls_server_config.max_version", &t.max_version, 13)?;
+    if min > max {
+        bail!("{}: above max_version", at("tls_server_config.min_version"));
+    }
+    Ok(
+        [(12, &rustls::version::TLS12), (13, &rustls::version::TLS13)]
+            .into_iter()
+            .filter(|(v, _)| (min..=max).contains(v))
+            .map(|(_, p)| p)
+            .collect(),
+    )
+}
+
+/// Go's names for the TLS 1.2 suites rustls has.
+fn cipher_suites(
+    names: &[String],
+    at: &dyn Fn(&str) -> String,
+) -> Result<Vec<SupportedCipherSuite>> {
+    use provider::cipher_suite as cs;
+    let known = [
+        (
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        ),
+        (
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+            cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+            cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        ),
+        (
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
+            cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+        (
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+            cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+        ),
+    ];
+    names
+        .iter()
+        .map(|n| {
+            known
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, s)| *s)
+                .ok_or_else(|| {
+                    let list: Vec<&str> = known.iter().map(|(k, _)| *k).collect();
+                    anyhow::anyhow!(
+                        "{}: {n:?} is not offered (one of {})",
+                        at("tls_server_config.cipher_suites"),
+                        list.join(", ")
+                    )
+                })
+        })
+        .collect()
+}
+
+/// `client_auth_type` as Go's crypto/tls names it.
+fn client_verifier(
+    t: &TlsServerConfig,
+    dir: &Path,
+    at: &dyn Fn(&str) -> String,
+    crypto: &Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>> {
+    let kind = t.client_auth_type.as_deref().unwrap_or("NoClientCert");
+    let key = "tls_server_config.client_auth_type";
+    let verify = match kind {
+        "NoClientCert" => return Ok(WebPkiClientVerifier::no_client_auth()),
+        "RequireAndVerifyClientCert" => true,
+        "VerifyClientCertIfGiven" => false,
+        "RequestClientCert" | "RequireAnyClientCert" => bail!("{}: {kind:?}: certificates accepted without verification are not offered; use VerifyClientCertIfGiven or RequireAndVerifyClientCert", at(key)),
+        other => bail!("{}: {other:?} is not one of NoClientCert, RequestClientCert, RequireAnyClientCert, VerifyClientCertIfGiven, RequireAndVerifyClientCert", at(key)),
+    };
+    let Some(ca) = &t.client_ca_file else {
+        bail!("{}: {kind} needs client_ca_file", at(key));
+    };
+    let ca = relative(dir, ca);
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&ca).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {}: {e}",
+            at("tls_server_config.client_ca_file"),
+            ca.display()
+        )
+    })? {
+        let c = c.map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {}: {e}",
+                at("tls_server_config.client_ca_file"),
+                ca.display()
+            )
+        })?;
+        roots.add(c).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {}: {e}",
+                at("tls_server_config.client_ca_file"),
+                ca.display()
+            )
+        })?;
+    }
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crypto.clone());
+    let builder = if verify {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    builder
+        .build()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", at("tls_server_config.client_ca_file")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_decode() {
+        // "prometheus:secret"
+        assert_eq!(
+            basic_credentials(b"Basic cHJvbWV0aGV1czpzZWNyZXQ="),
+            Some(("prometheus".into(), "secret".into()))
+        );
+        assert_eq!(basic_credentials(b"Bearer x"), None);
+        assert_eq!(basic_credentials(b"Basic !!!"), None);
+    }
+
+    #[test]
+    fn users_known_unknown_and_wrong() {
+        let hash = bcrypt::hash("secret", 4).unwrap();
+        let loaded = Loaded {
+            tls: None,
+            users: [("prometheus".to_string(), hash)].into(),
+            headers: Vec::new(),
+        };
+        assert!(loaded.authorized(Some(b"Basic cHJvbWV0aGV1czpzZWNyZXQ=")));
+        // prometheus:wrong
+        assert!(!loaded.authorized(Some(b"Basic cHJvbWV0aGV1czp3cm9uZw==")));
+        // nobody:secret
+        assert!(!loaded.authorized(Some(b"Basic bm9ib2R5OnNlY3JldA==")));
+        assert!(!loaded.authorized(None));
+    }
+}

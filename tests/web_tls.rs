@@ -1,0 +1,341 @@
+//! `--web.config.file` in the exporter-toolkit format, with real clients: curl over TLS
+//! (the right CA, a wrong one, client certificates), basic auth (right, wrong, unknown
+//! user), certificates and users replaced in place without a restart, and Debian's
+//! Prometheus scraping with `tls_config` and `basic_auth`. Needs root and BPF, openssl,
+//! curl and prometheus.
+
+#[macro_use]
+mod common;
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::{free_port, get, TempDir};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA `name` (name.pem, name.key).
+fn ca(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
+}
+
+/// A certificate `name` signed by CA `by`, for 127.0.0.1 (server) or a client.
+fn cert(dir: &Path, name: &str, by: &str, server: bool) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+        ],
+    );
+    let ext = if server {
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+    } else {
+        "extendedKeyUsage=clientAuth\n"
+    };
+    std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{by}.pem"),
+            "-CAkey",
+            &format!("{by}.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{name}.ext"),
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
+}
+
+/// `curl` with `args` against `url`: (exit code, HTTP status, headers and body).
+fn curl(args: &[&str], url: &str) -> (i32, String, String) {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-i",
+            "--max-time",
+            "5",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+    (
+        out.status.code().unwrap_or(-1),
+        code.to_string(),
+        body.to_string(),
+    )
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn tls_client_certificates_and_basic_auth_as_the_exporter_toolkit() {
+    let name = "tls_client_certificates_and_basic_auth_as_the_exporter_toolkit";
+    if !test_support::privileged(name)
+        || !test_support::tool(name, "openssl")
+        || !test_support::tool(name, "curl")
+        || !test_support::tool(name, "prometheus")
+    {
+        return;
+    }
+    let dir = TempDir::new("web-tls");
+    let d = &dir.0;
+    ca(d, "ca");
+    ca(d, "other-ca");
+    cert(d, "server", "ca", true);
+    cert(d, "client", "ca", false);
+    let hash = bcrypt::hash("secret", 6).unwrap();
+    let config = |extra: &str| {
+        format!("tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n{extra}http_server_config:\n  headers:\n    X-Content-Type-Options: nosniff\nbasic_auth_users:\n  prometheus: {hash}\n")
+    };
+    let web = d.join("web.yml");
+    std::fs::write(&web, config("")).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = std::fs::File::create(d.join("exporter.log")).unwrap();
+    let _exporter = Running(
+        Command::new(common::BIN)
+            .args([
+                "--web.listen-address",
+                &addr,
+                "--web.config.file",
+                web.to_str().unwrap(),
+                "--programs",
+                "process_lifecycle",
+            ])
+            .env(
+                "KUBE_EBPF_EXPORTER__TAP__LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("https://{addr}/metrics");
+    let ca_pem = d.join("ca.pem");
+    let ca_flag = ["--cacert", ca_pem.to_str().unwrap()];
+    let auth = |user: &'static str| -> Vec<&str> { [&ca_flag[..], &["-u", user]].concat() };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while curl(&auth("prometheus:secret"), &url).1 != "200" {
+        assert!(
+            Instant::now() < deadline,
+            "not serving TLS: {}",
+            std::fs::read_to_string(d.join("exporter.log")).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The right CA and password; the configured header on every response.
+    let (_, code, page) = curl(&auth("prometheus:secret"), &url);
+    assert_eq!(code, "200");
+    assert!(
+        page.contains("ebpf_exporter_process_execs_total")
+            && page
+                .to_lowercase()
+                .contains("x-content-type-options: nosniff"),
+        "{page}"
+    );
+    // Liveness needs no credentials (the kubelet's probes have none), only TLS.
+    assert_eq!(curl(&ca_flag, &format!("https://{addr}/healthz")).1, "200");
+    // Plain HTTP gets no page.
+    assert!(get(&addr, "/metrics").is_none_or(|b| !b.contains("ebpf_exporter")));
+    // A client trusting another CA refuses the server.
+    let other = d.join("other-ca.pem");
+    let (exit, _, _) = curl(
+        &[
+            "--cacert",
+            other.to_str().unwrap(),
+            "-u",
+            "prometheus:secret",
+        ],
+        &url,
+    );
+    assert_eq!(exit, 60, "curl should fail verifying the certificate");
+    // Wrong password, unknown user, none: 401.
+    for user in [
+        &auth("prometheus:wrong")[..],
+        &auth("nobody:secret")[..],
+        &ca_flag[..],
+    ] {
+        let (_, code, body) = curl(user, &url);
+        assert_eq!(code, "401", "{user:?}: {body}");
+        assert!(
+            body.to_lowercase().contains("www-authenticate: basic"),
+            "{body}"
+        );
+    }
+
+    // Client certificates required, by editing the file in place.
+    std::fs::write(
+        &web,
+        config("  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n"),
+    )
+    .unwrap();
+    let (exit, _, _) = curl(&auth("prometheus:secret"), &url);
+    assert_ne!(exit, 0, "a client without a certificate was served");
+    let (client_pem, client_key) = (d.join("client.pem"), d.join("client.key"));
+    let with_cert = [
+        &auth("prometheus:secret")[..],
+        &[
+            "--cert",
+            client_pem.to_str().unwrap(),
+            "--key",
+            client_key.to_str().unwrap(),
+        ],
+    ]
+    .concat();
+    assert_eq!(curl(&with_cert, &url).1, "200");
+
+    // Certificate rotation: a new server certificate from another CA, no restart.
+    std::fs::write(&web, config("")).unwrap();
+    cert(d, "server", "other-ca", true);
+    assert_eq!(
+        curl(
+            &[
+                "--cacert",
+                other.to_str().unwrap(),
+                "-u",
+                "prometheus:secret"
+            ],
+            &url
+        )
+        .1,
+        "200"
+    );
+    assert_eq!(curl(&auth("prometheus:secret"), &url).0, 60);
+
+    // Debian's Prometheus scrapes it with tls_config and basic_auth.
+    let prom_addr = format!("127.0.0.1:{}", free_port());
+    std::fs::write(
+        d.join("prometheus.yml"),
+        format!("global: {{ scrape_interval: 1s }}\nscrape_configs:\n  - job_name: tls\n    scheme: https\n    tls_config: {{ ca_file: {} }}\n    basic_auth: {{ username: prometheus, password: secret }}\n    static_configs: [{{ targets: ['{addr}'] }}]\n", other.display()),
+    )
+    .unwrap();
+    let _prometheus = Running(
+        Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                d.join("prometheus.yml").display()
+            ))
+            .arg(format!("--storage.tsdb.path={}", d.join("tsdb").display()))
+            .arg(format!("--web.listen-address={prom_addr}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("prometheus.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body =
+            get(&prom_addr, "/api/v1/query?query=up%7Bjob%3D%22tls%22%7D").unwrap_or_default();
+        if body.contains("\"value\":[") && body.contains(",\"1\"]") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus did not scrape over TLS: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn a_bad_web_config_names_the_file_and_key() {
+    let dir = TempDir::new("web-config-bad");
+    let web = dir.0.join("web.yml");
+    for (text, want) in [
+        (
+            "tls_server_config:\n  cert_fil: x\n",
+            "unknown field `cert_fil`",
+        ),
+        (
+            "basic_auth_users:\n  u: plain\n",
+            "basic_auth_users: the password of \"u\" is not a bcrypt hash",
+        ),
+        (
+            "tls_server_config:\n  cert_file: none.pem\n  key_file: none.key\n",
+            "tls_server_config.cert_file",
+        ),
+        (
+            "http_server_config:\n  headers:\n    Server: x\n",
+            "http_server_config.headers: \"Server\" cannot be set",
+        ),
+    ] {
+        std::fs::write(&web, text).unwrap();
+        let out = Command::new(common::BIN)
+            .args(["--config.check", "--web.config.file", web.to_str().unwrap()])
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(web.to_str().unwrap()) && err.contains(want),
+            "{text}: {err}"
+        );
+    }
+}
