@@ -131,6 +131,31 @@ fn every_overlay_renders_and_validates_offline() {
             assert_eq!(rule["from"].as_sequence().unwrap().len(), 1);
         }
 
+        // The TLS overlay: the web config from its Secret, HTTPS probes and scrapes.
+        if k.ends_with("tls-basic-auth") {
+            let pod = &daemonsets[0]["spec"]["template"]["spec"];
+            let c = &pod["containers"][0];
+            assert!(c["args"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|a| a == "--web.config.file=/etc/kube-ebpf-exporter/web/web.yml"));
+            assert_eq!(c["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+            assert_eq!(c["livenessProbe"]["httpGet"]["scheme"], "HTTPS");
+            assert!(pod["volumes"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|v| v["secret"]["secretName"] == "kube-ebpf-exporter-web"));
+            let sm = of_kind(&docs, "ServiceMonitor")[0];
+            let e = &sm["spec"]["endpoints"][0];
+            assert_eq!(e["scheme"], "https");
+            assert!(
+                e["basicAuth"]["password"]["name"].is_string()
+                    && e["tlsConfig"]["ca"]["secret"]["key"] == "ca.crt"
+            );
+        }
+
         // A ServiceMonitor must find the Service and its port.
         let service = of_kind(&docs, "Service")[0];
         for sm in of_kind(&docs, "ServiceMonitor") {
