@@ -54,6 +54,9 @@ case "$cmd" in
     # The kernel matrix boots Debian's 5.10, 6.1 and 6.12 kernels under qemu.
     command -v qemu-system-x86_64 >/dev/null || extra+=(qemu-system-x86)
     command -v cpio >/dev/null || extra+=(cpio)
+    # TLS tests: certificates made with openssl, scraped with curl.
+    command -v openssl >/dev/null || extra+=(openssl)
+    command -v curl >/dev/null || extra+=(curl)
     if [ ${#extra[@]} -gt 0 ]; then
       apt-get update -qq
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${extra[@]}" >/dev/null

@@ -156,6 +156,20 @@ fn tls_client_certificates_and_basic_auth_as_the_exporter_toolkit() {
     };
     let web = d.join("web.yml");
     std::fs::write(&web, config("")).unwrap();
+    // The format Prometheus's own tools read.
+    if test_support::tool(name, "promtool") {
+        let out = Command::new("promtool")
+            .args(["check", "web-config"])
+            .arg(&web)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check web-config: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let addr = format!("127.0.0.1:{}", free_port());
     let log = std::fs::File::create(d.join("exporter.log")).unwrap();
     let _exporter = Running(
