@@ -355,11 +355,17 @@ pub enum TapListen {
     Unix(PathBuf),
     /// A loopback TCP address.
     Loopback(std::net::SocketAddr),
+    /// The metrics listener, behind the web config's basic auth (required).
+    Metrics,
 }
 
 impl TapListen {
-    /// Parses `tap.listen`; anything but a unix socket or a loopback address is refused.
+    /// Parses `tap.listen`; anything but a unix socket, a loopback address or `metrics`
+    /// is refused.
     pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        if s == "metrics" {
+            return Ok(Self::Metrics);
+        }
         if let Some(path) = s.strip_prefix("unix:") {
             if !path.starts_with('/') {
                 return Err(format!("{s:?}: a unix socket needs an absolute path"));
@@ -370,7 +376,7 @@ impl TapListen {
             format!("{s:?} is neither unix:<path> nor ip:port (e.g. 127.0.0.1:9436)")
         })?;
         if !addr.ip().is_loopback() {
-            return Err(format!("{s:?} is not a loopback address: the event stream shows every process on the node, so it is served only on a unix socket or loopback (reach it with `kubectl exec <pod> -- kube-ebpf-exporter tap` or `kubectl port-forward`)"));
+            return Err(format!("{s:?} is not a loopback address: the event stream shows every process on the node, so it is served only on a unix socket, loopback, or `metrics` (the metrics listener, with --web.config.file basic_auth_users); reach it with `kubectl exec <pod> -- kube-ebpf-exporter tap` or `kubectl port-forward`"));
         }
         Ok(Self::Loopback(addr))
     }

@@ -416,9 +416,13 @@ async fn serve(args: Args) -> Result<()> {
     if !bad.is_empty() {
         bail!("{source}: settings out of range:\n  {}", bad.join("\n  "));
     }
-    if let Some(path) = &args.web_config_file {
+    let web_config = match &args.web_config_file {
         // Checked now; read again for every connection.
-        web_config::load(path)?;
+        Some(path) => Some(web_config::load(path)?),
+        None => None,
+    };
+    if config.tap.listen == "metrics" && web_config.is_none_or(|w| w.users.is_empty()) {
+        bail!("{source}: tap.listen: metrics serves the event stream to the network, so it needs --web.config.file with basic_auth_users");
     }
     let addr = listen_addr(&config.web.listen_address)
         .with_context(|| format!("{source}: web.listen_address"))?;
@@ -653,14 +657,17 @@ async fn serve(args: Args) -> Result<()> {
         scrapes: web::Slots::new(config.web.max_requests, "max_requests"),
         subscribers: web::Slots::new(config.tap.max_subscribers, "max_subscribers"),
     });
-    let app = Router::new()
+    let listen = config::TapListen::parse(&config.tap.listen).expect("validated");
+    let mut app = Router::new()
         .route(&config.web.telemetry_path, get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(state.clone());
-    // The event stream has a listener of its own, local only (tap.listen).
+        .route("/healthz", get(|| async { "ok\n" }));
+    if state.tap.is_some() && listen == config::TapListen::Metrics {
+        app = app.route("/events", get(events));
+    }
+    let app = app.with_state(state.clone());
+    // Otherwise the event stream has a listener of its own, local only (tap.listen).
     let tap_server = match &state.tap {
-        Some(_) => {
-            let listen = config::TapListen::parse(&config.tap.listen).expect("validated");
+        Some(_) if listen != config::TapListen::Metrics => {
             let events = Router::new()
                 .route("/events", get(events))
                 .with_state(state.clone());
@@ -670,7 +677,7 @@ async fn serve(args: Args) -> Result<()> {
             })
             .await
         }
-        None => None,
+        _ => None,
     };
     let state_for_shutdown = state;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -872,6 +879,7 @@ async fn serve_tap(
         config::TapListen::Loopback(addr) => tokio::net::TcpListener::bind(addr)
             .await
             .map(|l| tokio::spawn(web::serve(l, app, limits, shutdown))),
+        config::TapListen::Metrics => unreachable!("served on the metrics listener"),
     };
     match bound {
         Ok(task) => {

@@ -214,6 +214,28 @@ fn tls_client_certificates_and_basic_auth_as_the_exporter_toolkit() {
                 .contains("x-content-type-options: nosniff"),
         "{page}"
     );
+    // /events asks the same credentials there (the stream waits for events: the
+    // status is what counts).
+    let events = format!("https://{addr}/events?limit=1");
+    let stream = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "2",
+                "-w",
+                "%{http_code}",
+            ])
+            .args(args)
+            .arg(&events)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(stream(&auth("prometheus:secret")), "200");
+    assert_eq!(stream(&ca_flag), "401");
     // Liveness needs no credentials (the kubelet's probes have none), only TLS.
     assert_eq!(curl(&ca_flag, &format!("https://{addr}/healthz")).1, "200");
     // Plain HTTP gets no page.
@@ -352,4 +374,17 @@ fn a_bad_web_config_names_the_file_and_key() {
             "{text}: {err}"
         );
     }
+    // The event stream on the metrics listener needs authentication.
+    let out = Command::new(common::BIN)
+        .arg("--config.check")
+        .env("KUBE_EBPF_EXPORTER__TAP__LISTEN", "metrics")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("tap.listen: metrics serves the event stream to the network, so it needs --web.config.file with basic_auth_users"),
+        "{err}"
+    );
 }
