@@ -151,6 +151,43 @@ fn secured(
     })
 }
 
+/// One accepted connection: plain, or secured as the web config (read again for every
+/// connection, so certificates and users change in place) says.
+async fn accepted<IO>(
+    stream: IO,
+    app: Router,
+    http: &hyper::server::conn::http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+    limits: &Limits,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(path) = &limits.web_config else {
+        return connection(stream, TowerToHyperService::new(app), http, watcher).await;
+    };
+    let loaded = match crate::web_config::load(path) {
+        Ok(l) => Arc::new(l),
+        Err(e) => {
+            tracing::warn!("{e:#}");
+            return;
+        }
+    };
+    let service = secured(app, loaded.clone());
+    let Some(tls) = &loaded.tls else {
+        return connection(stream, service, http, watcher).await;
+    };
+    // The handshake gets the header's deadline.
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => connection(tls, service, http, watcher).await,
+        Ok(Err(e)) => {
+            counter!(REFUSED, "reason" => "tls").increment(1);
+            tracing::debug!("TLS handshake: {e}");
+        }
+        Err(_) => counter!(REFUSED, "reason" => "header_timeout").increment(1),
+    }
+}
+
 /// Serves `app` on `listener` within `limits` until `shutdown` completes, then lets
 /// open connections finish for up to `limits.shutdown_timeout`.
 pub async fn serve(
@@ -162,7 +199,6 @@ pub async fn serve(
     let connections = Slots::new(limits.max_connections, "connections");
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    // A TLS handshake gets the header's deadline too.
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
     tokio::pin!(shutdown);
@@ -184,36 +220,10 @@ pub async fn serve(
             continue;
         };
         let (app, http, watcher) = (app.clone(), http.clone(), graceful.watcher());
-        let web_config = limits.web_config.clone();
-        let handshake = limits.header_timeout;
+        let limits = limits.clone();
         tokio::spawn(async move {
-            let _held = permit;
-            let Some(path) = web_config else {
-                return connection(stream, TowerToHyperService::new(app), &http, watcher).await;
-            };
-            // Read again for every connection: certificates and users change in place.
-            let loaded = match crate::web_config::load(&path) {
-                Ok(l) => Arc::new(l),
-                Err(e) => {
-                    tracing::warn!("{e:#}");
-                    return;
-                }
-            };
-            let service = secured(app, loaded.clone());
-            match &loaded.tls {
-                None => connection(stream, service, &http, watcher).await,
-                Some(tls) => {
-                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
-                    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => connection(tls, service, &http, watcher).await,
-                        Ok(Err(e)) => {
-                            counter!(REFUSED, "reason" => "tls").increment(1);
-                            tracing::debug!("TLS handshake: {e}");
-                        }
-                        Err(_) => counter!(REFUSED, "reason" => "header_timeout").increment(1),
-                    }
-                }
-            }
+            accepted(stream, app, &http, watcher, &limits).await;
+            drop(permit);
         });
     }
     drop(listener);
