@@ -63,12 +63,12 @@ fn an_overloaded_ring_loses_records_only_into_counters() {
     std::fs::write(dir.0.join("loss.bpf.c"), PROGRAM).unwrap();
     std::fs::write(dir.0.join("loss.yaml"), CONFIG).unwrap();
     test_support::compile_bpf(&dir.0.join("loss.bpf.c"), &dir.0.join("loss.bpf.o"), &[]);
-    // A 16 KiB ring (1,000 records), drained every 300 ms and never woken early: a
+    // A 16 KiB ring (1,000 records), drained every 300 ms and woken only when full: a
     // tight getppid loop overflows it many times over.
     let config = dir.0.join("exporter.yaml");
     std::fs::write(
         &config,
-        "pipeline:\n  ring_bytes: 16384\n  wakeup_bytes: 1048576\n  drain_interval_ms: 300\n",
+        "pipeline:\n  ring_bytes: 16384\n  wakeup_bytes: 16383\n  drain_interval_ms: 300\n",
     )
     .unwrap();
     let exporter = Exporter::start(
