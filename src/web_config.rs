@@ -353,7 +353,13 @@ fn client_verifier(
         "NoClientCert" => return Ok(WebPkiClientVerifier::no_client_auth()),
         "RequireAndVerifyClientCert" => true,
         "VerifyClientCertIfGiven" => false,
-        "RequestClientCert" | "RequireAnyClientCert" => bail!("{}: {kind:?}: certificates accepted without verification are not offered; use VerifyClientCertIfGiven or RequireAndVerifyClientCert", at(key)),
+        // As Go: a certificate asked for (or required) and taken without verification.
+        "RequestClientCert" | "RequireAnyClientCert" => {
+            return Ok(Arc::new(AnyClientCert {
+                required: kind == "RequireAnyClientCert",
+                crypto: crypto.clone(),
+            }))
+        }
         other => bail!("{}: {other:?} is not one of NoClientCert, RequestClientCert, RequireAnyClientCert, VerifyClientCertIfGiven, RequireAndVerifyClientCert", at(key)),
     };
     let Some(ca) = &t.client_ca_file else {
@@ -392,6 +398,67 @@ fn client_verifier(
     builder
         .build()
         .map_err(|e| anyhow::anyhow!("{}: {e}", at("tls_server_config.client_ca_file")))
+}
+
+/// Go's `RequestClientCert` and `RequireAnyClientCert`: any certificate is taken
+/// (its signature over the handshake still checked), none is verified against a CA.
+#[derive(Debug)]
+struct AnyClientCert {
+    required: bool,
+    crypto: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ClientCertVerifier for AnyClientCert {
+    fn client_auth_mandatory(&self) -> bool {
+        self.required
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.crypto.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.crypto.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.crypto
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 #[cfg(test)]

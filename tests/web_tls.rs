@@ -182,10 +182,8 @@ fn tls_client_certificates_and_basic_auth_as_the_exporter_toolkit() {
                 "--programs",
                 "process_lifecycle",
             ])
-            .env(
-                "KUBE_EBPF_EXPORTER__TAP__LISTEN",
-                format!("127.0.0.1:{}", free_port()),
-            )
+            // The event stream on the network listener: behind the same auth.
+            .env("KUBE_EBPF_EXPORTER__TAP__LISTEN", "metrics")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -286,6 +284,26 @@ fn tls_client_certificates_and_basic_auth_as_the_exporter_toolkit() {
     ]
     .concat();
     assert_eq!(curl(&with_cert, &url).1, "200");
+    // RequireAnyClientCert: any certificate, verified by no CA, but one is required.
+    cert(d, "stranger", "other-ca", false);
+    std::fs::write(&web, config("  client_auth_type: RequireAnyClientCert\n")).unwrap();
+    let (stranger_pem, stranger_key) = (d.join("stranger.pem"), d.join("stranger.key"));
+    let with_stranger = [
+        &auth("prometheus:secret")[..],
+        &[
+            "--cert",
+            stranger_pem.to_str().unwrap(),
+            "--key",
+            stranger_key.to_str().unwrap(),
+        ],
+    ]
+    .concat();
+    assert_eq!(curl(&with_stranger, &url).1, "200");
+    assert_ne!(
+        curl(&auth("prometheus:secret"), &url).0,
+        0,
+        "served without a client certificate"
+    );
 
     // Certificate rotation: a new server certificate from another CA, no restart.
     std::fs::write(&web, config("")).unwrap();
