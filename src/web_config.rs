@@ -465,6 +465,67 @@ impl ClientCertVerifier for AnyClientCert {
 mod tests {
     use super::*;
 
+    fn tls_config(yaml: &str) -> TlsServerConfig {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn versions_suites_and_client_auth_as_go_names_them() {
+        let at = |k: &str| format!("web.yml: {k}");
+        let v = versions(&tls_config("min_version: TLS13"), &at).unwrap();
+        assert_eq!(v, vec![&rustls::version::TLS13]);
+        assert_eq!(versions(&tls_config("{}"), &at).unwrap().len(), 2);
+        let e = versions(&tls_config("min_version: TLS10"), &at)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("web.yml: tls_server_config.min_version")
+                && e.contains("only TLS12 and TLS13"),
+            "{e}"
+        );
+        assert!(versions(&tls_config("min_version: TLS13\nmax_version: TLS12"), &at).is_err());
+        let suites = ["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".to_string()];
+        assert_eq!(cipher_suites(&suites, &at).unwrap().len(), 1);
+        let e = cipher_suites(&["TLS_RSA_WITH_RC4_128_SHA".to_string()], &at)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not offered"), "{e}");
+        let crypto = Arc::new(provider::default_provider());
+        let e = client_verifier(
+            &tls_config("client_auth_type: RequireAndVerifyClientCert"),
+            Path::new("."),
+            &at,
+            &crypto,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(e.contains("needs client_ca_file"), "{e}");
+        assert!(client_verifier(
+            &tls_config("client_auth_type: Sometimes"),
+            Path::new("."),
+            &at,
+            &crypto
+        )
+        .is_err());
+        let any = client_verifier(
+            &tls_config("client_auth_type: RequireAnyClientCert"),
+            Path::new("."),
+            &at,
+            &crypto,
+        )
+        .unwrap();
+        assert!(any.client_auth_mandatory());
+        let request = client_verifier(
+            &tls_config("client_auth_type: RequestClientCert"),
+            Path::new("."),
+            &at,
+            &crypto,
+        )
+        .unwrap();
+        assert!(!request.client_auth_mandatory() && request.offer_client_auth());
+    }
+
     #[test]
     fn basic_credentials_decode() {
         // "prometheus:secret"
