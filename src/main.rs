@@ -950,7 +950,10 @@ fn expire_entries(
 
 /// `/metrics`: rendered on a blocking thread and streamed in chunks, so a scrape of
 /// many series never holds the whole page.
-async fn metrics(State(s): State<Arc<AppState>>) -> axum::response::Response {
+async fn metrics(
+    State(s): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
     let Some(slot) = s.scrapes.try_take() else {
         return (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -958,62 +961,105 @@ async fn metrics(State(s): State<Arc<AppState>>) -> axum::response::Response {
         )
             .into_response();
     };
+    let gzip = accepts_gzip(&headers);
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     tokio::task::spawn_blocking(move || {
         let _held = slot;
-        let mut emit = |chunk: String| {
-            // A client that went away just stops reading.
-            let _ = tx.blocking_send(Bytes::from(chunk));
+        // A client that went away just stops reading.
+        let send = |bytes: Vec<u8>| {
+            let _ = tx.blocking_send(Bytes::from(bytes));
         };
-        let mut out = aggregate::Sink::chunked(256 * 1024, &mut emit);
-        let gone = s.enricher.expire(s.series_grace);
-        if !gone.is_empty() {
-            s.registry.expire(&gone);
-        }
-        s.registry.render(&mut out);
-        let running = s.running.lock().unwrap_or_else(|e| e.into_inner());
-        for r in running.iter() {
-            let sink = s.sink.as_ref().filter(|k| k.configs.contains(&r.name));
-            for (t, &split) in r.plan.tables.iter().zip(&r.split_cpus) {
-                match r.object.read_table(&t.map, split) {
-                    Ok(mut entries) => {
-                        expire_entries(&s, r, t, split, &mut entries);
-                        let rows = t.rows(&entries);
-                        t.render(&rows, &mut out);
-                        if let Some(sink) = sink {
-                            sink_table(sink, &r.name, &s.node, t, &rows);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(config = %r.name, "{e}");
-                        s.telemetry.table_read_error(&r.name, &t.map);
-                    }
-                }
+        if gzip {
+            // Each chunk is flushed, so the page streams compressed as it renders.
+            let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            render_page(&s, &mut |chunk: String| {
+                use std::io::Write;
+                let _ = z.write_all(chunk.as_bytes()).and_then(|()| z.flush());
+                send(std::mem::take(z.get_mut()));
+            });
+            if let Ok(rest) = z.finish() {
+                send(rest);
             }
+        } else {
+            render_page(&s, &mut |chunk: String| send(chunk.into_bytes()));
         }
-        s.telemetry.update(
-            &running,
-            &s.failures,
-            &s.streams,
-            &s.pipeline,
-            &s.registry,
-            s.tap.as_deref(),
-        );
-        s.telemetry.sources(&s.enricher.source_health());
-        out.push_str(&s.telemetry.render());
-        let rest = out.finish();
-        emit(rest);
     });
     let body = axum::body::Body::from_stream(tokio_stream::StreamExt::map(
         tokio_stream::wrappers::ReceiverStream::new(rx),
         Ok::<_, std::convert::Infallible>,
     ));
-    (
+    let mut response = (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         body,
     )
-        .into_response()
+        .into_response();
+    if gzip {
+        response.headers_mut().insert(
+            header::CONTENT_ENCODING,
+            axum::http::HeaderValue::from_static("gzip"),
+        );
+    }
+    response
+}
+
+/// Whether `Accept-Encoding` takes gzip (Prometheus always sends it).
+fn accepts_gzip(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            parts
+                .next()
+                .is_some_and(|name| name.eq_ignore_ascii_case("gzip"))
+                && !parts.any(|p| p.replace(' ', "") == "q=0")
+        })
+}
+
+/// Renders the metrics page in chunks: the streams' series, every table read now, the
+/// exporter's own metrics.
+fn render_page(s: &AppState, emit: &mut dyn FnMut(String)) {
+    let mut out = aggregate::Sink::chunked(256 * 1024, &mut *emit);
+    let gone = s.enricher.expire(s.series_grace);
+    if !gone.is_empty() {
+        s.registry.expire(&gone);
+    }
+    s.registry.render(&mut out);
+    let running = s.running.lock().unwrap_or_else(|e| e.into_inner());
+    for r in running.iter() {
+        let sink = s.sink.as_ref().filter(|k| k.configs.contains(&r.name));
+        for (t, &split) in r.plan.tables.iter().zip(&r.split_cpus) {
+            match r.object.read_table(&t.map, split) {
+                Ok(mut entries) => {
+                    expire_entries(s, r, t, split, &mut entries);
+                    let rows = t.rows(&entries);
+                    t.render(&rows, &mut out);
+                    if let Some(sink) = sink {
+                        sink_table(sink, &r.name, &s.node, t, &rows);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(config = %r.name, "{e}");
+                    s.telemetry.table_read_error(&r.name, &t.map);
+                }
+            }
+        }
+    }
+    s.telemetry.update(
+        &running,
+        &s.failures,
+        &s.streams,
+        &s.pipeline,
+        &s.registry,
+        s.tap.as_deref(),
+    );
+    s.telemetry.sources(&s.enricher.source_health());
+    out.push_str(&s.telemetry.render());
+    let rest = out.finish();
+    emit(rest);
 }

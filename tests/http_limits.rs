@@ -129,3 +129,58 @@ fn event_subscribers_beyond_the_cap_get_429() {
         "{page}"
     );
 }
+
+#[test]
+fn scrapes_asking_for_gzip_get_the_page_compressed() {
+    privileged!("scrapes_asking_for_gzip_get_the_page_compressed");
+    if !test_support::tool("scrapes_asking_for_gzip_get_the_page_compressed", "curl") {
+        return;
+    }
+    let dir = TempDir::new("http-gzip");
+    let exporter = Exporter::start(&["--programs", "process_lifecycle"], &dir.0.join("log"));
+    let url = format!("http://{}/metrics", exporter.addr);
+    let fetch = |accept: &str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-D",
+                "-",
+                "-H",
+                &format!("Accept-Encoding: {accept}"),
+                &url,
+            ])
+            .output()
+            .unwrap();
+        let split = out
+            .stdout
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout[..split]).to_lowercase(),
+            out.stdout[split + 4..].to_vec(),
+        )
+    };
+    let (headers, body) = fetch("gzip, deflate");
+    assert!(headers.contains("content-encoding: gzip"), "{headers}");
+    let mut page = String::new();
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_string(&mut page)
+        .unwrap();
+    assert!(
+        page.contains("# TYPE ebpf_exporter_process_execs_total counter"),
+        "{page}"
+    );
+    assert!(
+        body.len() * 3 < page.len(),
+        "{} compressed bytes for {}",
+        body.len(),
+        page.len()
+    );
+    // Not asked (or refused with q=0): plain text.
+    for accept in ["identity", "gzip;q=0"] {
+        let (headers, body) = fetch(accept);
+        assert!(!headers.contains("content-encoding"), "{accept}: {headers}");
+        assert!(String::from_utf8_lossy(&body).contains("ebpf_exporter_process_execs_total"));
+    }
+}
