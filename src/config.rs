@@ -686,6 +686,19 @@ mod tests {
         assert_eq!(c.validate(), Vec::<String>::new());
     }
 
+    proptest::proptest! {
+        /// Whatever `tap.listen` says, the stream never lands on a network address.
+        #[test]
+        fn no_tap_listen_value_reaches_the_network(s in "\\PC{0,40}") {
+            match TapListen::parse(&s) {
+                Ok(TapListen::Loopback(a)) => proptest::prop_assert!(a.ip().is_loopback()),
+                Ok(TapListen::Unix(p)) => proptest::prop_assert!(p.is_absolute()),
+                Ok(TapListen::Metrics) => proptest::prop_assert_eq!(s.as_str(), "metrics"),
+                Err(_) => {}
+            }
+        }
+    }
+
     #[test]
     fn the_event_stream_listens_only_locally() {
         assert_eq!(

@@ -873,9 +873,14 @@ async fn serve_tap(
         shutdown_timeout: Duration::from_secs(1),
     };
     let bound = match listen {
-        config::TapListen::Unix(path) => {
-            bind_unix(path).map(|l| tokio::spawn(web::serve(l, app, limits, shutdown)))
-        }
+        config::TapListen::Unix(path) => bind_unix(path).map(|l| {
+            let path = path.clone();
+            tokio::spawn(async move {
+                web::serve(l, app, limits, shutdown).await;
+                // No socket is left for `tap` to find once nobody serves it.
+                let _ = std::fs::remove_file(path);
+            })
+        }),
         config::TapListen::Loopback(addr) => tokio::net::TcpListener::bind(addr)
             .await
             .map(|l| tokio::spawn(web::serve(l, app, limits, shutdown))),

@@ -526,6 +526,39 @@ mod tests {
         assert!(!request.client_auth_mandatory() && request.offer_client_auth());
     }
 
+    proptest::proptest! {
+        /// Authorization headers come from the network: any bytes are refused or
+        /// decoded, never a panic; what base64 encodes decodes back.
+        #[test]
+        fn any_authorization_header_is_safe(header in proptest::collection::vec(proptest::num::u8::ANY, 0..80)) {
+            let _ = basic_credentials(&header);
+            let mut basic = b"Basic ".to_vec();
+            basic.extend(&header);
+            let _ = basic_credentials(&basic);
+        }
+
+        #[test]
+        fn base64_round_trips(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            proptest::prop_assert_eq!(base64_decode(base64_encode(&bytes).as_bytes()), Some(bytes));
+        }
+    }
+
+    fn base64_encode(bytes: &[u8]) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
+            for i in 0..=chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+            out.push_str(&"="[..usize::from(chunk.len() < 3)].repeat(3 - chunk.len()));
+        }
+        out
+    }
+
     #[test]
     fn basic_credentials_decode() {
         // "prometheus:secret"

@@ -1,6 +1,7 @@
 //! SIGTERM is a clean exit: within a bounded time though an event subscriber and a
-//! half-sent request are connected, with every program detached and every map freed
-//! (as bpftool sees them). Needs root, BPF and bpftool.
+//! half-sent request are connected, with every program detached, every map freed (as
+//! bpftool sees them) and the event stream's socket removed. Needs root, BPF and
+//! bpftool.
 
 #[macro_use]
 mod common;
@@ -38,7 +39,13 @@ fn sigterm_detaches_every_program_and_frees_every_map() {
     }
     let dir = TempDir::new("shutdown");
     let (progs, maps) = (ids("prog"), ids("map"));
-    let mut exporter = Exporter::start(&["--programs", "all"], &dir.0.join("log"));
+    let socket = dir.0.join("tap.sock");
+    let listen = format!("unix:{}", socket.display());
+    let mut exporter = Exporter::start_with_env(
+        &["--programs", "all"],
+        &[("KUBE_EBPF_EXPORTER__TAP__LISTEN", &listen)],
+        &dir.0.join("log"),
+    );
     let (ours_progs, ours_maps): (BTreeSet<u64>, BTreeSet<u64>) = (
         ids("prog").difference(&progs).copied().collect(),
         ids("map").difference(&maps).copied().collect(),
@@ -47,9 +54,18 @@ fn sigterm_detaches_every_program_and_frees_every_map() {
         ours_progs.len() >= 20 && ours_maps.len() >= 20,
         "{ours_progs:?} {ours_maps:?}"
     );
-    // A subscriber that reads nothing, and a client that sends half a header.
-    let (status, _subscriber) = common::open_stream(&exporter.tap_addr, "/events");
-    assert!(status.contains(" 200 "), "{status}");
+    // A subscriber (on the event stream's socket) that reads nothing, and a client
+    // that sends half a header.
+    let mut subscriber = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    write!(subscriber, "GET /events HTTP/1.0\r\n\r\n").unwrap();
+    let mut status = [0u8; 12];
+    std::io::Read::read_exact(&mut subscriber, &mut status).unwrap();
+    assert_eq!(
+        &status,
+        b"HTTP/1.0 200",
+        "{}",
+        String::from_utf8_lossy(&status)
+    );
     let mut slow = TcpStream::connect(&exporter.addr).unwrap();
     write!(slow, "GET /metrics HTTP/1.1\r\nHost:").unwrap();
 
@@ -76,6 +92,10 @@ fn sigterm_detaches_every_program_and_frees_every_map() {
         std::fs::read_to_string(dir.0.join("log")).unwrap()
     );
     eprintln!("exited {took:?} after SIGTERM");
+    assert!(
+        !socket.exists(),
+        "the event stream's socket was left behind"
+    );
     // The kernel frees them once the last reference goes: give it a moment.
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {

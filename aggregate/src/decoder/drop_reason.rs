@@ -73,6 +73,15 @@ mod tests {
         assert!(DropReason::parse("print fmt: \"x\"").0.is_empty());
     }
 
+    proptest::proptest! {
+        /// Tracepoint formats are the kernel's text: any text parses without a panic.
+        #[test]
+        fn any_format_text_parses(tail in "\\PC{0,200}") {
+            let _ = DropReason::parse(&format!("print fmt: \"%s\", __print_symbolic(REC->reason,{tail}"));
+            let _ = DropReason::parse(&tail);
+        }
+    }
+
     #[test]
     fn the_running_kernel_names_no_socket_drops() {
         let d = DropReason::load();
