@@ -12,7 +12,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include "cgroup.bpf.h"
-#include "maps.bpf.h"
+#include "histogram.bpf.h"
 
 extern int LINUX_KERNEL_VERSION __kconfig;
 
@@ -92,17 +92,6 @@ static __always_inline struct gendisk *request_disk(struct request *rq)
 	return BPF_CORE_READ(rq, q, disk);
 }
 
-static __always_inline void observe(void *map, struct io_key *key, __u64 value, __u64 min,
-				    __u64 max)
-{
-	__u64 bucket = log2_ceil(value);
-
-	key->bucket = bucket < min ? min : bucket > max ? max : bucket;
-	map_increment(map, key, 1);
-	key->bucket = max + 1;
-	map_increment(map, key, value);
-}
-
 /* The tracepoints' first argument was the request_queue until 5.10 (block_rq_issue)
  * and 5.11 (block_bio_queue): `dropped` is the version without it. The loads are
  * written out so that clang cannot fold them into one load from a computed offset,
@@ -170,9 +159,9 @@ int BPF_PROG(block_rq_complete, struct request *rq)
 	key.cgroup = issued->cgroup;
 	key.device = issued->device;
 	key.op = issued->op;
-	observe(&block_io_latency_seconds, &key, bpf_ktime_get_ns() - issued->ts, LATENCY_MIN,
-		LATENCY_MAX);
-	observe(&block_io_size_bytes, &key, issued->bytes, SIZE_MIN, SIZE_MAX);
+	histogram_add(&block_io_latency_seconds, &key, &key.bucket, bpf_ktime_get_ns() - issued->ts,
+		      LATENCY_MIN, LATENCY_MAX);
+	histogram_add(&block_io_size_bytes, &key, &key.bucket, issued->bytes, SIZE_MIN, SIZE_MAX);
 	bpf_map_delete_elem(&in_flight, &rq);
 	return 0;
 }

@@ -421,7 +421,8 @@ async fn serve(args: Args) -> Result<()> {
         Some(path) => Some(web_config::load(path)?),
         None => None,
     };
-    if config.tap.listen == "metrics" && web_config.is_none_or(|w| w.users.is_empty()) {
+    let listen = config::TapListen::parse(&config.tap.listen).expect("validated");
+    if listen == config::TapListen::Metrics && web_config.is_none_or(|w| w.users.is_empty()) {
         bail!("{source}: tap.listen: metrics serves the event stream to the network, so it needs --web.config.file with basic_auth_users");
     }
     let addr = listen_addr(&config.web.listen_address)
@@ -657,7 +658,6 @@ async fn serve(args: Args) -> Result<()> {
         scrapes: web::Slots::new(config.web.max_requests, "max_requests"),
         subscribers: web::Slots::new(config.tap.max_subscribers, "max_subscribers"),
     });
-    let listen = config::TapListen::parse(&config.tap.listen).expect("validated");
     let mut app = Router::new()
         .route(&config.web.telemetry_path, get(metrics))
         .route("/healthz", get(|| async { "ok\n" }));

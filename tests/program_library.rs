@@ -36,21 +36,6 @@ fn setup(name: &'static str, pod: &'static str, programs: &str) -> Setup {
     }
 }
 
-impl Setup {
-    /// The pod's series labels with `extra` (`name="value"` pairs, comma-separated).
-    fn labels(&self, extra: &str) -> String {
-        let pairs: Vec<(&str, &str)> = extra
-            .split(',')
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                let (k, v) = p.split_once('=').unwrap();
-                (k, v.trim_matches('"'))
-            })
-            .collect();
-        self.pod.series(&pairs)
-    }
-}
-
 /// Runs the workload in `cg` (through `wrapper`, e.g. `unshare -n ...`); its stdout.
 fn workload_output(wrapper: &[&str], cg: &std::path::Path, args: &[&str]) -> String {
     let mut cmd = match wrapper.split_first() {
@@ -110,17 +95,17 @@ fn refused_connects_count_errors_and_resets_under_their_pod() {
     let page = wait_for(
         &s.exporter,
         errors,
-        &s.labels("errno=\"ECONNREFUSED\""),
+        &s.pod.series(&[("errno", "ECONNREFUSED")]),
         7.0,
     );
     assert_eq!(
-        sample(&page, errors, &s.labels("errno=\"ECONNREFUSED\"")),
+        sample(&page, errors, &s.pod.series(&[("errno", "ECONNREFUSED")])),
         Some(7.0),
         "{page}"
     );
     let resets = "ebpf_exporter_tcp_resets_total";
     assert_eq!(
-        sample(&page, resets, &s.labels("direction=\"received\"")),
+        sample(&page, resets, &s.pod.series(&[("direction", "received")])),
         Some(7.0),
         "{page}"
     );
@@ -128,7 +113,7 @@ fn refused_connects_count_errors_and_resets_under_their_pod() {
     let sent = sample(&page, resets, &unattributed("direction=\"sent\"")).unwrap_or(0.0);
     assert!(sent >= 7.0, "{page}");
     assert_eq!(
-        sample(&page, resets, &s.labels("direction=\"sent\"")),
+        sample(&page, resets, &s.pod.series(&[("direction", "sent")])),
         None,
         "{page}"
     );
@@ -166,11 +151,11 @@ fn unanswered_connects_retransmit_and_time_out_under_their_pod() {
     let page = wait_for(
         &s.exporter,
         retransmits,
-        &s.labels("state=\"SYN_SENT\""),
+        &s.pod.series(&[("state", "SYN_SENT")]),
         sent,
     );
     assert_eq!(
-        sample(&page, retransmits, &s.labels("state=\"SYN_SENT\"")),
+        sample(&page, retransmits, &s.pod.series(&[("state", "SYN_SENT")])),
         Some(sent),
         "{page}"
     );
@@ -178,7 +163,7 @@ fn unanswered_connects_retransmit_and_time_out_under_their_pod() {
         sample(
             &page,
             "ebpf_exporter_tcp_connect_errors_total",
-            &s.labels("errno=\"ETIMEDOUT\"")
+            &s.pod.series(&[("errno", "ETIMEDOUT")])
         ),
         Some(5.0),
         "{page}"
@@ -202,8 +187,12 @@ fn udp_receive_queue_overflow_counts_under_the_receivers_pod() {
         "the tiny queue should drop most of 200: {dropped}"
     );
     let drops = "ebpf_exporter_udp_receive_drops_total";
-    let page = wait_for(&s.exporter, drops, &s.labels(""), dropped);
-    assert_eq!(sample(&page, drops, &s.labels("")), Some(dropped), "{page}");
+    let page = wait_for(&s.exporter, drops, &s.pod.series(&[]), dropped);
+    assert_eq!(
+        sample(&page, drops, &s.pod.series(&[])),
+        Some(dropped),
+        "{page}"
+    );
     // The same drops by reason; the receiving socket names the pod from 6.11 (rx_sk).
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     let mut v = release
@@ -214,7 +203,7 @@ fn udp_receive_queue_overflow_counts_under_the_receivers_pod() {
             sample(
                 &page,
                 "ebpf_exporter_packet_drops_total",
-                &s.labels("reason=\"SOCKET_RCVBUFF\"")
+                &s.pod.series(&[("reason", "SOCKET_RCVBUFF")])
             ),
             Some(dropped),
             "{page}"
@@ -232,7 +221,7 @@ fn failed_syscalls_count_by_syscall_and_errno_under_their_pod() {
     );
     workload_output(&[], &s.cg, &["open-missing", "321"]);
     let name = "ebpf_exporter_syscall_errors_total";
-    let enoent = s.labels("errno=\"ENOENT\",syscall=\"openat\"");
+    let enoent = s.pod.series(&[("errno", "ENOENT"), ("syscall", "openat")]);
     let page = wait_for(&s.exporter, name, &enoent, 321.0);
     assert_eq!(sample(&page, name, &enoent), Some(321.0), "{page}");
 }
@@ -253,14 +242,15 @@ fn busy_loops_sharing_a_cpu_wait_in_the_run_queue_under_their_pod() {
     let name = "ebpf_exporter_runqueue_latency_seconds";
     std::thread::sleep(std::time::Duration::from_millis(500));
     let page = s.exporter.metrics();
-    let count = sample(&page, &format!("{name}_count"), &s.labels("")).unwrap_or(0.0);
-    let sum = sample(&page, &format!("{name}_sum"), &s.labels("")).unwrap_or(0.0);
+    let count = sample(&page, &format!("{name}_count"), &s.pod.series(&[])).unwrap_or(0.0);
+    let sum = sample(&page, &format!("{name}_sum"), &s.pod.series(&[])).unwrap_or(0.0);
     assert!(common::run_queue_agrees(count, sum, delay, runs), "{count} waits of {sum} s; the kernel accounted {runs} runs after {delay} s waiting: {page}");
     // Cumulative buckets end at the count.
     let buckets = samples(&page, &format!("{name}_bucket"));
+    let pod = s.pod.series(&[]);
     let mine: Vec<f64> = buckets
         .iter()
-        .filter(|(l, _)| l.contains(&s.labels("")))
+        .filter(|(l, _)| l.contains(&pod))
         .map(|(_, v)| *v)
         .collect();
     assert_eq!(mine.last(), Some(&count), "{page}");
@@ -311,7 +301,7 @@ fn direct_io_writes_count_exactly_under_their_pod_and_disk() {
         &s.cg,
         &["direct-write", file.to_str().unwrap(), "16", "65536"],
     );
-    let labels = s.labels(&format!("device=\"{disk}\",op=\"write\""));
+    let labels = s.pod.series(&[("device", &disk), ("op", "write")]);
     let count = "ebpf_exporter_block_io_size_bytes_count";
     let page = wait_for(&s.exporter, count, &labels, 16.0);
     let _ = std::fs::remove_file(&file);
@@ -373,8 +363,8 @@ fn page_cache_over_the_memory_limit_stalls_in_reclaim_under_its_pod() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     let page = s.exporter.metrics();
     let name = "ebpf_exporter_direct_reclaim_latency_seconds";
-    let count = sample(&page, &format!("{name}_count"), &s.labels("")).unwrap_or(0.0);
-    let sum = sample(&page, &format!("{name}_sum"), &s.labels("")).unwrap_or(0.0);
+    let count = sample(&page, &format!("{name}_count"), &s.pod.series(&[])).unwrap_or(0.0);
+    let sum = sample(&page, &format!("{name}_sum"), &s.pod.series(&[])).unwrap_or(0.0);
     assert!(
         count >= 1.0 && sum > 0.0,
         "count {count}, sum {sum}: {page}"

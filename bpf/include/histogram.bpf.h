@@ -10,16 +10,25 @@ struct cgroup_bucket_key {
 	__u64 bucket;
 };
 
+/* Counts `value` under `key` (any key layout; `bucket` points at its bucket field). */
+static __always_inline void histogram_add(void *map, void *key, __u64 *bucket, __u64 value,
+					  __u64 min_bucket, __u64 max_bucket)
+{
+	__u64 b = log2_ceil(value);
+
+	*bucket = b < min_bucket ? min_bucket : b > max_bucket ? max_bucket : b;
+	map_increment(map, key, 1);
+	*bucket = max_bucket + 1;
+	map_increment(map, key, value);
+}
+
+/* The common case: a histogram keyed by cgroup alone. */
 static __always_inline void histogram_observe(void *map, __u64 cgroup, __u64 value,
 					      __u64 min_bucket, __u64 max_bucket)
 {
 	struct cgroup_bucket_key key = { .cgroup = cgroup };
-	__u64 bucket = log2_ceil(value);
 
-	key.bucket = bucket < min_bucket ? min_bucket : bucket > max_bucket ? max_bucket : bucket;
-	map_increment(map, &key, 1);
-	key.bucket = max_bucket + 1;
-	map_increment(map, &key, value);
+	histogram_add(map, &key, &key.bucket, value, min_bucket, max_bucket);
 }
 
 #endif
