@@ -407,10 +407,11 @@ pub fn connects(n: usize, cgroup: &std::path::Path) {
 /// Run-queue waits a program counted (`count`, `sum` seconds) agree with the kernel's
 /// own accounting (sched_info: `runs`, `delay` seconds) of the same processes: one
 /// wait per run, the same total. A few more waits may fall after the processes' last
-/// readings (a process preempted on its way out: under emulation, a timeslice each),
-/// and the kernel times waits with the run queue's clock.
+/// readings (a process preempted on its way out: under emulation, a timeslice each;
+/// 12 of 226 seen on 5.10 under TCG), and the kernel times waits with the run queue's
+/// clock.
 pub fn run_queue_agrees(count: f64, sum: f64, delay: f64, runs: f64) -> bool {
-    let extra = (runs * 0.05).max(6.0);
+    let extra = (runs * 0.1).max(6.0);
     (runs..=runs + extra).contains(&count)
         && (delay * 0.98 - 0.001..=delay * 1.05 + 0.001).contains(&sum)
 }
