@@ -967,6 +967,12 @@ async fn metrics(
             .into_response();
     };
     let gzip = accepts_gzip(&headers);
+    let format = aggregate::Format::negotiate(
+        headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+    );
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     tokio::task::spawn_blocking(move || {
         let _held = slot;
@@ -977,30 +983,23 @@ async fn metrics(
         if gzip {
             // Each chunk is flushed, so the page streams compressed as it renders.
             let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            render_page(&s, &mut |chunk: String| {
+            render_page(&s, format, &mut |chunk: Vec<u8>| {
                 use std::io::Write;
-                let _ = z.write_all(chunk.as_bytes()).and_then(|()| z.flush());
+                let _ = z.write_all(&chunk).and_then(|()| z.flush());
                 send(std::mem::take(z.get_mut()));
             });
             if let Ok(rest) = z.finish() {
                 send(rest);
             }
         } else {
-            render_page(&s, &mut |chunk: String| send(chunk.into_bytes()));
+            render_page(&s, format, &mut |chunk: Vec<u8>| send(chunk));
         }
     });
     let body = axum::body::Body::from_stream(tokio_stream::StreamExt::map(
         tokio_stream::wrappers::ReceiverStream::new(rx),
         Ok::<_, std::convert::Infallible>,
     ));
-    let mut response = (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response();
+    let mut response = ([(header::CONTENT_TYPE, format.content_type())], body).into_response();
     if gzip {
         response.headers_mut().insert(
             header::CONTENT_ENCODING,
@@ -1026,10 +1025,10 @@ fn accepts_gzip(headers: &axum::http::HeaderMap) -> bool {
         })
 }
 
-/// Renders the metrics page in chunks: the streams' series, every table read now, the
-/// exporter's own metrics.
-fn render_page(s: &AppState, emit: &mut dyn FnMut(String)) {
-    let mut out = aggregate::Sink::chunked(256 * 1024, &mut *emit);
+/// Renders the metrics page in `format`, in chunks: the streams' series, every table
+/// read now, the exporter's own metrics.
+fn render_page(s: &AppState, format: aggregate::Format, emit: &mut dyn FnMut(Vec<u8>)) {
+    let mut out = aggregate::Sink::chunked(format, 256 * 1024, &mut *emit);
     let gone = s.enricher.expire(s.series_grace);
     if !gone.is_empty() {
         s.registry.expire(&gone);
@@ -1064,7 +1063,7 @@ fn render_page(s: &AppState, emit: &mut dyn FnMut(String)) {
         s.tap.as_deref(),
     );
     s.telemetry.sources(&s.enricher.source_health());
-    out.push_str(&s.telemetry.render());
+    out.push_text(&s.telemetry.render());
     let rest = out.finish();
     emit(rest);
 }

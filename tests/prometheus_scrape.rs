@@ -1,6 +1,9 @@
 //! As root, with Debian's `prometheus` and `promtool`: a real Prometheus server scrapes
 //! the exporter on loopback, and PromQL over a pod's TCP connects gives the answers the
 //! exporter's own histogram says it should; promtool finds nothing wrong with the page;
+//! Prometheus with native histograms (protobuf) answers quantiles of exactly known
+//! values within the schema's error, and label values that need escaping arrive intact
+//! in protobuf and OpenMetrics;
 //! every query of the Grafana dashboard finds the series of a pod that ran a workload
 //! for every built-in program.
 
@@ -12,7 +15,10 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use common::{connects, get, run_workload, samples, workload, Cgroups, Exporter, Pod, TempDir};
+use common::{
+    compile_example, connects, get, run_workload, samples, workload, Cgroups, Exporter, Pod,
+    TempDir,
+};
 
 const METRIC: &str = "ebpf_exporter_tcp_connect_latency_seconds";
 
@@ -32,6 +38,12 @@ impl Drop for Prometheus {
 impl Prometheus {
     /// Starts Prometheus scraping `target` every second, and waits until it is ready.
     fn start(target: &str, dir: &std::path::Path) -> Self {
+        Self::start_with(target, dir, &[])
+    }
+
+    /// As [`Prometheus::start`], with extra flags.
+    fn start_with(target: &str, dir: &std::path::Path, flags: &[&str]) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
         let config = dir.join("prometheus.yml");
         std::fs::write(
             &config,
@@ -50,6 +62,7 @@ impl Prometheus {
                 dir.join("tsdb").display()
             ))
             .arg(format!("--web.listen-address={addr}"))
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
             .spawn()
@@ -340,4 +353,169 @@ fn every_dashboard_query_finds_its_programs_series() {
         }
     }
     assert!(checked >= 20, "{checked} pod queries");
+}
+
+/// The response's headers and body to a GET of `/metrics` with these request headers.
+fn fetch(addr: &str, headers: &str) -> (String, Vec<u8>) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n{headers}\r\n").unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let end = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    (
+        String::from_utf8_lossy(&resp[..end]).to_lowercase(),
+        resp[end + 4..].to_vec(),
+    )
+}
+
+/// Kind names (`static_map` values) that every format must escape or carry as UTF-8.
+const KINDS: [&str; 3] = ["quote\"d", "back\\slash", "new\nline ☃"];
+
+#[test]
+fn native_histograms_answer_within_the_schemas_error() {
+    let name = "native_histograms_answer_within_the_schemas_error";
+    if !test_support::privileged(name) || !test_support::tool(name, "prometheus") {
+        return;
+    }
+    let pod = Pod::new("jobs", "batch-native-5f7d9", "worker");
+    let dir = TempDir::new(pod.name);
+    let mut cgroups = Cgroups::new(pod.name);
+    let cg = pod.cgroup(&mut cgroups);
+    let example = "workload-job-costs";
+    compile_example(example, &dir.0);
+    let yaml = dir.0.join(format!("{example}.yaml"));
+    let config = std::fs::read_to_string(&yaml).unwrap().replace(
+        r#"{ "0": small, "1": medium, "2": large }"#,
+        r#"{ "0": "quote\"d", "1": "back\\slash", "2": "new\nline ☃" }"#,
+    );
+    std::fs::write(&yaml, config).unwrap();
+    // The probe's binary is `kebpf-workload`, found on the exporter's PATH.
+    let bin = dir.0.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let program = bin.join("kebpf-workload");
+    std::fs::copy(workload(), &program).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut args = vec![
+        "--config.dir".to_string(),
+        dir.0.display().to_string(),
+        "--config.names".into(),
+        example.into(),
+        "--config.strict".into(),
+    ];
+    args.extend(pod.logs(&dir.0));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let exporter = Exporter::start_with_env(&args, &[("PATH", &path)], &dir.0.join("exporter.log"));
+    let native = Prometheus::start_with(
+        &exporter.addr,
+        &dir.0.join("native"),
+        &["--enable-feature=native-histograms"],
+    );
+    let classic = Prometheus::start(&exporter.addr, &dir.0.join("classic"));
+
+    // Job i has kind i % 3 and cost i * 1000 ns: exactly known values per kind.
+    const N: u64 = 3000;
+    let status = Command::new(&program)
+        .arg(&cg)
+        .args(["jobs", &N.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let metric = "ebpf_exporter_workload_job_cost_seconds";
+    // Schema 3: a bucket's upper bound is 2^(1/8) times its lower one.
+    let error = 2f64.powf(0.125) - 1.0;
+    for (k, kind) in KINDS.iter().enumerate() {
+        let mut values: Vec<f64> = (0..N)
+            .filter(|i| i % 3 == k as u64)
+            .map(|i| (i * 1000) as f64 * 1e-9)
+            .collect();
+        values.sort_by(f64::total_cmp);
+        let escaped = kind
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        let selector = format!("{{app_pod=\"{}\",kind=\"{escaped}\"}}", pod.name);
+        native.wait_for(
+            &format!("histogram_count({metric}{selector})"),
+            values.len() as f64,
+        );
+        let sum = native
+            .query(&format!("histogram_sum({metric}{selector})"), now())
+            .unwrap();
+        let want: f64 = values.iter().sum();
+        assert!(
+            (sum - want).abs() <= want * 1e-9,
+            "{kind:?}: sum {sum}, want {want}"
+        );
+        for q in [0.5, 0.9, 0.99] {
+            let got = native
+                .query(
+                    &format!("histogram_quantile({q}, {metric}{selector})"),
+                    now(),
+                )
+                .unwrap();
+            let rank = (q * values.len() as f64).ceil() as usize;
+            let exact = values[rank - 1];
+            assert!(
+                (got - exact).abs() <= exact * error,
+                "{kind:?} p{q}: native {got}, exact {exact} (error bound {:.1} %)",
+                error * 100.0
+            );
+        }
+        // The classic histogram as before, from OpenMetrics: 21 bounds and +Inf.
+        classic.wait_for(&format!("{metric}_count{selector}"), values.len() as f64);
+        assert_eq!(
+            classic.series(&format!("{metric}_bucket{selector}"), now()),
+            22
+        );
+    }
+    // Label values arrived intact through both parsers.
+    for p in [&native, &classic] {
+        let body = get(&p.addr, "/api/v1/label/kind/values").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let mut got: Vec<&str> = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        got.sort_unstable();
+        let mut want = KINDS.to_vec();
+        want.sort_unstable();
+        assert_eq!(got, want);
+    }
+
+    // Each format says what it is; text stays the default; gzip applies to all.
+    let protobuf = "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
+    for (accept, content_type) in [
+        ("", "text/plain; version=0.0.4; charset=utf-8"),
+        ("Accept: */*\r\n", "text/plain; version=0.0.4; charset=utf-8"),
+        (
+            "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        (
+            "Accept: application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.5,text/plain;q=0.2\r\n",
+            protobuf,
+        ),
+    ] {
+        let (head, body) = fetch(&exporter.addr, accept);
+        let content_type = content_type.to_lowercase();
+        assert!(head.contains(&format!("content-type: {content_type}")), "{accept}: {head}");
+        let (zipped, compressed) = fetch(&exporter.addr, &format!("{accept}Accept-Encoding: gzip\r\n"));
+        assert!(zipped.contains("content-encoding: gzip") && zipped.contains(&content_type));
+        let mut unzipped = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&compressed[..]), &mut unzipped).unwrap();
+        assert!(!body.is_empty() && unzipped.len() > body.len() / 2, "{accept}");
+    }
+    let (_, om) = fetch(
+        &exporter.addr,
+        "Accept: application/openmetrics-text;version=1.0.0\r\n",
+    );
+    assert!(String::from_utf8(om).unwrap().ends_with("# EOF\n"));
 }

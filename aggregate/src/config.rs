@@ -116,6 +116,39 @@ pub struct MetricConfig {
     /// sets count in one series labelled `__overflow__`.
     #[serde(default)]
     pub max_series: Option<usize>,
+    /// Histograms: native (sparse exponential) buckets served beside the classic ones
+    /// to scrapers that ask for the protobuf format; on by default for rings, and for
+    /// tables whose bucket bounds are all powers of two.
+    #[serde(default)]
+    pub native_histogram: NativeHistogramConfig,
+}
+
+/// Native histogram settings of one metric (rings; tables take only `enabled`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NativeHistogramConfig {
+    /// Whether native buckets are kept and served.
+    pub enabled: bool,
+    /// Resolution: bucket bounds grow by `2^(2^-schema)`; default 3, about 9 % per
+    /// bucket.
+    pub schema: Option<i8>,
+    /// Values at or below it count in the zero bucket; default 2^-128 (the Go
+    /// client's), so only zero itself.
+    pub zero_threshold: Option<f64>,
+    /// Most buckets per series, default 160; above it the schema is lowered, merging
+    /// bucket pairs.
+    pub max_buckets: Option<usize>,
+}
+
+impl Default for NativeHistogramConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            schema: None,
+            zero_threshold: None,
+            max_buckets: None,
+        }
+    }
 }
 
 /// Which field holds the value, and its unit.

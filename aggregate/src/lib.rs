@@ -11,12 +11,13 @@ pub mod buckets;
 pub mod config;
 pub mod decoder;
 mod exposition;
+mod native;
 mod program;
 mod registry;
 mod stream;
 mod table;
 
-pub use exposition::{format_float, Sink};
+pub use exposition::{format_float, Format, Kind, Native, Sink};
 pub use program::ProgramPlan;
 pub use registry::{
     DecodeFailures, KubeLabelNames, Registry, StreamAggregator, StreamStats, DEFAULT_MAX_SERIES,

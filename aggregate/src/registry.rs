@@ -19,7 +19,8 @@ use rustc_hash::FxHashMap;
 use crate::{
     buckets,
     decoder::DecodeError,
-    exposition::{self, format_float, Sink},
+    exposition::{Kind, Native, Sink},
+    native::{self, NativeBuckets, NativePlan},
     stream::{MetricPlan, StreamPlan},
 };
 
@@ -105,6 +106,19 @@ pub(crate) struct Series {
     buckets: Box<[AtomicU64]>,
     /// Sum of raw values (counter value for counters).
     sum: AtomicU64,
+    /// Native buckets, for histograms that serve them.
+    native: Option<NativeBuckets>,
+}
+
+impl Series {
+    fn new(pod: Option<Arc<PodLabels>>, buckets: usize, native: Option<&NativePlan>) -> Self {
+        Self {
+            pod,
+            buckets: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+            native: native.map(NativePlan::buckets),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -114,6 +128,8 @@ pub(crate) struct Family {
     histogram: bool,
     bounds: Vec<f64>,
     scale: f64,
+    /// Native buckets kept beside the classic ones.
+    pub(crate) native: Option<NativePlan>,
     /// Whether series carry the pod and node labels after the config's labels.
     pod_labels: bool,
     /// Label names in exposition (sorted) order, and where each value comes from.
@@ -223,6 +239,7 @@ impl Registry {
         histogram: bool,
         bounds: Vec<f64>,
         scale: f64,
+        native: Option<NativePlan>,
         mut labels: Vec<String>,
         pod_labels: bool,
         max_series: usize,
@@ -242,6 +259,7 @@ impl Registry {
             histogram,
             bounds,
             scale,
+            native,
             pod_labels,
             sorted_names: order.iter().map(|&i| labels[i].clone()).collect(),
             order,
@@ -387,44 +405,38 @@ impl Family {
                 .collect()
         }
         series.sort_by(|a, b| sorted(&self.order, a, node).cmp(&sorted(&self.order, b, node)));
-        exposition::header(
-            out.buf(),
-            &self.name,
-            &self.help,
-            if self.histogram {
-                "histogram"
-            } else {
-                "counter"
-            },
-        );
-        let bounds: Vec<String> = self.bounds.iter().map(|&b| format_float(b)).collect();
-        let mut counts = Vec::with_capacity(bounds.len() + 1);
+        let kind = if self.histogram {
+            Kind::Histogram
+        } else {
+            Kind::Counter
+        };
+        out.family(&self.name, &self.help, kind, &self.bounds);
+        let mut counts = Vec::with_capacity(self.bounds.len() + 1);
+        let mut native = Vec::new();
         for entry in &series {
             let values = sorted(&self.order, entry, node);
             let s = &entry.1;
             let sum = buckets::scaled(s.sum.load(Relaxed), self.scale);
-            if self.histogram {
-                counts.clear();
-                counts.extend(s.buckets.iter().map(|b| b.load(Relaxed)));
-                exposition::histogram(
-                    out.buf(),
-                    &self.name,
-                    &self.sorted_names,
-                    &values,
-                    &bounds,
-                    &counts,
-                    sum,
-                );
-            } else {
-                exposition::sample(
-                    out.buf(),
-                    &self.name,
-                    &self.sorted_names,
-                    &values,
-                    &format_float(sum),
-                );
+            if !self.histogram {
+                out.value(&self.sorted_names, &values, sum);
+                continue;
             }
-            out.series_done();
+            let native = match (&self.native, &s.native) {
+                (Some(plan), Some(b)) if out.native() => {
+                    let zero_count = b.read(plan, &mut native);
+                    let schema = native::limit(&mut native, plan.schema, plan.max_buckets);
+                    Some(Native {
+                        schema,
+                        zero_threshold: plan.zero_threshold,
+                        zero_count,
+                        buckets: &native,
+                    })
+                }
+                _ => None,
+            };
+            counts.clear();
+            counts.extend(s.buckets.iter().map(|b| b.load(Relaxed)));
+            out.histogram(&self.sorted_names, &values, &counts, sum, native);
         }
     }
 }
@@ -554,17 +566,21 @@ impl StreamAggregator {
                 .family
                 .histogram
                 .then(|| &series.buckets[m.raw_bounds.bucket(raw)]);
+            let native = match (&m.family.native, &series.native) {
+                (Some(plan), Some(b)) => Some(b.cell(plan, raw)),
+                _ => None,
+            };
             if m.family.pod_labels {
                 // One writer per series (the pipeline shards by pod and every series
                 // names its pod): plain loads and stores, no locked instructions.
-                if let Some(b) = bucket {
+                for b in bucket.into_iter().chain(native) {
                     b.store(b.load(Relaxed) + 1, Relaxed);
                 }
                 series
                     .sum
                     .store(series.sum.load(Relaxed).wrapping_add(raw), Relaxed);
             } else {
-                if let Some(b) = bucket {
+                for b in bucket.into_iter().chain(native) {
                     b.fetch_add(1, Relaxed);
                 }
                 series.sum.fetch_add(raw, Relaxed);
@@ -621,11 +637,8 @@ fn shared_series(m: &MetricPlan, key: SeriesKey, record: &[u8], pod: &Arc<PodLab
         let overflow = m.family.overflow.get_or_init(|| {
             tracing::warn!(metric = %m.family.name, max = m.family.max_series, "series limit reached; further label sets count in the __overflow__ series");
             let n = m.labels.len();
-            let series = Arc::new(Series {
-                pod: m.family.pod_labels.then(|| Arc::new(PodLabels { id: u32::MAX, namespace: OVERFLOW.into(), pod: OVERFLOW.into(), container: OVERFLOW.into(), extra: Box::default() })),
-                buckets: (0..m.raw_bounds.len() + usize::from(m.family.histogram)).map(|_| AtomicU64::new(0)).collect(),
-                sum: AtomicU64::new(0),
-            });
+            let pod = m.family.pod_labels.then(|| Arc::new(PodLabels { id: u32::MAX, namespace: OVERFLOW.into(), pod: OVERFLOW.into(), container: OVERFLOW.into(), extra: Box::default() }));
+            let series = Arc::new(Series::new(pod, m.raw_bounds.len() + usize::from(m.family.histogram), m.family.native.as_ref()));
             m.family.by_values.insert((u32::MAX, vec![OVERFLOW.to_string(); n].into_boxed_slice()), series.clone());
             series
         });
@@ -647,13 +660,7 @@ fn shared_series(m: &MetricPlan, key: SeriesKey, record: &[u8], pod: &Arc<PodLab
         .family
         .by_values
         .entry(identity)
-        .or_insert_with(|| {
-            Arc::new(Series {
-                pod,
-                buckets: (0..buckets).map(|_| AtomicU64::new(0)).collect(),
-                sum: AtomicU64::new(0),
-            })
-        })
+        .or_insert_with(|| Arc::new(Series::new(pod, buckets, m.family.native.as_ref())))
         .clone();
     m.family
         .series

@@ -7,6 +7,7 @@ use crate::{
     config::{FieldConfig, LabelConfig, MetricConfig, MetricsConfig, RingConfig},
     decoder::{Chain, Context},
     invalid,
+    native::NativePlan,
     program::metrics,
     registry::{Family, Registry, MAX_KEY},
     ConfigError,
@@ -366,6 +367,9 @@ impl MetricPlan {
             Vec::new()
         };
         let raw_bounds = buckets::RawBounds::new(buckets::raw_bounds(&bounds, scale));
+        let native = (histogram && m.native_histogram.enabled)
+            .then(|| NativePlan::new(&m.native_histogram, scale, m_at))
+            .transpose()?;
         let key_len: usize = labels.iter().map(|(s, _, _)| s.size).sum();
         if key_len > MAX_KEY {
             return Err(invalid(
@@ -390,6 +394,7 @@ impl MetricPlan {
                 histogram,
                 bounds,
                 scale,
+                native,
                 names,
                 pod_labels,
                 m.max_series.unwrap_or(registry.default_max_series()),

@@ -13,7 +13,7 @@ use crate::{
     buckets::{self, Layout},
     config::{LabelConfig, MetricConfig},
     decoder::{Chain, Context, DecodeError},
-    exposition::{self, format_float, Sink},
+    exposition::{Kind, Native, Sink},
     invalid,
     registry::{sorted_order, Registry},
     stream::Span,
@@ -78,6 +78,9 @@ pub struct TablePlan {
     order: Vec<usize>,
     /// Histograms: the bucket key's place and the bucket layout.
     bucket: Option<(Span, Layout, f64)>,
+    /// Whether the buckets are also served as native schema-0 buckets (every bound a
+    /// power of two).
+    native: bool,
     /// Where the key holds a cgroup id (an 8-byte label decoded by `cgroup` or a
     /// `kube_*` cgroup decoder): entries of deleted pods can be found and removed.
     cgroup: Option<Span>,
@@ -133,6 +136,7 @@ impl TablePlan {
             .map(|(l, s)| s.offset + s.size + l.padding)
             .max();
         let mut bucket = None;
+        let mut native = false;
         let mut label_configs = &m.labels[..];
         if histogram {
             let layout = buckets::layout(m, at)?;
@@ -157,6 +161,18 @@ impl TablePlan {
                     "map bucket keys are non-negative integers",
                 ));
             }
+            let n = &m.native_histogram;
+            if n.schema.is_some() || n.zero_threshold.is_some() || n.max_buckets.is_some() {
+                return Err(invalid(
+                    format!("{at}.native_histogram"),
+                    "map-based histograms serve power-of-two buckets as native schema 0; only `enabled` applies",
+                ));
+            }
+            native = n.enabled
+                && layout
+                    .bounds
+                    .iter()
+                    .all(|&b| crate::native::power_of_two(b));
             bucket = Some((*last, layout, m.bucket_multiplier.unwrap_or(1.0)));
             label_configs = &m.labels[..rest.len()];
         } else if m.perf_event_array {
@@ -214,6 +230,7 @@ impl TablePlan {
             sorted_names: order.iter().map(|&i| names[i].clone()).collect(),
             order,
             bucket,
+            native,
             cgroup,
             node,
             malformed: AtomicU64::new(0),
@@ -280,38 +297,34 @@ impl TablePlan {
         if rows.0.is_empty() {
             return;
         }
-        let kind = if self.bucket.is_some() {
-            "histogram"
-        } else {
-            "counter"
+        let (kind, bounds) = match &self.bucket {
+            Some((_, l, _)) => (Kind::Histogram, &l.bounds[..]),
+            None => (Kind::Counter, &[][..]),
         };
-        exposition::header(out.buf(), &self.name, &self.help, kind);
-        let bounds: Vec<String> = self
-            .bucket
-            .as_ref()
-            .map(|(_, l, _)| l.bounds.iter().map(|&b| format_float(b)).collect())
-            .unwrap_or_default();
+        out.family(&self.name, &self.help, kind, bounds);
+        let mut native = Vec::new();
         for (values, row) in &rows.0 {
             let values: Vec<&str> = values.iter().map(String::as_str).collect();
-            match &self.bucket {
-                None => exposition::sample(
-                    out.buf(),
-                    &self.name,
-                    &self.sorted_names,
-                    &values,
-                    &row.sum.to_string(),
-                ),
-                Some((_, _, mult)) => exposition::histogram(
-                    out.buf(),
-                    &self.name,
-                    &self.sorted_names,
-                    &values,
-                    &bounds,
-                    &row.counts,
-                    buckets::scaled(row.sum, *mult),
-                ),
-            }
-            out.series_done();
+            let Some((_, _, mult)) = &self.bucket else {
+                out.value(&self.sorted_names, &values, row.sum as f64);
+                continue;
+            };
+            let native = (self.native && out.native())
+                .then(|| crate::native::from_exp2_bounds(bounds, &row.counts, &mut native))
+                .flatten()
+                .map(|()| Native {
+                    schema: 0,
+                    zero_threshold: 0.0,
+                    zero_count: 0,
+                    buckets: &native,
+                });
+            out.histogram(
+                &self.sorted_names,
+                &values,
+                &row.counts,
+                buckets::scaled(row.sum, *mult),
+                native,
+            );
         }
     }
 

@@ -100,9 +100,9 @@ fn records_become_seed_style_exposition() {
         1
     );
 
-    let mut out = crate::Sink::buffer();
+    let mut out = crate::Sink::buffer(crate::Format::Text);
     registry.render(&mut out);
-    let out = out.finish();
+    let out = String::from_utf8(out.finish()).unwrap();
     let l = r#"app_container="coredns",app_namespace="kube-system",app_pod="coredns-1",node_id="node-a",subnet="127""#;
     let n = r#"app_container="",app_namespace="",app_pod="",node_id="node-a",subnet="fe00::/16""#;
     let want = format!(
@@ -148,9 +148,9 @@ fn decoder_failures_are_counted_not_exported() {
         overflowed: 0,
     };
     assert!(failures.contains(&want), "{failures:?}");
-    let mut out = crate::Sink::buffer();
+    let mut out = crate::Sink::buffer(crate::Format::Text);
     registry.render(&mut out);
-    let out = out.finish();
+    let out = String::from_utf8(out.finish()).unwrap();
     assert!(!out.contains("tcp_connect_latency_seconds_bucket"), "{out}");
     assert!(out.contains("ebpf_exporter_tcp_connects_total{"), "{out}");
 }
@@ -280,9 +280,9 @@ fn tables_render_like_the_reference_exporter() {
         (k(5, 2), 100),     // regexp drops it
         (vec![1, 2, 3], 7), // short key
     ];
-    let mut out = crate::Sink::buffer();
+    let mut out = crate::Sink::buffer(crate::Format::Text);
     counters.render(&counters.rows(&entries), &mut out);
-    let out = out.finish();
+    let out = String::from_utf8(out.finish()).unwrap();
     assert_eq!(
         out,
         "# HELP ebpf_exporter_syscalls_total Syscalls by cgroup and syscall
@@ -302,9 +302,9 @@ ebpf_exporter_syscalls_total{cgroup=\"6\",parity=\"39\",syscall=\"getpid\"} 1
         (b(1, 9), 1),
         (b(2, 1), 1),
     ];
-    let mut out = crate::Sink::buffer();
+    let mut out = crate::Sink::buffer(crate::Format::Text);
     hist.render(&hist.rows(&entries), &mut out);
-    let out = out.finish();
+    let out = String::from_utf8(out.finish()).unwrap();
     assert_eq!(
         out,
         "# HELP ebpf_exporter_read_bytes Read sizes
@@ -379,9 +379,9 @@ metrics:
     let p = pod(3, "ns", "p", "c");
     agg.observe(&9u64.to_ne_bytes(), &p);
     agg.observe(&9u64.to_ne_bytes(), &p);
-    let mut out = crate::Sink::buffer();
+    let mut out = crate::Sink::buffer(crate::Format::Text);
     registry.render(&mut out);
-    let out = out.finish();
+    let out = String::from_utf8(out.finish()).unwrap();
     assert_eq!(out, "# HELP ebpf_exporter_oom_kills OOM kills\n# TYPE ebpf_exporter_oom_kills counter\nebpf_exporter_oom_kills{cgroup_path=\"9\"} 2\n");
 }
 
@@ -398,9 +398,9 @@ fn a_full_metric_counts_new_label_sets_in_one_overflow_series() {
     for octet in [10u8, 11, 12, 13, 10] {
         agg.observe(&record(1, 500, 2, octet), &p);
     }
-    let mut out = crate::Sink::buffer();
+    let mut out = crate::Sink::buffer(crate::Format::Text);
     registry.render(&mut out);
-    let out = out.finish();
+    let out = String::from_utf8(out.finish()).unwrap();
     let count = |labels: &str| {
         out.lines()
             .find(|l| {
@@ -437,9 +437,9 @@ fn expired_pods_lose_their_series_and_come_back_fresh() {
     agg.observe(&record(2, 500, 2, 10), &stays);
     registry.expire(&[5]);
     let render = || {
-        let mut out = crate::Sink::buffer();
+        let mut out = crate::Sink::buffer(crate::Format::Text);
         registry.render(&mut out);
-        out.finish()
+        String::from_utf8(out.finish()).unwrap()
     };
     let page = render();
     assert!(

@@ -15,9 +15,9 @@ pub fn rss_bytes() -> u64 {
     pages * 4096
 }
 
-/// The default config's TCP connect histogram, compiled: records are
-/// `[cgroup u64][latency_ns u64][family u16, 2 address bytes][pad 4]`.
-pub fn tcp_connect_stream() -> (Arc<Registry>, Arc<StreamPlan>) {
+/// The default config's TCP connect histogram, compiled, with or without native
+/// buckets: records are `[cgroup u64][latency_ns u64][family u16, 2 address bytes][pad 4]`.
+pub fn tcp_connect_stream(native: bool) -> (Arc<Registry>, Arc<StreamPlan>) {
     #[derive(serde::Deserialize)]
     struct Program {
         rings: Vec<RingConfig>,
@@ -25,8 +25,13 @@ pub fn tcp_connect_stream() -> (Arc<Registry>, Arc<StreamPlan>) {
     }
     let text = include_str!("../../src/default.yaml");
     let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).unwrap();
-    let program: Program =
+    let mut program: Program =
         serde_yaml_ng::from_value(doc["programs"]["tcp_connect_latency"].clone()).unwrap();
+    // The errors counter is a table (read from a map), not part of the stream.
+    program.metrics.counters.clear();
+    for h in &mut program.metrics.histograms {
+        h.native_histogram.enabled = native;
+    }
     let registry = Arc::new(Registry::new(KubeLabelNames::default(), "bench".into()));
     let plan = ProgramPlan::compile(
         &program.rings,

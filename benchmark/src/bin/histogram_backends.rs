@@ -51,31 +51,36 @@ fn main() {
         per_record
     );
 
-    // The aggregate stage: fixed atomic bucket counters per series.
-    let (registry, plan) = tcp_connect_stream();
-    let mut agg = StreamAggregator::new(plan, Arc::new(StreamStats::default()));
-    let pod = std::sync::Arc::new(PodLabels {
-        id: 1,
-        namespace: "ns".into(),
-        pod: "p".into(),
-        container: "c".into(),
-        extra: Box::default(),
-    });
-    let rss0 = rss_bytes();
-    let t = Instant::now();
-    for i in 0..events {
-        agg.observe(black_box(&tcp_record(7, latency(i), 127)), &pod);
+    // The aggregate stage: fixed atomic bucket counters per series, without and with
+    // native buckets (schema 3) counted beside the classic ones.
+    for native in [false, true] {
+        let (registry, plan) = tcp_connect_stream(native);
+        let mut agg = StreamAggregator::new(plan, Arc::new(StreamStats::default()));
+        let pod = std::sync::Arc::new(PodLabels {
+            id: 1,
+            namespace: "ns".into(),
+            pod: "p".into(),
+            container: "c".into(),
+            extra: Box::default(),
+        });
+        let rss0 = rss_bytes();
+        let t = Instant::now();
+        for i in 0..events {
+            agg.observe(black_box(&tcp_record(7, latency(i), 127)), &pod);
+        }
+        let record_ns = t.elapsed().as_nanos() as f64 / events as f64;
+        let held = rss_bytes().saturating_sub(rss0);
+        let t = Instant::now();
+        let mut page = aggregate::Sink::buffer(aggregate::Format::Protobuf);
+        registry.render(&mut page);
+        black_box(page.finish());
+        let render_ms = t.elapsed().as_secs_f64() * 1e3;
+        println!(
+            "aggregate bucket counters{}: {record_ns:.1} ns/record (decode + key + bucket), {:.1} MiB held, protobuf render {render_ms:.3} ms",
+            if native { " + native" } else { "          " },
+            held as f64 / (1 << 20) as f64
+        );
     }
-    let record_ns = t.elapsed().as_nanos() as f64 / events as f64;
-    let held = rss_bytes().saturating_sub(rss0);
-    let t = Instant::now();
-    let mut text = aggregate::Sink::buffer();
-    registry.render(&mut text);
-    let render_ms = t.elapsed().as_secs_f64() * 1e3;
-    println!(
-        "aggregate bucket counters:             {record_ns:.1} ns/record (decode + key + bucket), {:.1} MiB held, render {render_ms:.3} ms",
-        held as f64 / (1 << 20) as f64
-    );
     println!(
         "at 2M events/s and a 15 s scrape interval the facade histogram would hold {:.0} MiB between scrapes",
         2e6 * 15.0 * per_record / (1 << 20) as f64
