@@ -123,7 +123,7 @@ impl Series {
 
 #[derive(Debug)]
 pub(crate) struct Family {
-    name: String,
+    pub(crate) name: String,
     help: String,
     histogram: bool,
     bounds: Vec<f64>,
@@ -291,6 +291,35 @@ impl Registry {
         }
     }
 
+    /// Takes metrics `names` out (a config being replaced or removed): their names
+    /// are free again and their series leave the exposition. [`Registry::restore`]
+    /// puts them back.
+    pub fn release(&self, names: &[String]) -> Released {
+        let mut claimed = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        let mut families = self.families.lock().unwrap_or_else(|e| e.into_inner());
+        claimed.retain(|n| !names.contains(n));
+        let (gone, kept) = std::mem::take(&mut *families)
+            .into_iter()
+            .partition(|f| names.contains(&f.name));
+        *families = kept;
+        Released {
+            names: names.to_vec(),
+            families: gone,
+        }
+    }
+
+    /// Puts back what [`Registry::release`] took (a replacement failed to start).
+    pub fn restore(&self, released: Released) {
+        self.names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(released.names);
+        self.families
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(released.families);
+    }
+
     /// Drops the series of label sets `gone` (pods deleted past their grace period),
     /// so memory follows the pods on the node. Workers drop their references at their
     /// next cleanup; events that still arrive for a gone pod start new series.
@@ -330,6 +359,13 @@ impl Registry {
             })
             .collect()
     }
+}
+
+/// Metrics taken out of a registry, their series kept, until restored or dropped.
+#[derive(Debug)]
+pub struct Released {
+    names: Vec<String>,
+    families: Vec<Arc<Family>>,
 }
 
 /// Decoder outcomes of one stream metric.
@@ -506,7 +542,7 @@ impl StreamAggregator {
     }
 
     /// The stream's plan.
-    pub fn plan(&self) -> &StreamPlan {
+    pub fn plan(&self) -> &Arc<StreamPlan> {
         &self.plan
     }
 

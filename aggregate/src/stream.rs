@@ -280,6 +280,12 @@ impl StreamPlan {
         }
     }
 
+    /// Exported names of the stream's metrics (to release them at a reload).
+    pub fn metric_names(&self) -> impl Iterator<Item = &str> {
+        self.metrics.iter().map(|m| m.family.name.as_str())
+    }
+
+
     /// The record's fields, for the event tap.
     pub fn fields(&self) -> &[FieldView] {
         &self.fields

@@ -473,3 +473,51 @@ fn a_trailing_two_byte_cpu_label_marks_a_per_cpu_split() {
     assert!(!with("{ name: core, size: 2, decoders: [{ name: uint }] }"));
     assert!(!with("{ name: cpu, size: 2, decoders: [{ name: uint }, { name: static_map, static_map: { \"0\": a } }] }"));
 }
+
+#[test]
+fn protobuf_carries_native_buckets_of_exact_values() {
+    let (registry, plans) = compile(CONFIG).unwrap();
+    let plan = Arc::new(plans.into_iter().next().unwrap());
+    let mut agg = StreamAggregator::new(plan, Arc::new(StreamStats::default()));
+    let coredns = pod(1, "kube-system", "coredns-1", "coredns");
+    for ns in [0, 500, 3_000, 3_000, 9_000_000] {
+        agg.observe(&record(42, ns, 2, 127), &coredns);
+    }
+    let mut out = crate::Sink::buffer(crate::Format::Protobuf);
+    registry.render(&mut out);
+    let families = crate::exposition::tests::decode_protobuf(&out.finish());
+    let h = families
+        .iter()
+        .find(|f| f.name() == "ebpf_exporter_tcp_connect_latency_seconds")
+        .unwrap()
+        .metric[0]
+        .histogram
+        .clone()
+        .unwrap();
+    // Schema 3: bucket ceil(8 log2 v); 0 is in the zero bucket.
+    let bucket = |ns: f64| (8.0 * (ns * 1e-9).log2()).ceil() as i32;
+    assert_eq!((h.schema(), h.zero_count(), h.sample_count()), (3, 1, 5));
+    assert_eq!(h.positive_span.len(), 3);
+    assert_eq!(h.positive_span[0].offset(), bucket(500.0));
+    assert_eq!(h.positive_span[1].offset(), bucket(3000.0) - bucket(500.0) - 1);
+    assert_eq!(h.positive_span[2].offset(), bucket(9e6) - bucket(3000.0) - 1);
+    assert_eq!(h.positive_delta, vec![1, 1, -1]);
+    // Classic buckets as in text: 1e-06, 2e-06, 4e-06, 8e-06 (+Inf implied).
+    let classic: Vec<u64> = h.bucket.iter().map(|b| b.cumulative_count()).collect();
+    assert_eq!(classic, vec![2, 2, 4, 4]);
+
+    // Tables: power-of-two bounds are schema 0 buckets; a series with events above the
+    // last bound stays classic.
+    let (_, plan) = program(TABLES).unwrap();
+    let hist = &plan.tables[1];
+    let b = |op: u8, bucket: u64| key(&[&[op, 0, 0, 0, 0, 0, 0, 0], &bucket.to_ne_bytes()]);
+    let entries = vec![(b(1, 0), 2), (b(1, 9), 1), (b(2, 1), 3)];
+    let mut out = crate::Sink::buffer(crate::Format::Protobuf);
+    hist.render(&hist.rows(&entries), &mut out);
+    let families = crate::exposition::tests::decode_protobuf(&out.finish());
+    let [op1, op2] = &families[0].metric[..] else { panic!() };
+    assert_eq!(op1.histogram.as_ref().unwrap().schema, None);
+    let h = op2.histogram.as_ref().unwrap();
+    // Key 1 is le 2048 = 2^11.
+    assert_eq!((h.schema(), h.positive_span[0].offset(), h.positive_delta.clone()), (0, 11, vec![3]));
+}

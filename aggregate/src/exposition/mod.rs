@@ -306,4 +306,4 @@ impl<'a> Sink<'a> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -64,7 +64,7 @@ fn negotiates_what_prometheus_asks_for() {
 }
 
 /// prost messages of `io.prometheus.client` (metrics.proto), only the fields we write.
-mod pb {
+pub(crate) mod pb {
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct MetricFamily {
         #[prost(string, optional, tag = "1")]
@@ -136,7 +136,7 @@ mod pb {
     }
 }
 
-fn decode_protobuf(mut page: &[u8]) -> Vec<pb::MetricFamily> {
+pub(crate) fn decode_protobuf(mut page: &[u8]) -> Vec<pb::MetricFamily> {
     let mut out = Vec::new();
     while !page.is_empty() {
         out.push(
