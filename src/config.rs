@@ -265,7 +265,7 @@ impl From<&LabelNames> for KubeLabelNames {
 }
 
 /// Pipeline tuning.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Pipeline {
     /// Threads reading rings (default 1: a reader copies records at memory speed).

@@ -9,6 +9,8 @@ mod privileges;
 mod programs;
 mod tap_client;
 mod telemetry;
+mod units;
+mod watch;
 mod web;
 mod web_config;
 
@@ -19,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use aggregate::{decoder::Context, Registry, StreamStats};
+use aggregate::{decoder::Context, Registry};
 use anyhow::{bail, Context as _, Result};
 use axum::{
     extract::{RawQuery, State},
@@ -32,14 +34,12 @@ use bytes::Bytes;
 use clap::Parser;
 use enrich::{CgroupFs, Cri, Enricher, KubeApiSource, PodLogs, PodSource, Sources};
 use ingest::cgroup_id_map::CgroupIdMap;
-use ingest::{RingReader, StreamMap};
 use kube_ebpf_exporter::pipeline::{self, Pipeline, Stream};
 use tap::Tap;
-use tokio::sync::watch;
 
 use crate::{
     config::{Config, MetadataSource, Program, CRI_SOCKETS},
-    programs::{Failure, Running, Setup, Source},
+    programs::{Failure, Running, Setup},
     telemetry::Telemetry,
 };
 
@@ -89,6 +89,21 @@ struct Args {
     /// in ebpf_exporter_config_failed.
     #[arg(long = "config.strict")]
     config_strict: bool,
+    /// Reload program configs without a restart: on SIGHUP, when --config.dir or the
+    /// config file's directory changes, and every --config.reload-interval. Keeps
+    /// CAP_BPF and CAP_PERFMON to load programs later.
+    #[arg(long = "config.reload")]
+    config_reload: bool,
+    /// Seconds between checks of the configs on disk (with --config.reload).
+    #[arg(
+        long = "config.reload-interval",
+        value_name = "SECONDS",
+        default_value_t = 60
+    )]
+    config_reload_interval: u64,
+    /// Serve POST /-/reload (implies --config.reload).
+    #[arg(long = "web.enable-lifecycle")]
+    web_enable_lifecycle: bool,
     /// Address to serve metrics on (`host:port` or `:port`); overrides the config.
     #[arg(long = "web.listen-address", value_name = "ADDR")]
     listen_address: Option<String>,
@@ -197,63 +212,9 @@ fn node_id(config: &Config) -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// Every program to run: the main config's, then the config dir's.
-fn program_sources(
-    args: &Args,
-    config: &mut Config,
-    source: &str,
-) -> Result<Vec<(Source, Result<Program, Failure>)>> {
-    let mut out = Vec::new();
-    if args.config_dir.is_none() || args.config_file.is_some() {
-        select_programs(&args.programs, &mut config.programs)
-            .with_context(|| format!("{source}: --programs"))?;
-        for (name, program) in std::mem::take(&mut config.programs) {
-            out.push((
-                Source::inline(&name, &program, args.config_file.as_deref(), source),
-                Ok(program),
-            ));
-        }
-    }
-    if let Some(dir) = &args.config_dir {
-        let mut names = args.config_names.clone();
-        if names.is_empty() {
-            let entries = std::fs::read_dir(dir)
-                .with_context(|| format!("--config.dir {}", dir.display()))?;
-            names = entries
-                .filter_map(|e| {
-                    e.ok()?
-                        .file_name()
-                        .into_string()
-                        .ok()?
-                        .strip_suffix(".yaml")
-                        .map(str::to_string)
-                })
-                .collect();
-            names.sort();
-        }
-        for name in names {
-            let loaded = Program::load(&dir.join(format!("{name}.yaml"))).map_err(|e| Failure {
-                name: name.clone(),
-                stage: programs::Stage::Config,
-                message: format!("{e:#}"),
-            });
-            let src = match &loaded {
-                Ok(p) => Source::dir(dir, &name, p),
-                Err(_) => Source {
-                    name: name.clone(),
-                    at: String::new(),
-                    object: programs::Object::File(PathBuf::new()),
-                },
-            };
-            out.push((src, loaded));
-        }
-    }
-    Ok(out)
-}
-
 /// Keeps the programs `names` chooses (`all`: every one; none given: those not marked
 /// `enabled: false`).
-fn select_programs(
+pub(crate) fn select_programs(
     names: &[String],
     programs: &mut std::collections::BTreeMap<String, Program>,
 ) -> Result<()> {
@@ -317,7 +278,7 @@ fn cgroup_feed(
     loader: &mut ingest::Loader<'_>,
     cgroups: &CgroupFs,
     wanted: bool,
-    mut maps: Vec<CgroupIdMap>,
+    mut maps: Vec<(String, CgroupIdMap)>,
 ) -> Option<pipeline::CgroupEventsHandle> {
     let events = if wanted || !maps.is_empty() {
         match bpf_programs::find("cgroup_events")
@@ -334,8 +295,8 @@ fn cgroup_feed(
         None
     };
     if !maps.is_empty() {
-        cgroups.walk(|id, path| maps.iter_mut().for_each(|m| m.update(id, path, false)));
-        for m in &maps {
+        cgroups.walk(|id, path| maps.iter_mut().for_each(|(_, m)| m.update(id, path, false)));
+        for (_, m) in &maps {
             tracing::info!(map = ?m, matching = m.written(), "cgroup_id_map filled");
         }
     }
@@ -353,7 +314,7 @@ pub extern "C" fn post_attach_mark() {
 }
 
 /// Calls [`post_attach_mark`] through an opaque pointer, so the empty call is kept.
-fn mark_attached() {
+pub(crate) fn mark_attached() {
     let mark: extern "C" fn() = std::hint::black_box(post_attach_mark);
     mark();
 }
@@ -372,7 +333,7 @@ fn main() -> Result<()> {
     }
 }
 
-async fn serve(args: Args) -> Result<()> {
+fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -380,6 +341,11 @@ async fn serve(args: Args) -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// The exporter settings: the config file (or embedded default) with flags over it,
+/// checked; and the config's name for messages.
+fn settings(args: &Args) -> Result<(Config, String)> {
     let mut config = Config::load(args.config_file.as_deref())?;
     if let Some(a) = &args.listen_address {
         config.web.listen_address.clone_from(a);
@@ -416,30 +382,52 @@ async fn serve(args: Args) -> Result<()> {
     if !bad.is_empty() {
         bail!("{source}: settings out of range:\n  {}", bad.join("\n  "));
     }
-    let web_config = match &args.web_config_file {
-        // Checked now; read again for every connection.
-        Some(path) => Some(web_config::load(path)?),
-        None => None,
-    };
-    let listen = config::TapListen::parse(&config.tap.listen).expect("validated");
-    if listen == config::TapListen::Metrics && web_config.is_none_or(|w| w.users.is_empty()) {
-        bail!("{source}: tap.listen: metrics serves the event stream to the network, so it needs --web.config.file with basic_auth_users");
-    }
-    let addr = listen_addr(&config.web.listen_address)
-        .with_context(|| format!("{source}: web.listen_address"))?;
     if !config.web.telemetry_path.starts_with('/') || config.web.telemetry_path == "/healthz" {
         bail!(
             "{source}: web.telemetry_path: {:?} must start with / and not be /healthz",
             config.web.telemetry_path
         );
     }
+    Ok((config, source))
+}
+
+impl Args {
+    fn selection(&self) -> units::Selection {
+        units::Selection {
+            file: self.config_file.clone(),
+            dir: self.config_dir.clone(),
+            names: self.config_names.clone(),
+            programs: self.programs.clone(),
+        }
+    }
+
+    fn reload(&self) -> bool {
+        self.config_reload || self.web_enable_lifecycle
+    }
+}
+
+/// What the privileged start-up made: every config set up (or why not), the stages'
+/// shared state, and the cgroup event stream.
+struct Started {
+    enricher: Arc<Enricher>,
+    registry: Arc<Registry>,
+    decoders: Context,
+    units: Vec<units::Unit>,
+    failures: Vec<Failure>,
+    cgroup_events: Option<pipeline::CgroupEventsHandle>,
+    extra_names: Vec<String>,
+    node: String,
+}
+
+/// Sets up every config: learns the cgroups and pods, compiles, loads and attaches
+/// (all through [`units::build`], as a reload does), then lowers capabilities.
+fn start_configs(args: &Args, config: &mut Config, source: &str) -> Result<Started> {
     // Every object is CO-RE-relocated against this one parse; it is dropped (and its
     // memory returned) once programs are attached.
     let btf = ingest::kernel_btf(args.btf_path.as_deref())?;
-
-    let node = node_id(&config);
+    let node = node_id(config);
     let cgroups = CgroupFs::discover().context("enrich: cgroup v2 hierarchy")?;
-    let pods = metadata_sources(&config.kubernetes, &source)?;
+    let pods = metadata_sources(&config.kubernetes, source)?;
     let (extra, extra_names): (Vec<_>, Vec<_>) =
         config.kubernetes.labels.extra().into_iter().unzip();
     let grace = Duration::from_secs(config.kubernetes.series_grace_seconds);
@@ -458,7 +446,7 @@ async fn serve(args: Args) -> Result<()> {
             .max_series(config.pipeline.max_series),
     );
     let decoders = Context::new(Some(enricher.clone()));
-    let sources = program_sources(&args, &mut config, &source)?;
+    let sources = args.selection().sources(config, source)?;
     if sources.is_empty() {
         bail!("{source}: no programs to run: add a `programs:` section (deploy/overlays/custom-config/config.yaml holds the built-in ones to copy, `kube-ebpf-exporter programs` lists them), or give --config.dir with <name>.yaml and <name>.bpf.o files; without --config.file the built-in programs run");
     }
@@ -474,12 +462,14 @@ async fn serve(args: Args) -> Result<()> {
         loader: ingest::Loader::new(&btf),
         cgroup_mount: enricher.cgroups().mount(),
     };
-
-    let mut running: Vec<Running> = Vec::new();
-    let mut failures: Vec<Failure> = Vec::new();
+    let (mut units, mut failures) = (Vec::new(), Vec::new());
+    let mut next_id = 0;
     for (src, program) in sources {
-        match program.and_then(|p| setup.start(&src, &p)) {
-            Ok(r) => running.push(r),
+        match program.and_then(|p| units::build(&mut setup, &src, &p, next_id, &config.pipeline)) {
+            Ok(u) => {
+                next_id += u.streams.len() as u32;
+                units.push(u);
+            }
             Err(f) if args.config_strict => bail!(
                 "config {} failed ({}): {}",
                 f.name,
@@ -494,90 +484,28 @@ async fn serve(args: Args) -> Result<()> {
     }
     mark_attached();
     if args.config_check {
-        for r in &running {
-            let skipped = r.object.skipped();
-            let optional = if skipped.is_empty() {
-                String::new()
-            } else {
-                let names: Vec<&str> = skipped.iter().map(|(n, _)| n.as_str()).collect();
-                format!(" (optional, not attached: {})", names.join(", "))
-            };
-            println!(
-                "ok      {}: {} program(s) attached{optional}",
-                r.name,
-                r.object.attached().len()
-            );
-        }
-        for f in &failures {
-            println!("FAILED  {} ({}): {}", f.name, f.stage.as_str(), f.message);
-        }
-        std::process::exit(i32::from(!failures.is_empty()));
+        report_check(&units, &failures);
     }
-    if running.is_empty() {
+    if units.is_empty() {
         let reasons: Vec<String> = failures.iter().map(|f| f.message.clone()).collect();
         bail!(
             "no config could be started; nothing to export:\n  {}",
             reasons.join("\n  ")
         );
     }
-
-    let telemetry = Telemetry::install()?;
-    let p = &config.pipeline;
-    let (tx, rx) = crossbeam_channel::bounded(p.queue_batches.max(1));
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let mut streams = Vec::new();
-    let mut readers = Vec::new();
-    let drain = Duration::from_millis(p.drain_interval_ms.max(1));
-    let mut reader_tasks = Vec::new();
-    for r in &mut running {
-        for plan in std::mem::take(&mut r.plan.streams) {
-            let id = streams.len() as u32;
-            let label = format!("{}/{}", r.name, plan.ring);
-            // The map decides the reader: configs say "ring", and an object built
-            // with -DOUTPUT_PERF (kernels without ring buffers) has a perf array there.
-            let reader = match r.object.take_stream(&plan.ring)? {
-                StreamMap::Ring(ring) => RingReader::new(&label, ring, id, p.batch_bytes, drain),
-                StreamMap::Perf(array) => {
-                    RingReader::perf(&label, array, p.perf_pages, id, p.batch_bytes, drain)?
-                }
-            };
-            telemetry.add_ring(&r.name, &plan.ring, reader.stats());
-            reader_tasks.push(reader);
-            streams.push(Stream {
-                program: r.name.clone(),
-                plan: Arc::new(plan),
-                stats: Arc::new(StreamStats::default()),
-            });
-        }
-    }
-    let cgroup_maps = running
+    let maps = units
         .iter_mut()
-        .filter_map(|r| r.cgroup_map.take())
+        .filter_map(|u| Some((u.running.name.clone(), u.cgroup_map.take()?)))
         .collect();
     let cgroup_events = cgroup_feed(
         &mut setup.loader,
         enricher.cgroups(),
         config.kubernetes.cgroup_events,
-        cgroup_maps,
+        maps,
     );
-    // Everything privileged is done and no other thread runs yet: lower capabilities
-    // here, so every thread started from now on holds only what is still used.
-    if args.capabilities_keep_all {
-        tracing::info!("keeping every capability (--capabilities.keep-all)");
-    } else {
-        let mut keep = privileges::needed(privileges::kernel_version()?);
-        keep.extend(args.capabilities_keep.iter().copied());
-        let (kept, dropped) =
-            privileges::drop_all_but(&keep).context("dropping capabilities after attaching")?;
-        tracing::info!(
-            ?kept,
-            dropped = dropped.len(),
-            "dropped capabilities no longer needed: {dropped:?}"
-        );
-    }
-    enricher.start_sources();
+    drop_capabilities(args)?;
     // The kernel's BTF (tens of MiB parsed) is needed only to load; give its pages back
-    // rather than keep them for the process's life.
+    // rather than keep them for the process's life (a reload parses it again).
     drop(setup);
     drop(btf);
     #[cfg(target_env = "gnu")]
@@ -585,40 +513,146 @@ async fn serve(args: Args) -> Result<()> {
     unsafe {
         libc::malloc_trim(0);
     }
+    Ok(Started {
+        enricher,
+        registry,
+        decoders,
+        units,
+        failures,
+        cgroup_events,
+        extra_names,
+        node,
+    })
+}
+
+/// `--config.check`: prints each config's outcome and exits.
+fn report_check(units: &[units::Unit], failures: &[Failure]) -> ! {
+    for u in units {
+        let r = &u.running;
+        let skipped = r.object.skipped();
+        let optional = if skipped.is_empty() {
+            String::new()
+        } else {
+            let names: Vec<&str> = skipped.iter().map(|(n, _)| n.as_str()).collect();
+            format!(" (optional, not attached: {})", names.join(", "))
+        };
+        println!(
+            "ok      {}: {} program(s) attached{optional}",
+            r.name,
+            r.object.attached().len()
+        );
+    }
+    for f in failures {
+        println!("FAILED  {} ({}): {}", f.name, f.stage.as_str(), f.message);
+    }
+    std::process::exit(i32::from(!failures.is_empty()));
+}
+
+/// Everything privileged is done and no other thread runs yet: lower capabilities
+/// here, so every thread started from now on holds only what is still used (and,
+/// with reloads, what loading programs needs).
+fn drop_capabilities(args: &Args) -> Result<()> {
+    if args.capabilities_keep_all {
+        tracing::info!("keeping every capability (--capabilities.keep-all)");
+        return Ok(());
+    }
+    let mut keep = privileges::needed(privileges::kernel_version()?);
+    if args.reload() {
+        keep.extend(privileges::RELOAD);
+    }
+    keep.extend(args.capabilities_keep.iter().copied());
+    let (kept, dropped) =
+        privileges::drop_all_but(&keep).context("dropping capabilities after attaching")?;
+    tracing::info!(
+        ?kept,
+        dropped = dropped.len(),
+        "dropped capabilities no longer needed: {dropped:?}"
+    );
+    Ok(())
+}
+
+/// The tap's view of the stream table.
+pub(crate) fn tap_streams(streams: &[Option<Stream>]) -> Vec<Option<tap::Stream>> {
+    streams
+        .iter()
+        .map(|s| {
+            s.as_ref().map(|s| tap::Stream {
+                config: s.program.clone(),
+                plan: s.plan.clone(),
+            })
+        })
+        .collect()
+}
+
+async fn serve(args: Args) -> Result<()> {
+    init_tracing();
+    let (mut config, source) = settings(&args)?;
+    let web_config = match &args.web_config_file {
+        // Checked now; read again for every connection.
+        Some(path) => Some(web_config::load(path)?),
+        None => None,
+    };
+    let listen = config::TapListen::parse(&config.tap.listen).expect("validated");
+    if listen == config::TapListen::Metrics && web_config.is_none_or(|w| w.users.is_empty()) {
+        bail!("{source}: tap.listen: metrics serves the event stream to the network, so it needs --web.config.file with basic_auth_users");
+    }
+    let addr = listen_addr(&config.web.listen_address)
+        .with_context(|| format!("{source}: web.listen_address"))?;
+    let started = start_configs(&args, &mut config, &source)?;
+    let telemetry = Telemetry::install()?;
+    let state = run_pipeline(&args, &config, &source, started, telemetry)?;
+    serve_http(&args, &config, &source, listen, addr, state).await
+}
+
+/// Starts the stages (ingest readers, enrich and aggregate workers, the tap) over the
+/// configs that started, and makes them live.
+fn run_pipeline(
+    args: &Args,
+    config: &Config,
+    source: &str,
+    started: Started,
+    telemetry: Telemetry,
+) -> Result<Arc<AppState>> {
+    let Started {
+        enricher,
+        registry,
+        decoders,
+        units,
+        failures,
+        cgroup_events,
+        extra_names,
+        node,
+    } = started;
+    let p = &config.pipeline;
+    let (tx, rx) = crossbeam_channel::bounded(p.queue_batches.max(1));
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    enricher.start_sources();
     // Ring readers get their own runtime threads, apart from HTTP.
     let ingest = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(p.ingest_workers.max(1))
         .thread_name("ingest")
         .enable_all()
         .build()?;
-    for reader in reader_tasks {
-        readers.push(ingest.spawn(reader.run(tx.clone(), shutdown_rx.clone())));
-    }
-    // Kept until shutdown: enrich workers run while a sender lives, and they must go
-    // on following cgroup events when no ring feeds them (configs with tables only).
-    let batches = tx;
-    let streams = Arc::new(streams);
+    let streams = Arc::new(pipeline::StreamTable::new(
+        units.iter().flat_map(|u| u.streams.clone()).collect(),
+    ));
     let tap = config.tap.enabled.then(|| {
-        let views = streams
-            .iter()
-            .map(|s| tap::Stream {
-                config: s.program.clone(),
-                plan: s.plan.clone(),
-            })
-            .collect();
         let t = &config.tap;
-        Tap::start(
-            views,
+        let tap = Tap::start(
+            Vec::new(),
             enricher.clone(),
             node.clone(),
             t.cluster.clone(),
             extra_names,
             t.input_batches,
             t.queue_events,
-        )
+        );
+        tap.set_streams(Arc::new(tap_streams(&streams.snapshot())));
+        tap
     });
+    let names: Vec<&str> = units.iter().map(|u| u.running.name.as_str()).collect();
     let sink = match (&tap, &config.tap.sink) {
-        (Some(tap), Some(sink)) => Some(start_sink(tap, sink, &running, &config.tap)?),
+        (Some(tap), Some(sink)) => Some(start_sink(tap, sink, &names, &config.tap)?),
         (None, Some(_)) => bail!("{source}: tap.sink: needs tap.enabled"),
         _ => None,
     };
@@ -632,7 +666,7 @@ async fn serve(args: Args) -> Result<()> {
         rx,
         streams.clone(),
         enricher.clone(),
-        cgroup_events,
+        cgroup_events.clone(),
         tap.clone(),
         settings,
     )?;
@@ -642,27 +676,70 @@ async fn serve(args: Args) -> Result<()> {
         aggregate = p.aggregate_workers,
         "workers"
     );
-
     let state = Arc::new(AppState {
         registry,
         telemetry,
         streams,
         pipeline,
-        running: Mutex::new(running),
-        failures,
+        running: Mutex::new(Vec::new()),
+        failures: Mutex::new(failures),
+        live: Mutex::new(Vec::new()),
+        reloading: units::Reloading {
+            selection: args.selection(),
+            source: source.to_string(),
+            perf_output: p.output.perf(),
+            pipeline: p.clone(),
+            btf_path: args.btf_path.clone(),
+            ingest: ingest.handle().clone(),
+            batches: tx,
+            shutdown: shutdown_rx,
+            lock: Mutex::new(()),
+        },
+        ingest: Mutex::new(Some(ingest)),
+        shutdown: shutdown_tx,
+        decoders,
+        cgroup_events,
         tap,
         sink,
-        node: node.clone(),
+        node,
         enricher,
-        series_grace: grace,
+        series_grace: Duration::from_secs(config.kubernetes.series_grace_seconds),
         scrapes: web::Slots::new(config.web.max_requests, "max_requests"),
         subscribers: web::Slots::new(config.tap.max_subscribers, "max_subscribers"),
     });
+    let mut next = 0;
+    for unit in units {
+        let ids: Vec<u32> = (next..).take(unit.streams.len()).collect();
+        next += ids.len() as u32;
+        let running = state.reloading.go_live(&state, unit, ids);
+        state
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(running);
+    }
+    state.telemetry.reloaded(true);
+    Ok(state)
+}
+
+/// Serves metrics (and the event stream, and reloads when enabled) until SIGTERM or
+/// ^C, then stops the stages in order.
+async fn serve_http(
+    args: &Args,
+    config: &Config,
+    source: &str,
+    listen: config::TapListen,
+    addr: SocketAddr,
+    state: Arc<AppState>,
+) -> Result<()> {
     let mut app = Router::new()
         .route(&config.web.telemetry_path, get(metrics))
         .route("/healthz", get(|| async { "ok\n" }));
     if state.tap.is_some() && listen == config::TapListen::Metrics {
         app = app.route("/events", get(events));
+    }
+    if args.web_enable_lifecycle {
+        app = app.route("/-/reload", axum::routing::post(reload_endpoint));
     }
     let app = app.with_state(state.clone());
     // Otherwise the event stream has a listener of its own, local only (tap.listen).
@@ -671,7 +748,7 @@ async fn serve(args: Args) -> Result<()> {
             let events = Router::new()
                 .route("/events", get(events))
                 .with_state(state.clone());
-            let mut stop = shutdown_tx.subscribe();
+            let mut stop = state.shutdown.subscribe();
             serve_tap(&listen, events, async move {
                 let _ = stop.wait_for(|stopped| *stopped).await;
             })
@@ -679,11 +756,38 @@ async fn serve(args: Args) -> Result<()> {
         }
         _ => None,
     };
-    let state_for_shutdown = state;
+    let reloads = if args.reload() {
+        let watched: Vec<PathBuf> = args
+            .config_dir
+            .iter()
+            .cloned()
+            .chain(args.config_file.as_ref().and_then(|f| {
+                let dir = f.parent()?;
+                Some(if dir.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    dir.to_path_buf()
+                })
+            }))
+            .collect();
+        let poll = Duration::from_secs(args.config_reload_interval.max(1));
+        tokio::spawn(units::triggers(state.clone(), watched, poll))
+    } else {
+        tokio::spawn(async {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::warn!("SIGHUP: reloading is off (--config.reload)");
+            }
+        })
+    };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("{source}: web.listen_address: cannot listen on {addr}"))?;
-    tracing::info!(%addr, node = %node, path = %config.web.telemetry_path, "serving metrics");
+    tracing::info!(%addr, node = %state.node, path = %config.web.telemetry_path, "serving metrics");
     let limits = web::Limits {
         web_config: args.web_config_file.clone(),
         max_connections: config.web.max_connections,
@@ -700,32 +804,98 @@ async fn serve(args: Args) -> Result<()> {
     })
     .await;
     tracing::info!("shutting down");
-    let _ = shutdown_tx.send(true);
+    reloads.abort();
+    let _ = state.shutdown.send(true);
     if let Some(t) = tap_server {
         let _ = t.await;
     }
+    let readers: Vec<_> = state
+        .live
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter_mut()
+        .flat_map(|l| std::mem::take(&mut l.readers))
+        .collect();
     for r in readers {
         let _ = r.await;
     }
-    drop(batches);
-    let state = Arc::into_inner(state_for_shutdown).map(|s| s.pipeline);
+    let ingest = state
+        .ingest
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    // The workers end once every batch sender is gone: the readers' (ended) and the
+    // reload path's (in the state).
+    let state = Arc::into_inner(state);
     let _ = tokio::task::spawn_blocking(move || {
-        ingest.shutdown_timeout(Duration::from_secs(1));
-        if let Some(p) = state {
-            p.join();
+        if let Some(ingest) = ingest {
+            ingest.shutdown_timeout(Duration::from_secs(1));
+        }
+        if let Some(s) = state {
+            let AppState {
+                pipeline,
+                reloading,
+                running,
+                ..
+            } = s;
+            drop((reloading, running));
+            pipeline.join();
         }
     })
     .await;
     Ok(())
 }
 
-struct AppState {
+/// `POST /-/reload` (with --web.enable-lifecycle): 200 with what changed, or 500 with
+/// what failed (the old versions of failed configs keep running).
+async fn reload_endpoint(State(s): State<Arc<AppState>>) -> axum::response::Response {
+    let result = tokio::task::spawn_blocking(move || units::reload(&s)).await;
+    match result {
+        Ok(Ok(report)) if report.failed.is_empty() => {
+            tracing::info!(trigger = "/-/reload", "config reload: {}", report.summary());
+            (
+                axum::http::StatusCode::OK,
+                format!("{}\n", report.summary()),
+            )
+                .into_response()
+        }
+        Ok(Ok(report)) => {
+            tracing::error!(trigger = "/-/reload", "config reload: {}", report.summary());
+            (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{}\n", report.summary()),
+            )
+                .into_response()
+        }
+        Ok(Err(e)) => (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reload failed: {e:#}\n"),
+        )
+            .into_response(),
+        Err(e) => (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reload failed: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+pub(crate) struct AppState {
     registry: Arc<Registry>,
     telemetry: Telemetry,
-    streams: Arc<Vec<Stream>>,
+    streams: Arc<pipeline::StreamTable>,
     pipeline: Pipeline,
     running: Mutex<Vec<Running>>,
-    failures: Vec<Failure>,
+    failures: Mutex<Vec<Failure>>,
+    /// Each running config's streams and readers.
+    live: Mutex<Vec<units::Live>>,
+    /// What set-up needs after start (reloads).
+    reloading: units::Reloading,
+    /// The ring readers' runtime, until shutdown takes it.
+    ingest: Mutex<Option<tokio::runtime::Runtime>>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    decoders: Context,
+    cgroup_events: Option<pipeline::CgroupEventsHandle>,
     tap: Option<Arc<Tap>>,
     sink: Option<Sink>,
     node: String,
@@ -748,11 +918,11 @@ struct Sink {
 fn start_sink(
     tap: &Tap,
     sink: &config::SinkConfig,
-    running: &[Running],
+    running: &[&str],
     t: &config::TapConfig,
 ) -> Result<Sink> {
     for (i, name) in sink.configs.iter().enumerate() {
-        if !running.iter().any(|r| &r.name == name) {
+        if !running.contains(&name.as_str()) {
             bail!("tap.sink.configs[{i}]: no running config named {name:?}");
         }
     }
@@ -786,7 +956,7 @@ async fn events(
     RawQuery(query): RawQuery,
 ) -> axum::response::Response {
     let tap = s.tap.as_ref().expect("route exists only with a tap");
-    let filter = match tap::Filter::parse(query.as_deref().unwrap_or(""), tap.streams()) {
+    let filter = match tap::Filter::parse(query.as_deref().unwrap_or(""), &tap.streams()) {
         Ok(f) => f,
         Err(e) => {
             return (
@@ -1054,10 +1224,11 @@ fn render_page(s: &AppState, format: aggregate::Format, emit: &mut dyn FnMut(Vec
             }
         }
     }
+    let streams: Vec<Stream> = s.streams.snapshot().iter().flatten().cloned().collect();
     s.telemetry.update(
         &running,
-        &s.failures,
-        &s.streams,
+        &s.failures.lock().unwrap_or_else(|e| e.into_inner()),
+        &streams,
         &s.pipeline,
         &s.registry,
         s.tap.as_deref(),

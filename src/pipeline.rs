@@ -13,7 +13,7 @@
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        Arc,
+        Arc, RwLock,
     },
     thread::JoinHandle,
     time::Instant,
@@ -26,6 +26,7 @@ use ingest::{Batch, BatchBuilder};
 use rustc_hash::FxHashMap;
 
 /// One stream (ring) as the workers see it.
+#[derive(Clone)]
 pub struct Stream {
     /// Program the ring belongs to.
     pub program: String,
@@ -33,6 +34,86 @@ pub struct Stream {
     pub plan: Arc<StreamPlan>,
     /// Aggregation counters, shared by workers.
     pub stats: Arc<StreamStats>,
+}
+
+/// The streams by id (a batch's `stream`), which a reload changes while workers run:
+/// ids are never reused, a removed stream leaves an empty slot. Workers keep their own
+/// copy and compare a generation number per batch, so the lock is taken only after a
+/// change.
+#[derive(Default)]
+pub struct StreamTable {
+    generation: AtomicU64,
+    slots: RwLock<Arc<Vec<Option<Stream>>>>,
+}
+
+impl StreamTable {
+    /// A table of `streams`, with ids 0, 1, ...
+    pub fn new(streams: Vec<Stream>) -> Self {
+        Self {
+            generation: AtomicU64::new(0),
+            slots: RwLock::new(Arc::new(streams.into_iter().map(Some).collect())),
+        }
+    }
+
+    /// The streams now, by id.
+    pub fn snapshot(&self) -> Arc<Vec<Option<Stream>>> {
+        self.slots.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Changes at each [`StreamTable::update`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Empties the slots of `remove` and appends `add`; returns the ids `add` got.
+    pub fn update(&self, remove: &[u32], add: Vec<Stream>) -> Vec<u32> {
+        let mut slots = self.slots.write().unwrap_or_else(|e| e.into_inner());
+        let mut next: Vec<Option<Stream>> = slots.as_ref().clone();
+        for &id in remove {
+            if let Some(slot) = next.get_mut(id as usize) {
+                *slot = None;
+            }
+        }
+        let ids = (next.len() as u32..).take(add.len()).collect();
+        next.extend(add.into_iter().map(Some));
+        *slots = Arc::new(next);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        ids
+    }
+}
+
+/// A worker's copy of the stream table.
+struct LocalStreams<'a> {
+    table: &'a StreamTable,
+    generation: u64,
+    streams: Arc<Vec<Option<Stream>>>,
+}
+
+impl<'a> LocalStreams<'a> {
+    fn new(table: &'a StreamTable) -> Self {
+        Self {
+            table,
+            generation: table.generation(),
+            streams: table.snapshot(),
+        }
+    }
+
+    /// Takes the table again if it changed; true when it did.
+    #[inline]
+    fn refresh(&mut self) -> bool {
+        let generation = self.table.generation();
+        if generation == self.generation {
+            return false;
+        }
+        self.generation = generation;
+        self.streams = self.table.snapshot();
+        true
+    }
+
+    fn get(&self, id: u32) -> Option<&Stream> {
+        self.streams.get(id as usize).and_then(Option::as_ref)
+    }
 }
 
 /// Counters of one stage.
@@ -70,7 +151,8 @@ pub struct Settings {
 /// The cgroup creation/removal stream and the programs' cgroup id maps that follow it.
 pub struct CgroupFeed {
     pub events: ingest::CgroupEvents,
-    pub maps: Vec<ingest::cgroup_id_map::CgroupIdMap>,
+    /// Each with the config it belongs to.
+    pub maps: Vec<(String, ingest::cgroup_id_map::CgroupIdMap)>,
 }
 
 /// Shared by enrich workers. Each worker drains it before a batch: a container's
@@ -84,7 +166,7 @@ fn learn_cgroups(events: Option<&CgroupEventsHandle>, enricher: &Enricher) {
         let CgroupFeed { events, maps } = &mut *feed;
         events.drain(|id, path, removed| {
             enricher.learn(id, path, removed);
-            for m in maps.iter_mut() {
+            for (_, m) in maps.iter_mut() {
                 m.update(id, path, removed);
             }
         });
@@ -115,7 +197,7 @@ impl Pipeline {
     /// Starts the workers reading batches from `input` (which ingest fills).
     pub fn start(
         input: Receiver<Batch>,
-        streams: Arc<Vec<Stream>>,
+        streams: Arc<StreamTable>,
         enricher: Arc<Enricher>,
         cgroup_events: Option<CgroupEventsHandle>,
         tap: Option<Arc<tap::Tap>>,
@@ -202,7 +284,7 @@ const HELD_BYTES: usize = 1 << 20;
 
 /// One enrich worker: attaches pods to records, batch by batch.
 struct EnrichWorker<'a> {
-    streams: &'a [Stream],
+    streams: LocalStreams<'a>,
     cache: Cache,
     out: &'a [Sender<Arc<Enriched>>],
     stats: &'a StageStats,
@@ -214,7 +296,7 @@ struct EnrichWorker<'a> {
 
 fn enrich_worker(
     input: Receiver<Batch>,
-    streams: &[Stream],
+    streams: &StreamTable,
     cache: Cache,
     cgroup_events: Option<&CgroupEventsHandle>,
     out: &[Sender<Arc<Enriched>>],
@@ -222,7 +304,7 @@ fn enrich_worker(
     stats: &StageStats,
 ) {
     let mut w = EnrichWorker {
-        streams,
+        streams: LocalStreams::new(streams),
         cache,
         out,
         stats,
@@ -269,7 +351,9 @@ impl EnrichWorker<'_> {
     /// `may_hold`, records of pods whose metadata is still awaited are held instead.
     /// `again`: the batch is of records held before.
     fn enrich(&mut self, batch: Batch, may_hold: bool, again: bool) {
-        let Some(stream) = self.streams.get(batch.stream as usize) else {
+        self.streams.refresh();
+        // Records of a stream a reload removed are left out.
+        let Some(plan) = self.streams.get(batch.stream).map(|s| s.plan.clone()) else {
             return;
         };
         let now = Instant::now();
@@ -285,8 +369,8 @@ impl EnrichWorker<'_> {
         let mut last_pod = 0u32;
         let enricher = self.cache.enricher().clone();
         for record in batch.records() {
-            let cgroup = stream.plan.cgroup_id(record);
-            let (key, pid) = enricher.attribute_by(cgroup, || stream.plan.pid(record));
+            let cgroup = plan.cgroup_id(record);
+            let (key, pid) = enricher.attribute_by(cgroup, || plan.pid(record));
             let (i, shard) = match last {
                 Some((k, i, shard)) if k == key => (i, shard),
                 _ => {
@@ -385,20 +469,39 @@ fn hold(
 /// How often held records are tried again.
 const RECHECK: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// The aggregators of `streams`, keeping those of `old` whose stream is still there
+/// (with their series caches).
+fn aggregators(
+    streams: &[Option<Stream>],
+    mut old: Vec<Option<StreamAggregator>>,
+) -> Vec<Option<StreamAggregator>> {
+    old.resize_with(streams.len(), || None);
+    streams
+        .iter()
+        .zip(old)
+        .map(|(s, agg)| {
+            let s = s.as_ref()?;
+            agg.filter(|a| Arc::ptr_eq(a.plan(), &s.plan))
+                .or_else(|| Some(StreamAggregator::new(s.plan.clone(), s.stats.clone())))
+        })
+        .collect()
+}
+
 fn aggregate_worker(
     input: Receiver<Arc<Enriched>>,
-    streams: &[Stream],
+    streams: &StreamTable,
     stats: &StageStats,
     shard: usize,
     shards: usize,
 ) {
-    let mut aggs: Vec<StreamAggregator> = streams
-        .iter()
-        .map(|s| StreamAggregator::new(s.plan.clone(), s.stats.clone()))
-        .collect();
+    let mut local = LocalStreams::new(streams);
+    let mut aggs = aggregators(&local.streams, Vec::new());
     let shards = shards as u32;
     for e in input {
-        let Some(agg) = aggs.get_mut(e.batch.stream as usize) else {
+        if local.refresh() {
+            aggs = aggregators(&local.streams, aggs);
+        }
+        let Some(Some(agg)) = aggs.get_mut(e.batch.stream as usize) else {
             continue;
         };
         let mut n = 0;

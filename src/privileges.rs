@@ -18,6 +18,9 @@ pub fn needed(kernel: (u32, u32)) -> CapsHashSet {
     keep
 }
 
+/// What loading and attaching programs at a reload needs beyond [`needed`].
+pub const RELOAD: [Capability; 2] = [Capability::CAP_BPF, Capability::CAP_PERFMON];
+
 /// Parses `--capabilities.keep` names (`perfmon`, `CAP_SYS_ADMIN`).
 pub fn parse(name: &str) -> Result<Capability, String> {
     let upper = name.trim().to_uppercase();

@@ -32,6 +32,14 @@ impl Telemetry {
             "HTTP connections and requests refused, by reason (connections: web.max_connections; header_timeout: no full header within web.header_timeout_seconds; max_requests: 503 beyond web.max_requests scrapes; max_subscribers: 429 beyond tap.max_subscribers; tls: failed TLS handshakes; unauthorized: 401 without valid basic auth)"
         );
         describe_gauge!(
+            "ebpf_exporter_config_last_reload_successful",
+            "Whether the last config reload (or the start) brought up every config"
+        );
+        describe_gauge!(
+            "ebpf_exporter_config_last_reload_success_timestamp_seconds",
+            "When the last fully successful config reload (or the start) finished"
+        );
+        describe_gauge!(
             "ebpf_exporter_enabled_configs",
             "The set of enabled configs"
         );
@@ -164,6 +172,25 @@ impl Telemetry {
             .lock()
             .unwrap()
             .push((program.into(), ring.into(), stats));
+    }
+
+    /// Forgets the ring readers of a config that a reload removed or replaced, and
+    /// marks it not enabled.
+    pub fn stopped(&self, program: &str) {
+        self.rings.lock().unwrap().retain(|(p, _, _)| p != program);
+        gauge!("ebpf_exporter_enabled_configs", "name" => program.to_string()).set(0.0);
+    }
+
+    /// The outcome of the last config reload (start-up counts as one), as Prometheus
+    /// exports its own.
+    pub fn reloaded(&self, ok: bool) {
+        gauge!("ebpf_exporter_config_last_reload_successful").set(if ok { 1.0 } else { 0.0 });
+        if ok {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            gauge!("ebpf_exporter_config_last_reload_success_timestamp_seconds").set(now);
+        }
     }
 
     /// Counts a failed map read.

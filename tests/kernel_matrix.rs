@@ -558,8 +558,18 @@ fn problems(k: &Kernel, r: &Report) -> Vec<String> {
         ("kind=\"medium\"", 3.0, 12e-6),
         ("kind=\"large\"", 3.0, 15e-6),
     ] {
-        expect.push(("9436", "ebpf_exporter_workload_job_cost_seconds_count", with(&[kind]), n));
-        expect.push(("9436", "ebpf_exporter_workload_job_cost_seconds_sum", with(&[kind]), sum));
+        expect.push((
+            "9436",
+            "ebpf_exporter_workload_job_cost_seconds_count",
+            with(&[kind]),
+            n,
+        ));
+        expect.push((
+            "9436",
+            "ebpf_exporter_workload_job_cost_seconds_sum",
+            with(&[kind]),
+            sum,
+        ));
     }
     bad.extend(library_problems(r, (major, minor), &pod));
     for (port, metric, want, value) in expect {

@@ -20,7 +20,8 @@ mod table;
 pub use exposition::{format_float, Format, Kind, Native, Sink};
 pub use program::ProgramPlan;
 pub use registry::{
-    DecodeFailures, KubeLabelNames, Registry, Released, StreamAggregator, StreamStats, DEFAULT_MAX_SERIES,
+    DecodeFailures, KubeLabelNames, Registry, Released, StreamAggregator, StreamStats,
+    DEFAULT_MAX_SERIES,
 };
 pub use stream::{FieldView, Raw, StreamPlan};
 pub use table::{Rows, TableEntry, TablePlan};

@@ -285,7 +285,6 @@ impl StreamPlan {
         self.metrics.iter().map(|m| m.family.name.as_str())
     }
 
-
     /// The record's fields, for the event tap.
     pub fn fields(&self) -> &[FieldView] {
         &self.fields

@@ -499,8 +499,14 @@ fn protobuf_carries_native_buckets_of_exact_values() {
     assert_eq!((h.schema(), h.zero_count(), h.sample_count()), (3, 1, 5));
     assert_eq!(h.positive_span.len(), 3);
     assert_eq!(h.positive_span[0].offset(), bucket(500.0));
-    assert_eq!(h.positive_span[1].offset(), bucket(3000.0) - bucket(500.0) - 1);
-    assert_eq!(h.positive_span[2].offset(), bucket(9e6) - bucket(3000.0) - 1);
+    assert_eq!(
+        h.positive_span[1].offset(),
+        bucket(3000.0) - bucket(500.0) - 1
+    );
+    assert_eq!(
+        h.positive_span[2].offset(),
+        bucket(9e6) - bucket(3000.0) - 1
+    );
     assert_eq!(h.positive_delta, vec![1, 1, -1]);
     // Classic buckets as in text: 1e-06, 2e-06, 4e-06, 8e-06 (+Inf implied).
     let classic: Vec<u64> = h.bucket.iter().map(|b| b.cumulative_count()).collect();
@@ -515,9 +521,18 @@ fn protobuf_carries_native_buckets_of_exact_values() {
     let mut out = crate::Sink::buffer(crate::Format::Protobuf);
     hist.render(&hist.rows(&entries), &mut out);
     let families = crate::exposition::tests::decode_protobuf(&out.finish());
-    let [op1, op2] = &families[0].metric[..] else { panic!() };
+    let [op1, op2] = &families[0].metric[..] else {
+        panic!()
+    };
     assert_eq!(op1.histogram.as_ref().unwrap().schema, None);
     let h = op2.histogram.as_ref().unwrap();
     // Key 1 is le 2048 = 2^11.
-    assert_eq!((h.schema(), h.positive_span[0].offset(), h.positive_delta.clone()), (0, 11, vec![3]));
+    assert_eq!(
+        (
+            h.schema(),
+            h.positive_span[0].offset(),
+            h.positive_delta.clone()
+        ),
+        (0, 11, vec![3])
+    );
 }

@@ -4,7 +4,7 @@
 use std::{
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
-        Arc, Mutex,
+        Arc, Mutex, RwLock,
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -60,7 +60,8 @@ pub struct Tap {
     active: AtomicUsize,
     tx: Sender<(SystemTime, Batch)>,
     subscribers: Mutex<Vec<Subscriber>>,
-    streams: Vec<Stream>,
+    /// By batch stream id; a reload empties and appends slots.
+    streams: RwLock<Arc<Vec<Option<Stream>>>>,
     stats: TapStats,
     queue: usize,
 }
@@ -84,7 +85,7 @@ impl Tap {
             active: AtomicUsize::new(0),
             tx,
             subscribers: Mutex::default(),
-            streams,
+            streams: RwLock::new(Arc::new(streams.into_iter().map(Some).collect())),
             stats: TapStats::default(),
             queue: queue.max(1),
         });
@@ -145,8 +146,14 @@ impl Tap {
     }
 
     /// The streams subscribers can filter on.
-    pub fn streams(&self) -> &[Stream] {
-        &self.streams
+    pub fn streams(&self) -> Vec<Stream> {
+        let slots = self.streams.read().unwrap_or_else(|e| e.into_inner());
+        slots.iter().flatten().cloned().collect()
+    }
+
+    /// Replaces the streams (after a reload), indexed like batch streams.
+    pub fn set_streams(&self, streams: Arc<Vec<Option<Stream>>>) {
+        *self.streams.write().unwrap_or_else(|e| e.into_inner()) = streams;
     }
 
     /// Counters.
@@ -216,7 +223,12 @@ impl Worker {
             let Some(tap) = self.tap.upgrade() else {
                 return;
             };
-            let Some(stream) = tap.streams.get(batch.stream as usize) else {
+            let streams = tap
+                .streams
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let Some(Some(stream)) = streams.get(batch.stream as usize) else {
                 continue;
             };
             let mut subs = tap.subscribers.lock().unwrap_or_else(|e| e.into_inner());

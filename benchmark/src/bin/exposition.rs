@@ -81,7 +81,11 @@ fn respond(registry: &Registry, mut conn: TcpStream) {
         conn,
         "HTTP/1.1 200 OK\r\nContent-Type: {}\r\n{}Connection: close\r\n\r\n",
         format.content_type(),
-        if gzip { "Content-Encoding: gzip\r\n" } else { "" }
+        if gzip {
+            "Content-Encoding: gzip\r\n"
+        } else {
+            ""
+        }
     );
     let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut emit = |chunk: Vec<u8>| {
@@ -115,14 +119,23 @@ impl Server {
     /// CPU seconds (user + system) the process has used.
     fn cpu(&self) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).unwrap();
-        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
         let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
         ticks / 100.0
     }
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_ready(addr: &str) {
@@ -167,7 +180,11 @@ fn scrape(addr: &str, accept: &str, gzip: bool) -> (f64, usize) {
     write!(
         s,
         "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\n{}Connection: close\r\n\r\n",
-        if gzip { "Accept-Encoding: gzip\r\n" } else { "" }
+        if gzip {
+            "Accept-Encoding: gzip\r\n"
+        } else {
+            ""
+        }
     )
     .unwrap();
     let mut resp = Vec::new();
@@ -186,7 +203,8 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
         let eol = b.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
         if size == 0 {
             return out;
         }
@@ -228,7 +246,10 @@ fn prometheus(dir: &Path, ours: &str, go: &str, native: bool, interval: u64) -> 
     let addr = format!("127.0.0.1:{}", free_port());
     let mut cmd = Command::new("prometheus");
     cmd.arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
         .arg(format!("--web.listen-address={addr}"))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap());
@@ -241,10 +262,20 @@ fn prometheus(dir: &Path, ours: &str, go: &str, native: bool, interval: u64) -> 
     let query = |q: &str| -> f64 {
         let enc: String = q
             .bytes()
-            .map(|b| if b.is_ascii_alphanumeric() || b == b'_' { (b as char).to_string() } else { format!("%{b:02X}") })
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b == b'_' {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
             .collect();
         let mut s = TcpStream::connect(&addr).unwrap();
-        write!(s, "GET /api/v1/query?query={enc} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+        write!(
+            s,
+            "GET /api/v1/query?query={enc} HTTP/1.0\r\nHost: {addr}\r\n\r\n"
+        )
+        .unwrap();
         let mut resp = String::new();
         s.read_to_string(&mut resp).unwrap();
         let body = resp.split_once("\r\n\r\n").unwrap().1;
@@ -256,7 +287,10 @@ fn prometheus(dir: &Path, ours: &str, go: &str, native: bool, interval: u64) -> 
     };
     ["ours", "go"].map(|job| {
         (
-            query(&format!("avg_over_time(scrape_duration_seconds{{job=\"{job}\"}}[{}s])", interval * 3)),
+            query(&format!(
+                "avg_over_time(scrape_duration_seconds{{job=\"{job}\"}}[{}s])",
+                interval * 3
+            )),
             query(&format!("scrape_samples_scraped{{job=\"{job}\"}}")),
         )
     })
@@ -280,7 +314,16 @@ fn main() {
     println!("histogram series: 27 classic buckets + native (schema 3), 5 labels, 8 observations each; gzip scrapes, median");
     println!(
         "{:>7} {:<12} {:>11} {:>11} {:>12} {:>12} {:>10} {:>10} {:>9} {:>9}",
-        "series", "format", "ours ms", "go ms", "ours KiB gz", "go KiB gz", "ours KiB", "go KiB", "ours CPU", "go CPU"
+        "series",
+        "format",
+        "ours ms",
+        "go ms",
+        "ours KiB gz",
+        "go KiB gz",
+        "ours KiB",
+        "go KiB",
+        "ours CPU",
+        "go CPU"
     );
     let mut ratios = Vec::new();
     for &n in &sizes {
@@ -319,8 +362,17 @@ fn main() {
             ratios.push((n, *name, x.0 / y.0, x.1 as f64 / y.1 as f64, x.3 / y.3));
         }
         let interval = if n >= 100_000 { 30 } else { 5 };
-        for (native, label) in [(true, "protobuf (native-histograms)"), (false, "OpenMetrics (no flag)")] {
-            let [o, g] = prometheus(&dir.join(format!("prom-{n}-{native}")), &ours_addr, &go_addr, native, interval);
+        for (native, label) in [
+            (true, "protobuf (native-histograms)"),
+            (false, "OpenMetrics (no flag)"),
+        ] {
+            let [o, g] = prometheus(
+                &dir.join(format!("prom-{n}-{native}")),
+                &ours_addr,
+                &go_addr,
+                native,
+                interval,
+            );
             println!(
                 "{n:>7} Prometheus 2.42, {label}: scrape_duration_seconds ours {:.4} go {:.4} ({:.2}x); samples scraped ours {} go {}",
                 o.0, g.0, o.0 / g.0, o.1, g.1
