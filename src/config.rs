@@ -521,7 +521,33 @@ impl Program {
     }
 }
 
+/// Extracts `T` from YAML `text`, every error described as the loaders do.
+fn parse_text<T: serde::de::DeserializeOwned>(text: &str, source: &str) -> Result<T> {
+    Figment::from(Yaml::string(text)).extract().map_err(|e| {
+        let errors: Vec<String> = e.into_iter().map(|e| describe(&e)).collect();
+        anyhow::anyhow!("invalid config in {source}:\n  {}", errors.join("\n  "))
+    })
+}
+
+impl Program {
+    /// Parses a program config from text (`source` names it in errors).
+    ///
+    /// # Errors
+    /// As [`Program::load`].
+    pub fn parse(text: &str, source: &str) -> Result<Self> {
+        parse_text(text, source)
+    }
+}
+
 impl Config {
+    /// Parses exporter settings from text, without environment overrides.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn parse(text: &str, source: &str) -> Result<Self> {
+        parse_text(text, source)
+    }
+
     /// Loads `file` (or the embedded default) merged with environment overrides.
     ///
     /// # Errors

@@ -1,4 +1,6 @@
 //! kube-ebpf-exporter as a library: the pipeline that connects the stage crates, shared
 //! by the binary and the benchmarks.
 
+pub mod config;
 pub mod pipeline;
+pub mod web_config;

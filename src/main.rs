@@ -4,7 +4,6 @@
 //! aggregate (series) → HTTP exposition. This file parses flags and config, starts
 //! each program, wires the stages and serves `/metrics` and `/healthz`.
 
-mod config;
 mod privileges;
 mod programs;
 mod tap_client;
@@ -12,7 +11,6 @@ mod telemetry;
 mod units;
 mod watch;
 mod web;
-mod web_config;
 
 use std::{
     net::SocketAddr,
@@ -35,6 +33,7 @@ use clap::Parser;
 use enrich::{CgroupFs, Cri, Enricher, KubeApiSource, PodLogs, PodSource, Sources};
 use ingest::cgroup_id_map::CgroupIdMap;
 use kube_ebpf_exporter::pipeline::{self, Pipeline, Stream};
+use kube_ebpf_exporter::{config, web_config};
 use tap::Tap;
 
 use crate::{
@@ -101,7 +100,7 @@ struct Args {
         default_value_t = 60
     )]
     config_reload_interval: u64,
-    /// Serve POST /-/reload (implies --config.reload).
+    /// Serve POST /-/reload (keeps CAP_BPF and CAP_PERFMON, as --config.reload).
     #[arg(long = "web.enable-lifecycle")]
     web_enable_lifecycle: bool,
     /// Address to serve metrics on (`host:port` or `:port`); overrides the config.
@@ -756,7 +755,7 @@ async fn serve_http(
         }
         _ => None,
     };
-    let reloads = if args.reload() {
+    let reloads = if args.config_reload {
         let watched: Vec<PathBuf> = args
             .config_dir
             .iter()
@@ -780,7 +779,7 @@ async fn serve_http(
                 return;
             };
             while hup.recv().await.is_some() {
-                tracing::warn!("SIGHUP: reloading is off (--config.reload)");
+                tracing::warn!("SIGHUP: reloading on signals is off (--config.reload)");
             }
         })
     };

@@ -102,7 +102,7 @@ impl Loaded {
 }
 
 /// `Basic <base64(user:password)>` → (user, password).
-fn basic_credentials(header: &[u8]) -> Option<(String, String)> {
+pub fn basic_credentials(header: &[u8]) -> Option<(String, String)> {
     let encoded = header.strip_prefix(b"Basic ")?;
     let decoded = base64_decode(encoded)?;
     let text = String::from_utf8(decoded).ok()?;

@@ -215,23 +215,8 @@ fn runs_as_nobody_with_only_the_daemonsets_capabilities() {
     {
         return;
     }
-    let caps = daemonset_capabilities()
-        .iter()
-        .map(|c| format!("+{c}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let (inh, ambient) = (
-        format!("--inh-caps={caps}"),
-        format!("--ambient-caps={caps}"),
-    );
-    let wrapper = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        &inh,
-        &ambient,
-    ];
+    let wrapper = as_nobody();
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
 
     let pod = Pod::new("shop", "web-nobody-4k2p1", "nginx");
     let dir = TempDir::new(pod.name);
@@ -290,6 +275,94 @@ fn runs_as_nobody_with_only_the_daemonsets_capabilities() {
         log.contains("dropped capabilities no longer needed: [CAP_PERFMON, CAP_BPF]"),
         "{log}"
     );
+}
+
+/// The setpriv wrapper that runs the exporter as uid 65534 with exactly the base
+/// DaemonSet's capabilities.
+fn as_nobody() -> Vec<String> {
+    let caps = daemonset_capabilities()
+        .iter()
+        .map(|c| format!("+{c}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    [
+        "setpriv".to_string(),
+        "--reuid=65534".into(),
+        "--regid=65534".into(),
+        "--clear-groups".into(),
+        format!("--inh-caps={caps}"),
+        format!("--ambient-caps={caps}"),
+    ]
+    .to_vec()
+}
+
+/// With reloads on, every thread keeps CAP_BPF and CAP_PERFMON (and the base's
+/// CAP_DAC_READ_SEARCH), and a config added later loads and counts.
+#[test]
+fn reloads_as_nobody_with_the_daemonsets_capabilities() {
+    let name = "reloads_as_nobody_with_the_daemonsets_capabilities";
+    if !test_support::privileged(name)
+        || !test_support::tool(name, "setpriv")
+        || !test_support::tool(name, "kubectl")
+    {
+        return;
+    }
+    let wrapper = as_nobody();
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let dir = TempDir::new("deploy-reload");
+    common::compile_example("getpid-calls", &dir.0);
+    let spare = dir.0.join("spare");
+    std::fs::create_dir(&spare).unwrap();
+    common::compile_example("open-errors", &spare);
+    let d = dir.0.display().to_string();
+    let args = [
+        "--config.dir",
+        &d,
+        "--web.enable-lifecycle",
+        "--config.reload-interval",
+        "600",
+    ];
+    let log = dir.0.join("exporter.log");
+    let exporter = Exporter::start_under(&wrapper, &args, &[], &log);
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", exporter.child.id())).unwrap();
+    for task in tasks {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        let eff = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:\t"))
+            .unwrap();
+        let want = (1u64 << 2) | (1 << 38) | (1 << 39);
+        assert_eq!(u64::from_str_radix(eff, 16).unwrap(), want, "{status}");
+    }
+    for f in [
+        "open-errors.yaml",
+        "open-errors.bpf.o",
+        "open-errors.perf.bpf.o",
+    ] {
+        std::fs::rename(spare.join(f), dir.0.join(f)).unwrap();
+    }
+    let mut s = std::net::TcpStream::connect(&exporter.addr).unwrap();
+    std::io::Write::write_all(
+        &mut s,
+        b"POST /-/reload HTTP/1.0\r\nContent-Length: 0\r\n\r\n",
+    )
+    .unwrap();
+    let mut resp = String::new();
+    std::io::Read::read_to_string(&mut s, &mut resp).unwrap();
+    assert!(
+        resp.starts_with("HTTP/1.0 200") && resp.contains("started [\"open-errors\"]"),
+        "{resp}\n{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    common::run_workload(None, &["open-missing", "3"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !exporter
+        .metrics()
+        .contains("ebpf_exporter_open_errors_total{")
+    {
+        assert!(Instant::now() < deadline, "{}", exporter.metrics());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The overlay's config.yaml starts as the embedded default; they must not drift apart.

@@ -132,6 +132,15 @@ fn entry_of(pod: &Pod) -> Option<(String, Entry)> {
     ))
 }
 
+/// The handling of one pod from an API server list or watch (its JSON): the pod's
+/// uid, metadata and container ids, as the index keeps them. The fuzz harnesses drive
+/// it with arbitrary bytes.
+pub fn pod_from_json(json: &[u8]) -> Option<(String, PodMeta, usize)> {
+    let pod: Pod = serde_json::from_slice(json).ok()?;
+    let (uid, entry) = entry_of(&pod)?;
+    Some((uid, entry.meta, entry.containers.len()))
+}
+
 /// The Kubernetes API metadata source.
 pub struct KubeApiSource {
     node: String,

@@ -209,6 +209,26 @@ impl Index {
     }
 }
 
+/// The handling of one CRI listing (`ListPodSandbox` and `ListContainers` responses
+/// as they arrive on the wire) into a fresh index; returns the containers resolved
+/// to a pod. The fuzz harnesses drive it with arbitrary bytes.
+///
+/// # Errors
+/// Bytes that are not the responses' protobuf encoding.
+pub fn index_listing(sandboxes: &[u8], containers: &[u8]) -> Result<usize, prost::DecodeError> {
+    use prost::Message;
+    let mut index = Index::default();
+    index.update(
+        proto::ListPodSandboxResponse::decode(sandboxes)?,
+        proto::ListContainersResponse::decode(containers)?,
+    );
+    Ok(index
+        .containers
+        .values()
+        .filter(|(uid, _, _)| index.pods.contains_key(uid))
+        .count())
+}
+
 struct Shared {
     index: RwLock<Index>,
     wake: Notify,

@@ -16,9 +16,9 @@ mod labels;
 mod podlogs;
 mod source;
 
-pub use api::KubeApiSource;
+pub use api::{pod_from_json, KubeApiSource};
 pub use cache::Cache;
-pub use cgroupfs::CgroupFs;
+pub use cgroupfs::{cgroup2_mount, CgroupFs};
 pub use cri::Cri;
 pub use labels::{Enricher, Extra, PodLabels, Resolved};
 pub use podlogs::PodLogs;

@@ -18,7 +18,7 @@ use aggregate::{
 };
 use enrich::{CgroupFs, Enricher, PodLogs};
 use ingest::{Batch, BatchBuilder};
-use kube_ebpf_exporter::pipeline::{Pipeline, Settings, Stream};
+use kube_ebpf_exporter::pipeline::{Pipeline, Settings, Stream, StreamTable};
 
 const CONFIG: &str = r#"
 rings:
@@ -99,8 +99,15 @@ fn run(workers: usize, series: u32, events: u64, enricher: &Arc<Enricher>) -> (f
         queue_batches: 64,
         metadata_wait: std::time::Duration::from_secs(2),
     };
-    let pipeline =
-        Pipeline::start(rx, streams.clone(), enricher.clone(), None, None, settings).unwrap();
+    let pipeline = Pipeline::start(
+        rx,
+        Arc::new(StreamTable::new(streams.to_vec())),
+        enricher.clone(),
+        None,
+        None,
+        settings,
+    )
+    .unwrap();
     let warm_records: u64 = warm.iter().map(|b| u64::from(b.len)).sum();
     for b in warm {
         tx.send(b).unwrap();
