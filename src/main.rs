@@ -558,6 +558,14 @@ fn drop_capabilities(args: &Args) -> Result<()> {
     let mut keep = privileges::needed(privileges::kernel_version()?);
     if args.reload() {
         keep.extend(privileges::RELOAD);
+        let paranoid = ingest::perf_event_paranoid();
+        if paranoid > 2
+            && !args
+                .capabilities_keep
+                .contains(&caps::Capability::CAP_SYS_ADMIN)
+        {
+            tracing::warn!("kernel.perf_event_paranoid is {paranoid} (Debian, Ubuntu): configs with tracepoint, kprobe or uprobe programs will not attach at a reload without CAP_SYS_ADMIN (--capabilities.keep sys_admin) or the sysctl at 2");
+        }
     }
     keep.extend(args.capabilities_keep.iter().copied());
     let (kept, dropped) =
@@ -755,34 +763,7 @@ async fn serve_http(
         }
         _ => None,
     };
-    let reloads = if args.config_reload {
-        let watched: Vec<PathBuf> = args
-            .config_dir
-            .iter()
-            .cloned()
-            .chain(args.config_file.as_ref().and_then(|f| {
-                let dir = f.parent()?;
-                Some(if dir.as_os_str().is_empty() {
-                    PathBuf::from(".")
-                } else {
-                    dir.to_path_buf()
-                })
-            }))
-            .collect();
-        let poll = Duration::from_secs(args.config_reload_interval.max(1));
-        tokio::spawn(units::triggers(state.clone(), watched, poll))
-    } else {
-        tokio::spawn(async {
-            let Ok(mut hup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
-                return;
-            };
-            while hup.recv().await.is_some() {
-                tracing::warn!("SIGHUP: reloading on signals is off (--config.reload)");
-            }
-        })
-    };
+    let reloads = spawn_reloads(args, state.clone());
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("{source}: web.listen_address: cannot listen on {addr}"))?;
@@ -804,6 +785,42 @@ async fn serve_http(
     .await;
     tracing::info!("shutting down");
     reloads.abort();
+    shut_down(state, tap_server).await;
+    Ok(())
+}
+
+/// With --config.reload: reloads on SIGHUP, on changes in the config directories and
+/// every --config.reload-interval. Without, SIGHUP is only logged (not fatal).
+fn spawn_reloads(args: &Args, state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
+    if !args.config_reload {
+        return tokio::spawn(async {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                tracing::warn!("SIGHUP: reloading on signals is off (--config.reload)");
+            }
+        });
+    }
+    // A ConfigMap's update shows in the directory holding the file, not in the file.
+    let file_dir = args.config_file.as_ref().and_then(|f| {
+        let dir = f.parent()?;
+        Some(if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir.to_path_buf()
+        })
+    });
+    let watched = args.config_dir.iter().cloned().chain(file_dir).collect();
+    let poll = Duration::from_secs(args.config_reload_interval.max(1));
+    tokio::spawn(units::triggers(state, watched, poll))
+}
+
+/// Stops the stages in order: readers (which flush what they read), then enrich and
+/// aggregate workers once every batch sender is gone.
+async fn shut_down(state: Arc<AppState>, tap_server: Option<tokio::task::JoinHandle<()>>) {
     let _ = state.shutdown.send(true);
     if let Some(t) = tap_server {
         let _ = t.await;
@@ -823,26 +840,24 @@ async fn serve_http(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .take();
-    // The workers end once every batch sender is gone: the readers' (ended) and the
-    // reload path's (in the state).
     let state = Arc::into_inner(state);
     let _ = tokio::task::spawn_blocking(move || {
         if let Some(ingest) = ingest {
             ingest.shutdown_timeout(Duration::from_secs(1));
         }
-        if let Some(s) = state {
-            let AppState {
-                pipeline,
-                reloading,
-                running,
-                ..
-            } = s;
+        // The reload path holds the last batch sender.
+        if let Some(AppState {
+            pipeline,
+            reloading,
+            running,
+            ..
+        }) = state
+        {
             drop((reloading, running));
             pipeline.join();
         }
     })
     .await;
-    Ok(())
 }
 
 /// `POST /-/reload` (with --web.enable-lifecycle): 200 with what changed, or 500 with

@@ -212,6 +212,8 @@ struct Report {
     workload_failures: Vec<String>,
     /// What workloads printed of the kernel's own counts (`value <name> <n>`).
     values: BTreeMap<String, f64>,
+    /// The answer to `POST /-/reload` after one config changed.
+    reload: String,
     ended: bool,
 }
 
@@ -252,6 +254,7 @@ fn parse(output: &str) -> Report {
                 }
             }
             "log" => r.logs.push(rest.into()),
+            "reload" => r.reload = rest.into(),
             "workload-failed" => r.workload_failures.push(rest.into()),
             "value" => {
                 if let Some((name, v)) = rest.split_once(' ') {
@@ -337,6 +340,16 @@ fn problems(k: &Kernel, r: &Report) -> Vec<String> {
                 "cgroup-id-map-storage should say why it cannot load here: {line}"
             ));
         }
+    }
+    // The reload replaced the changed config, which then counted afresh.
+    if !r.reload.contains("replaced [\"getpid-calls\"]") {
+        bad.push(format!("reload: {:?}", r.reload));
+    }
+    if r.values.get("reloaded_getpid") != Some(&7.0) {
+        bad.push(format!(
+            "after the reload getpid-calls counted {:?}, want 7",
+            r.values.get("reloaded_getpid")
+        ));
     }
     for w in &r.workload_failures {
         bad.push(format!("workload failed: {w}"));

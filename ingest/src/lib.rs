@@ -24,7 +24,7 @@ pub use attach::AttachPoint;
 pub use aya::Btf;
 pub use batch::{Batch, BatchBuilder, Records};
 pub use cgroup_events::CgroupEvents;
-pub use loader::{LoadOptions, LoadedObject, Loader, ProgramStats, StreamMap};
+pub use loader::{perf_event_paranoid, LoadOptions, LoadedObject, Loader, ProgramStats, StreamMap};
 pub use ring::{RingReader, RingStats};
 pub use ringbuf::RingConsumer;
 

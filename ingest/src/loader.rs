@@ -218,6 +218,14 @@ fn program_error(e: &ProgramError) -> String {
     }
 }
 
+/// `kernel.perf_event_paranoid` (2, the upstream default, if unreadable).
+pub fn perf_event_paranoid() -> i32 {
+    std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(2)
+}
+
 /// What the kernel's answer to a failed attach most likely means, for the error text.
 fn attach_hint(point: &AttachPoint, action: &str, detail: &str) -> &'static str {
     let missing = detail.contains("No such file")
@@ -235,6 +243,9 @@ fn attach_hint(point: &AttachPoint, action: &str, detail: &str) -> &'static str 
         AttachPoint::PerfEvent { kind: 0 | 3, .. } if missing || detail.contains("not supported") => {
             " (this machine has no hardware PMU (no /sys/bus/event_source/devices/cpu), as many VMs: software events, type=1, work everywhere)"
         }
+        // Debian's and Ubuntu's kernels add paranoid levels above 2, at which opening
+        // any perf event needs CAP_SYS_ADMIN: CAP_PERFMON is not enough.
+        _ if detail.contains("Permission denied") && perf_event_paranoid() > 2 => " (kernel.perf_event_paranoid is above 2, as Debian and Ubuntu ship it: tracepoint, kprobe and uprobe programs need CAP_SYS_ADMIN, or the sysctl at 2)",
         _ if detail.contains("Permission denied") => " (needs root or CAP_BPF + CAP_PERFMON; a tracepoint program that reads past the record fails here too)",
         _ => "",
     }

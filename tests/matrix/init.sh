@@ -53,8 +53,13 @@ serve() { # <port> <flags...>
     sleep 0.2
   done
 }
+# Debian's kernels ship perf_event_paranoid=3, where opening perf events (tracepoint,
+# kprobe, uprobe attach) needs CAP_SYS_ADMIN, which the exporter drops: reloads (and
+# the DaemonSet, which never has it) need the sysctl at 2, as the README says.
+say value perf_event_paranoid "$(cat /proc/sys/kernel/perf_event_paranoid)"
+echo 2 >/proc/sys/kernel/perf_event_paranoid
 serve 9435 --programs all
-serve 9436 --config.dir /cfg --config.names "$ok"
+serve 9436 --config.dir /cfg --config.names "$ok" --web.enable-lifecycle
 say serving-after "$started" "$(cut -d' ' -f1 /proc/uptime)"
 
 # Workloads: the sizes tests/kernel_matrix.rs expects.
@@ -121,6 +126,14 @@ sleep 3
 for port in 9435 9436; do
   wget -q -O - "http://127.0.0.1:$port/metrics" | sed "s/^/MATRIX metric $port /"
 done
+# A reload once programs are attached and capabilities dropped: one config changes (its
+# help text), so it is loaded and attached again with what the exporter kept.
+sed -i 's/^      help: .*/      help: reloaded/' /cfg/getpid-calls.yaml
+say reload "$(wget -q -O - --post-data '' http://127.0.0.1:9436/-/reload 2>&1 | tr '\n' ' ')"
+w getpid 7
+sleep 2
+say value reloaded_getpid "$(wget -q -O - http://127.0.0.1:9436/metrics |
+  grep "^ebpf_exporter_getpid_calls_total{.*app_pod=\"$POD\"" | sed 's/.* //')"
 for log in /tmp/9435.log /tmp/9436.log; do
   grep -E "ERROR|WARN" "$log" | sed "s|^|MATRIX log ${log##*/} |"
 done

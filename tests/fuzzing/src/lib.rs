@@ -152,9 +152,9 @@ metrics:
       native_histogram: { schema: -4, zero_threshold: 10 }
 "#;
 
-/// Arbitrary ring records against a fixed plan: decoding, aggregation, exposition.
-pub fn ring_records(data: &[u8]) {
-    let program: Program = Program::parse(RECORDS, "records").expect("the harness's config");
+/// [`RECORDS`] compiled, with the registry of its families.
+fn records_plan() -> (Registry, ProgramPlan) {
+    let program = Program::parse(RECORDS, "records").expect("the harness's config");
     let registry = Registry::new(KubeLabelNames::default(), "node".into());
     let plan = ProgramPlan::compile(
         &program.rings,
@@ -164,6 +164,12 @@ pub fn ring_records(data: &[u8]) {
         "",
     )
     .expect("the harness's config compiles");
+    (registry, plan)
+}
+
+/// Arbitrary ring records against a fixed plan: decoding, aggregation, exposition.
+pub fn ring_records(data: &[u8]) {
+    let (registry, plan) = records_plan();
     observe_all(plan, &registry, data);
 }
 
@@ -232,16 +238,7 @@ pub fn tap_query(data: &[u8]) {
     let Ok(query) = std::str::from_utf8(data) else {
         return;
     };
-    let program: Program = Program::parse(RECORDS, "records").expect("the harness's config");
-    let registry = Registry::new(KubeLabelNames::default(), "node".into());
-    let plan = ProgramPlan::compile(
-        &program.rings,
-        &program.metrics,
-        &registry,
-        &Context::default(),
-        "",
-    )
-    .expect("the harness's config compiles");
+    let (_registry, plan) = records_plan();
     let streams: Vec<tap::Stream> = plan
         .streams
         .into_iter()
