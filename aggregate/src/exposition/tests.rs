@@ -151,7 +151,10 @@ type Sample = (String, Vec<(String, String)>, f64);
 
 /// Parses a text page (0.0.4 or OpenMetrics) into (`# TYPE` lines, `# HELP` texts,
 /// samples), unescaping as the format says, char by char.
-fn parse_text(page: &str, om: bool) -> (Vec<(String, String)>, Vec<(String, String)>, Vec<Sample>) {
+/// (name, text) pairs of `# TYPE` or `# HELP` lines.
+type Lines = Vec<(String, String)>;
+
+fn parse_text(page: &str, om: bool) -> (Lines, Lines, Vec<Sample>) {
     let (mut types, mut helps, mut samples) = (Vec::new(), Vec::new(), Vec::new());
     let unescape = |s: &str| {
         let mut out = String::new();

@@ -157,6 +157,9 @@ fn process(pid: u32) -> (f64, usize, usize) {
     (rss, count("fd"), count("task"))
 }
 
+/// A pod's name, the events it makes, and when it was deleted.
+type Made = (String, u64, Option<Instant>);
+
 struct Exporter(Child);
 
 impl Drop for Exporter {
@@ -225,7 +228,7 @@ fn main() {
     }
 
     // Pods: (name, events it will make, deleted at).
-    let produced: Arc<Mutex<Vec<(String, u64, Option<Instant>)>>> = Arc::default();
+    let produced: Arc<Mutex<Vec<Made>>> = Arc::default();
     let start = Instant::now();
     let churn = {
         let (produced, workload, cgroup_root, logs) = (

@@ -3,18 +3,21 @@
 //! `cargo test` (the seed corpus in `fuzz/corpus/<harness>/` and random bytes), and
 //! `fuzz/` runs them as coverage-guided campaigns (`fuzz/run.sh`).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use aggregate::{
     config::DecoderConfig,
     decoder::{Chain, Context},
-    Format, KubeLabelNames, ProgramPlan, Registry, Sink, StreamAggregator, StreamStats,
+    Format, KubeLabelNames, ProgramPlan, Registry, Sink, StreamAggregator, StreamPlan, StreamStats,
 };
 use enrich::PodLabels;
 use kube_ebpf_exporter::config::{Config, Program, TapListen};
 
+/// A harness: it takes any bytes.
+pub type Harness = fn(&[u8]);
+
 /// Every harness by name (the name of its corpus directory and fuzz target).
-pub const HARNESSES: [(&str, fn(&[u8])); 10] = [
+pub const HARNESSES: [(&str, Harness); 10] = [
     ("settings_yaml", settings_yaml),
     ("program_config", program_config),
     ("ring_records", ring_records),
@@ -49,7 +52,7 @@ fn render_all(registry: &Registry) {
 
 /// Feeds `records` (cut into records of the stream's size, the last one short) to
 /// every stream of `plan`, then renders.
-fn observe_all(plan: ProgramPlan, registry: &Registry, records: &[u8]) {
+fn observe_all(streams: &[Arc<StreamPlan>], registry: &Registry, records: &[u8]) {
     let pod = Arc::new(PodLabels {
         id: 1,
         namespace: "ns".into(),
@@ -57,7 +60,7 @@ fn observe_all(plan: ProgramPlan, registry: &Registry, records: &[u8]) {
         container: "c".into(),
         extra: Box::default(),
     });
-    for stream in plan.streams {
+    for stream in streams {
         let size = stream.record_size.max(1);
         for record in records.chunks(size) {
             for f in stream.fields() {
@@ -67,7 +70,7 @@ fn observe_all(plan: ProgramPlan, registry: &Registry, records: &[u8]) {
                 }
             }
         }
-        let mut agg = StreamAggregator::new(Arc::new(stream), Arc::new(StreamStats::default()));
+        let mut agg = StreamAggregator::new(stream.clone(), Arc::new(StreamStats::default()));
         for record in records.chunks(size) {
             agg.observe(record, &pod);
         }
@@ -97,7 +100,8 @@ pub fn program_config(data: &[u8]) {
         &Context::default(),
         "",
     ) {
-        observe_all(plan, &registry, records);
+        let streams: Vec<Arc<StreamPlan>> = plan.streams.into_iter().map(Arc::new).collect();
+        observe_all(&streams, &registry, records);
     }
 }
 
@@ -152,25 +156,29 @@ metrics:
       native_histogram: { schema: -4, zero_threshold: 10 }
 "#;
 
-/// [`RECORDS`] compiled, with the registry of its families.
-fn records_plan() -> (Registry, ProgramPlan) {
-    let program = Program::parse(RECORDS, "records").expect("the harness's config");
-    let registry = Registry::new(KubeLabelNames::default(), "node".into());
-    let plan = ProgramPlan::compile(
-        &program.rings,
-        &program.metrics,
-        &registry,
-        &Context::default(),
-        "",
-    )
-    .expect("the harness's config compiles");
-    (registry, plan)
+/// [`RECORDS`] compiled once (its regexps are the costly part), with the registry of
+/// its families: series accumulate across inputs, up to each metric's `max_series`.
+fn records_plan() -> &'static (Registry, Vec<Arc<StreamPlan>>) {
+    static PLAN: OnceLock<(Registry, Vec<Arc<StreamPlan>>)> = OnceLock::new();
+    PLAN.get_or_init(|| {
+        let program = Program::parse(RECORDS, "records").expect("the harness's config");
+        let registry = Registry::new(KubeLabelNames::default(), "node".into()).max_series(64);
+        let plan = ProgramPlan::compile(
+            &program.rings,
+            &program.metrics,
+            &registry,
+            &Context::default(),
+            "",
+        )
+        .expect("the harness's config compiles");
+        (registry, plan.streams.into_iter().map(Arc::new).collect())
+    })
 }
 
 /// Arbitrary ring records against a fixed plan: decoding, aggregation, exposition.
 pub fn ring_records(data: &[u8]) {
-    let (registry, plan) = records_plan();
-    observe_all(plan, &registry, data);
+    let (registry, streams) = records_plan();
+    observe_all(streams, registry, data);
 }
 
 /// Decoders that need no host state (kallsyms, cgroups, devices come from the host).
@@ -238,13 +246,12 @@ pub fn tap_query(data: &[u8]) {
     let Ok(query) = std::str::from_utf8(data) else {
         return;
     };
-    let (_registry, plan) = records_plan();
-    let streams: Vec<tap::Stream> = plan
-        .streams
-        .into_iter()
+    let streams: Vec<tap::Stream> = records_plan()
+        .1
+        .iter()
         .map(|p| tap::Stream {
             config: "records".into(),
-            plan: Arc::new(p),
+            plan: p.clone(),
         })
         .collect();
     let _ = tap::Filter::parse(query, &streams);
