@@ -305,6 +305,14 @@ impl Report {
 /// left alone (their series and counters go on), changed ones are replaced, removed
 /// ones stopped, new ones started; a config that fails keeps its old version running.
 pub fn reload(s: &AppState) -> Result<Report> {
+    let report = reload_configs(s);
+    if report.is_err() {
+        s.telemetry.reloaded(false);
+    }
+    report
+}
+
+fn reload_configs(s: &AppState) -> Result<Report> {
     let r = &s.reloading;
     let _one = r.lock.lock().unwrap_or_else(|e| e.into_inner());
     let mut config = Config::load(r.selection.file.as_deref())?;
@@ -459,10 +467,7 @@ pub async fn triggers(state: Arc<AppState>, watched: Vec<PathBuf>, poll: Duratio
                     && report.stopped.is_empty()
                     && report.failed.is_empty() => {}
             Ok(Ok(report)) => tracing::info!(trigger = why, "config reload: {}", report.summary()),
-            Ok(Err(e)) => {
-                state.telemetry.reloaded(false);
-                tracing::error!(trigger = why, "config reload failed: {e:#}");
-            }
+            Ok(Err(e)) => tracing::error!(trigger = why, "config reload failed: {e:#}"),
             Err(e) => tracing::error!("config reload panicked: {e}"),
         }
     }

@@ -308,7 +308,8 @@ fn main() {
             println!(
                 "{t:>6} {rss:>9.1} {fds:>5} {threads:>8} {:>10} {made:>12} {:>12.0} {drops:>8.0}",
                 counts.len(),
-                seen.values().sum::<f64>()
+                // An empty f64 sum is -0.
+                seen.values().sum::<f64>() + 0.0
             );
             samples.push((rss, fds, threads));
             next_print += 60;
