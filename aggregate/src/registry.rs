@@ -335,6 +335,13 @@ impl Registry {
         }
     }
 
+    /// Raw keys remembered across families (tests: memory stays bounded).
+    #[cfg(test)]
+    pub(crate) fn remembered_keys(&self) -> usize {
+        let families = self.families.lock().unwrap_or_else(|e| e.into_inner());
+        families.iter().map(|f| f.series.len()).sum()
+    }
+
     /// Events left out by decoders: per metric, (label, events its decoder rejected)
     /// and events filtered out by design.
     pub fn decode_failures(&self) -> Vec<DecodeFailures> {
@@ -394,6 +401,21 @@ pub(crate) enum Slot {
 }
 
 impl Family {
+    /// Most raw keys remembered (per worker, and in `series`): enough for the keys of
+    /// every series many times over (keys that decode alike share a series), bounded
+    /// when a label's raw values are endless.
+    fn max_keys(&self) -> usize {
+        self.max_series.saturating_mul(4).max(1 << 16)
+    }
+
+    /// Remembers what `key` resolved to, unless the key limit is reached.
+    fn remember(&self, key: SeriesKey, slot: Slot) -> Slot {
+        if self.series.len() >= self.max_keys() {
+            return slot;
+        }
+        self.series.entry(key).or_insert(slot).clone()
+    }
+
     /// The value of label `i` of `count` (family order: config labels, then pod labels
     /// with the opt-in ones, then node).
     fn value<'a>(
@@ -566,23 +588,34 @@ impl StreamAggregator {
                 at += l.span.size;
             }
             key.len = at as u8;
-            let index = match local.last {
-                Some((k, i)) if k == key => i,
-                _ => {
-                    let i = match local.index.get(&key) {
-                        Some(&i) => i,
-                        None => {
-                            local.slots.push(shared_series(m, key, record, pod));
-                            let i = local.slots.len() as u32 - 1;
-                            local.index.insert(key, i);
-                            i
-                        }
-                    };
+            let cached = match local.last {
+                Some((k, i)) if k == key => Some(i),
+                _ => local.index.get(&key).copied(),
+            };
+            let uncached;
+            let slot = match cached {
+                Some(i) => {
                     local.last = Some((key, i));
-                    i
+                    &local.slots[i as usize]
+                }
+                None => {
+                    let slot = shared_series(m, key, record, pod);
+                    if local.slots.len() < m.family.max_keys() {
+                        local.slots.push(slot);
+                        let i = local.slots.len() as u32 - 1;
+                        local.index.insert(key, i);
+                        local.last = Some((key, i));
+                        &local.slots[i as usize]
+                    } else {
+                        // Past the key limit (label fields of endless values, most
+                        // in the overflow series) a key is resolved again each time,
+                        // so memory stays bounded.
+                        uncached = slot;
+                        &uncached
+                    }
                 }
             };
-            let series = match &local.slots[index as usize] {
+            let series = match slot {
                 Slot::Series(s) => s,
                 Slot::Overflow(s) => {
                     m.family.overflowed.fetch_add(1, Relaxed);
@@ -624,6 +657,12 @@ impl StreamAggregator {
         }
     }
 
+    /// Raw keys this worker caches (tests: memory stays bounded).
+    #[cfg(test)]
+    pub(crate) fn cached_keys(&self) -> usize {
+        self.local.iter().map(|l| l.index.len()).sum()
+    }
+
     /// Publishes the counts gathered since the last flush (call once per batch).
     pub fn flush_stats(&mut self) {
         self.stats
@@ -660,7 +699,7 @@ fn shared_series(m: &MetricPlan, key: SeriesKey, record: &[u8], pod: &Arc<PodLab
                 } else {
                     Slot::Invalid(i)
                 };
-                return m.family.series.entry(key).or_insert(slot).clone();
+                return m.family.remember(key, slot);
             }
         }
     }
@@ -678,12 +717,7 @@ fn shared_series(m: &MetricPlan, key: SeriesKey, record: &[u8], pod: &Arc<PodLab
             m.family.by_values.insert((u32::MAX, vec![OVERFLOW.to_string(); n].into_boxed_slice()), series.clone());
             series
         });
-        return m
-            .family
-            .series
-            .entry(key)
-            .or_insert(Slot::Overflow(overflow.clone()))
-            .clone();
+        return m.family.remember(key, Slot::Overflow(overflow.clone()));
     }
     let buckets = if m.family.histogram {
         m.raw_bounds.len() + 1
@@ -698,9 +732,5 @@ fn shared_series(m: &MetricPlan, key: SeriesKey, record: &[u8], pod: &Arc<PodLab
         .entry(identity)
         .or_insert_with(|| Arc::new(Series::new(pod, buckets, m.family.native.as_ref())))
         .clone();
-    m.family
-        .series
-        .entry(key)
-        .or_insert(Slot::Series(series))
-        .clone()
+    m.family.remember(key, Slot::Series(series))
 }

@@ -536,3 +536,38 @@ fn protobuf_carries_native_buckets_of_exact_values() {
         (0, 11, vec![3])
     );
 }
+
+#[test]
+fn endless_label_values_keep_the_key_caches_bounded() {
+    // A label read from a field whose every value is new (a timestamp, say): past the
+    // series limit events go to the overflow series, and the raw keys remembered stop
+    // growing at the key limit instead of taking memory per event.
+    let yaml = CONFIG.replace(
+        "    - name: tcp_connects_total\n      help: Connects\n      ring: events\n",
+        "    - name: tcp_connects_total\n      help: Connects\n      ring: events\n      max_series: 10\n      labels:\n        - { name: latency, field: latency_ns }\n",
+    );
+    let (registry, plans) = compile(&yaml).unwrap();
+    let mut agg = StreamAggregator::new(
+        Arc::new(plans.into_iter().next().unwrap()),
+        Arc::new(StreamStats::default()),
+    );
+    let coredns = pod(1, "kube-system", "coredns-1", "coredns");
+    const N: u64 = 200_000;
+    for i in 0..N {
+        agg.observe(&record(42, i, 2, 127), &coredns);
+    }
+    agg.flush_stats();
+    // The histogram's keys are one subnet; the counter's are every latency.
+    assert!(agg.cached_keys() <= (1 << 16) + 1, "{}", agg.cached_keys());
+    assert!(
+        registry.remembered_keys() <= (1 << 16) + 1,
+        "{}",
+        registry.remembered_keys()
+    );
+    let failures = registry.decode_failures();
+    let counter = failures
+        .iter()
+        .find(|f| f.metric == "ebpf_exporter_tcp_connects_total")
+        .unwrap();
+    assert_eq!(counter.overflowed, N - 10);
+}
