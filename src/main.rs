@@ -694,7 +694,6 @@ fn run_pipeline(
         reloading: units::Reloading {
             selection: args.selection(),
             source: source.to_string(),
-            perf_output: p.output.perf(),
             pipeline: p.clone(),
             btf_path: args.btf_path.clone(),
             ingest: ingest.handle().clone(),

@@ -181,7 +181,6 @@ pub struct Reloading {
     pub selection: Selection,
     /// The main config's name in messages.
     pub source: String,
-    pub perf_output: bool,
     pub pipeline: config::Pipeline,
     pub btf_path: Option<PathBuf>,
     /// Where ring readers run, and what they send to and stop on.
@@ -228,8 +227,16 @@ impl Reloading {
     }
 }
 
-/// Metric names a running config claimed (its tables' and its streams').
-fn claimed(s: &AppState, r: &Running, live: &Live) -> Vec<String> {
+/// Metric names running config `name` claimed (its tables' and its streams').
+fn claimed(s: &AppState, name: &str) -> Vec<String> {
+    let lives = s.live.lock().unwrap_or_else(|e| e.into_inner());
+    let running = s.running.lock().unwrap_or_else(|e| e.into_inner());
+    let (Some(live), Some(r)) = (
+        lives.iter().find(|l| l.name == name),
+        running.iter().find(|r| r.name == name),
+    ) else {
+        return Vec::new();
+    };
     let streams = s.streams.snapshot();
     let mut names: Vec<String> = r.plan.tables.iter().map(|t| t.name().to_string()).collect();
     for id in &live.streams {
@@ -238,6 +245,16 @@ fn claimed(s: &AppState, r: &Running, live: &Live) -> Vec<String> {
         }
     }
     names
+}
+
+/// Empties the stream slots `remove`, appends `add` (returning their ids), and shows
+/// the tap the new table.
+fn update_streams(s: &AppState, remove: &[u32], add: Vec<Stream>) -> Vec<u32> {
+    let ids = s.streams.update(remove, add);
+    if let Some(tap) = &s.tap {
+        tap.set_streams(Arc::new(crate::tap_streams(&s.streams.snapshot())));
+    }
+    ids
 }
 
 /// Stops config `name`: readers, streams, cgroup map, programs and maps (dropped with
@@ -253,10 +270,7 @@ fn stop(s: &AppState, name: &str) {
     for r in &live.readers {
         r.abort();
     }
-    s.streams.update(&live.streams, Vec::new());
-    if let Some(tap) = &s.tap {
-        tap.set_streams(Arc::new(crate::tap_streams(&s.streams.snapshot())));
-    }
+    update_streams(s, &live.streams, Vec::new());
     if let Some(feed) = &s.cgroup_events {
         feed.lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -327,17 +341,7 @@ fn reload_configs(s: &AppState) -> Result<Report> {
         .collect();
     for (name, _) in &live {
         if !sources.iter().any(|(src, _)| &src.name == name) {
-            let names = {
-                let lives = s.live.lock().unwrap_or_else(|e| e.into_inner());
-                let running = s.running.lock().unwrap_or_else(|e| e.into_inner());
-                match (
-                    lives.iter().find(|l| &l.name == name),
-                    running.iter().find(|r| &r.name == name),
-                ) {
-                    (Some(l), Some(run)) => claimed(s, run, l),
-                    _ => Vec::new(),
-                }
-            };
+            let names = claimed(s, name);
             stop(s, name);
             drop(s.registry.release(&names));
             report.stopped.push(name.clone());
@@ -355,7 +359,7 @@ fn reload_configs(s: &AppState) -> Result<Report> {
     if !todo.is_empty() {
         let btf = ingest::kernel_btf(r.btf_path.as_deref())?;
         let mut setup = Setup {
-            perf_output: r.perf_output,
+            perf_output: r.pipeline.output.perf(),
             registry: &s.registry,
             decoders: &s.decoders,
             pipeline: &r.pipeline,
@@ -389,19 +393,8 @@ fn replace(
     replacing: bool,
     report: &mut Report,
 ) {
-    let released = replacing.then(|| {
-        let lives = s.live.lock().unwrap_or_else(|e| e.into_inner());
-        let running = s.running.lock().unwrap_or_else(|e| e.into_inner());
-        let names = match (
-            lives.iter().find(|l| l.name == src.name),
-            running.iter().find(|r| r.name == src.name),
-        ) {
-            (Some(l), Some(run)) => claimed(s, run, l),
-            _ => Vec::new(),
-        };
-        // The new version registers the same names.
-        s.registry.release(&names)
-    });
+    // The new version registers the same names.
+    let released = replacing.then(|| s.registry.release(&claimed(s, &src.name)));
     let first_id = s.streams.snapshot().len() as u32;
     match build(setup, src, program, first_id, &r.pipeline) {
         Ok(unit) => {
@@ -411,10 +404,7 @@ fn replace(
             } else {
                 report.started.push(src.name.clone());
             }
-            let ids = s.streams.update(&[], unit.streams.clone());
-            if let Some(tap) = &s.tap {
-                tap.set_streams(Arc::new(crate::tap_streams(&s.streams.snapshot())));
-            }
+            let ids = update_streams(s, &[], unit.streams.clone());
             let running = r.go_live(s, unit, ids);
             s.running
                 .lock()
