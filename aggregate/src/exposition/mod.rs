@@ -152,11 +152,6 @@ impl<'a> Sink<'a> {
         }
     }
 
-    /// The format written.
-    pub fn format(&self) -> Format {
-        self.format
-    }
-
     /// Whether native buckets are served (only the protobuf format carries them), so
     /// callers skip reading them otherwise.
     pub fn native(&self) -> bool {
