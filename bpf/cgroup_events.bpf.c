@@ -3,6 +3,7 @@
  * container's cgroup before its events arrive and after the runtime removes it. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include "cgroup.bpf.h"
 #include "output.bpf.h"
 
 #define CGROUP_MKDIR 1
@@ -18,34 +19,36 @@ struct cgroup_event {
 
 OUTPUT_RINGBUF(cgroup_events);
 
-static __always_inline int emit(struct trace_event_raw_cgroup *ctx, __u32 kind)
+/* raw_tp, not tracepoint/: attaching it needs no perf event, which Debian's and Ubuntu's
+ * kernels refuse without CAP_SYS_ADMIN. The arguments (cgroup, path) are the same from
+ * 5.0 on; the fields are those the tracepoint's record would carry. */
+static __always_inline int emit(void *ctx, struct cgroup *cgrp, const char *path, __u32 kind)
 {
 	/* Hierarchy 0 is cgroup v2, the one bpf_get_current_cgroup_id() reports. */
-	if (ctx->root != 0)
+	if (BPF_CORE_READ(cgrp, root, hierarchy_id) != 0)
 		return 0;
 	struct cgroup_event *e = output_reserve(&cgroup_events, sizeof(*e));
 	if (!e)
 		return 0;
-	__u32 offset = ctx->__data_loc_path & 0xffff;
-	long n = bpf_probe_read_kernel_str(e->path, sizeof(e->path), (void *)ctx + offset);
+	long n = bpf_probe_read_kernel_str(e->path, sizeof(e->path), path);
 
-	e->id = ctx->id;
+	e->id = cgroup_id_of(cgrp);
 	e->kind = kind;
 	e->len = n > 0 ? n - 1 : 0;
 	OUTPUT_SUBMIT(ctx, cgroup_events, e);
 	return 0;
 }
 
-SEC("tracepoint/cgroup/cgroup_mkdir")
-int cgroup_mkdir(struct trace_event_raw_cgroup *ctx)
+SEC("raw_tp/cgroup_mkdir")
+int cgroup_mkdir(struct bpf_raw_tracepoint_args *ctx)
 {
-	return emit(ctx, CGROUP_MKDIR);
+	return emit(ctx, (struct cgroup *)ctx->args[0], (const char *)ctx->args[1], CGROUP_MKDIR);
 }
 
-SEC("tracepoint/cgroup/cgroup_rmdir")
-int cgroup_rmdir(struct trace_event_raw_cgroup *ctx)
+SEC("raw_tp/cgroup_rmdir")
+int cgroup_rmdir(struct bpf_raw_tracepoint_args *ctx)
 {
-	return emit(ctx, CGROUP_RMDIR);
+	return emit(ctx, (struct cgroup *)ctx->args[0], (const char *)ctx->args[1], CGROUP_RMDIR);
 }
 
 char LICENSE[] SEC("license") = "GPL";

@@ -47,25 +47,25 @@ static __always_inline int reclaim_end(void)
 	return 0;
 }
 
-SEC("tracepoint/vmscan/mm_vmscan_direct_reclaim_begin")
+SEC("raw_tp/mm_vmscan_direct_reclaim_begin")
 int direct_reclaim_begin(void *ctx)
 {
 	return reclaim_begin();
 }
 
-SEC("tracepoint/vmscan/mm_vmscan_direct_reclaim_end")
+SEC("raw_tp/mm_vmscan_direct_reclaim_end")
 int direct_reclaim_end(void *ctx)
 {
 	return reclaim_end();
 }
 
-SEC("tracepoint/vmscan/mm_vmscan_memcg_reclaim_begin")
+SEC("raw_tp/mm_vmscan_memcg_reclaim_begin")
 int memcg_reclaim_begin(void *ctx)
 {
 	return reclaim_begin();
 }
 
-SEC("tracepoint/vmscan/mm_vmscan_memcg_reclaim_end")
+SEC("raw_tp/mm_vmscan_memcg_reclaim_end")
 int memcg_reclaim_end(void *ctx)
 {
 	return reclaim_end();

@@ -16,7 +16,7 @@ struct {
 	__type(value, __u64);
 } oom_kills_total SEC(".maps");
 
-SEC("tracepoint/sched/sched_process_exit")
+SEC("raw_tp/sched_process_exit")
 int oom_victim_exit(void *ctx)
 {
 	struct task_struct *task = (void *)bpf_get_current_task();

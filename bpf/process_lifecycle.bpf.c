@@ -28,7 +28,7 @@ struct {
 	__type(value, __u64);
 } process_exits_total SEC(".maps");
 
-SEC("tracepoint/sched/sched_process_exec")
+SEC("raw_tp/sched_process_exec")
 int process_exec(void *ctx)
 {
 	__u64 cgroup = bpf_get_current_cgroup_id();
@@ -37,7 +37,7 @@ int process_exec(void *ctx)
 	return 0;
 }
 
-SEC("tracepoint/sched/sched_process_exit")
+SEC("raw_tp/sched_process_exit")
 int process_exit(void *ctx)
 {
 	struct task_struct *task = (void *)bpf_get_current_task();

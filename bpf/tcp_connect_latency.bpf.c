@@ -63,14 +63,17 @@ struct {
 
 OUTPUT_RINGBUF(events);
 
-SEC("tracepoint/sock/inet_sock_set_state")
-int tcp_connect_state(struct trace_event_raw_inet_sock_set_state *ctx)
+/* raw_tp, not tracepoint/: attaching it needs no perf event, which Debian's and Ubuntu's
+ * kernels refuse without CAP_SYS_ADMIN. The arguments (sock, old state, new state) are
+ * the same on every kernel; the rest is read from the socket as the tracepoint does. */
+SEC("raw_tp/inet_sock_set_state")
+int tcp_connect_state(struct bpf_raw_tracepoint_args *ctx)
 {
-	const void *sk = ctx->skaddr;
-	int oldstate = ctx->oldstate;
-	int newstate = ctx->newstate;
+	const struct sock *sk = (const struct sock *)ctx->args[0];
+	int oldstate = ctx->args[1];
+	int newstate = ctx->args[2];
 
-	if (ctx->protocol != IPPROTO_TCP)
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 
 	if (newstate == TCP_SYN_SENT) {
@@ -91,15 +94,15 @@ int tcp_connect_state(struct trace_event_raw_inet_sock_set_state *ctx)
 	if (newstate == TCP_ESTABLISHED) {
 		struct tcp_connect_record *rec = output_reserve(&events, sizeof(*rec));
 		if (rec) {
-			__u16 family = ctx->family;
+			__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 
 			rec->cgroup_id = start->cgroup_id;
 			rec->latency_ns = bpf_ktime_get_ns() - start->ts_ns;
 			rec->family = family;
-			/* A helper read: the verifier rejects a ctx pointer whose offset
-			 * depends on a branch, which plain field copies compile into. */
-			bpf_probe_read_kernel(rec->subnet, sizeof(rec->subnet),
-					      family == AF_INET6 ? (void *)ctx->daddr_v6 : (void *)ctx->daddr);
+			if (family == AF_INET6)
+				bpf_core_read(rec->subnet, sizeof(rec->subnet), &sk->__sk_common.skc_v6_daddr);
+			else
+				bpf_core_read(rec->subnet, sizeof(rec->subnet), &sk->__sk_common.skc_daddr);
 			rec->pid = start->pid;
 			OUTPUT_SUBMIT(ctx, events, rec);
 		}

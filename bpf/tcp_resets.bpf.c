@@ -5,8 +5,10 @@
  * sent for a segment no socket owns (a connect to a closed port) has no socket: it is
  * counted under cgroup 0, which exports with empty pod labels. Kernels before 6.10
  * trace only resets sent by a socket, not those answering segments to closed ports:
- * there kprobes on tcp_v4/v6_send_reset count those (optional programs: skipped where
- * kprobes are missing, and idle from 6.10, where the tracepoint sees them). */
+ * there fentry programs on tcp_v4/v6_send_reset count those (optional programs: skipped
+ * where the kernel has no BPF trampolines, and idle from 6.10, where the tracepoint sees
+ * them). fentry rather than kprobe: attaching it needs no perf event, which Debian's and
+ * Ubuntu's kernels refuse without CAP_SYS_ADMIN. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -59,14 +61,14 @@ static __always_inline int closed_port_reset(const struct sock *sk)
 	return count_reset(sk, RESET_SENT);
 }
 
-SEC("kprobe/tcp_v4_send_reset")
-int BPF_KPROBE(tcp_v4_send_reset_kprobe, const struct sock *sk)
+SEC("fentry/tcp_v4_send_reset")
+int BPF_PROG(tcp_v4_send_reset_fentry, const struct sock *sk)
 {
 	return closed_port_reset(sk);
 }
 
-SEC("kprobe/tcp_v6_send_reset")
-int BPF_KPROBE(tcp_v6_send_reset_kprobe, const struct sock *sk)
+SEC("fentry/tcp_v6_send_reset")
+int BPF_PROG(tcp_v6_send_reset_fentry, const struct sock *sk)
 {
 	return closed_port_reset(sk);
 }

@@ -470,13 +470,14 @@ fn start_configs(args: &Args, config: &mut Config, source: &str) -> Result<Start
                 units.push(u);
             }
             Err(f) if args.config_strict => bail!(
-                "config {} failed ({}): {}",
+                "config {} failed ({}, {}): {}",
                 f.name,
                 f.stage.as_str(),
+                f.reason,
                 f.message
             ),
             Err(f) => {
-                tracing::error!(config = %f.name, stage = f.stage.as_str(), "skipping config: {}", f.message);
+                tracing::error!(config = %f.name, stage = f.stage.as_str(), reason = f.reason, "skipping config: {}", f.message);
                 failures.push(f);
             }
         }
@@ -542,7 +543,7 @@ fn report_check(units: &[units::Unit], failures: &[Failure]) -> ! {
         );
     }
     for f in failures {
-        println!("FAILED  {} ({}): {}", f.name, f.stage.as_str(), f.message);
+        println!("FAILED  {} ({}, {}): {}", f.name, f.stage.as_str(), f.reason, f.message);
     }
     std::process::exit(i32::from(!failures.is_empty()));
 }

@@ -129,8 +129,27 @@ pub struct Failure {
     pub name: String,
     /// Where it failed.
     pub stage: Stage,
+    /// Why: `config`, or what the kernel's refusal came from (ingest::refusal::Reason).
+    pub reason: &'static str,
     /// The full error.
     pub message: String,
+}
+
+impl Failure {
+    /// A failure whose reason is its stage's usual one (`config`, `object`, `kernel`).
+    pub fn new(name: &str, stage: Stage, message: String) -> Self {
+        let reason = match stage {
+            Stage::Config => "config",
+            Stage::Load => "object",
+            Stage::Attach => "kernel",
+        };
+        Self {
+            name: name.into(),
+            stage,
+            reason,
+            message,
+        }
+    }
 }
 
 /// A loaded, attached program and what aggregates its data.
@@ -163,11 +182,7 @@ pub struct Setup<'a> {
 impl Setup<'_> {
     /// Compiles, loads and attaches one program.
     pub fn start(&mut self, src: &Source, program: &Program) -> Result<Running, Failure> {
-        let fail = |stage, message: String| Failure {
-            name: src.name.clone(),
-            stage,
-            message,
-        };
+        let fail = |stage, message: String| Failure::new(&src.name, stage, message);
         let at = &src.at;
         if program.tracing.is_some() {
             tracing::warn!(program = %src.name, "{at}tracing: OpenTelemetry tracing is not supported; the section is ignored");
@@ -221,7 +236,10 @@ impl Setup<'_> {
             } else {
                 ""
             };
-            fail(stage, format!("{at}{e}{hint}"))
+            Failure {
+                reason: e.reason().as_str(),
+                ..fail(stage, format!("{at}{e}{hint}"))
+            }
         })?;
         let mut split_cpus = Vec::new();
         for t in &plan.tables {

@@ -45,7 +45,7 @@ impl Telemetry {
         );
         describe_gauge!(
             "ebpf_exporter_config_failed",
-            "Configs that could not start, by the stage that failed (config, load, attach)"
+            "Configs that could not start, by the stage that failed (config, load, attach) and the reason (config, object, verifier, perf_event_paranoid, capability, lockdown, missing_hook, kernel)"
         );
         describe_gauge!(
             "ebpf_exporter_ebpf_program_info",
@@ -266,7 +266,7 @@ impl Telemetry {
             }
         }
         for f in failures {
-            gauge!("ebpf_exporter_config_failed", "name" => f.name.clone(), "stage" => f.stage.as_str()).set(1.0);
+            gauge!("ebpf_exporter_config_failed", "name" => f.name.clone(), "stage" => f.stage.as_str(), "reason" => f.reason).set(1.0);
         }
         for s in streams {
             let labels = [

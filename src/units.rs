@@ -73,11 +73,8 @@ impl Selection {
             }
             for name in names {
                 let loaded =
-                    Program::load(&dir.join(format!("{name}.yaml"))).map_err(|e| Failure {
-                        name: name.clone(),
-                        stage: Stage::Config,
-                        message: format!("{e:#}"),
-                    });
+                    Program::load(&dir.join(format!("{name}.yaml")))
+                        .map_err(|e| Failure::new(&name, Stage::Config, format!("{e:#}")));
                 let src = match &loaded {
                     Ok(p) => Source::dir(dir, &name, p),
                     Err(_) => Source {
@@ -128,9 +125,8 @@ pub fn build(
 ) -> Result<Unit, Failure> {
     let mut running = setup.start(src, program)?;
     let fail = |message: String| Failure {
-        name: src.name.clone(),
-        stage: Stage::Load,
-        message,
+        reason: "kernel",
+        ..Failure::new(&src.name, Stage::Load, message)
     };
     let drain = Duration::from_millis(p.drain_interval_ms.max(1));
     let (mut streams, mut readers) = (Vec::new(), Vec::new());
@@ -376,6 +372,7 @@ fn reload_configs(s: &AppState) -> Result<Report> {
     failures.extend(report.failed.iter().map(|f| Failure {
         name: f.name.clone(),
         stage: f.stage,
+        reason: f.reason,
         message: f.message.clone(),
     }));
     s.telemetry.reloaded(report.failed.is_empty());
@@ -416,7 +413,7 @@ fn replace(
             if let Some(released) = released {
                 s.registry.restore(released);
             }
-            tracing::error!(config = %f.name, stage = f.stage.as_str(), kept_old = replacing, "reload: {}", f.message);
+            tracing::error!(config = %f.name, stage = f.stage.as_str(), reason = f.reason, kept_old = replacing, "reload: {}", f.message);
             report.failed.push(f);
         }
     }

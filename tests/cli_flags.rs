@@ -190,7 +190,7 @@ fn programs_flag_chooses_which_run() {
     // tcp_resets' kprobe variants are optional: without kprobes the rest still runs.
     let kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
     assert_eq!(
-        out.contains("ok      tcp_resets: 2 program(s) attached (optional, not attached: tcp_v4_send_reset_kprobe, tcp_v6_send_reset_kprobe)"),
+        out.contains("ok      tcp_resets: 2 program(s) attached (optional, not attached: tcp_v4_send_reset_fentry, tcp_v6_send_reset_fentry)"),
         !kprobes,
         "{out}"
     );

@@ -259,7 +259,9 @@ fn a_bad_config_is_skipped_and_reported_unless_strict() {
         "{page}"
     );
     assert!(
-        page.contains("ebpf_exporter_config_failed{name=\"bad\",stage=\"config\"} 1"),
+        page.lines().any(|l| l.starts_with("ebpf_exporter_config_failed{")
+            && ["name=\"bad\"", "stage=\"config\"", "reason=\"config\""].iter().all(|w| l.contains(w))
+            && l.ends_with(" 1")),
         "{page}"
     );
     drop(exporter);

@@ -106,7 +106,7 @@ fn install_binary(tree: &Path, bin: &Path, at: &str) {
 fn initramfs(dir: &Path, kernels: &[Kernel]) -> PathBuf {
     let tree = dir.join("tree");
     let _ = std::fs::remove_dir_all(&tree);
-    for d in ["bin", "cfg", "boot", "matrix", "sys", "proc", "dev", "tmp"] {
+    for d in ["bin", "usr/bin", "cfg", "boot", "matrix", "sys", "proc", "dev", "tmp"] {
         std::fs::create_dir_all(tree.join(d)).unwrap();
     }
     std::fs::copy("/bin/busybox", tree.join("bin/busybox")).unwrap();
@@ -115,6 +115,8 @@ fn initramfs(dir: &Path, kernels: &[Kernel]) -> PathBuf {
     let exporter =
         std::env::var("KUBE_EBPF_EXPORTER_MATRIX_BIN").unwrap_or_else(|_| common::BIN.into());
     install_binary(&tree, Path::new(&exporter), "bin/kube-ebpf-exporter");
+    // util-linux's, by its full path in the guest: busybox's applet takes other options.
+    install_binary(&tree, Path::new("/usr/bin/setpriv"), "usr/bin/setpriv");
     // Linked at a fixed address, so its USDT probe attaches on kernels without BPF
     // cookies too (before 5.15, found by address as libbpf does).
     let workload = dir.join("kebpf-workload");
@@ -206,6 +208,8 @@ fn boot(kernel: &Kernel, initramfs: &Path, log: &Path) -> String {
 struct Report {
     kernel: String,
     checks: BTreeMap<String, String>,
+    /// `--config.check` of one config holding only the base DaemonSet's capabilities.
+    base_checks: BTreeMap<String, String>,
     /// (port, series with labels, value).
     metrics: Vec<(String, String, f64)>,
     logs: Vec<String>,
@@ -228,17 +232,16 @@ fn parse(output: &str) -> Report {
         let (kind, rest) = line.split_once(' ').unwrap_or((line, ""));
         match kind {
             "kernel" => r.kernel = rest.into(),
-            "check" => {
-                // "<name> ok      <name>: ..." or "<name> FAILED  <name> (stage): ...";
+            "check" | "base-check" => {
+                // "ok      <name>: ..." or "FAILED  <name> (stage, reason): ...";
                 // the default config's lines carry "default" first.
                 let rest = rest.strip_prefix("default ").unwrap_or(rest);
-                let mut f = rest.split_whitespace();
-                let (Some(status), Some(name)) = (f.next(), f.next()) else {
+                let Some(name) = rest.split_whitespace().nth(1) else {
                     continue;
                 };
                 let name = name.trim_end_matches(':').to_string();
-                r.checks.insert(name, rest.to_string());
-                let _ = status;
+                let checks = if kind == "check" { &mut r.checks } else { &mut r.base_checks };
+                checks.insert(name, rest.to_string());
             }
             "metric" => {
                 let Some((port, sample)) = rest.split_once(' ') else {
@@ -340,6 +343,33 @@ fn problems(k: &Kernel, r: &Report) -> Vec<String> {
                 "cgroup-id-map-storage should say why it cannot load here: {line}"
             ));
         }
+    }
+    // The kernel's shipped perf_event_paranoid (Debian's 3; Ubuntu's 4 on 6.1), and the
+    // built-ins served holding exactly the base DaemonSet's capabilities.
+    let paranoid = if (major, minor) == (6, 1) { 4.0 } else { 3.0 };
+    if r.values.get("perf_event_paranoid") != Some(&paranoid) {
+        bad.push(format!("perf_event_paranoid {:?}, want {paranoid}", r.values.get("perf_event_paranoid")));
+    }
+    // Before 5.11 maps are charged to RLIMIT_MEMLOCK: CAP_SYS_RESOURCE raises it.
+    let memlock = if (major, minor) < (5, 11) { 1u64 << 24 } else { 0 };
+    let base_caps = (1u64 << 39 | 1 << 38 | 1 << 2 | memlock) as f64;
+    if r.values.get("capbnd_9435") != Some(&base_caps) {
+        bad.push(format!("the built-ins' exporter had bounding set {:?}, want BPF, PERFMON and DAC_READ_SEARCH only", r.values.get("capbnd_9435")));
+    }
+    // A user's tracepoint config there: one message naming the sysctl, the overlay and
+    // the hooks that need no perf event.
+    match r.base_checks.get("getpid-calls") {
+        Some(line) if line.starts_with("FAILED") && line.contains("(attach, perf_event_paranoid)")
+            && ["kernel.perf_event_paranoid", "deploy/overlays/perf-events", "raw_tp/sys_enter_getpid"].iter().all(|w| line.contains(w)) => {}
+        other => bad.push(format!("getpid-calls under the base capabilities: {other:?}")),
+    }
+    // kprobe configs attach through kprobe-multi links where the kernel has them (fprobe:
+    // 6.12 here), and say why not elsewhere.
+    let kprobe_multi = config_value(&k.config, "FPROBE") == "y";
+    match r.base_checks.get("kprobe-fsync") {
+        Some(line) if kprobe_multi && line.starts_with("ok") => {}
+        Some(line) if !kprobe_multi && line.contains("(attach, perf_event_paranoid)") && line.contains("kprobe-multi") => {}
+        other => bad.push(format!("kprobe-fsync under the base capabilities (kprobe-multi: {kprobe_multi}): {other:?}")),
     }
     // The reload replaced the changed config, which then counted afresh.
     if !r.reload.contains("replaced [\"getpid-calls\"]") {

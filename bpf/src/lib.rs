@@ -78,4 +78,44 @@ mod tests {
             );
         }
     }
+
+    /// Section names of an ELF64 little-endian object.
+    fn section_names(elf: &[u8]) -> Vec<String> {
+        let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+        let u32_at = |o: usize| u32::from_le_bytes(elf[o..o + 4].try_into().unwrap()) as usize;
+        let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap()) as usize;
+        let (shoff, shentsize, shnum, shstrndx) =
+            (u64_at(0x28), u16_at(0x3a), u16_at(0x3c), u16_at(0x3e));
+        let header = |i: usize| shoff + i * shentsize;
+        let strtab = u64_at(header(shstrndx) + 0x18);
+        (0..shnum)
+            .map(|i| {
+                let start = strtab + u32_at(header(i));
+                let len = elf[start..].iter().position(|&b| b == 0).unwrap();
+                String::from_utf8_lossy(&elf[start..start + len]).into_owned()
+            })
+            .collect()
+    }
+
+    /// Debian's and Ubuntu's kernels (perf_event_paranoid 3 and 4) refuse perf events
+    /// without CAP_SYS_ADMIN, which the DaemonSet does not hold: no built-in may use a
+    /// hook that attaches through one.
+    #[test]
+    fn no_built_in_attaches_through_a_perf_event() {
+        for o in super::OBJECTS {
+            let names = section_names(o.bytes);
+            assert!(names.iter().any(|n| n == ".BTF"), "{}: {names:?}", o.name);
+            for name in names {
+                let kind = name.split('/').next().unwrap_or_default();
+                assert!(
+                    !matches!(
+                        kind,
+                        "tracepoint" | "tp" | "kprobe" | "kretprobe" | "uprobe" | "uretprobe" | "usdt" | "perf_event"
+                    ),
+                    "{}: section {name} attaches through perf_event_open (use raw_tp/, tp_btf/ or fentry/)",
+                    o.name
+                );
+            }
+        }
+    }
 }

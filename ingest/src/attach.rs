@@ -170,6 +170,35 @@ impl AttachPoint {
     }
 }
 
+impl AttachPoint {
+    /// The hook's kind as sections name it (`tracepoint`, `kprobe`, ...), for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::TracePoint { .. } => "tracepoint",
+            Self::RawTracePoint(_) => "raw_tp",
+            Self::BtfTracePoint(_) => "tp_btf",
+            Self::KProbe { ret: false, .. } => "kprobe",
+            Self::KProbe { ret: true, .. } => "kretprobe",
+            Self::FEntry { exit: false, .. } => "fentry",
+            Self::FEntry { exit: true, .. } => "fexit",
+            Self::UProbe { ret: false, .. } => "uprobe",
+            Self::UProbe { ret: true, .. } => "uretprobe",
+            Self::Usdt { .. } => "usdt",
+            Self::PerfEvent { .. } => "perf_event",
+            Self::Xdp(_) => "xdp",
+        }
+    }
+
+    /// Whether attaching opens a perf event (`perf_event_open`), which Debian's and
+    /// Ubuntu's kernels refuse above perf_event_paranoid 2 without CAP_SYS_ADMIN.
+    pub fn needs_perf_event(&self) -> bool {
+        matches!(
+            self,
+            Self::TracePoint { .. } | Self::KProbe { .. } | Self::UProbe { .. } | Self::Usdt { .. } | Self::PerfEvent { .. }
+        )
+    }
+}
+
 impl fmt::Display for AttachPoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -721,7 +721,7 @@ mod tests {
 
     #[test]
     fn objects_without_either_pass_through() {
-        let o = bpf_programs::find("tcp_connect_latency").unwrap();
+        let o = bpf_programs::find("oom_kills").unwrap();
         assert_eq!(
             prepare(o.bytes, &Settings::default(), |_| Ok(None)).unwrap(),
             o.bytes

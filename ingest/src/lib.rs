@@ -13,8 +13,10 @@ mod cgroup_events;
 pub mod cgroup_id_map;
 pub mod elf;
 pub mod kconfig;
+mod kprobe_multi;
 mod loader;
 mod perf;
+pub mod refusal;
 mod ring;
 mod ringbuf;
 mod table;
@@ -83,6 +85,17 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+impl IngestError {
+    /// What caused it, for `ebpf_exporter_config_failed{reason}`.
+    pub fn reason(&self) -> refusal::Reason {
+        match self {
+            Self::Program { reason, .. } => *reason,
+            Self::Parse { .. } | Self::UnknownSection { .. } | Self::Map { .. } => refusal::Reason::Object,
+            Self::KernelBtf { .. } | Self::Load { .. } | Self::Poll { .. } => refusal::Reason::Kernel,
+        }
+    }
+}
+
 /// Errors of the ingest stage.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -138,6 +151,8 @@ pub enum IngestError {
         section: String,
         /// `load` or `attach`.
         action: &'static str,
+        /// The cause, as far as it can be told.
+        reason: refusal::Reason,
         /// What the failure most likely means, then the error, with the verifier log's
         /// tail when there is one (starts with ` (hint)` or `: `).
         detail: String,

@@ -14,7 +14,13 @@ use aya::{
 };
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 
-use crate::{elf, kconfig::KernelConfig, usdt, AttachPoint, IngestError, RingConsumer};
+use crate::{
+    elf,
+    kconfig::KernelConfig,
+    kprobe_multi,
+    refusal::{self, Privileges, Reason},
+    usdt, AttachPoint, IngestError, RingConsumer,
+};
 
 /// The map libbpf's `<bpf/usdt.bpf.h>` reads each USDT site's argument spec from.
 const USDT_SPECS: &str = "__bpf_usdt_specs";
@@ -106,6 +112,8 @@ pub struct LoadedObject {
     skipped: Vec<(String, String)>,
     /// Perf events and links of USDT sites with semaphores: attached while held.
     _semaphore_links: Vec<(std::os::fd::OwnedFd, Option<std::os::fd::OwnedFd>)>,
+    /// kprobe programs loaded and linked beside aya: attached while held.
+    _kprobe_multi_links: Vec<kprobe_multi::KprobeMultiLink>,
 }
 
 impl std::fmt::Debug for LoadedObject {
@@ -196,7 +204,7 @@ fn resolve_uprobe_target(target: &str) -> std::path::PathBuf {
 }
 
 /// Keeps the end of a verifier log: the reason for a rejection is at the bottom.
-fn tail(text: &str, lines: usize) -> String {
+pub(crate) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
@@ -226,31 +234,6 @@ pub fn perf_event_paranoid() -> i32 {
         .unwrap_or(2)
 }
 
-/// What the kernel's answer to a failed attach most likely means, for the error text.
-fn attach_hint(point: &AttachPoint, action: &str, detail: &str) -> &'static str {
-    let missing = detail.contains("No such file")
-        || detail.contains("not found")
-        || detail.contains("ENOENT");
-    match point {
-        AttachPoint::FEntry { .. } if action == "load" && detail.contains("not permitted") => {
-            " (this kernel refuses fentry/fexit programs: no BPF trampoline support)"
-        }
-        _ if action == "load" => "",
-        AttachPoint::KProbe { .. } if missing => " (this kernel lacks kprobes (CONFIG_KPROBES) or the function)",
-        AttachPoint::TracePoint { .. } if missing => " (no such tracepoint on this kernel: see /sys/kernel/tracing/events)",
-        AttachPoint::FEntry { .. } => " (fentry/fexit need CONFIG_FUNCTION_TRACER with BPF trampolines, and the function in BTF)",
-        // PERF_TYPE_HARDWARE (0) and HW_CACHE (3) need a CPU PMU, which VMs often lack.
-        AttachPoint::PerfEvent { kind: 0 | 3, .. } if missing || detail.contains("not supported") => {
-            " (this machine has no hardware PMU (no /sys/bus/event_source/devices/cpu), as many VMs: software events, type=1, work everywhere)"
-        }
-        // Debian's and Ubuntu's kernels add paranoid levels above 2, at which opening
-        // any perf event needs CAP_SYS_ADMIN: CAP_PERFMON is not enough.
-        _ if detail.contains("Permission denied") && perf_event_paranoid() > 2 => " (kernel.perf_event_paranoid is above 2, as Debian and Ubuntu ship it: tracepoint, kprobe and uprobe programs need CAP_SYS_ADMIN, or the sysctl at 2)",
-        _ if detail.contains("Permission denied") => " (needs root or CAP_BPF + CAP_PERFMON; a tracepoint program that reads past the record fails here too)",
-        _ => "",
-    }
-}
-
 /// Rewrites and loads `bytes`. As libbpf does, a map the kernel refuses to create with
 /// its BTF is created without it (key and value sizes only), once per map.
 fn load_object(
@@ -258,7 +241,7 @@ fn load_object(
     name: &str,
     bytes: &[u8],
     settings: &mut elf::Settings<'_>,
-) -> Result<Ebpf, IngestError> {
+) -> Result<(Ebpf, Vec<u8>), IngestError> {
     let kconfig = |e: &elf::Extern| {
         let config = KernelConfig::running();
         config.value(&e.name, e.kind).map_err(|why| {
@@ -276,7 +259,7 @@ fn load_object(
                 reason,
             })?;
         match loader.aya.load(&prepared) {
-            Ok(ebpf) => return Ok(ebpf),
+            Ok(ebpf) => return Ok((ebpf, prepared)),
             Err(aya::EbpfError::MapError(aya::maps::MapError::CreateError {
                 name: map,
                 io_error,
@@ -349,9 +332,14 @@ impl LoadedObject {
         if let Some(size) = opts.ring_bytes {
             settings.max_entries = opts.rings.iter().map(|r| (r.as_str(), size)).collect();
         }
-        let mut ebpf = load_object(loader, name, bytes, &mut settings)?;
+        let (mut ebpf, prepared) = load_object(loader, name, bytes, &mut settings)?;
+        // kprobe/kretprobe programs go through kprobe-multi links where the kernel has
+        // them (no perf event); relocated for that once per object, only if needed.
+        let mut relocated = None;
+        let mut multi_links = Vec::new();
 
         let btf = loader.btf;
+        let held = Privileges::current();
         let mut attached = Vec::new();
         let mut skipped = Vec::new();
         // Index of the next USDT spec in the object's spec map.
@@ -361,14 +349,33 @@ impl LoadedObject {
         for (program, section, point) in points {
             // One program's load and attach; an optional one may fail alone.
             let mut attach_one = || -> Result<(), IngestError> {
+                // kprobe-multi first; the perf event path where the kernel lacks it.
+                let mut multi_failed = String::new();
+                if let AttachPoint::KProbe { function, offset: 0, ret } = &point {
+                    let attempt = match &relocated {
+                        Some(r) => Ok(r),
+                        None => kprobe_multi::Relocated::new(&prepared, &ebpf, btf)
+                            .map(|r| &*relocated.insert(r)),
+                    }
+                    .and_then(|r| r.attach(&program, function, *ret));
+                    match attempt {
+                        Ok(link) => {
+                            multi_links.push(link);
+                            return Ok(());
+                        }
+                        Err(e) => multi_failed = format!("; kprobe-multi, tried first: {}", kprobe_multi::explain(&e)),
+                    }
+                }
                 let err = |action, e: &ProgramError| {
                     let detail = program_error(e);
+                    let diagnosis = refusal::diagnose(&point, action, &detail, &held);
                     IngestError::Program {
                         object: name.into(),
                         program: program.clone(),
                         section: section.clone(),
                         action,
-                        detail: format!("{}: {detail}", attach_hint(&point, action, &detail)),
+                        reason: diagnosis.reason,
+                        detail: format!("{}: {detail}{multi_failed}", diagnosis.hint),
                     }
                 };
                 let prog = ebpf
@@ -488,6 +495,7 @@ impl LoadedObject {
                                 program: program.clone(),
                                 section: section.clone(),
                                 action: "attach",
+                                reason: Reason::MissingHook,
                                 detail: format!(": {}: {reason}", path.display()),
                             })?;
                         // Specs go in before any site can fire.
@@ -533,6 +541,7 @@ impl LoadedObject {
                                     program: program.clone(),
                                     section: section.clone(),
                                     action: "attach",
+                                    reason: Reason::MissingHook,
                                     detail: format!(": {}: USDT probes in position-independent executables and shared libraries need BPF cookies (kernel 5.15+), as with libbpf; this kernel has none (a binary linked with -no-pie works)", path.display()),
                                 })?;
                                 ips.insert(ip as i64, first + i as u32, 0).map_err(|e| {
@@ -565,6 +574,7 @@ impl LoadedObject {
                                         program: program.clone(),
                                         section: section.clone(),
                                         action: "attach",
+                                        reason: Reason::Kernel,
                                         detail: format!(
                                             ": {} (with its semaphore): {e}",
                                             path.display()
@@ -606,6 +616,7 @@ impl LoadedObject {
             attached,
             skipped,
             _semaphore_links: semaphore_links,
+            _kprobe_multi_links: multi_links,
         })
     }
 
@@ -761,7 +772,7 @@ mod tests {
             program_sections("t", o.bytes).unwrap(),
             vec![(
                 "tcp_connect_state".to_string(),
-                "tracepoint/sock/inet_sock_set_state".to_string()
+                "raw_tp/inet_sock_set_state".to_string()
             )]
         );
         assert!(program_sections("t", b"not elf")

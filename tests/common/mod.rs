@@ -10,6 +10,8 @@ macro_rules! privileged {
     };
 }
 
+pub mod cri;
+
 pub use test_support::{cgroup2_mount, memory_limit};
 
 use std::{
