@@ -48,6 +48,8 @@ case "$cmd" in
     command -v kubectl >/dev/null || extra+=(kubernetes-client)
     command -v containerd >/dev/null || extra+=(containerd)
     command -v runc >/dev/null || extra+=(runc)
+    # The image test builds deploy/Dockerfile offline with buildah and runs it there.
+    command -v buildah >/dev/null || extra+=(buildah)
     dpkg -s busybox-static >/dev/null 2>&1 || extra+=(busybox-static)
     # The test workload fires a USDT probe (<sys/sdt.h>).
     dpkg -s systemtap-sdt-dev >/dev/null 2>&1 || extra+=(systemtap-sdt-dev)

@@ -424,6 +424,9 @@ fn start_configs(args: &Args, config: &mut Config, source: &str) -> Result<Start
     // Every object is CO-RE-relocated against this one parse; it is dropped (and its
     // memory returned) once programs are attached.
     let btf = ingest::kernel_btf(args.btf_path.as_deref())?;
+    if let Some(limit) = ingest::memlock::raise_soft_limit() {
+        tracing::info!(bytes = limit, "this kernel charges BPF maps to RLIMIT_MEMLOCK (before 5.11)");
+    }
     let node = node_id(config);
     let cgroups = CgroupFs::discover().context("enrich: cgroup v2 hierarchy")?;
     let pods = metadata_sources(&config.kubernetes, source)?;
@@ -470,10 +473,9 @@ fn start_configs(args: &Args, config: &mut Config, source: &str) -> Result<Start
                 units.push(u);
             }
             Err(f) if args.config_strict => bail!(
-                "config {} failed ({}, {}): {}",
+                "config {} failed ({}): {}",
                 f.name,
-                f.stage.as_str(),
-                f.reason,
+                f.cause(),
                 f.message
             ),
             Err(f) => {
@@ -543,7 +545,7 @@ fn report_check(units: &[units::Unit], failures: &[Failure]) -> ! {
         );
     }
     for f in failures {
-        println!("FAILED  {} ({}, {}): {}", f.name, f.stage.as_str(), f.reason, f.message);
+        println!("FAILED  {} ({}): {}", f.name, f.cause(), f.message);
     }
     std::process::exit(i32::from(!failures.is_empty()));
 }

@@ -150,6 +150,14 @@ impl Failure {
             message,
         }
     }
+
+    /// `stage, reason` for messages; just the stage where the reason says nothing more.
+    pub fn cause(&self) -> String {
+        match self.stage.as_str() {
+            s if s == self.reason => s.to_string(),
+            s => format!("{s}, {}", self.reason),
+        }
+    }
 }
 
 /// A loaded, attached program and what aggregates its data.

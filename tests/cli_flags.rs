@@ -130,8 +130,8 @@ fn programs_lists_the_built_ins() {
     let text = String::from_utf8_lossy(&out.stdout);
     for line in [
         "tcp_connect_latency (on by default): How long TCP connects take",
-        "  hooks: tracepoint/sock/inet_sock_set_state",
-        "  needs: tracepoints (4.7), ring buffers (5.8; perf buffers before)",
+        "  hooks: raw_tp/inet_sock_set_state",
+        "  needs: raw tracepoints (4.17), ring buffers (5.8; perf buffers before)",
         "process_lifecycle (on by default):",
         "runqueue_latency (off by default): How long runnable tasks waited for a CPU, by pod",
         "  hooks: tp_btf/sched_switch, tp_btf/sched_wakeup, tp_btf/sched_wakeup_new",

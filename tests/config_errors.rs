@@ -206,7 +206,7 @@ fn attach_points_the_kernel_lacks_are_explained() {
     );
     let (ok, out, _) = check(&dir, &[]);
     assert!(!ok);
-    assert!(out.contains("FAILED  calls (attach)"), "{out}");
+    assert!(out.contains("FAILED  calls (attach, missing_hook)"), "{out}");
     assert!(out.contains("(tracepoint/syscalls/sys_enter_no_such_call): attach failed (no such tracepoint on this kernel"), "{out}");
 }
 
@@ -230,7 +230,7 @@ fn verifier_rejections_show_the_log() {
     );
     let (ok, out, _) = check(&dir, &[]);
     assert!(!ok);
-    assert!(out.contains("FAILED  calls (load)"), "{out}");
+    assert!(out.contains("FAILED  calls (load, verifier)"), "{out}");
     assert!(
         out.contains("load failed") && out.contains("verifier log (last lines)"),
         "{out}"
@@ -321,21 +321,21 @@ fn every_attach_kind_this_kernel_has_attaches_and_the_others_say_why() {
     let kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
     if !kprobes {
         assert!(
-            out.contains("FAILED  kprobe (attach)") && out.contains("this kernel lacks kprobes"),
+            out.contains("FAILED  kprobe (attach, missing_hook)") && out.contains("this kernel lacks kprobes"),
             "{out}"
         );
     }
     // A hardware event needs a PMU: where there is none, the reason is given.
     if !std::path::Path::new("/sys/bus/event_source/devices/cpu").exists() {
         assert!(
-            out.contains("FAILED  hwperf (attach)")
+            out.contains("FAILED  hwperf (attach, missing_hook)")
                 && out.contains("this machine has no hardware PMU"),
             "{out}"
         );
     }
     // USDT probes attach (tests/examples.rs); a binary without probes says so.
     assert!(
-        out.contains("FAILED  usdt (attach)")
+        out.contains("FAILED  usdt (attach, missing_hook)")
             && out.contains("/usr/bin/true: no .note.stapsdt section"),
         "{out}"
     );

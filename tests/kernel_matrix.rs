@@ -350,11 +350,16 @@ fn problems(k: &Kernel, r: &Report) -> Vec<String> {
     if r.values.get("perf_event_paranoid") != Some(&paranoid) {
         bad.push(format!("perf_event_paranoid {:?}, want {paranoid}", r.values.get("perf_event_paranoid")));
     }
-    // Before 5.11 maps are charged to RLIMIT_MEMLOCK: CAP_SYS_RESOURCE raises it.
-    let memlock = if (major, minor) < (5, 11) { 1u64 << 24 } else { 0 };
-    let base_caps = (1u64 << 39 | 1 << 38 | 1 << 2 | memlock) as f64;
+    let base_caps = (1u64 << 39 | 1 << 38 | 1 << 2) as f64;
     if r.values.get("capbnd_9435") != Some(&base_caps) {
         bad.push(format!("the built-ins' exporter had bounding set {:?}, want BPF, PERFMON and DAC_READ_SEARCH only", r.values.get("capbnd_9435")));
+    }
+    // Before 5.11, at the kernel's default RLIMIT_MEMLOCK: the cause and both ways out.
+    if (major, minor) < (5, 11) {
+        match r.base_checks.get("tcp_connect_latency") {
+            Some(line) if line.contains("(load, memlock)") && ["CAP_SYS_RESOURCE", "deploy/overlays/pre-5.11-kernels", "LimitMEMLOCK"].iter().all(|w| line.contains(w)) => {}
+            other => bad.push(format!("tcp_connect_latency at a 64 KiB RLIMIT_MEMLOCK: {other:?}")),
+        }
     }
     // A user's tracepoint config there: one message naming the sysctl, the overlay and
     // the hooks that need no perf event.

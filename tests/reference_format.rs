@@ -218,12 +218,12 @@ fn kprobe_and_fentry_programs_say_what_this_kernel_lacks() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
     assert!(
-        text.contains("FAILED  kprobe-fsync (attach)")
+        text.contains("FAILED  kprobe-fsync (attach, missing_hook)")
             && text.contains("this kernel lacks kprobes (CONFIG_KPROBES)"),
         "{text}"
     );
     assert!(
-        text.contains("FAILED  fentry-fsync (load)") && text.contains("no BPF trampoline support"),
+        text.contains("FAILED  fentry-fsync (load, missing_hook)") && text.contains("no BPF trampoline support"),
         "{text}"
     );
 }

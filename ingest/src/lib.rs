@@ -15,6 +15,7 @@ pub mod elf;
 pub mod kconfig;
 mod kprobe_multi;
 mod loader;
+pub mod memlock;
 mod perf;
 pub mod refusal;
 mod ring;
@@ -89,9 +90,9 @@ impl IngestError {
     /// What caused it, for `ebpf_exporter_config_failed{reason}`.
     pub fn reason(&self) -> refusal::Reason {
         match self {
-            Self::Program { reason, .. } => *reason,
+            Self::Program { reason, .. } | Self::Load { reason, .. } => *reason,
             Self::Parse { .. } | Self::UnknownSection { .. } | Self::Map { .. } => refusal::Reason::Object,
-            Self::KernelBtf { .. } | Self::Load { .. } | Self::Poll { .. } => refusal::Reason::Kernel,
+            Self::KernelBtf { .. } | Self::Poll { .. } => refusal::Reason::Kernel,
         }
     }
 }
@@ -138,7 +139,9 @@ pub enum IngestError {
         #[source]
         source: Box<aya::EbpfError>,
         /// What it most likely means, or empty.
-        hint: &'static str,
+        hint: String,
+        /// The cause, when known: `memlock` for maps refused before 5.11, else `kernel`.
+        reason: refusal::Reason,
     },
     /// The verifier rejected a program, or attaching failed.
     #[error("object {object}: program {program} ({section}): {action} failed{detail}")]

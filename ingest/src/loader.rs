@@ -18,6 +18,7 @@ use crate::{
     elf,
     kconfig::KernelConfig,
     kprobe_multi,
+    memlock,
     refusal::{self, Privileges, Reason},
     usdt, AttachPoint, IngestError, RingConsumer,
 };
@@ -260,6 +261,17 @@ fn load_object(
             })?;
         match loader.aya.load(&prepared) {
             Ok(ebpf) => return Ok((ebpf, prepared)),
+            // EPERM before 5.11 is RLIMIT_MEMLOCK: no use retrying without BTF.
+            Err(source @ aya::EbpfError::MapError(aya::maps::MapError::CreateError { .. }))
+                if memlock::charged() && refused_map_errno(&source) == Some(libc::EPERM) =>
+            {
+                return Err(IngestError::Load {
+                    object: name.into(),
+                    source: Box::new(source),
+                    hint: memlock::hint().unwrap_or_default(),
+                    reason: refusal::Reason::Memlock,
+                });
+            }
             Err(aya::EbpfError::MapError(aya::maps::MapError::CreateError {
                 name: map,
                 io_error,
@@ -276,13 +288,21 @@ fn load_object(
                     object: name.into(),
                     source: Box::new(source),
                     hint: if retried {
-                        " (refused with and without its BTF: its type or flags may be newer than this kernel, e.g. cgrp_storage needs 6.2)"
+                        " (refused with and without its BTF: its type or flags may be newer than this kernel, e.g. cgrp_storage needs 6.2)".into()
                     } else {
-                        ""
+                        String::new()
                     },
+                    reason: refusal::Reason::Kernel,
                 });
             }
         }
+    }
+}
+
+fn refused_map_errno(e: &aya::EbpfError) -> Option<i32> {
+    match e {
+        aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. }) => io_error.raw_os_error(),
+        _ => None,
     }
 }
 

@@ -22,6 +22,8 @@ pub enum Reason {
     Verifier,
     /// The object is unreadable, not BPF ELF, or names what this exporter cannot attach.
     Object,
+    /// Before 5.11: maps exceed RLIMIT_MEMLOCK, which only CAP_SYS_RESOURCE raises.
+    Memlock,
     /// Anything else the kernel said no to.
     Kernel,
 }
@@ -36,6 +38,7 @@ impl Reason {
             Reason::MissingHook => "missing_hook",
             Reason::Verifier => "verifier",
             Reason::Object => "object",
+            Reason::Memlock => "memlock",
             Reason::Kernel => "kernel",
         }
     }

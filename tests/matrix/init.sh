@@ -29,10 +29,17 @@ insmod /matrix/modules/$(uname -r)/null_blk.ko nr_devices=2 || say workload-fail
 case $(uname -r) in 6.1.*) echo 4 >/proc/sys/kernel/perf_event_paranoid ;; esac
 say value perf_event_paranoid "$(cat /proc/sys/kernel/perf_event_paranoid)"
 caps=-all,+bpf,+perfmon,+dac_read_search
-# Before 5.11 BPF maps are charged to RLIMIT_MEMLOCK (64 KiB here), which only
-# CAP_SYS_RESOURCE may raise: such nodes need it too (README, Node compatibility).
-case $(uname -r) in 5.10.*) caps=$caps,+sys_resource ;; esac
+say value memlock_kib "$(ulimit -l)"
 BASE="/usr/bin/setpriv --bounding-set=$caps --inh-caps=-all"
+case $(uname -r) in 5.10.*)
+  # Before 5.11 maps are charged to RLIMIT_MEMLOCK (64 KiB here), which the base
+  # DaemonSet cannot raise past its hard limit: the refusal says so. A runtime whose
+  # hard limit is higher (containerd's unit with LimitMEMLOCK=infinity) is enough: the
+  # exporter raises its soft limit to it, as everything below shows.
+  $BASE kube-ebpf-exporter --programs tcp_connect_latency --config.check 2>/dev/null |
+    sed 's/^/MATRIX base-check /'
+  ulimit -H -l unlimited ;;
+esac
 
 # --config.check on every config, every built-in program first.
 $BASE kube-ebpf-exporter --programs all --config.check 2>/dev/null | sed 's/^/MATRIX check default /'
