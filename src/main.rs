@@ -425,7 +425,10 @@ fn start_configs(args: &Args, config: &mut Config, source: &str) -> Result<Start
     // memory returned) once programs are attached.
     let btf = ingest::kernel_btf(args.btf_path.as_deref())?;
     if let Some(limit) = ingest::memlock::raise_soft_limit() {
-        tracing::info!(bytes = limit, "this kernel charges BPF maps to RLIMIT_MEMLOCK (before 5.11)");
+        tracing::info!(
+            bytes = limit,
+            "this kernel charges BPF maps to RLIMIT_MEMLOCK (before 5.11)"
+        );
     }
     let node = node_id(config);
     let cgroups = CgroupFs::discover().context("enrich: cgroup v2 hierarchy")?;
@@ -472,12 +475,9 @@ fn start_configs(args: &Args, config: &mut Config, source: &str) -> Result<Start
                 next_id += u.streams.len() as u32;
                 units.push(u);
             }
-            Err(f) if args.config_strict => bail!(
-                "config {} failed ({}): {}",
-                f.name,
-                f.cause(),
-                f.message
-            ),
+            Err(f) if args.config_strict => {
+                bail!("config {} failed ({}): {}", f.name, f.cause(), f.message)
+            }
             Err(f) => {
                 tracing::error!(config = %f.name, stage = f.stage.as_str(), reason = f.reason, "skipping config: {}", f.message);
                 failures.push(f);

@@ -72,9 +72,8 @@ impl Selection {
                 names.sort();
             }
             for name in names {
-                let loaded =
-                    Program::load(&dir.join(format!("{name}.yaml")))
-                        .map_err(|e| Failure::new(&name, Stage::Config, format!("{e:#}")));
+                let loaded = Program::load(&dir.join(format!("{name}.yaml")))
+                    .map_err(|e| Failure::new(&name, Stage::Config, format!("{e:#}")));
                 let src = match &loaded {
                     Ok(p) => Source::dir(dir, &name, p),
                     Err(_) => Source {

@@ -206,7 +206,10 @@ fn attach_points_the_kernel_lacks_are_explained() {
     );
     let (ok, out, _) = check(&dir, &[]);
     assert!(!ok);
-    assert!(out.contains("FAILED  calls (attach, missing_hook)"), "{out}");
+    assert!(
+        out.contains("FAILED  calls (attach, missing_hook)"),
+        "{out}"
+    );
     assert!(out.contains("(tracepoint/syscalls/sys_enter_no_such_call): attach failed (no such tracepoint on this kernel"), "{out}");
 }
 
@@ -259,9 +262,12 @@ fn a_bad_config_is_skipped_and_reported_unless_strict() {
         "{page}"
     );
     assert!(
-        page.lines().any(|l| l.starts_with("ebpf_exporter_config_failed{")
-            && ["name=\"bad\"", "stage=\"config\"", "reason=\"config\""].iter().all(|w| l.contains(w))
-            && l.ends_with(" 1")),
+        page.lines()
+            .any(|l| l.starts_with("ebpf_exporter_config_failed{")
+                && ["name=\"bad\"", "stage=\"config\"", "reason=\"config\""]
+                    .iter()
+                    .all(|w| l.contains(w))
+                && l.ends_with(" 1")),
         "{page}"
     );
     drop(exporter);
@@ -321,7 +327,8 @@ fn every_attach_kind_this_kernel_has_attaches_and_the_others_say_why() {
     let kprobes = std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists();
     if !kprobes {
         assert!(
-            out.contains("FAILED  kprobe (attach, missing_hook)") && out.contains("this kernel lacks kprobes"),
+            out.contains("FAILED  kprobe (attach, missing_hook)")
+                && out.contains("this kernel lacks kprobes"),
             "{out}"
         );
     }

@@ -34,7 +34,11 @@ fn daemonset_pod() -> Value {
         .args(["kustomize", &format!("{ROOT}/deploy/base")])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let daemonset = serde_yaml_ng::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
@@ -54,14 +58,30 @@ fn service_account(dir: &Path) -> PathBuf {
     let sa = dir.join("serviceaccount");
     fs::create_dir_all(&sa).unwrap();
     let ok = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=cluster-ca"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=cluster-ca",
+        ])
         .arg("-keyout")
         .arg(dir.join("ca.key"))
         .arg("-out")
         .arg(sa.join("ca.crt"))
         .output()
         .unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     fs::write(sa.join("token"), "not-a-real-token").unwrap();
     fs::write(sa.join("namespace"), "kube-ebpf-exporter").unwrap();
     sa
@@ -69,7 +89,11 @@ fn service_account(dir: &Path) -> PathBuf {
 
 /// The exporter's container as the kubelet hands it to the runtime: everything from
 /// the manifest's container and volumes.
-fn exporter_container(pod: &Value, dir: &Path, api_port: u16) -> (proto::ContainerConfig, u16, String) {
+fn exporter_container(
+    pod: &Value,
+    dir: &Path,
+    api_port: u16,
+) -> (proto::ContainerConfig, u16, String) {
     use proto::*;
     let c = &pod["containers"][0];
     let mut envs: Vec<KeyValue> = c["env"]
@@ -80,16 +104,28 @@ fn exporter_container(pod: &Value, dir: &Path, api_port: u16) -> (proto::Contain
             let value = match e["value"].as_str() {
                 Some(v) => v.to_string(),
                 None => {
-                    assert_eq!(e["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName", "{e:?}");
+                    assert_eq!(
+                        e["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName",
+                        "{e:?}"
+                    );
                     NODE.to_string()
                 }
             };
-            KeyValue { key: e["name"].as_str().unwrap().into(), value }
+            KeyValue {
+                key: e["name"].as_str().unwrap().into(),
+                value,
+            }
         })
         .collect();
     // The kubelet's service links: the API server (nothing answers on that port here).
-    for (key, value) in [("KUBERNETES_SERVICE_HOST", "127.0.0.1".to_string()), ("KUBERNETES_SERVICE_PORT", api_port.to_string())] {
-        envs.push(KeyValue { key: key.into(), value });
+    for (key, value) in [
+        ("KUBERNETES_SERVICE_HOST", "127.0.0.1".to_string()),
+        ("KUBERNETES_SERVICE_PORT", api_port.to_string()),
+    ] {
+        envs.push(KeyValue {
+            key: key.into(),
+            value,
+        });
     }
     let volumes = pod["volumes"].as_sequence().unwrap();
     let mut mounts: Vec<Mount> = c["volumeMounts"]
@@ -150,12 +186,19 @@ fn exporter_container(pod: &Value, dir: &Path, api_port: u16) -> (proto::Contain
         .as_u64()
         .unwrap() as u16;
     let config = ContainerConfig {
-        metadata: Some(ContainerMetadata { name: c["name"].as_str().unwrap().into(), attempt: 0 }),
-        image: Some(ImageSpec { image: IMAGE.into() }),
+        metadata: Some(ContainerMetadata {
+            name: c["name"].as_str().unwrap().into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: IMAGE.into(),
+        }),
         args: strings(&c["args"]),
         envs,
         mounts,
-        linux: Some(LinuxContainerConfig { security_context: Some(security) }),
+        linux: Some(LinuxContainerConfig {
+            security_context: Some(security),
+        }),
         ..Default::default()
     };
     (config, port, probe["path"].as_str().unwrap().into())
@@ -170,7 +213,10 @@ fn status(pid: &str, key: &str) -> String {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
         .lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}:")).map(|v| v.trim().to_string()))
+        .find_map(|l| {
+            l.strip_prefix(&format!("{key}:"))
+                .map(|v| v.trim().to_string())
+        })
         .unwrap_or_default()
 }
 
@@ -199,9 +245,18 @@ impl Drop for PodLogs {
 fn the_image_runs_as_the_daemonset_says_and_counts_a_pods_connects() {
     let test = "the_image_runs_as_the_daemonset_says_and_counts_a_pods_connects";
     if !test_support::privileged(test)
-        || !["buildah", "containerd", "runc", "ctr", "kubectl", "apt-get", "busybox", "openssl"]
-            .iter()
-            .all(|t| test_support::tool(test, t))
+        || ![
+            "buildah",
+            "containerd",
+            "runc",
+            "ctr",
+            "kubectl",
+            "apt-get",
+            "busybox",
+            "openssl",
+        ]
+        .iter()
+        .all(|t| test_support::tool(test, t))
     {
         return;
     }
@@ -212,7 +267,11 @@ fn the_image_runs_as_the_daemonset_says_and_counts_a_pods_connects() {
         .arg(&archive)
         .output()
         .unwrap();
-    assert!(built.status.success(), "deploy/build-image.sh: {}", String::from_utf8_lossy(&built.stderr));
+    assert!(
+        built.status.success(),
+        "deploy/build-image.sh: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
     eprintln!("{}", String::from_utf8_lossy(&built.stdout).trim());
 
     let containerd = Containerd::start(&dir.0.join("containerd"));
@@ -222,10 +281,18 @@ fn the_image_runs_as_the_daemonset_says_and_counts_a_pods_connects() {
     let pod = daemonset_pod();
     let api_port = common::free_port();
     let (config, port, health) = exporter_container(&pod, &dir.0, api_port);
-    assert!(get(port, "/healthz").is_none(), "port {port} is taken before the test");
+    assert!(
+        get(port, "/healthz").is_none(),
+        "port {port} is taken before the test"
+    );
 
     // The pod whose connects the exporter must name, as the kubelet lays out its logs.
-    let (ns, name, uid, container) = ("shop", "cart-5f7b9-xk2p4", "9c1d2e3f-4a5b-4c6d-8e7f-0a1b2c3d4e5f", "client");
+    let (ns, name, uid, container) = (
+        "shop",
+        "cart-5f7b9-xk2p4",
+        "9c1d2e3f-4a5b-4c6d-8e7f-0a1b2c3d4e5f",
+        "client",
+    );
     let log_dir = PathBuf::from(format!("/var/log/pods/{ns}_{name}_{uid}"));
     fs::create_dir_all(log_dir.join(container)).unwrap();
     let mut cleanup = PodLogs(vec![log_dir.clone()]);
@@ -233,26 +300,51 @@ fn the_image_runs_as_the_daemonset_says_and_counts_a_pods_connects() {
     let target = listener.local_addr().unwrap().port();
     const N: usize = 9;
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let ch = rt.block_on(channel(&containerd.socket)).unwrap();
-    let (exporter_pod, exporter) = rt.block_on(run(&ch, sandbox("kube-ebpf-exporter", "kube-ebpf-exporter-x7k2m", "1f2e3d4c-5b6a-4978-8a9b-0c1d2e3f4a5b"), config));
+    let (exporter_pod, exporter) = rt.block_on(run(
+        &ch,
+        sandbox(
+            "kube-ebpf-exporter",
+            "kube-ebpf-exporter-x7k2m",
+            "1f2e3d4c-5b6a-4978-8a9b-0c1d2e3f4a5b",
+        ),
+        config,
+    ));
 
     // Ready as the kubelet's readiness probe sees it.
     let deadline = Instant::now() + Duration::from_secs(60);
     while get(port, &health).is_none() {
-        assert!(Instant::now() < deadline, "the exporter's container never became ready; containerd: {}", containerd.log());
+        assert!(
+            Instant::now() < deadline,
+            "the exporter's container never became ready; containerd: {}",
+            containerd.log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     // It holds what the manifest grants and nothing more, under the runtime's seccomp filter.
     let pid = task_pid(&containerd, &exporter);
-    assert_eq!(status(&pid, "CapBnd"), format!("{:016x}", 1u64 << 39 | 1 << 38 | 1 << 2));
+    assert_eq!(
+        status(&pid, "CapBnd"),
+        format!("{:016x}", 1u64 << 39 | 1 << 38 | 1 << 2)
+    );
     assert_eq!(status(&pid, "NoNewPrivs"), "1");
     assert_eq!(status(&pid, "Seccomp"), "2", "filter mode");
 
-    let script = format!("sleep 1; for i in $(seq {N}); do nc 127.0.0.1 {target} </dev/null; done; sleep 1000000");
+    let script = format!(
+        "sleep 1; for i in $(seq {N}); do nc 127.0.0.1 {target} </dev/null; done; sleep 1000000"
+    );
     let client = proto::ContainerConfig {
-        metadata: Some(enrich::cri::proto::ContainerMetadata { name: container.into(), attempt: 0 }),
-        image: Some(proto::ImageSpec { image: BUSYBOX.into() }),
+        metadata: Some(enrich::cri::proto::ContainerMetadata {
+            name: container.into(),
+            attempt: 0,
+        }),
+        image: Some(proto::ImageSpec {
+            image: BUSYBOX.into(),
+        }),
         command: vec!["/bin/sh".into(), "-c".into(), script],
         log_path: format!("{container}/0.log"),
         ..Default::default()
@@ -261,17 +353,26 @@ fn the_image_runs_as_the_daemonset_says_and_counts_a_pods_connects() {
     client_pod.log_directory = log_dir.to_string_lossy().into();
     let (client_sandbox, client_id) = rt.block_on(run(&ch, client_pod, client));
     // The kubelet's link for the container's log, which names its container id.
-    let link = PathBuf::from(format!("/var/log/containers/{name}_{ns}_{container}-{client_id}.log"));
+    let link = PathBuf::from(format!(
+        "/var/log/containers/{name}_{ns}_{container}-{client_id}.log"
+    ));
     let _ = std::os::unix::fs::symlink(log_dir.join(container).join("0.log"), &link);
     cleanup.0.push(link);
     for _ in 0..N {
         drop(listener.accept().unwrap());
     }
 
-    let want = [format!("app_namespace=\"{ns}\""), format!("app_pod=\"{name}\""), format!("app_container=\"{container}\"")];
+    let want = [
+        format!("app_namespace=\"{ns}\""),
+        format!("app_pod=\"{name}\""),
+        format!("app_container=\"{container}\""),
+    ];
     let count = |page: &str| -> f64 {
         page.lines()
-            .filter(|l| l.starts_with("ebpf_exporter_tcp_connect_latency_seconds_count{") && want.iter().all(|w| l.contains(w.as_str())))
+            .filter(|l| {
+                l.starts_with("ebpf_exporter_tcp_connect_latency_seconds_count{")
+                    && want.iter().all(|w| l.contains(w.as_str()))
+            })
             .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
             .sum()
     };
@@ -289,9 +390,16 @@ fn the_image_runs_as_the_daemonset_says_and_counts_a_pods_connects() {
         count(&page),
         N as f64,
         "want {N} connects under {want:?}; /metrics:\n{}",
-        page.lines().filter(|l| l.contains("tcp_connect") || l.contains("config") || l.contains("metadata")).collect::<Vec<_>>().join("\n")
+        page.lines()
+            .filter(|l| l.contains("tcp_connect") || l.contains("config") || l.contains("metadata"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     // Every built-in of the default set attached under those privileges.
     assert!(!page.contains("ebpf_exporter_config_failed{"), "{page}");
-    assert_eq!(page.matches("ebpf_exporter_enabled_configs{").count(), 7, "{page}");
+    assert_eq!(
+        page.matches("ebpf_exporter_enabled_configs{").count(),
+        7,
+        "{page}"
+    );
 }

@@ -106,7 +106,9 @@ fn install_binary(tree: &Path, bin: &Path, at: &str) {
 fn initramfs(dir: &Path, kernels: &[Kernel]) -> PathBuf {
     let tree = dir.join("tree");
     let _ = std::fs::remove_dir_all(&tree);
-    for d in ["bin", "usr/bin", "cfg", "boot", "matrix", "sys", "proc", "dev", "tmp"] {
+    for d in [
+        "bin", "usr/bin", "cfg", "boot", "matrix", "sys", "proc", "dev", "tmp",
+    ] {
         std::fs::create_dir_all(tree.join(d)).unwrap();
     }
     std::fs::copy("/bin/busybox", tree.join("bin/busybox")).unwrap();
@@ -240,7 +242,11 @@ fn parse(output: &str) -> Report {
                     continue;
                 };
                 let name = name.trim_end_matches(':').to_string();
-                let checks = if kind == "check" { &mut r.checks } else { &mut r.base_checks };
+                let checks = if kind == "check" {
+                    &mut r.checks
+                } else {
+                    &mut r.base_checks
+                };
                 checks.insert(name, rest.to_string());
             }
             "metric" => {
@@ -348,7 +354,10 @@ fn problems(k: &Kernel, r: &Report) -> Vec<String> {
     // built-ins served holding exactly the base DaemonSet's capabilities.
     let paranoid = if (major, minor) == (6, 1) { 4.0 } else { 3.0 };
     if r.values.get("perf_event_paranoid") != Some(&paranoid) {
-        bad.push(format!("perf_event_paranoid {:?}, want {paranoid}", r.values.get("perf_event_paranoid")));
+        bad.push(format!(
+            "perf_event_paranoid {:?}, want {paranoid}",
+            r.values.get("perf_event_paranoid")
+        ));
     }
     let base_caps = (1u64 << 39 | 1 << 38 | 1 << 2) as f64;
     if r.values.get("capbnd_9435") != Some(&base_caps) {
@@ -357,24 +366,49 @@ fn problems(k: &Kernel, r: &Report) -> Vec<String> {
     // Before 5.11, at the kernel's default RLIMIT_MEMLOCK: the cause and both ways out.
     if (major, minor) < (5, 11) {
         match r.base_checks.get("tcp_connect_latency") {
-            Some(line) if line.contains("(load, memlock)") && ["CAP_SYS_RESOURCE", "deploy/overlays/pre-5.11-kernels", "LimitMEMLOCK"].iter().all(|w| line.contains(w)) => {}
-            other => bad.push(format!("tcp_connect_latency at a 64 KiB RLIMIT_MEMLOCK: {other:?}")),
+            Some(line)
+                if line.contains("(load, memlock)")
+                    && [
+                        "CAP_SYS_RESOURCE",
+                        "deploy/overlays/pre-5.11-kernels",
+                        "LimitMEMLOCK",
+                    ]
+                    .iter()
+                    .all(|w| line.contains(w)) => {}
+            other => bad.push(format!(
+                "tcp_connect_latency at a 64 KiB RLIMIT_MEMLOCK: {other:?}"
+            )),
         }
     }
     // A user's tracepoint config there: one message naming the sysctl, the overlay and
     // the hooks that need no perf event.
     match r.base_checks.get("getpid-calls") {
-        Some(line) if line.starts_with("FAILED") && line.contains("(attach, perf_event_paranoid)")
-            && ["kernel.perf_event_paranoid", "deploy/overlays/perf-events", "raw_tp/sys_enter_getpid"].iter().all(|w| line.contains(w)) => {}
-        other => bad.push(format!("getpid-calls under the base capabilities: {other:?}")),
+        Some(line)
+            if line.starts_with("FAILED")
+                && line.contains("(attach, perf_event_paranoid)")
+                && [
+                    "kernel.perf_event_paranoid",
+                    "deploy/overlays/perf-events",
+                    "raw_tp/sys_enter_getpid",
+                ]
+                .iter()
+                .all(|w| line.contains(w)) => {}
+        other => bad.push(format!(
+            "getpid-calls under the base capabilities: {other:?}"
+        )),
     }
     // kprobe configs attach through kprobe-multi links where the kernel has them (fprobe:
     // 6.12 here), and say why not elsewhere.
     let kprobe_multi = config_value(&k.config, "FPROBE") == "y";
     match r.base_checks.get("kprobe-fsync") {
         Some(line) if kprobe_multi && line.starts_with("ok") => {}
-        Some(line) if !kprobe_multi && line.contains("(attach, perf_event_paranoid)") && line.contains("kprobe-multi") => {}
-        other => bad.push(format!("kprobe-fsync under the base capabilities (kprobe-multi: {kprobe_multi}): {other:?}")),
+        Some(line)
+            if !kprobe_multi
+                && line.contains("(attach, perf_event_paranoid)")
+                && line.contains("kprobe-multi") => {}
+        other => bad.push(format!(
+            "kprobe-fsync under the base capabilities (kprobe-multi: {kprobe_multi}): {other:?}"
+        )),
     }
     // The reload replaced the changed config, which then counted afresh.
     if !r.reload.contains("replaced [\"getpid-calls\"]") {

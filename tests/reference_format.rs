@@ -223,7 +223,8 @@ fn kprobe_and_fentry_programs_say_what_this_kernel_lacks() {
         "{text}"
     );
     assert!(
-        text.contains("FAILED  fentry-fsync (load, missing_hook)") && text.contains("no BPF trampoline support"),
+        text.contains("FAILED  fentry-fsync (load, missing_hook)")
+            && text.contains("no BPF trampoline support"),
         "{text}"
     );
 }

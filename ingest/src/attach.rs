@@ -194,7 +194,11 @@ impl AttachPoint {
     pub fn needs_perf_event(&self) -> bool {
         matches!(
             self,
-            Self::TracePoint { .. } | Self::KProbe { .. } | Self::UProbe { .. } | Self::Usdt { .. } | Self::PerfEvent { .. }
+            Self::TracePoint { .. }
+                | Self::KProbe { .. }
+                | Self::UProbe { .. }
+                | Self::Usdt { .. }
+                | Self::PerfEvent { .. }
         )
     }
 }

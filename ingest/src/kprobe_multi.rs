@@ -82,7 +82,10 @@ impl Relocated {
             .map(|(n, fd, m)| (n.to_string(), fd, m.clone()))
             .collect();
         object
-            .relocate_maps(maps.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)), &text_sections)
+            .relocate_maps(
+                maps.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)),
+                &text_sections,
+            )
             .map_err(|e| boxed(e.into()))?;
         object
             .relocate_calls(&text_sections)
@@ -94,7 +97,12 @@ impl Relocated {
     ///
     /// # Errors
     /// The kernel refuses the program or the link.
-    pub fn attach(&self, program: &str, function: &str, ret: bool) -> Result<KprobeMultiLink, KprobeMultiError> {
+    pub fn attach(
+        &self,
+        program: &str,
+        function: &str,
+        ret: bool,
+    ) -> Result<KprobeMultiLink, KprobeMultiError> {
         let prog = self
             .object
             .programs
@@ -118,11 +126,36 @@ fn map_fd(map: &Map) -> i32 {
         };
     }
     fd!(
-        Array, ArrayOfMaps, BloomFilter, CgroupArray, CgroupStorage, CgrpStorage, CpuMap, DevMap,
-        DevMapHash, HashMap, HashOfMaps, InodeStorage, LpmTrie, LruHashMap, PerCpuArray,
-        PerCpuCgroupStorage, PerCpuHashMap, PerCpuLruHashMap, PerfEventArray, ProgramArray,
-        Queue, ReusePortSockArray, RingBuf, SockHash, SockMap, SkStorage, Stack, StackTraceMap,
-        Unsupported, XskMap
+        Array,
+        ArrayOfMaps,
+        BloomFilter,
+        CgroupArray,
+        CgroupStorage,
+        CgrpStorage,
+        CpuMap,
+        DevMap,
+        DevMapHash,
+        HashMap,
+        HashOfMaps,
+        InodeStorage,
+        LpmTrie,
+        LruHashMap,
+        PerCpuArray,
+        PerCpuCgroupStorage,
+        PerCpuHashMap,
+        PerCpuLruHashMap,
+        PerfEventArray,
+        ProgramArray,
+        Queue,
+        ReusePortSockArray,
+        RingBuf,
+        SockHash,
+        SockMap,
+        SkStorage,
+        Stack,
+        StackTraceMap,
+        Unsupported,
+        XskMap
     )
 }
 
@@ -162,7 +195,12 @@ struct LinkCreateAttr {
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
     // SAFETY: `attr` is a valid bpf_attr prefix of its size; the kernel zero-extends it.
     let fd = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>() as u32)
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T,
+            std::mem::size_of::<T>() as u32,
+        )
     };
     if fd < 0 {
         return Err(io::Error::last_os_error());
@@ -171,7 +209,11 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-fn load(name: &str, code: &[aya_obj::generated::bpf_insn], license: &CString) -> Result<OwnedFd, KprobeMultiError> {
+fn load(
+    name: &str,
+    code: &[aya_obj::generated::bpf_insn],
+    license: &CString,
+) -> Result<OwnedFd, KprobeMultiError> {
     let mut attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_KPROBE,
         insn_cnt: code.len() as u32,
@@ -200,12 +242,17 @@ fn load(name: &str, code: &[aya_obj::generated::bpf_insn], license: &CString) ->
     let tail = crate::loader::tail(&String::from_utf8_lossy(&log[..end]), 12);
     Err(KprobeMultiError::Load {
         source,
-        log: if tail.is_empty() { String::new() } else { format!("; verifier log (last lines):\n{tail}") },
+        log: if tail.is_empty() {
+            String::new()
+        } else {
+            format!("; verifier log (last lines):\n{tail}")
+        },
     })
 }
 
 fn link(program: &OwnedFd, function: &str, ret: bool) -> io::Result<OwnedFd> {
-    let symbol = CString::new(function).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let symbol =
+        CString::new(function).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let syms = [symbol.as_ptr()];
     let mut attr = LinkCreateAttr {
         prog_fd: program.as_raw_fd() as u32,
@@ -221,12 +268,14 @@ fn link(program: &OwnedFd, function: &str, ret: bool) -> io::Result<OwnedFd> {
 /// The error, and what it says about the kernel.
 pub fn explain(e: &KprobeMultiError) -> String {
     let why = match e {
-        KprobeMultiError::Link(io) | KprobeMultiError::Load { source: io, .. } => match io.raw_os_error() {
-            Some(libc::EOPNOTSUPP) => " (this kernel has no fprobe: CONFIG_FPROBE)",
-            Some(libc::EINVAL) => " (kprobe-multi links need kernel 5.18 or later)",
-            Some(libc::ENOENT | libc::ESRCH) => " (no such traceable function)",
-            _ => "",
-        },
+        KprobeMultiError::Link(io) | KprobeMultiError::Load { source: io, .. } => {
+            match io.raw_os_error() {
+                Some(libc::EOPNOTSUPP) => " (this kernel has no fprobe: CONFIG_FPROBE)",
+                Some(libc::EINVAL) => " (kprobe-multi links need kernel 5.18 or later)",
+                Some(libc::ENOENT | libc::ESRCH) => " (no such traceable function)",
+                _ => "",
+            }
+        }
         _ => "",
     };
     format!("{}{why}", crate::chain(e))

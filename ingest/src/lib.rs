@@ -91,7 +91,9 @@ impl IngestError {
     pub fn reason(&self) -> refusal::Reason {
         match self {
             Self::Program { reason, .. } | Self::Load { reason, .. } => *reason,
-            Self::Parse { .. } | Self::UnknownSection { .. } | Self::Map { .. } => refusal::Reason::Object,
+            Self::Parse { .. } | Self::UnknownSection { .. } | Self::Map { .. } => {
+                refusal::Reason::Object
+            }
             Self::KernelBtf { .. } | Self::Poll { .. } => refusal::Reason::Kernel,
         }
     }

@@ -17,8 +17,7 @@ use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 use crate::{
     elf,
     kconfig::KernelConfig,
-    kprobe_multi,
-    memlock,
+    kprobe_multi, memlock,
     refusal::{self, Privileges, Reason},
     usdt, AttachPoint, IngestError, RingConsumer,
 };
@@ -301,7 +300,9 @@ fn load_object(
 
 fn refused_map_errno(e: &aya::EbpfError) -> Option<i32> {
     match e {
-        aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. }) => io_error.raw_os_error(),
+        aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. }) => {
+            io_error.raw_os_error()
+        }
         _ => None,
     }
 }
@@ -371,7 +372,12 @@ impl LoadedObject {
             let mut attach_one = || -> Result<(), IngestError> {
                 // kprobe-multi first; the perf event path where the kernel lacks it.
                 let mut multi_failed = String::new();
-                if let AttachPoint::KProbe { function, offset: 0, ret } = &point {
+                if let AttachPoint::KProbe {
+                    function,
+                    offset: 0,
+                    ret,
+                } = &point
+                {
                     let attempt = match &relocated {
                         Some(r) => Ok(r),
                         None => kprobe_multi::Relocated::new(&prepared, &ebpf, btf)
@@ -383,7 +389,12 @@ impl LoadedObject {
                             multi_links.push(link);
                             return Ok(());
                         }
-                        Err(e) => multi_failed = format!("; kprobe-multi, tried first: {}", kprobe_multi::explain(&e)),
+                        Err(e) => {
+                            multi_failed = format!(
+                                "; kprobe-multi, tried first: {}",
+                                kprobe_multi::explain(&e)
+                            )
+                        }
                     }
                 }
                 let err = |action, e: &ProgramError| {

@@ -13,7 +13,10 @@ pub fn charged() -> bool {
 
 /// (soft, hard) RLIMIT_MEMLOCK in bytes (`u64::MAX` for unlimited).
 fn limits() -> (u64, u64) {
-    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes into the struct it is given.
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut l) } != 0 {
         return (0, 0);
@@ -30,7 +33,10 @@ pub fn raise_soft_limit() -> Option<u64> {
     }
     let (soft, hard) = limits();
     if soft < hard {
-        let l = libc::rlimit { rlim_cur: hard, rlim_max: hard };
+        let l = libc::rlimit {
+            rlim_cur: hard,
+            rlim_max: hard,
+        };
         // SAFETY: setrlimit reads the struct it is given; a soft limit up to the hard
         // one needs no capability.
         if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &l) } == 0 {
@@ -47,7 +53,11 @@ pub fn hint() -> Option<String> {
         return None;
     }
     let (soft, _) = limits();
-    let limit = if soft == libc::RLIM_INFINITY { "unlimited".to_string() } else { format!("{} KiB", soft / 1024) };
+    let limit = if soft == libc::RLIM_INFINITY {
+        "unlimited".to_string()
+    } else {
+        format!("{} KiB", soft / 1024)
+    };
     Some(format!(
         " (before 5.11 the kernel charges BPF maps to RLIMIT_MEMLOCK, here {limit}; \
          raising it takes CAP_SYS_RESOURCE: deploy with deploy/overlays/pre-5.11-kernels, \

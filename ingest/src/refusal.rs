@@ -98,8 +98,8 @@ impl Privileges {
 
     /// Why a hook of this kind cannot attach with these privileges, if it cannot.
     pub fn refusal(&self, point: &AttachPoint) -> Option<Reason> {
-        let admin = self.has(CAP_SYS_ADMIN);
-        if !admin && !(self.has(CAP_BPF) && self.has(CAP_PERFMON)) {
+        let bpf_and_perfmon = self.has(CAP_BPF) && self.has(CAP_PERFMON);
+        if !(self.has(CAP_SYS_ADMIN) || bpf_and_perfmon) {
             return Some(Reason::Capability);
         }
         if self.lockdown.as_deref() == Some("confidentiality")
@@ -134,8 +134,9 @@ pub struct Diagnosis {
 /// at `point`.
 pub fn diagnose(point: &AttachPoint, action: &str, detail: &str, held: &Privileges) -> Diagnosis {
     let denied = detail.contains("Permission denied") || detail.contains("not permitted");
-    let missing =
-        detail.contains("No such file") || detail.contains("not found") || detail.contains("ENOENT");
+    let missing = detail.contains("No such file")
+        || detail.contains("not found")
+        || detail.contains("ENOENT");
     let (reason, hint) = match (action, held.refusal(point)) {
         (_, Some(Reason::Capability)) if denied => (
             Reason::Capability,
@@ -233,15 +234,30 @@ mod tests {
     fn the_base_daemonset_on_debian_and_ubuntu_cannot_open_perf_events() {
         for paranoid in [3, 4] {
             let p = held(BASE_DAEMONSET, paranoid);
-            for s in ["tracepoint/sock/inet_sock_set_state", "kprobe/tcp_v4_connect", "uprobe/bin:main", "usdt/bin:p:n"] {
+            for s in [
+                "tracepoint/sock/inet_sock_set_state",
+                "kprobe/tcp_v4_connect",
+                "uprobe/bin:main",
+                "usdt/bin:p:n",
+            ] {
                 assert_eq!(p.refusal(&point(s)), Some(Reason::PerfEventParanoid), "{s}");
             }
-            for s in ["raw_tp/inet_sock_set_state", "tp_btf/sched_switch", "fentry/tcp_v4_connect"] {
+            for s in [
+                "raw_tp/inet_sock_set_state",
+                "tp_btf/sched_switch",
+                "fentry/tcp_v4_connect",
+            ] {
                 assert_eq!(p.refusal(&point(s)), None, "{s}");
             }
         }
-        assert_eq!(held(BASE_DAEMONSET, 2).refusal(&point("tracepoint/a/b")), None);
-        assert_eq!(held(BASE_DAEMONSET | 1 << CAP_SYS_ADMIN, 4).refusal(&point("tracepoint/a/b")), None);
+        assert_eq!(
+            held(BASE_DAEMONSET, 2).refusal(&point("tracepoint/a/b")),
+            None
+        );
+        assert_eq!(
+            held(BASE_DAEMONSET | 1 << CAP_SYS_ADMIN, 4).refusal(&point("tracepoint/a/b")),
+            None
+        );
     }
 
     #[test]
@@ -253,32 +269,74 @@ mod tests {
             &held(BASE_DAEMONSET, 3),
         );
         assert_eq!(d.reason, Reason::PerfEventParanoid);
-        for want in ["kernel.perf_event_paranoid is 3", "CAP_SYS_ADMIN", "raw_tp/inet_sock_set_state", "tp_btf/inet_sock_set_state", "=2", "deploy/overlays/perf-events"] {
+        for want in [
+            "kernel.perf_event_paranoid is 3",
+            "CAP_SYS_ADMIN",
+            "raw_tp/inet_sock_set_state",
+            "tp_btf/inet_sock_set_state",
+            "=2",
+            "deploy/overlays/perf-events",
+        ] {
             assert!(d.hint.contains(want), "{want}: {}", d.hint);
         }
-        let k = diagnose(&point("kretprobe/do_sys_openat2"), "attach", "Permission denied", &held(BASE_DAEMONSET, 4));
-        assert!(k.hint.contains("fexit/do_sys_openat2") && k.hint.contains("kprobe-multi"), "{}", k.hint);
+        let k = diagnose(
+            &point("kretprobe/do_sys_openat2"),
+            "attach",
+            "Permission denied",
+            &held(BASE_DAEMONSET, 4),
+        );
+        assert!(
+            k.hint.contains("fexit/do_sys_openat2") && k.hint.contains("kprobe-multi"),
+            "{}",
+            k.hint
+        );
     }
 
     #[test]
     fn other_causes() {
         let p = held(BASE_DAEMONSET, 2);
-        let d = diagnose(&point("tracepoint/a/b"), "attach", "No such file or directory", &p);
+        let d = diagnose(
+            &point("tracepoint/a/b"),
+            "attach",
+            "No such file or directory",
+            &p,
+        );
         assert_eq!(d.reason, Reason::MissingHook);
-        let d = diagnose(&point("raw_tp/x"), "attach", "Permission denied", &held(1 << 2, 2));
+        let d = diagnose(
+            &point("raw_tp/x"),
+            "attach",
+            "Permission denied",
+            &held(1 << 2, 2),
+        );
         assert_eq!(d.reason, Reason::Capability);
-        let d = diagnose(&point("raw_tp/x"), "load", "Permission denied; verifier log (last lines):\nR1 invalid mem access", &p);
+        let d = diagnose(
+            &point("raw_tp/x"),
+            "load",
+            "Permission denied; verifier log (last lines):\nR1 invalid mem access",
+            &p,
+        );
         assert_eq!(d.reason, Reason::Verifier);
         let mut locked = p.clone();
         locked.lockdown = Some("confidentiality".into());
-        let d = diagnose(&point("kprobe/f"), "attach", "Operation not permitted", &locked);
+        let d = diagnose(
+            &point("kprobe/f"),
+            "attach",
+            "Operation not permitted",
+            &locked,
+        );
         assert_eq!(d.reason, Reason::Lockdown);
     }
 
     #[test]
     fn lockdown_mode_is_the_bracketed_one() {
-        assert_eq!(selected_lockdown("none [integrity] confidentiality\n").as_deref(), Some("integrity"));
-        assert_eq!(selected_lockdown("[none] integrity confidentiality").as_deref(), Some("none"));
+        assert_eq!(
+            selected_lockdown("none [integrity] confidentiality\n").as_deref(),
+            Some("integrity")
+        );
+        assert_eq!(
+            selected_lockdown("[none] integrity confidentiality").as_deref(),
+            Some("none")
+        );
         assert_eq!(selected_lockdown(""), None);
     }
 }
