@@ -14,6 +14,8 @@ fi
 setup() {
   local missing=()
   command -v clang >/dev/null || missing+=(clang)
+  # Strips the DWARF off the embedded BPF objects (bpf/build.rs).
+  command -v llvm-strip >/dev/null || missing+=(llvm)
   [ -f /usr/include/bpf/bpf_helpers.h ] || missing+=(libbpf-dev)
   command -v bpftool >/dev/null || missing+=(bpftool)
   # Tests only: a real Prometheus scrapes the exporter; promtool lints its output.

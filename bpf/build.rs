@@ -1,5 +1,7 @@
 //! Compiles every `bpf/*.bpf.c` with clang into `$OUT_DIR/<name>.bpf.o` (ring buffers)
-//! and `<name>.perf.bpf.o` (perf event arrays, for kernels before 5.8) for embedding.
+//! and `<name>.perf.bpf.o` (perf event arrays, for kernels before 5.8) for embedding,
+//! without their DWARF (`llvm-strip -g`: 97% of each object; BTF, its line info and the
+//! symbols the loader needs stay).
 
 use std::{env, fs, path::PathBuf, process::Command};
 
@@ -16,6 +18,8 @@ fn main() {
     // New programs change the directory itself.
     println!("cargo:rerun-if-changed={}", dir.display());
     println!("cargo:rerun-if-env-changed=CLANG");
+    println!("cargo:rerun-if-env-changed=LLVM_STRIP");
+    let strip = env::var("LLVM_STRIP").unwrap_or_else(|_| "llvm-strip".into());
     let mut sources: Vec<_> = fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -52,6 +56,19 @@ fn main() {
                 "clang failed on {} {defines:?}",
                 src.display()
             );
+            strip_debug(&strip, &out.join(format!("{stem}.{suffix}")));
         }
+    }
+}
+
+/// Drops an object's DWARF in place; without llvm-strip the objects stay whole (and the
+/// binary larger).
+fn strip_debug(strip: &str, object: &std::path::Path) {
+    match Command::new(strip).arg("-g").arg(object).status() {
+        Ok(s) if s.success() => {}
+        Ok(s) => panic!("{strip} -g {} failed: {s}", object.display()),
+        Err(e) => println!(
+            "cargo:warning=cannot run {strip} ({e}): embedding BPF objects with their DWARF (install llvm)"
+        ),
     }
 }

@@ -156,6 +156,29 @@ fn every_overlay_renders_and_validates_offline() {
             );
         }
 
+        // The image-volume overlay: the program directory is an OCI image, mounted
+        // read-only where --config.dir points.
+        if k.ends_with("programs-image") {
+            let pod = &daemonsets[0]["spec"]["template"]["spec"];
+            let c = &pod["containers"][0];
+            let volume = pod["volumes"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == "programs")
+                .unwrap();
+            assert!(volume["image"]["reference"].is_string() && volume.get("configMap").is_none(), "{volume:?}");
+            let mount = c["volumeMounts"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"] == "programs")
+                .unwrap();
+            assert_eq!(mount["readOnly"], true);
+            let dir = format!("--config.dir={}", mount["mountPath"].as_str().unwrap());
+            assert!(c["args"].as_sequence().unwrap().iter().any(|a| a == dir.as_str()), "{:?}", c["args"]);
+        }
+
         // A ServiceMonitor must find the Service and its port.
         let service = of_kind(&docs, "Service")[0];
         for sm in of_kind(&docs, "ServiceMonitor") {

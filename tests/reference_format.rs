@@ -22,6 +22,11 @@ fn start_unlocked(examples: &[&str], dir: &TempDir) -> Exporter {
     for e in examples {
         compile_example(e, &dir.0);
     }
+    launch(examples, dir)
+}
+
+/// Starts an exporter on the examples already in `dir`.
+fn launch(examples: &[&str], dir: &TempDir) -> Exporter {
     let names = examples.join(",");
     let args = [
         "--config.dir",
@@ -63,12 +68,21 @@ fn a_metric_without_labels_counts_the_post_attach_mark_once() {
 }
 
 /// Pods (matching the example's regexp) and a plain cgroup, before and after start.
-fn cgroup_id_map(example: &str, metric: &str) {
+/// With `strip`, the objects lose their DWARF first (`llvm-strip -g`), as distributors
+/// ship them.
+fn cgroup_id_map(example: &str, metric: &str, strip: bool) {
     let dir = TempDir::new(example);
     let mut cgroups = Cgroups::new(example);
     let early = Pod::new("shop", "idmap-early-5d6c7", "app").cgroup(&mut cgroups);
     let plain = cgroups.create(&["not-a-pod"]);
-    let exporter = start(&[example], &dir);
+    let exporter = {
+        let _one_at_a_time = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+        compile_example(example, &dir.0);
+        if strip {
+            strip_debug(&dir.0.join(format!("{example}.bpf.o")));
+        }
+        launch(&[example], &dir)
+    };
     // Created after the exporter filled the map: the cgroup events stream adds it.
     let late = Pod::new("shop", "idmap-late-8e9f0", "app").cgroup(&mut cgroups);
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -99,7 +113,38 @@ fn cgroup_id_map_of_type_hash_follows_cgroups() {
     cgroup_id_map(
         "cgroup-id-map",
         "ebpf_exporter_getppid_calls_by_filter_total",
+        false,
     );
+}
+
+/// The twin of the test above: the same object without its DWARF counts the same.
+#[test]
+fn a_stripped_object_counts_as_its_unstripped_twin() {
+    privileged!("a_stripped_object_counts_as_its_unstripped_twin");
+    if !test_support::tool("a_stripped_object_counts_as_its_unstripped_twin", "llvm-strip") {
+        return;
+    }
+    cgroup_id_map(
+        "cgroup-id-map",
+        "ebpf_exporter_getppid_calls_by_filter_total",
+        true,
+    );
+}
+
+/// `llvm-strip -g`: drops DWARF; BTF, its line info and the symbols stay.
+fn strip_debug(object: &std::path::Path) {
+    let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len();
+    let before = size(object);
+    let status = std::process::Command::new("llvm-strip")
+        .arg("-g")
+        .arg(object)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let bytes = std::fs::read(object).unwrap();
+    let has = |name: &[u8]| bytes.windows(name.len()).any(|w| w == name);
+    assert!(!has(b".debug_info") && has(b".BTF.ext"), "llvm-strip -g kept DWARF or lost BTF");
+    assert!(size(object) < before, "{before} -> {}", size(object));
 }
 
 #[test]
@@ -108,6 +153,7 @@ fn cgroup_id_map_of_type_cgrp_storage_follows_cgroups() {
     cgroup_id_map(
         "cgroup-id-map-storage",
         "ebpf_exporter_getppid_calls_by_storage_total",
+        false,
     );
 }
 

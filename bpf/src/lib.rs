@@ -118,4 +118,14 @@ mod tests {
             }
         }
     }
+
+    /// The objects are embedded without DWARF (bpf/build.rs, with llvm-strip), BTF kept.
+    #[test]
+    fn built_ins_are_embedded_without_dwarf() {
+        for o in super::OBJECTS {
+            let names = section_names(o.bytes);
+            assert!(names.iter().any(|n| n == ".BTF.ext"), "{}: {names:?}", o.name);
+            assert!(!names.iter().any(|n| n.starts_with(".debug_")), "{}: {names:?} (is llvm-strip installed?)", o.name);
+        }
+    }
 }
