@@ -61,6 +61,8 @@ case "$cmd" in
     # TLS tests: certificates made with openssl, scraped with curl.
     command -v openssl >/dev/null || extra+=(openssl)
     command -v curl >/dev/null || extra+=(curl)
+    # Examples are compiled with clang 16, as upstream's newer ones need.
+    command -v clang-16 >/dev/null || extra+=(clang-16)
     if [ ${#extra[@]} -gt 0 ]; then
       apt-get update -qq
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${extra[@]}" >/dev/null

@@ -167,7 +167,10 @@ fn every_overlay_renders_and_validates_offline() {
                 .iter()
                 .find(|v| v["name"] == "programs")
                 .unwrap();
-            assert!(volume["image"]["reference"].is_string() && volume.get("configMap").is_none(), "{volume:?}");
+            assert!(
+                volume["image"]["reference"].is_string() && volume.get("configMap").is_none(),
+                "{volume:?}"
+            );
             let mount = c["volumeMounts"]
                 .as_sequence()
                 .unwrap()
@@ -176,7 +179,15 @@ fn every_overlay_renders_and_validates_offline() {
                 .unwrap();
             assert_eq!(mount["readOnly"], true);
             let dir = format!("--config.dir={}", mount["mountPath"].as_str().unwrap());
-            assert!(c["args"].as_sequence().unwrap().iter().any(|a| a == dir.as_str()), "{:?}", c["args"]);
+            assert!(
+                c["args"]
+                    .as_sequence()
+                    .unwrap()
+                    .iter()
+                    .any(|a| a == dir.as_str()),
+                "{:?}",
+                c["args"]
+            );
         }
 
         // A ServiceMonitor must find the Service and its port.

@@ -410,6 +410,18 @@ fn problems(k: &Kernel, r: &Report) -> Vec<String> {
             "kprobe-fsync under the base capabilities (kprobe-multi: {kprobe_multi}): {other:?}"
         )),
     }
+    // Programs attached through kprobe-multi links (6.12) are listed as aya's are.
+    for program in ["fsync_entry", "fsync_return"] {
+        let listed = r.metrics.iter().any(|(port, series, _)| {
+            port == "9436"
+                && series.starts_with("ebpf_exporter_ebpf_program_info{")
+                && series.contains("config=\"kprobe-fsync\"")
+                && series.contains(&format!("program=\"{program}\""))
+        });
+        if !listed {
+            bad.push(format!("no ebpf_program_info for kprobe-fsync's {program}"));
+        }
+    }
     // The reload replaced the changed config, which then counted afresh.
     if !r.reload.contains("replaced [\"getpid-calls\"]") {
         bad.push(format!("reload: {:?}", r.reload));
@@ -591,6 +603,13 @@ fn problems(k: &Kernel, r: &Report) -> Vec<String> {
             "ebpf_exporter_fsync_fentry_hooks_total",
             with(&["hook=\"fexit\""]),
             FSYNCS,
+        ),
+        // fentry, and a CO-RE read into the flexible array ending struct unix_address.
+        (
+            "9436",
+            "ebpf_exporter_unix_stream_connects_total",
+            with(&["path=\"/tmp/kebpf-unix.sock\""]),
+            13.0,
         ),
         // The reference format's features.
         (

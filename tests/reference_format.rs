@@ -121,7 +121,10 @@ fn cgroup_id_map_of_type_hash_follows_cgroups() {
 #[test]
 fn a_stripped_object_counts_as_its_unstripped_twin() {
     privileged!("a_stripped_object_counts_as_its_unstripped_twin");
-    if !test_support::tool("a_stripped_object_counts_as_its_unstripped_twin", "llvm-strip") {
+    if !test_support::tool(
+        "a_stripped_object_counts_as_its_unstripped_twin",
+        "llvm-strip",
+    ) {
         return;
     }
     cgroup_id_map(
@@ -143,7 +146,10 @@ fn strip_debug(object: &std::path::Path) {
     assert!(status.success());
     let bytes = std::fs::read(object).unwrap();
     let has = |name: &[u8]| bytes.windows(name.len()).any(|w| w == name);
-    assert!(!has(b".debug_info") && has(b".BTF.ext"), "llvm-strip -g kept DWARF or lost BTF");
+    assert!(
+        !has(b".debug_info") && has(b".BTF.ext"),
+        "llvm-strip -g kept DWARF or lost BTF"
+    );
     assert!(size(object) < before, "{before} -> {}", size(object));
 }
 

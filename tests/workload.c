@@ -21,6 +21,8 @@
  *                     wait (ns) and runs the kernel accounted to them and to itself
  *   direct-write F N S  N O_DIRECT writes of S bytes over the existing file F
  *   pagecache F MIB   writes MIB MiB to F through the page cache, then fsyncs it
+ *   unix N            N UNIX stream connects to a listener at /tmp/kebpf-unix.sock, each
+ *                     accepted and closed
  * WORKLOAD_SLEEP_US=N sleeps that long first (a container's life before its last calls).
  * With WORKLOAD_HOLD=1 it then waits until killed, so its pid stays resolvable.
  */
@@ -50,6 +52,7 @@ unsigned short workload_job_semaphore __attribute__((unused, section(".probes"))
 #include <sys/sdt.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -133,6 +136,26 @@ int main(int argc, char **argv)
 				return 3;
 			close(s);
 		}
+	} else if (strcmp(cmd, "unix") == 0) {
+		struct sockaddr_un at = { .sun_family = AF_UNIX, .sun_path = "/tmp/kebpf-unix.sock" };
+		int l = socket(AF_UNIX, SOCK_STREAM, 0);
+
+		unlink(at.sun_path);
+		if (l < 0 || bind(l, (struct sockaddr *)&at, sizeof(at)) != 0 || listen(l, 4) != 0)
+			return 3;
+		for (long i = 0; i < n; i++) {
+			int c = socket(AF_UNIX, SOCK_STREAM, 0), a;
+
+			if (c < 0 || connect(c, (struct sockaddr *)&at, sizeof(at)) != 0)
+				return 3;
+			a = accept(l, NULL, NULL);
+			if (a < 0)
+				return 3;
+			close(a);
+			close(c);
+		}
+		close(l);
+		unlink(at.sun_path);
 	} else if (strcmp(cmd, "udp") == 0) {
 		/* udp <port> <n>: n datagrams to 127.0.0.1:<port>. */
 		struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons((uint16_t)n),

@@ -124,8 +124,16 @@ mod tests {
     fn built_ins_are_embedded_without_dwarf() {
         for o in super::OBJECTS {
             let names = section_names(o.bytes);
-            assert!(names.iter().any(|n| n == ".BTF.ext"), "{}: {names:?}", o.name);
-            assert!(!names.iter().any(|n| n.starts_with(".debug_")), "{}: {names:?} (is llvm-strip installed?)", o.name);
+            assert!(
+                names.iter().any(|n| n == ".BTF.ext"),
+                "{}: {names:?}",
+                o.name
+            );
+            assert!(
+                !names.iter().any(|n| n.starts_with(".debug_")),
+                "{}: {names:?} (is llvm-strip installed?)",
+                o.name
+            );
         }
     }
 }

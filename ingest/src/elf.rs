@@ -599,14 +599,15 @@ fn hidden_functions_static(
     Ok(changed)
 }
 
-/// The array index of an access `0:<member>:<index>` into `root`'s trailing zero-length
-/// array, when aya would refuse it.
+/// The array index of an access `0:<member>:<index>[:...]` into `root`'s trailing
+/// zero-length array (`ctx->args[1]`, or `addr->name[0].sun_path` further into the
+/// element), when aya would refuse it.
 fn flexible_index(btf: &Btf<'_>, root: u32, access: &str) -> Option<u32> {
     let parts: Vec<u32> = access
         .split(':')
         .map(|p| p.parse().ok())
         .collect::<Option<_>>()?;
-    let [_, member, index] = parts[..] else {
+    let [_, member, index, ..] = parts[..] else {
         return None;
     };
     let t = btf.resolve(root).filter(|t| t.kind == btf::KIND_STRUCT)?;
@@ -785,6 +786,28 @@ mod tests {
         );
         let err = prepare(&o, &Settings::default(), |_| Err("too big".into())).unwrap_err();
         assert_eq!(err, "kconfig extern LINUX_KERNEL_VERSION: too big");
+    }
+
+    /// `addr->name[0].sun_path`: aya compares the index 0 with the 3 members of
+    /// `struct unix_address` and refuses it (aya-rs/aya#1662); libbpf accepts it.
+    #[test]
+    fn accesses_through_a_flexible_array_element_get_a_struct_with_room() {
+        let o = example("unix-connects");
+        let elf = Elf::parse(&o).unwrap();
+        let btf = Btf::parse(elf.data(&elf.by_name(".BTF").unwrap())).unwrap();
+        let (id, _) = btf
+            .types()
+            .find(|(_, t)| btf.string(t.name_off) == Some("unix_address"))
+            .unwrap();
+        assert_eq!(flexible_index(&btf, id, "0:2:0:1"), Some(0));
+        let out = prepare(&o, &Settings::default(), |_| Ok(None)).unwrap();
+        let elf = Elf::parse(&out).unwrap();
+        let btf = Btf::parse(elf.data(&elf.by_name(".BTF").unwrap())).unwrap();
+        let copies = btf
+            .types()
+            .filter(|(_, t)| btf.string(t.name_off) == Some("unix_address"))
+            .count();
+        assert_eq!(copies, 2);
     }
 
     #[test]

@@ -113,7 +113,7 @@ pub struct LoadedObject {
     /// Perf events and links of USDT sites with semaphores: attached while held.
     _semaphore_links: Vec<(std::os::fd::OwnedFd, Option<std::os::fd::OwnedFd>)>,
     /// kprobe programs loaded and linked beside aya: attached while held.
-    _kprobe_multi_links: Vec<kprobe_multi::KprobeMultiLink>,
+    kprobe_multi_links: Vec<kprobe_multi::KprobeMultiLink>,
 }
 
 impl std::fmt::Debug for LoadedObject {
@@ -647,7 +647,7 @@ impl LoadedObject {
             attached,
             skipped,
             _semaphore_links: semaphore_links,
-            _kprobe_multi_links: multi_links,
+            kprobe_multi_links: multi_links,
         })
     }
 
@@ -776,19 +776,27 @@ impl LoadedObject {
 
     /// Id, tag and run statistics of each attached program.
     pub fn program_stats(&self) -> Vec<ProgramStats> {
-        self.attached
-            .iter()
-            .filter_map(|(name, _)| {
-                let info = self.ebpf.program(name)?.info().ok()?;
-                Some(ProgramStats {
-                    name: name.clone(),
-                    id: info.id(),
-                    tag: format!("{:016x}", info.tag()),
-                    run_time: info.run_time(),
-                    run_count: info.run_count(),
-                })
+        let through_aya = self.attached.iter().filter_map(|(name, _)| {
+            let info = self.ebpf.program(name)?.info().ok()?;
+            Some(ProgramStats {
+                name: name.clone(),
+                id: info.id(),
+                tag: format!("{:016x}", info.tag()),
+                run_time: info.run_time(),
+                run_count: info.run_count(),
             })
-            .collect()
+        });
+        let kprobe_multi = self.kprobe_multi_links.iter().filter_map(|link| {
+            let info = link.info().ok()?;
+            Some(ProgramStats {
+                name: link.program.clone(),
+                id: info.id,
+                tag: info.tag.iter().map(|b| format!("{b:02x}")).collect(),
+                run_time: std::time::Duration::from_nanos(info.run_time_ns),
+                run_count: info.run_cnt,
+            })
+        });
+        through_aya.chain(kprobe_multi).collect()
     }
 }
 

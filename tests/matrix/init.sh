@@ -101,6 +101,7 @@ w usleep 1 3 3 100 5000
 w kill 9 0
 w jobs 10
 w fsync 41
+w unix 13
 w udp 9999 23
 w lifecycle 4
 # The memory and io controllers down to the container, as the kubelet enables them.

@@ -58,6 +58,23 @@ pub fn multiarch_include() -> &'static str {
     }
 }
 
+/// The compiler for examples: `$CLANG`, else Debian's clang 16 where installed (what
+/// upstream's newer examples need; clang 14 cannot build some), else `clang`.
+fn clang() -> String {
+    std::env::var("CLANG").unwrap_or_else(|_| {
+        let on_path = |name: &str| {
+            std::env::var_os("PATH")
+                .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        };
+        if on_path("clang-16") {
+            "clang-16"
+        } else {
+            "clang"
+        }
+        .to_string()
+    })
+}
+
 /// Compiles BPF C `source` into `out` with the project's headers (`bpf/include`), as
 /// the README tells users to; `extra` adds clang arguments (`-DOUTPUT_PERF`).
 ///
@@ -70,27 +87,26 @@ pub fn compile_bpf(source: &Path, out: &Path, extra: &[&str]) {
     } else {
         "arm64"
     };
-    let result =
-        std::process::Command::new(std::env::var("CLANG").unwrap_or_else(|_| "clang".into()))
-            .args([
-                "-O2",
-                "-g",
-                "-target",
-                "bpf",
-                &format!("-D__TARGET_ARCH_{arch}"),
-            ])
-            .args(extra)
-            .arg("-I")
-            .arg(include)
-            // As the README says: asm/ headers (libbpf's usdt.bpf.h needs asm/errno.h)
-            // live in the multiarch directory, which -target bpf does not search.
-            .args(["-idirafter", multiarch_include()])
-            .arg("-c")
-            .arg(source)
-            .arg("-o")
-            .arg(out)
-            .output()
-            .expect("clang (install clang and libbpf-dev)");
+    let result = std::process::Command::new(clang())
+        .args([
+            "-O2",
+            "-g",
+            "-target",
+            "bpf",
+            &format!("-D__TARGET_ARCH_{arch}"),
+        ])
+        .args(extra)
+        .arg("-I")
+        .arg(include)
+        // As the README says: asm/ headers (libbpf's usdt.bpf.h needs asm/errno.h)
+        // live in the multiarch directory, which -target bpf does not search.
+        .args(["-idirafter", multiarch_include()])
+        .arg("-c")
+        .arg(source)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .expect("clang (install clang and libbpf-dev)");
     assert!(
         result.status.success(),
         "clang failed on {}: {}",
