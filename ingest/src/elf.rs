@@ -733,7 +733,11 @@ mod tests {
 
     fn example(name: &str) -> Vec<u8> {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let out = std::env::temp_dir().join(format!("kebpf-elf-{}-{name}.o", std::process::id()));
+        // Unique per call: tests run in parallel and may build the same example.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let out =
+            std::env::temp_dir().join(format!("kebpf-elf-{}-{call}-{name}.o", std::process::id()));
         test_support::compile_bpf(&root.join(format!("examples/{name}.bpf.c")), &out, &[]);
         let bytes = std::fs::read(&out).unwrap();
         let _ = std::fs::remove_file(out);
