@@ -3,4 +3,6 @@
 
 pub mod config;
 pub mod pipeline;
+pub mod web_auth;
 pub mod web_config;
+pub mod web_config_watch;

@@ -33,7 +33,7 @@ use clap::Parser;
 use enrich::{CgroupFs, Cri, Enricher, KubeApiSource, PodLogs, PodSource, Sources};
 use ingest::cgroup_id_map::CgroupIdMap;
 use kube_ebpf_exporter::pipeline::{self, Pipeline, Stream};
-use kube_ebpf_exporter::{config, web_config};
+use kube_ebpf_exporter::{config, web_config, web_config_watch::WebConfigWatch};
 use tap::Tap;
 
 use crate::{
@@ -110,7 +110,7 @@ struct Args {
     #[arg(long = "web.telemetry-path", value_name = "PATH")]
     telemetry_path: Option<String>,
     /// TLS, basic auth and headers for the metrics listener, in the Prometheus
-    /// exporter-toolkit format; read again for every connection.
+    /// exporter-toolkit format; parsed again when one of its files changes.
     #[arg(long = "web.config.file", value_name = "FILE")]
     web_config_file: Option<PathBuf>,
     /// External kernel BTF, for kernels without /sys/kernel/btf/vmlinux.
@@ -598,12 +598,19 @@ async fn serve(args: Args) -> Result<()> {
     init_tracing();
     let (mut config, source) = settings(&args)?;
     let web_config = match &args.web_config_file {
-        // Checked now; read again for every connection.
-        Some(path) => Some(web_config::load(path)?),
+        // Checked now; parsed again whenever one of its files changes.
+        Some(path) => Some(Arc::new(WebConfigWatch::new(
+            path.clone(),
+            web_config::load(path)?,
+        ))),
         None => None,
     };
     let listen = config::TapListen::parse(&config.tap.listen).expect("validated");
-    if listen == config::TapListen::Metrics && web_config.is_none_or(|w| w.users.is_empty()) {
+    if listen == config::TapListen::Metrics
+        && web_config
+            .as_ref()
+            .is_none_or(|w| w.current().users.is_empty())
+    {
         bail!("{source}: tap.listen: metrics serves the event stream to the network, so it needs --web.config.file with basic_auth_users");
     }
     let addr = listen_addr(&config.web.listen_address)
@@ -611,7 +618,7 @@ async fn serve(args: Args) -> Result<()> {
     let started = start_configs(&args, &mut config, &source)?;
     let telemetry = Telemetry::install()?;
     let state = run_pipeline(&args, &config, &source, started, telemetry)?;
-    serve_http(&args, &config, &source, listen, addr, state).await
+    serve_http(&args, &config, &source, listen, addr, web_config, state).await
 }
 
 /// Starts the stages (ingest readers, enrich and aggregate workers, the tap) over the
@@ -739,6 +746,7 @@ async fn serve_http(
     source: &str,
     listen: config::TapListen,
     addr: SocketAddr,
+    web_config: Option<Arc<WebConfigWatch>>,
     state: Arc<AppState>,
 ) -> Result<()> {
     let mut app = Router::new()
@@ -771,7 +779,8 @@ async fn serve_http(
         .with_context(|| format!("{source}: web.listen_address: cannot listen on {addr}"))?;
     tracing::info!(%addr, node = %state.node, path = %config.web.telemetry_path, "serving metrics");
     let limits = web::Limits {
-        web_config: args.web_config_file.clone(),
+        web_config,
+        auth: Arc::default(),
         max_connections: config.web.max_connections,
         header_timeout: Duration::from_secs(config.web.header_timeout_seconds),
         shutdown_timeout: Duration::from_secs(5),
@@ -1054,6 +1063,7 @@ async fn serve_tap(
     // Subscribers are held streams: at shutdown they get a second, not five.
     let limits = web::Limits {
         web_config: None,
+        auth: Arc::default(),
         max_connections: 64,
         header_timeout: Duration::from_secs(10),
         shutdown_timeout: Duration::from_secs(1),

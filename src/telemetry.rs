@@ -29,7 +29,11 @@ impl Telemetry {
         describe_gauge!("ebpf_exporter_build_info", "Build of the exporter, value 1");
         describe_counter!(
             crate::web::REFUSED,
-            "HTTP connections and requests refused, by reason (connections: web.max_connections; header_timeout: no full header within web.header_timeout_seconds; max_requests: 503 beyond web.max_requests scrapes; max_subscribers: 429 beyond tap.max_subscribers; tls: failed TLS handshakes; unauthorized: 401 without valid basic auth)"
+            "HTTP connections and requests refused, by reason (connections: web.max_connections; header_timeout: no full header within web.header_timeout_seconds; max_requests: 503 beyond web.max_requests scrapes; max_subscribers: 429 beyond tap.max_subscribers; tls: failed TLS handshakes; unauthorized: 401 without valid basic auth; auth_busy: 503 with more password checks queued than web_auth allows)"
+        );
+        describe_counter!(
+            kube_ebpf_exporter::web_config_watch::RELOADS,
+            "Times --web.config.file (or a file it names) changed and was parsed again, by result (a failure keeps the last good config)"
         );
         describe_gauge!(
             "ebpf_exporter_config_last_reload_successful",
@@ -45,7 +49,7 @@ impl Telemetry {
         );
         describe_gauge!(
             "ebpf_exporter_config_failed",
-            "Configs that could not start, by the stage that failed (config, load, attach) and the reason (config, object, verifier, perf_event_paranoid, capability, lockdown, missing_hook, kernel)"
+            "Configs that could not start, by the stage that failed (config, load, attach) and the reason (config, object, verifier, perf_event_paranoid, capability, lockdown, memlock, missing_hook, kernel)"
         );
         describe_gauge!(
             "ebpf_exporter_ebpf_program_info",

@@ -6,6 +6,11 @@ use std::{sync::Arc, time::Duration};
 
 use axum::Router;
 use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown, service::TowerToHyperService};
+use kube_ebpf_exporter::{
+    web_auth::{Authenticator, Verdict},
+    web_config::Loaded,
+    web_config_watch::WebConfigWatch,
+};
 use metrics::counter;
 use std::future::Future;
 use tokio::{
@@ -40,10 +45,12 @@ impl Listener for UnixListener {
 pub const REFUSED: &str = "ebpf_exporter_http_refused_total";
 
 /// Limits on what clients may hold, and how connections are secured.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Limits {
-    /// `--web.config.file` (TLS, basic auth, headers), read for every connection.
-    pub web_config: Option<std::path::PathBuf>,
+    /// `--web.config.file` (TLS, basic auth, headers), kept current.
+    pub web_config: Option<Arc<WebConfigWatch>>,
+    /// Basic auth's verifier, shared by every connection.
+    pub auth: Arc<Authenticator>,
     /// Connections open at once; more are closed as they come.
     pub max_connections: usize,
     /// Time a client has to send a request's header (each request on a connection).
@@ -106,7 +113,8 @@ async fn connection<IO, S>(
 /// every response.
 fn secured(
     app: Router,
-    loaded: Arc<crate::web_config::Loaded>,
+    loaded: Arc<Loaded>,
+    auth: Arc<Authenticator>,
 ) -> impl hyper::service::Service<
     hyper::Request<hyper::body::Incoming>,
     Response = axum::response::Response,
@@ -116,27 +124,45 @@ fn secured(
        + Send
        + 'static {
     hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let (app, loaded) = (app.clone(), loaded.clone());
+        let (app, loaded, auth) = (app.clone(), loaded.clone(), auth.clone());
         async move {
             use axum::http::{header, HeaderName, HeaderValue, StatusCode};
             use tower::ServiceExt;
-            let auth = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .map(|v| v.as_bytes());
             // Liveness says nothing, and the kubelet's probes carry no credentials.
-            let open = req.uri().path() == "/healthz";
-            let mut response = if open || loaded.authorized(auth) {
-                app.oneshot(req.map(axum::body::Body::new)).await?
+            let verdict = if req.uri().path() == "/healthz" {
+                Verdict::Allowed
             } else {
-                counter!(REFUSED, "reason" => "unauthorized").increment(1);
-                let mut r = axum::response::Response::new(axum::body::Body::from("Unauthorized\n"));
-                *r.status_mut() = StatusCode::UNAUTHORIZED;
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Basic realm=\"kube-ebpf-exporter\""),
-                );
+                let credentials = req
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .map(|v| v.as_bytes().to_vec());
+                auth.check(&loaded.users, credentials.as_deref()).await
+            };
+            let refuse = |status: StatusCode, reason: &'static str| {
+                counter!(REFUSED, "reason" => reason).increment(1);
+                let mut r = axum::response::Response::new(axum::body::Body::from(format!(
+                    "{}\n",
+                    status.canonical_reason().unwrap_or("")
+                )));
+                *r.status_mut() = status;
                 r
+            };
+            let mut response = match verdict {
+                Verdict::Allowed => app.oneshot(req.map(axum::body::Body::new)).await?,
+                Verdict::Denied => {
+                    let mut r = refuse(StatusCode::UNAUTHORIZED, "unauthorized");
+                    r.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Basic realm=\"kube-ebpf-exporter\""),
+                    );
+                    r
+                }
+                Verdict::Busy => {
+                    let mut r = refuse(StatusCode::SERVICE_UNAVAILABLE, "auth_busy");
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    r
+                }
             };
             for (name, value) in &loaded.headers {
                 if let (Ok(n), Ok(v)) = (
@@ -151,8 +177,8 @@ fn secured(
     })
 }
 
-/// One accepted connection: plain, or secured as the web config (read again for every
-/// connection, so certificates and users change in place) says.
+/// One accepted connection: plain, or secured as the web config says (as it is now:
+/// certificates and users change in place).
 async fn accepted<IO>(
     stream: IO,
     app: Router,
@@ -162,17 +188,11 @@ async fn accepted<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(path) = &limits.web_config else {
+    let Some(web_config) = &limits.web_config else {
         return connection(stream, TowerToHyperService::new(app), http, watcher).await;
     };
-    let loaded = match crate::web_config::load(path) {
-        Ok(l) => Arc::new(l),
-        Err(e) => {
-            tracing::warn!("{e:#}");
-            return;
-        }
-    };
-    let service = secured(app, loaded.clone());
+    let loaded = web_config.current();
+    let service = secured(app, loaded.clone(), limits.auth.clone());
     let Some(tls) = &loaded.tls else {
         return connection(stream, service, http, watcher).await;
     };

@@ -1,7 +1,7 @@
 //! `--web.config.file`: TLS, client certificates, basic auth and response headers in
 //! the Prometheus exporter-toolkit format (what node_exporter and Prometheus read).
-//! As there, the file is read again for every connection, so certificates and users
-//! change without a restart.
+//! Parsed once; `web_config_watch` parses it again when it or a file it names changes,
+//! so certificates and users change without a restart.
 
 use std::{
     collections::BTreeMap,
@@ -80,25 +80,9 @@ pub struct Loaded {
     pub users: BTreeMap<String, String>,
     /// Response headers.
     pub headers: Vec<(String, String)>,
-}
-
-impl Loaded {
-    /// Whether an `Authorization` header value lets the request in.
-    pub fn authorized(&self, authorization: Option<&[u8]>) -> bool {
-        if self.users.is_empty() {
-            return true;
-        }
-        let Some((user, password)) = authorization.and_then(basic_credentials) else {
-            return false;
-        };
-        // An unknown user's password is checked against another user's hash (its cost
-        // and its time), and refused whatever the result.
-        let (hash, known) = match self.users.get(&user) {
-            Some(h) => (h, true),
-            None => (self.users.values().next().expect("not empty"), false),
-        };
-        bcrypt::verify(password, hash).unwrap_or(false) && known
-    }
+    /// The file and those it names (certificate, key, client CA): a change to any is
+    /// a new config.
+    pub files: Vec<PathBuf>,
 }
 
 /// `Basic <base64(user:password)>` → (user, password).
@@ -173,10 +157,16 @@ pub fn load(path: &Path) -> Result<Loaded> {
         Some(t) => Some(Arc::new(tls(t, dir, &at)?)),
         None => None,
     };
+    let mut files = vec![path.to_path_buf()];
+    if let Some(t) = &config.tls_server_config {
+        let named = [&t.cert_file, &t.key_file, &t.client_ca_file];
+        files.extend(named.into_iter().flatten().map(|p| relative(dir, p)));
+    }
     Ok(Loaded {
         tls,
         users: config.basic_auth_users,
         headers,
+        files,
     })
 }
 
@@ -568,21 +558,5 @@ mod tests {
         );
         assert_eq!(basic_credentials(b"Bearer x"), None);
         assert_eq!(basic_credentials(b"Basic !!!"), None);
-    }
-
-    #[test]
-    fn users_known_unknown_and_wrong() {
-        let hash = bcrypt::hash("secret", 4).unwrap();
-        let loaded = Loaded {
-            tls: None,
-            users: [("prometheus".to_string(), hash)].into(),
-            headers: Vec::new(),
-        };
-        assert!(loaded.authorized(Some(b"Basic cHJvbWV0aGV1czpzZWNyZXQ=")));
-        // prometheus:wrong
-        assert!(!loaded.authorized(Some(b"Basic cHJvbWV0aGV1czp3cm9uZw==")));
-        // nobody:secret
-        assert!(!loaded.authorized(Some(b"Basic bm9ib2R5OnNlY3JldA==")));
-        assert!(!loaded.authorized(None));
     }
 }

@@ -406,3 +406,119 @@ fn a_bad_web_config_names_the_file_and_key() {
         "{err}"
     );
 }
+
+/// Strangers cannot stall the right scraper: while junk TLS handshakes sit open and
+/// wrong passwords (bcrypt at exporter-toolkit's usual cost) keep every verification
+/// thread busy, each scrape with the right password is answered, from the cache of
+/// verified credentials. A web config change that does not parse keeps the last good
+/// one, and is counted.
+#[test]
+fn right_scrapes_are_answered_while_strangers_attack() {
+    let name = "right_scrapes_are_answered_while_strangers_attack";
+    if !test_support::privileged(name)
+        || !test_support::tool(name, "openssl")
+        || !test_support::tool(name, "curl")
+    {
+        return;
+    }
+    let dir = TempDir::new("web-attack");
+    let d = &dir.0;
+    ca(d, "ca");
+    cert(d, "server", "ca", true);
+    let hash = bcrypt::hash("secret", 10).unwrap();
+    let web = d.join("web.yml");
+    std::fs::write(
+        &web,
+        format!("tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\nbasic_auth_users:\n  prometheus: {hash}\n"),
+    )
+    .unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = std::fs::File::create(d.join("exporter.log")).unwrap();
+    let _exporter = Running(
+        Command::new(common::BIN)
+            .args([
+                "--web.listen-address",
+                &addr,
+                "--web.config.file",
+                web.to_str().unwrap(),
+            ])
+            .args(["--programs", "process_lifecycle"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("https://{addr}/metrics");
+    let ca_pem = d.join("ca.pem");
+    let right = [
+        "--cacert",
+        ca_pem.to_str().unwrap(),
+        "-u",
+        "prometheus:secret",
+    ];
+    let wrong = [
+        "--cacert",
+        ca_pem.to_str().unwrap(),
+        "-u",
+        "prometheus:wrong",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while curl(&right, &url).1 != "200" {
+        assert!(
+            Instant::now() < deadline,
+            "not serving: {}",
+            std::fs::read_to_string(d.join("exporter.log")).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // 100 connections that start a TLS handshake and never finish it.
+    let junk: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            std::io::Write::write_all(&mut s, b"\x16\x03\x01\x02\x00\x01").unwrap();
+            s
+        })
+        .collect();
+    // Wrong passwords from 4 clients at once, without pause.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let wrong_clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, url, wrong) = (stop.clone(), url.clone(), wrong.map(String::from));
+            std::thread::spawn(move || {
+                let wrong: Vec<&str> = wrong.iter().map(String::as_str).collect();
+                let mut refused = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if curl(&wrong, &url).1 == "401" {
+                        refused += 1;
+                    }
+                }
+                refused
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let answers: Vec<String> = (0..5).map(|_| curl(&right, &url).1).collect();
+    // The web config breaks: the last good one keeps serving.
+    std::fs::write(&web, "tls_server_config: [broken\n").unwrap();
+    let after_break = curl(&right, &url);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let refused: usize = wrong_clients.into_iter().map(|t| t.join().unwrap()).sum();
+    drop(junk);
+
+    assert_eq!(answers, ["200"; 5], "right scrapes under attack");
+    assert!(refused > 0, "the wrong passwords were checked and refused");
+    assert_eq!(after_break.1, "200");
+    assert!(
+        after_break
+            .2
+            .contains("ebpf_exporter_web_config_reloads_total{result=\"failure\"} 1"),
+        "{}",
+        after_break
+            .2
+            .lines()
+            .filter(|l| l.contains("web_config") || l.contains("refused"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

@@ -1,0 +1,189 @@
+//! Basic auth that strangers cannot stall: bcrypt runs on a bounded set of blocking
+//! threads, never on the async workers, and credentials that verified are remembered
+//! (by a digest of user, password and stored hash, as the exporter-toolkit keys its
+//! cache), so a client with the right password pays bcrypt once and never waits behind
+//! wrong attempts. Wrong attempts are not remembered, so they cannot evict right ones.
+
+use std::{
+    collections::{BTreeMap, HashSet, VecDeque},
+    sync::{Arc, Mutex},
+};
+
+use ring::digest;
+use tokio::sync::Semaphore;
+
+use crate::web_config::basic_credentials;
+
+/// Verified credentials remembered at once (oldest forgotten first).
+const CACHE: usize = 256;
+/// Verifications waiting for a thread at once; more are refused (busy) at once.
+const WAITING: usize = 64;
+
+/// The outcome of one request's credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// In.
+    Allowed,
+    /// Wrong or missing credentials, or an unknown user.
+    Denied,
+    /// Too many verifications queued: refused without checking.
+    Busy,
+}
+
+#[derive(Default)]
+struct Cache {
+    keys: HashSet<[u8; 32]>,
+    order: VecDeque<[u8; 32]>,
+}
+
+/// Checks `Authorization` headers against a web config's users.
+pub struct Authenticator {
+    cache: Mutex<Cache>,
+    /// Threads verifying at once (one per CPU).
+    threads: Arc<Semaphore>,
+    /// Verifications admitted (running or waiting for a thread).
+    admitted: Arc<Semaphore>,
+}
+
+impl Default for Authenticator {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        Self {
+            cache: Mutex::default(),
+            threads: Arc::new(Semaphore::new(cpus)),
+            admitted: Arc::new(Semaphore::new(cpus + WAITING)),
+        }
+    }
+}
+
+fn key(user: &str, password: &str, hash: &str) -> [u8; 32] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    for part in [user, password, hash] {
+        // Length-prefixed: ("ab", "c") and ("a", "bc") differ.
+        ctx.update(&(part.len() as u64).to_le_bytes());
+        ctx.update(part.as_bytes());
+    }
+    ctx.finish()
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
+}
+
+impl Authenticator {
+    fn remembered(&self, key: &[u8; 32]) -> bool {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys
+            .contains(key)
+    }
+
+    fn remember(&self, key: [u8; 32]) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.keys.insert(key) {
+            cache.order.push_back(key);
+            if cache.order.len() > CACHE {
+                let oldest = cache.order.pop_front().expect("not empty");
+                cache.keys.remove(&oldest);
+            }
+        }
+    }
+
+    /// Whether `authorization` lets a request in under `users` (user → bcrypt hash;
+    /// empty: no authentication).
+    pub async fn check(
+        &self,
+        users: &BTreeMap<String, String>,
+        authorization: Option<&[u8]>,
+    ) -> Verdict {
+        if users.is_empty() {
+            return Verdict::Allowed;
+        }
+        let Some((user, password)) = authorization.and_then(basic_credentials) else {
+            return Verdict::Denied;
+        };
+        // An unknown user's password is checked against another user's hash (its cost
+        // and its time), and refused whatever the result.
+        let (hash, known) = match users.get(&user) {
+            Some(h) => (h.clone(), true),
+            None => (users.values().next().expect("not empty").clone(), false),
+        };
+        let key = key(&user, &password, &hash);
+        if known && self.remembered(&key) {
+            return Verdict::Allowed;
+        }
+        let Ok(_admitted) = self.admitted.clone().try_acquire_owned() else {
+            return Verdict::Busy;
+        };
+        let Ok(_thread) = self.threads.clone().acquire_owned().await else {
+            return Verdict::Busy;
+        };
+        let right =
+            tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+                .await
+                .unwrap_or(false);
+        if right && known {
+            self.remember(key);
+            Verdict::Allowed
+        } else {
+            Verdict::Denied
+        }
+    }
+
+    /// Verified credentials remembered now.
+    #[cfg(test)]
+    fn remembered_count(&self) -> usize {
+        self.cache.lock().unwrap().keys.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RIGHT: &[u8] = b"Basic cHJvbWV0aGV1czpzZWNyZXQ="; // prometheus:secret
+    const WRONG: &[u8] = b"Basic cHJvbWV0aGV1czp3cm9uZw=="; // prometheus:wrong
+    const UNKNOWN: &[u8] = b"Basic bm9ib2R5OnNlY3JldA=="; // nobody:secret
+
+    #[tokio::test]
+    async fn right_credentials_are_remembered_and_wrong_ones_never() {
+        let users =
+            BTreeMap::from([("prometheus".to_string(), bcrypt::hash("secret", 4).unwrap())]);
+        let auth = Authenticator::default();
+        assert_eq!(auth.check(&BTreeMap::new(), None).await, Verdict::Allowed);
+        assert_eq!(auth.check(&users, None).await, Verdict::Denied);
+        assert_eq!(auth.check(&users, Some(WRONG)).await, Verdict::Denied);
+        assert_eq!(auth.check(&users, Some(UNKNOWN)).await, Verdict::Denied);
+        assert_eq!(auth.remembered_count(), 0);
+        assert_eq!(auth.check(&users, Some(RIGHT)).await, Verdict::Allowed);
+        assert_eq!(auth.remembered_count(), 1);
+        // Remembered: allowed even with every verification thread taken.
+        let all = auth.threads.available_permits() as u32;
+        let _taken = auth.threads.clone().acquire_many_owned(all).await.unwrap();
+        assert_eq!(auth.check(&users, Some(RIGHT)).await, Verdict::Allowed);
+        // A changed hash (new password) is a different key.
+        let changed = bcrypt::hash("other", 4).unwrap();
+        assert!(!auth.remembered(&key("prometheus", "secret", &changed)));
+    }
+
+    #[tokio::test]
+    async fn beyond_the_queue_verifications_are_refused_at_once() {
+        let users =
+            BTreeMap::from([("prometheus".to_string(), bcrypt::hash("secret", 4).unwrap())]);
+        let auth = Authenticator::default();
+        let all = auth.admitted.available_permits() as u32;
+        let _taken = auth.admitted.clone().acquire_many_owned(all).await.unwrap();
+        assert_eq!(auth.check(&users, Some(RIGHT)).await, Verdict::Busy);
+    }
+
+    #[test]
+    fn the_cache_forgets_its_oldest_beyond_its_bound() {
+        let auth = Authenticator::default();
+        for i in 0..CACHE + 10 {
+            auth.remember(key(&i.to_string(), "p", "h"));
+        }
+        assert_eq!(auth.remembered_count(), CACHE);
+        assert!(!auth.remembered(&key("0", "p", "h")));
+        assert!(auth.remembered(&key(&(CACHE + 9).to_string(), "p", "h")));
+    }
+}
