@@ -5,6 +5,7 @@
 //! an event costs a hash of a few bytes, a bucket search and two relaxed atomic adds.
 
 use std::{
+    collections::HashSet,
     hash::{Hash, Hasher},
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -156,7 +157,7 @@ pub(crate) struct Family {
 #[derive(Debug)]
 pub struct Registry {
     families: Mutex<Vec<Arc<Family>>>,
-    names: Mutex<Vec<String>>,
+    names: Mutex<HashSet<String>>,
     kube: KubeLabelNames,
     node: String,
     max_series: usize,
@@ -224,10 +225,9 @@ impl Registry {
         }
         let full = format!("ebpf_exporter_{name}");
         let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        if names.contains(&full) {
+        if !names.insert(full.clone()) {
             return Err(format!("metric {full} is defined twice"));
         }
-        names.push(full.clone());
         Ok(full)
     }
 
@@ -295,12 +295,13 @@ impl Registry {
     /// are free again and their series leave the exposition. [`Registry::restore`]
     /// puts them back.
     pub fn release(&self, names: &[String]) -> Released {
+        let leaving: HashSet<&String> = names.iter().collect();
         let mut claimed = self.names.lock().unwrap_or_else(|e| e.into_inner());
         let mut families = self.families.lock().unwrap_or_else(|e| e.into_inner());
-        claimed.retain(|n| !names.contains(n));
+        claimed.retain(|n| !leaving.contains(n));
         let (gone, kept) = std::mem::take(&mut *families)
             .into_iter()
-            .partition(|f| names.contains(&f.name));
+            .partition(|f| leaving.contains(&f.name));
         *families = kept;
         Released {
             names: names.to_vec(),
