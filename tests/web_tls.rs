@@ -134,6 +134,41 @@ impl Drop for Running {
     }
 }
 
+/// The exporter on a free port with `web` as its web config (only `process_lifecycle`
+/// loaded), once a right scrape of `https://<addr>/metrics` answers 200; `env` adds
+/// settings. Returns it and the address.
+fn serve_tls(d: &Path, web: &Path, env: &[(&str, &str)]) -> (Running, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = std::fs::File::create(d.join("exporter.log")).unwrap();
+    let exporter = Running(
+        Command::new(common::BIN)
+            .args([
+                "--web.listen-address",
+                &addr,
+                "--web.config.file",
+                web.to_str().unwrap(),
+            ])
+            .args(["--programs", "process_lifecycle"])
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let ca = d.join("ca.pem");
+    let right = ["--cacert", ca.to_str().unwrap(), "-u", "prometheus:secret"];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while curl(&right, &format!("https://{addr}/metrics")).1 != "200" {
+        assert!(
+            Instant::now() < deadline,
+            "not serving TLS: {}",
+            std::fs::read_to_string(d.join("exporter.log")).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (exporter, addr)
+}
+
 #[test]
 fn tls_client_certificates_and_basic_auth_as_the_exporter_toolkit() {
     let name = "tls_client_certificates_and_basic_auth_as_the_exporter_toolkit";
@@ -170,38 +205,12 @@ fn tls_client_certificates_and_basic_auth_as_the_exporter_toolkit() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let addr = format!("127.0.0.1:{}", free_port());
-    let log = std::fs::File::create(d.join("exporter.log")).unwrap();
-    let _exporter = Running(
-        Command::new(common::BIN)
-            .args([
-                "--web.listen-address",
-                &addr,
-                "--web.config.file",
-                web.to_str().unwrap(),
-                "--programs",
-                "process_lifecycle",
-            ])
-            // The event stream on the network listener: behind the same auth.
-            .env("KUBE_EBPF_EXPORTER__TAP__LISTEN", "metrics")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    // The event stream on the network listener: behind the same auth.
+    let (_exporter, addr) = serve_tls(d, &web, &[("KUBE_EBPF_EXPORTER__TAP__LISTEN", "metrics")]);
     let url = format!("https://{addr}/metrics");
     let ca_pem = d.join("ca.pem");
     let ca_flag = ["--cacert", ca_pem.to_str().unwrap()];
     let auth = |user: &'static str| -> Vec<&str> { [&ca_flag[..], &["-u", user]].concat() };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while curl(&auth("prometheus:secret"), &url).1 != "200" {
-        assert!(
-            Instant::now() < deadline,
-            "not serving TLS: {}",
-            std::fs::read_to_string(d.join("exporter.log")).unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
     // The right CA and password; the configured header on every response.
     let (_, code, page) = curl(&auth("prometheus:secret"), &url);
     assert_eq!(code, "200");
@@ -432,22 +441,7 @@ fn right_scrapes_are_answered_while_strangers_attack() {
         format!("tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\nbasic_auth_users:\n  prometheus: {hash}\n"),
     )
     .unwrap();
-    let addr = format!("127.0.0.1:{}", free_port());
-    let log = std::fs::File::create(d.join("exporter.log")).unwrap();
-    let _exporter = Running(
-        Command::new(common::BIN)
-            .args([
-                "--web.listen-address",
-                &addr,
-                "--web.config.file",
-                web.to_str().unwrap(),
-            ])
-            .args(["--programs", "process_lifecycle"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let (_exporter, addr) = serve_tls(d, &web, &[]);
     let url = format!("https://{addr}/metrics");
     let ca_pem = d.join("ca.pem");
     let right = [
@@ -462,16 +456,6 @@ fn right_scrapes_are_answered_while_strangers_attack() {
         "-u",
         "prometheus:wrong",
     ];
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while curl(&right, &url).1 != "200" {
-        assert!(
-            Instant::now() < deadline,
-            "not serving: {}",
-            std::fs::read_to_string(d.join("exporter.log")).unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-
     // 100 connections that start a TLS handshake and never finish it.
     let junk: Vec<std::net::TcpStream> = (0..100)
         .map(|_| {
