@@ -1,11 +1,19 @@
-//! The HTTP server, bounded: a cap on open connections, a deadline for each request's
-//! header, a cap on concurrent scrapes and on event-tap subscribers, each refusal
-//! counted in `ebpf_exporter_http_refused_total{reason}`.
+//! The HTTP server, bounded: a cap on open connections (where the oldest connection not
+//! yet let in makes room for a new one), a deadline for each request's header, a cap on
+//! concurrent scrapes and on event-tap subscribers, each refusal counted in
+//! `ebpf_exporter_http_refused_total{reason}`.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex, Weak,
+    },
+    time::Duration,
+};
 
 use axum::Router;
-use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown, service::TowerToHyperService};
+use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
 use kube_ebpf_exporter::{
     web_auth::{Authenticator, Verdict},
     web_config::Loaded,
@@ -16,7 +24,7 @@ use std::future::Future;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, UnixListener},
-    sync::{OwnedSemaphorePermit, Semaphore},
+    sync::{Notify, OwnedSemaphorePermit, Semaphore},
 };
 
 /// What `serve` takes connections from: TCP, or a unix socket (the event stream's).
@@ -85,6 +93,97 @@ impl Slots {
     }
 }
 
+/// One open connection's place under the cap; given back when dropped.
+struct Ticket {
+    open: Arc<AtomicUsize>,
+    /// A request on it was let in (past basic auth, where there is one).
+    proven: AtomicBool,
+    /// Its place was given back already (evicted).
+    gone: AtomicBool,
+    evict: Notify,
+}
+
+impl Ticket {
+    fn prove(&self) {
+        self.proven.store(true, Ordering::Relaxed);
+    }
+
+    /// Completes when the connection is to close to make room for a new one.
+    async fn evicted(&self) {
+        self.evict.notified().await;
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.gone.swap(true, Ordering::AcqRel) {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The cap on open connections. Strangers can fill it with connections that never
+/// finish a handshake or a header; so when it is full, the oldest connection that has
+/// not had a request let in makes room, and only when every connection has, is the new
+/// one refused. A scraper with the right credentials keeps its connection, and a new
+/// one gets its turn.
+struct Admission {
+    max: usize,
+    open: Arc<AtomicUsize>,
+    /// Connections in arrival order, proven or closed ones dropped lazily.
+    unproven: Mutex<VecDeque<Weak<Ticket>>>,
+}
+
+impl Admission {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Arc::default(),
+            unproven: Mutex::default(),
+        }
+    }
+
+    /// A place for a new connection, or `None` (counted) when every open one is proven.
+    fn admit(&self) -> Option<Arc<Ticket>> {
+        let mut unproven = self.unproven.lock().unwrap_or_else(|e| e.into_inner());
+        if self.open.load(Ordering::Acquire) >= self.max && !Self::evict_oldest(&mut unproven) {
+            counter!(REFUSED, "reason" => "connections").increment(1);
+            return None;
+        }
+        self.open.fetch_add(1, Ordering::AcqRel);
+        let ticket = Arc::new(Ticket {
+            open: self.open.clone(),
+            proven: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
+            evict: Notify::new(),
+        });
+        // Bounded: proven and closed connections are swept once they are half of it.
+        if unproven.len() >= 2 * self.max {
+            unproven.retain(|t| {
+                t.upgrade()
+                    .is_some_and(|t| !t.proven.load(Ordering::Relaxed))
+            });
+        }
+        unproven.push_back(Arc::downgrade(&ticket));
+        Some(ticket)
+    }
+
+    /// Evicts the oldest open, unproven connection; whether there was one.
+    fn evict_oldest(unproven: &mut VecDeque<Weak<Ticket>>) -> bool {
+        while let Some(t) = unproven.pop_front() {
+            let Some(t) = t.upgrade() else { continue };
+            if t.proven.load(Ordering::Relaxed) || t.gone.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            t.open.fetch_sub(1, Ordering::AcqRel);
+            t.evict.notify_one();
+            counter!(REFUSED, "reason" => "evicted").increment(1);
+            return true;
+        }
+        false
+    }
+}
+
 /// Serves one connection until it ends (or shutdown ends it).
 async fn connection<IO, S>(
     io: IO,
@@ -110,11 +209,12 @@ async fn connection<IO, S>(
 }
 
 /// `app` behind the web config's basic auth (all but `/healthz`), with its headers on
-/// every response.
+/// every response; a request let in proves `ticket`'s connection.
 fn secured(
     app: Router,
-    loaded: Arc<Loaded>,
+    loaded: Option<Arc<Loaded>>,
     auth: Arc<Authenticator>,
+    ticket: Arc<Ticket>,
 ) -> impl hyper::service::Service<
     hyper::Request<hyper::body::Incoming>,
     Response = axum::response::Response,
@@ -124,19 +224,22 @@ fn secured(
        + Send
        + 'static {
     hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let (app, loaded, auth) = (app.clone(), loaded.clone(), auth.clone());
+        let (app, loaded, auth, ticket) =
+            (app.clone(), loaded.clone(), auth.clone(), ticket.clone());
         async move {
             use axum::http::{header, HeaderName, HeaderValue, StatusCode};
             use tower::ServiceExt;
             // Liveness says nothing, and the kubelet's probes carry no credentials.
-            let verdict = if req.uri().path() == "/healthz" {
-                Verdict::Allowed
-            } else {
-                let credentials = req
-                    .headers()
-                    .get(header::AUTHORIZATION)
-                    .map(|v| v.as_bytes().to_vec());
-                auth.check(&loaded.users, credentials.as_deref()).await
+            let health = req.uri().path() == "/healthz";
+            let verdict = match &loaded {
+                Some(loaded) if !health => {
+                    let credentials = req
+                        .headers()
+                        .get(header::AUTHORIZATION)
+                        .map(|v| v.as_bytes().to_vec());
+                    auth.check(&loaded.users, credentials.as_deref()).await
+                }
+                _ => Verdict::Allowed,
             };
             let refuse = |status: StatusCode, reason: &'static str| {
                 counter!(REFUSED, "reason" => reason).increment(1);
@@ -148,7 +251,12 @@ fn secured(
                 r
             };
             let mut response = match verdict {
-                Verdict::Allowed => app.oneshot(req.map(axum::body::Body::new)).await?,
+                Verdict::Allowed => {
+                    if !health {
+                        ticket.prove();
+                    }
+                    app.oneshot(req.map(axum::body::Body::new)).await?
+                }
                 Verdict::Denied => {
                     let mut r = refuse(StatusCode::UNAUTHORIZED, "unauthorized");
                     r.headers_mut().insert(
@@ -164,7 +272,7 @@ fn secured(
                     r
                 }
             };
-            for (name, value) in &loaded.headers {
+            for (name, value) in loaded.iter().flat_map(|l| &l.headers) {
                 if let (Ok(n), Ok(v)) = (
                     HeaderName::try_from(name.as_str()),
                     HeaderValue::try_from(value.as_str()),
@@ -185,19 +293,18 @@ async fn accepted<IO>(
     http: &hyper::server::conn::http1::Builder,
     watcher: hyper_util::server::graceful::Watcher,
     limits: &Limits,
+    ticket: Arc<Ticket>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(web_config) = &limits.web_config else {
-        return connection(stream, TowerToHyperService::new(app), http, watcher).await;
-    };
-    let loaded = web_config.current();
-    let service = secured(app, loaded.clone(), limits.auth.clone());
-    let Some(tls) = &loaded.tls else {
+    let loaded = limits.web_config.as_ref().map(|w| w.current());
+    let tls = loaded.as_ref().and_then(|l| l.tls.clone());
+    let service = secured(app, loaded, limits.auth.clone(), ticket);
+    let Some(tls) = tls else {
         return connection(stream, service, http, watcher).await;
     };
     // The handshake gets the header's deadline.
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone());
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => connection(tls, service, http, watcher).await,
         Ok(Err(e)) => {
@@ -216,7 +323,7 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let connections = Slots::new(limits.max_connections, "connections");
+    let admission = Admission::new(limits.max_connections);
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
@@ -236,14 +343,17 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         // Over the cap: closed at once, so the descriptor is free again.
-        let Some(permit) = connections.try_take() else {
+        let Some(ticket) = admission.admit() else {
             continue;
         };
         let (app, http, watcher) = (app.clone(), http.clone(), graceful.watcher());
         let limits = limits.clone();
         tokio::spawn(async move {
-            accepted(stream, app, &http, watcher, &limits).await;
-            drop(permit);
+            let evicted = ticket.clone();
+            tokio::select! {
+                () = accepted(stream, app, &http, watcher, &limits, ticket) => {}
+                () = evicted.evicted() => {}
+            }
         });
     }
     drop(listener);
@@ -270,5 +380,32 @@ mod tests {
         assert!(slots.try_take().is_none());
         drop(a);
         assert!(slots.try_take().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_full_cap_evicts_the_oldest_connection_not_yet_let_in() {
+        let admission = Admission::new(3);
+        let scraper = admission.admit().unwrap();
+        scraper.prove();
+        let first = admission.admit().unwrap();
+        let second = admission.admit().unwrap();
+        // Full: the oldest unproven (first) makes room, the scraper stays.
+        let third = admission.admit().unwrap();
+        tokio::time::timeout(Duration::from_secs(1), first.evicted())
+            .await
+            .expect("the oldest stranger was evicted");
+        assert_eq!(admission.open.load(Ordering::Relaxed), 3);
+        // Closing a connection gives its place back, once (first already gave its own).
+        drop(first);
+        drop(second);
+        assert_eq!(admission.open.load(Ordering::Relaxed), 2);
+        let fourth = admission.admit().unwrap();
+        third.prove();
+        fourth.prove();
+        // Every open connection proven: the new one is refused.
+        assert!(admission.admit().is_none());
+        drop(fourth);
+        assert!(admission.admit().is_some());
+        assert!(!scraper.gone.load(Ordering::Relaxed));
     }
 }

@@ -1,16 +1,17 @@
-//! Basic auth that strangers cannot stall: bcrypt runs on a bounded set of blocking
-//! threads, never on the async workers, and credentials that verified are remembered
+//! Basic auth that strangers cannot stall: bcrypt runs on a few threads of its own at the
+//! lowest priority (nice 19), behind a bounded queue, never on the async workers, so
+//! wrong passwords only take CPU nothing else wants; credentials that verified are remembered
 //! (by a digest of user, password and stored hash, as the exporter-toolkit keys its
 //! cache), so a client with the right password pays bcrypt once and never waits behind
 //! wrong attempts. Wrong attempts are not remembered, so they cannot evict right ones.
 
 use std::{
     collections::{BTreeMap, HashSet, VecDeque},
-    sync::{Arc, Mutex},
+    sync::Mutex,
 };
 
+use crossbeam_channel::{Sender, TrySendError};
 use ring::digest;
-use tokio::sync::Semaphore;
 
 use crate::web_config::basic_credentials;
 
@@ -36,22 +37,46 @@ struct Cache {
     order: VecDeque<[u8; 32]>,
 }
 
+/// A password to verify against a hash, and where the answer goes.
+struct Job {
+    password: String,
+    hash: String,
+    answer: tokio::sync::oneshot::Sender<bool>,
+}
+
 /// Checks `Authorization` headers against a web config's users.
 pub struct Authenticator {
     cache: Mutex<Cache>,
-    /// Threads verifying at once (one per CPU).
-    threads: Arc<Semaphore>,
-    /// Verifications admitted (running or waiting for a thread).
-    admitted: Arc<Semaphore>,
+    /// To the verifying threads (one per CPU; they end when this does).
+    jobs: Sender<Job>,
 }
 
 impl Default for Authenticator {
     fn default() -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let (jobs, queue) = crossbeam_channel::bounded::<Job>(WAITING);
+        for i in 0..cpus {
+            let queue = queue.clone();
+            let verify = move || {
+                // SAFETY: lowers the calling thread's own priority; no pointers.
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as u32, 19) };
+                for job in queue {
+                    // The client went away (its deadline passed): nothing to answer.
+                    if job.answer.is_closed() {
+                        continue;
+                    }
+                    let right = bcrypt::verify(job.password, &job.hash).unwrap_or(false);
+                    let _ = job.answer.send(right);
+                }
+            };
+            std::thread::Builder::new()
+                .name(format!("bcrypt-{i}"))
+                .spawn(verify)
+                .expect("spawning a password verifier");
+        }
         Self {
             cache: Mutex::default(),
-            threads: Arc::new(Semaphore::new(cpus)),
-            admitted: Arc::new(Semaphore::new(cpus + WAITING)),
+            jobs,
         }
     }
 }
@@ -112,17 +137,17 @@ impl Authenticator {
         if known && self.remembered(&key) {
             return Verdict::Allowed;
         }
-        let Ok(_admitted) = self.admitted.clone().try_acquire_owned() else {
-            return Verdict::Busy;
-        };
-        let Ok(_thread) = self.threads.clone().acquire_owned().await else {
-            return Verdict::Busy;
-        };
-        let right =
-            tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
-                .await
-                .unwrap_or(false);
-        if right && known {
+        let (answer, right) = tokio::sync::oneshot::channel();
+        match self.jobs.try_send(Job {
+            password,
+            hash,
+            answer,
+        }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Verdict::Busy,
+            Err(TrySendError::Disconnected(_)) => unreachable!("the verifiers end with self"),
+        }
+        if right.await.unwrap_or(false) && known {
             self.remember(key);
             Verdict::Allowed
         } else {
@@ -157,9 +182,8 @@ mod tests {
         assert_eq!(auth.remembered_count(), 0);
         assert_eq!(auth.check(&users, Some(RIGHT)).await, Verdict::Allowed);
         assert_eq!(auth.remembered_count(), 1);
-        // Remembered: allowed even with every verification thread taken.
-        let all = auth.threads.available_permits() as u32;
-        let _taken = auth.threads.clone().acquire_many_owned(all).await.unwrap();
+        // Remembered: allowed even with the verifiers' queue full.
+        let _full = fill(&auth);
         assert_eq!(auth.check(&users, Some(RIGHT)).await, Verdict::Allowed);
         // A changed hash (new password) is a different key.
         let changed = bcrypt::hash("other", 4).unwrap();
@@ -171,9 +195,50 @@ mod tests {
         let users =
             BTreeMap::from([("prometheus".to_string(), bcrypt::hash("secret", 4).unwrap())]);
         let auth = Authenticator::default();
-        let all = auth.admitted.available_permits() as u32;
-        let _taken = auth.admitted.clone().acquire_many_owned(all).await.unwrap();
+        let _full = fill(&auth);
         assert_eq!(auth.check(&users, Some(RIGHT)).await, Verdict::Busy);
+    }
+
+    /// Fills the verifiers' queue with slow jobs (cost 12, a quarter second each); their
+    /// answers, to keep until the test ends (dropped, the rest are skipped).
+    fn fill(auth: &Authenticator) -> Vec<tokio::sync::oneshot::Receiver<bool>> {
+        let hash = bcrypt::hash("x", 12).unwrap();
+        let mut answers = Vec::new();
+        loop {
+            let (answer, rx) = tokio::sync::oneshot::channel();
+            let job = Job {
+                password: "y".into(),
+                hash: hash.clone(),
+                answer,
+            };
+            if auth.jobs.try_send(job).is_err() {
+                return answers;
+            }
+            answers.push(rx);
+        }
+    }
+
+    #[test]
+    fn verifiers_run_at_the_lowest_priority() {
+        let _auth = Authenticator::default();
+        let nice: Vec<i64> = std::fs::read_dir("/proc/thread-self/..")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+            .filter(|stat| stat.contains("(bcrypt-"))
+            // Field 19, the 17th after the name's closing parenthesis.
+            .map(|stat| {
+                stat.rsplit_once(')')
+                    .unwrap()
+                    .1
+                    .split_whitespace()
+                    .nth(16)
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        assert!(!nice.is_empty());
+        assert!(nice.iter().all(|&n| n == 19), "{nice:?}");
     }
 
     #[test]

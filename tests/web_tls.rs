@@ -441,7 +441,12 @@ fn right_scrapes_are_answered_while_strangers_attack() {
         format!("tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\nbasic_auth_users:\n  prometheus: {hash}\n"),
     )
     .unwrap();
-    let (_exporter, addr) = serve_tls(d, &web, &[]);
+    // A cap the junk alone overflows: strangers make room for the right scraper.
+    let (_exporter, addr) = serve_tls(
+        d,
+        &web,
+        &[("KUBE_EBPF_EXPORTER__WEB__MAX_CONNECTIONS", "32")],
+    );
     let url = format!("https://{addr}/metrics");
     let ca_pem = d.join("ca.pem");
     let right = [
@@ -493,6 +498,15 @@ fn right_scrapes_are_answered_while_strangers_attack() {
     assert_eq!(answers, ["200"; 5], "right scrapes under attack");
     assert!(refused > 0, "the wrong passwords were checked and refused");
     assert_eq!(after_break.1, "200");
+    let evicted = after_break
+        .2
+        .lines()
+        .find_map(|l| l.strip_prefix("ebpf_exporter_http_refused_total{reason=\"evicted\"} "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(
+        evicted >= Some(100 - 32),
+        "junk evicted beyond the cap: {evicted:?}"
+    );
     assert!(
         after_break
             .2

@@ -1,5 +1,7 @@
 //! Shared pieces of the benchmarks: process memory and a compiled one-metric stream.
 
+pub mod process;
+
 use std::sync::Arc;
 
 use aggregate::{

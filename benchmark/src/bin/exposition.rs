@@ -15,13 +15,16 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use aggregate::{Format, Registry, StreamAggregator, StreamStats};
-use benchmark::{tcp_connect_stream, tcp_record};
+use benchmark::{
+    process::{free_port, prometheus_query, wait_ready, Server},
+    tcp_connect_stream, tcp_record,
+};
 use enrich::PodLabels;
 
 /// The Go side's latencies, so both serve the same buckets.
@@ -102,47 +105,6 @@ fn respond(registry: &Registry, mut conn: TcpStream) {
     emit(rest);
     if gzip {
         let _ = conn.write_all(&z.finish().unwrap_or_default());
-    }
-}
-
-/// A child killed on drop.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Server {
-    /// CPU seconds (user + system) the process has used.
-    fn cpu(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).unwrap();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .collect();
-        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-        ticks / 100.0
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_ready(addr: &str) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "{addr} did not come up");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -259,32 +221,7 @@ fn prometheus(dir: &Path, ours: &str, go: &str, native: bool, interval: u64) -> 
     let _p = Server(cmd.spawn().expect("prometheus"));
     wait_ready(&addr);
     std::thread::sleep(Duration::from_secs(interval * 4 + 2));
-    let query = |q: &str| -> f64 {
-        let enc: String = q
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b == b'_' {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        let mut s = TcpStream::connect(&addr).unwrap();
-        write!(
-            s,
-            "GET /api/v1/query?query={enc} HTTP/1.0\r\nHost: {addr}\r\n\r\n"
-        )
-        .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        let body = resp.split_once("\r\n\r\n").unwrap().1;
-        let v: serde_json::Value = serde_json::from_str(body).unwrap();
-        v["data"]["result"][0]["value"][1]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(f64::NAN)
-    };
+    let query = |q: &str| prometheus_query(&addr, q, None);
     ["ours", "go"].map(|job| {
         (
             query(&format!(
