@@ -59,7 +59,8 @@ pub struct Web {
     /// Connections open at once; more are closed as they arrive (counted).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Seconds a client has to send each request's header.
+    /// Seconds a client has to send each request's header; also the longest a kept-alive
+    /// connection idles (hyper times both with one deadline).
     #[serde(default = "default_header_timeout")]
     pub header_timeout_seconds: u64,
     /// Scrapes rendered at once; more get 503 (counted), like node_exporter's

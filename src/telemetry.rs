@@ -29,7 +29,7 @@ impl Telemetry {
         describe_gauge!("ebpf_exporter_build_info", "Build of the exporter, value 1");
         describe_counter!(
             crate::web::REFUSED,
-            "HTTP connections and requests refused, by reason (evicted: closed to make room at web.max_connections, the oldest connection with no request let in; connections: beyond web.max_connections with every connection let in; header_timeout: no full header within web.header_timeout_seconds; max_requests: 503 beyond web.max_requests scrapes; max_subscribers: 429 beyond tap.max_subscribers; tls: failed TLS handshakes; unauthorized: 401 without valid basic auth; auth_busy: 503 with more password checks queued than web_auth allows)"
+            "HTTP connections and requests refused, by reason (evicted: closed to make room at web.max_connections, the oldest connection with no request let in; connections: beyond web.max_connections with every connection let in; header_timeout: no full header within web.header_timeout_seconds on a connection with no request let in; max_requests: 503 beyond web.max_requests scrapes; max_subscribers: 429 beyond tap.max_subscribers; tls: failed TLS handshakes; unauthorized: 401 without valid basic auth; auth_busy: 503 with more password checks queued than web_auth allows)"
         );
         describe_counter!(
             kube_ebpf_exporter::web_config_watch::RELOADS,

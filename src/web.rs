@@ -190,6 +190,7 @@ async fn connection<IO, S>(
     service: S,
     http: &hyper::server::conn::http1::Builder,
     watcher: hyper_util::server::graceful::Watcher,
+    ticket: &Ticket,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<
@@ -202,7 +203,9 @@ async fn connection<IO, S>(
 {
     let conn = watcher.watch(http.serve_connection(TokioIo::new(io), service));
     if let Err(e) = conn.await {
-        if e.is_timeout() {
+        // hyper's header deadline also closes idle keep-alive connections: after a
+        // request was let in, that is no refusal.
+        if e.is_timeout() && !ticket.proven.load(Ordering::Relaxed) {
             counter!(REFUSED, "reason" => "header_timeout").increment(1);
         }
     }
@@ -299,14 +302,14 @@ async fn accepted<IO>(
 {
     let loaded = limits.web_config.as_ref().map(|w| w.current());
     let tls = loaded.as_ref().and_then(|l| l.tls.clone());
-    let service = secured(app, loaded, limits.auth.clone(), ticket);
+    let service = secured(app, loaded, limits.auth.clone(), ticket.clone());
     let Some(tls) = tls else {
-        return connection(stream, service, http, watcher).await;
+        return connection(stream, service, http, watcher, &ticket).await;
     };
     // The handshake gets the header's deadline.
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => connection(tls, service, http, watcher).await,
+        Ok(Ok(tls)) => connection(tls, service, http, watcher, &ticket).await,
         Ok(Err(e)) => {
             counter!(REFUSED, "reason" => "tls").increment(1);
             tracing::debug!("TLS handshake: {e}");

@@ -1,6 +1,8 @@
 //! The HTTP server is bounded: half-open connections are closed after the header
-//! timeout, connections beyond the cap are refused while a scrape on an open connection
-//! still answers, and event subscribers beyond their cap get 429; each refusal counted.
+//! timeout, and the oldest of them makes room for a new client when the cap is full;
+//! only when every open connection has had a request let in is a new one refused. A
+//! scrape on an open connection still answers, and event subscribers beyond their cap
+//! get 429; each refusal counted.
 //! Needs root and BPF (the exporter loads its programs).
 
 #[macro_use]
@@ -66,16 +68,17 @@ fn slow_clients_cannot_hold_the_server() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(200));
-    let mut refused = TcpStream::connect(&exporter.addr).unwrap();
-    let _ = write!(refused, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    // A 21st client is served: the oldest half-open connection makes room for it.
+    let mut newcomer = TcpStream::connect(&exporter.addr).unwrap();
+    assert!(scrape_on(&mut newcomer).starts_with("HTTP/1.1 200"));
     assert!(
-        closed_within(&mut refused, Duration::from_secs(1)),
-        "a 21st connection was served"
+        closed_within(&mut slow[0], Duration::from_secs(1)),
+        "the oldest half-open connection was not evicted"
     );
     // The scrape on the open connection still answers.
     assert!(scrape_on(&mut prometheus).starts_with("HTTP/1.1 200"));
-    // The header timeout closes the slow ones, and new clients are served again.
-    for s in &mut slow {
+    // The header timeout closes the other slow ones.
+    for s in &mut slow[1..] {
         assert!(
             closed_within(s, Duration::from_secs(4)),
             "a half-open connection stayed open"
@@ -85,15 +88,34 @@ fn slow_clients_cannot_hold_the_server() {
         started.elapsed() >= Duration::from_millis(1900),
         "closed before the timeout"
     );
+    // When every open connection has had a request let in, a new one is refused.
+    let mut served: Vec<TcpStream> = (0..18)
+        .map(|_| {
+            let mut s = TcpStream::connect(&exporter.addr).unwrap();
+            assert!(scrape_on(&mut s).starts_with("HTTP/1.1 200"));
+            s
+        })
+        .collect();
+    let mut refused = TcpStream::connect(&exporter.addr).unwrap();
+    let _ = write!(refused, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        closed_within(&mut refused, Duration::from_secs(1)),
+        "a 21st connection was served while all 20 were proven"
+    );
+    // Their places are given back once the server sees them close.
+    served.clear();
+    std::thread::sleep(Duration::from_millis(200));
     let page = exporter.metrics();
     let refused = "ebpf_exporter_http_refused_total";
+    for (reason, want) in [("evicted", 1.0), ("header_timeout", 18.0)] {
+        assert_eq!(
+            sample(&page, refused, &format!("reason=\"{reason}\"")),
+            Some(want),
+            "{page}"
+        );
+    }
     assert!(
         sample(&page, refused, "reason=\"connections\"").unwrap_or(0.0) >= 1.0,
-        "{page}"
-    );
-    assert_eq!(
-        sample(&page, refused, "reason=\"header_timeout\""),
-        Some(19.0),
         "{page}"
     );
 }
