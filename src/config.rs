@@ -552,9 +552,18 @@ impl Config {
     /// Loads `file` (or the embedded default) merged with environment overrides.
     ///
     /// # Errors
-    /// A missing or unreadable file, bad YAML, an unknown key or a wrong value type:
-    /// the message names the file, the key and the reason.
+    /// As [`Config::load_with`].
     pub fn load(file: Option<&Path>) -> Result<Self> {
+        Self::load_with(file, Figment::new())
+    }
+
+    /// Loads `file` (or the embedded default), with environment overrides over it and
+    /// `flags` (the command line's) over both.
+    ///
+    /// # Errors
+    /// A missing or unreadable file, bad YAML, an unknown key or a wrong value type:
+    /// the message names the file (or the flags), the key and the reason.
+    pub fn load_with(file: Option<&Path>, flags: impl figment::Provider) -> Result<Self> {
         let (figment, source) = match file {
             Some(path) => {
                 std::fs::metadata(path)
@@ -569,7 +578,9 @@ impl Config {
                 "the embedded default config".to_string(),
             ),
         };
-        let figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let figment = figment
+            .merge(Env::prefixed(ENV_PREFIX).split("__"))
+            .merge(flags);
         figment.extract().map_err(|e| {
             let errors: Vec<String> = e.into_iter().map(|e| describe(&e)).collect();
             anyhow::anyhow!("invalid config in {source}:\n  {}", errors.join("\n  "))

@@ -60,6 +60,19 @@ impl StreamTable {
         self.slots.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The streams now as the tap describes them, by id.
+    pub fn for_tap(&self) -> Vec<Option<tap::Stream>> {
+        self.snapshot()
+            .iter()
+            .map(|s| {
+                s.as_ref().map(|s| tap::Stream {
+                    config: s.program.clone(),
+                    plan: s.plan.clone(),
+                })
+            })
+            .collect()
+    }
+
     /// Changes at each [`StreamTable::update`].
     pub fn generation(&self) -> u64 {
         self.generation.load(std::sync::atomic::Ordering::Acquire)

@@ -10,7 +10,7 @@ use ingest::{
     LoadOptions, LoadedObject, Loader,
 };
 
-use crate::config::{CgroupIdMapConfig, CgroupIdMapType, Pipeline, Program};
+use kube_ebpf_exporter::config::{CgroupIdMapConfig, CgroupIdMapType, Pipeline, Program};
 
 /// Where a program's config came from, for messages and relative object paths.
 pub struct Source {
@@ -172,6 +172,45 @@ pub struct Running {
     pub split_cpus: Vec<bool>,
     /// The map of matching cgroups, until the cgroup stream takes it.
     pub cgroup_map: Option<CgroupIdMap>,
+}
+
+impl Running {
+/// Removes the entries of a cgroup-keyed table whose cgroups were removed at least the
+/// series grace period ago, from the map too: the kernel would keep deleted pods'
+/// counts (and their series) until its LRU map fills.
+    pub fn expire_removed(
+        &self,
+        t: &aggregate::TablePlan,
+        split_cpus: bool,
+        entries: &mut Vec<(Vec<u8>, u64)>,
+        enricher: &enrich::Enricher,
+        grace: std::time::Duration,
+    ) {
+    let gone = |key: &[u8]| {
+        t.cgroup_id(key)
+            .and_then(|id| enricher.removed_for(id))
+            .is_some_and(|removed| removed >= grace)
+    };
+    let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(entries)
+        .into_iter()
+        .partition(|(key, _)| gone(key));
+    *entries = kept;
+    if expired.is_empty() {
+        return;
+    }
+    // Entries read per CPU carry the CPU (u16) after the map's key.
+    let mut keys: Vec<Vec<u8>> = expired
+        .into_iter()
+        .map(|(mut k, _)| {
+            k.truncate(k.len() - if split_cpus { 2 } else { 0 });
+            k
+        })
+        .collect();
+    keys.dedup();
+    if let Err(e) = self.object.delete_table_keys(&t.map, &keys) {
+        tracing::warn!(config = %self.name, "deleting entries of removed cgroups: {e}");
+    }
+}
 }
 
 /// Shared inputs of program setup.

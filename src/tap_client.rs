@@ -23,7 +23,7 @@ pub enum Output {
 #[derive(Debug, Args)]
 pub struct TapArgs {
     /// The exporter's event stream (`tap.listen`): `unix:<path>` or `host:port`.
-    #[arg(long, default_value = crate::config::DEFAULT_TAP_LISTEN)]
+    #[arg(long, default_value = kube_ebpf_exporter::config::DEFAULT_TAP_LISTEN)]
     address: String,
     /// Only this config.
     #[arg(long)]

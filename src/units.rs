@@ -11,15 +11,16 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use ingest::{cgroup_id_map::CgroupIdMap, Batch, RingReader, StreamMap};
 use kube_ebpf_exporter::pipeline::Stream;
 use tokio::{sync::watch, task::JoinHandle};
 
+use kube_ebpf_exporter::config::{self, Config, Program};
+
 use crate::{
-    config::{self, Config, Program},
+    app::AppState,
     programs::{self, Failure, Object, Running, Setup, Source, Stage},
-    AppState,
 };
 
 /// Which configs run: the flags that choose them.
@@ -45,7 +46,7 @@ impl Selection {
     ) -> Result<Vec<(Source, Result<Program, Failure>)>> {
         let mut out = Vec::new();
         if self.dir.is_none() || self.file.is_some() {
-            crate::select_programs(&self.programs, &mut config.programs)
+            select_programs(&self.programs, &mut config.programs)
                 .with_context(|| format!("{source}: --programs"))?;
             for (name, program) in std::mem::take(&mut config.programs) {
                 out.push((
@@ -87,6 +88,30 @@ impl Selection {
         }
         Ok(out)
     }
+}
+
+/// Keeps the programs `names` chooses (`all`: every one; none given: those not marked
+/// `enabled: false`).
+fn select_programs(
+    names: &[String],
+    programs: &mut std::collections::BTreeMap<String, Program>,
+) -> Result<()> {
+    if names.iter().any(|n| n == "all") {
+        return Ok(());
+    }
+    if names.is_empty() {
+        programs.retain(|_, p| p.enabled);
+        return Ok(());
+    }
+    if let Some(unknown) = names.iter().find(|n| !programs.contains_key(*n)) {
+        let known: Vec<&str> = programs.keys().map(String::as_str).collect();
+        bail!(
+            "no program {unknown:?}; the config has: {} (or `all`)",
+            known.join(", ")
+        );
+    }
+    programs.retain(|name, _| names.contains(name));
+    Ok(())
 }
 
 /// What a config is made of, to tell an unchanged one at a reload: its parsed config
@@ -247,7 +272,7 @@ fn claimed(s: &AppState, name: &str) -> Vec<String> {
 fn update_streams(s: &AppState, remove: &[u32], add: Vec<Stream>) -> Vec<u32> {
     let ids = s.streams.update(remove, add);
     if let Some(tap) = &s.tap {
-        tap.set_streams(Arc::new(crate::tap_streams(&s.streams.snapshot())));
+        tap.set_streams(Arc::new(s.streams.for_tap()));
     }
     ids
 }
@@ -364,7 +389,7 @@ fn reload_configs(s: &AppState) -> Result<Report> {
         for (src, program, replacing) in todo {
             replace(s, r, &mut setup, &src, &program, replacing, &mut report);
         }
-        crate::mark_attached();
+        crate::attach_mark::mark_attached();
     }
     let mut failures = s.failures.lock().unwrap_or_else(|e| e.into_inner());
     failures.clear();

@@ -16,6 +16,98 @@ use flate2::{write::GzEncoder, Compression};
 
 use crate::time::hour_stamp;
 
+/// The file sink's input: chosen configs' events (subscribed on the tap) and their
+/// tables' non-zero series, written at each scrape.
+pub struct TableSink {
+    configs: Vec<String>,
+    tx: crossbeam_channel::Sender<Bytes>,
+    cluster: Option<String>,
+}
+
+impl TableSink {
+    /// Subscribes a [`FileSink`] in `dir` to `configs`' events on `tap` and starts its
+    /// thread; at most `queue` lines wait (more are dropped, as the tap drops).
+    ///
+    /// # Errors
+    /// The directory cannot be created, or the thread cannot start.
+    pub fn start(
+        tap: &crate::Tap,
+        dir: &Path,
+        max_bytes: u64,
+        configs: Vec<String>,
+        queue: usize,
+        cluster: Option<String>,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = crossbeam_channel::bounded(queue.max(1));
+        for name in &configs {
+            if tap.streams().iter().any(|s| &s.config == name) {
+                let filter = crate::Filter {
+                    config: Some(name.clone()),
+                    ..Default::default()
+                };
+                tap.subscribe_channel(filter, tx.clone());
+            }
+        }
+        let file = FileSink::new(dir, max_bytes)?;
+        std::thread::Builder::new()
+            .name("sink".into())
+            .spawn(move || file.run(rx))?;
+        Ok(Self {
+            configs,
+            tx,
+            cluster,
+        })
+    }
+
+    /// Whether `config`'s tables go to the sink.
+    pub fn wants(&self, config: &str) -> bool {
+        self.configs.iter().any(|c| c == config)
+    }
+
+    /// Writes a table's non-zero series to the sink as JSON lines.
+    pub fn write_table(
+        &self,
+        config: &str,
+        node: &str,
+        t: &aggregate::TablePlan,
+        rows: &aggregate::Rows,
+    ) {
+        let time = crate::rfc3339_nanos(std::time::SystemTime::now());
+        for e in t.entries(rows).filter(|e| {
+            e.value != 0
+                || e.histogram
+                    .as_ref()
+                    .is_some_and(|h| h.1.iter().any(|&c| c != 0))
+        }) {
+            let labels: serde_json::Map<String, serde_json::Value> = e
+                .labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), (*v).into()))
+                .collect();
+            let mut line = serde_json::json!({ "time": time, "config": config, "metric": t.name(), "node": node, "labels": labels });
+            if let Some(c) = &self.cluster {
+                line["cluster"] = c.as_str().into();
+            }
+            match &e.histogram {
+                Some((bounds, counts, sum)) => {
+                    line["buckets"] = serde_json::json!(bounds
+                        .iter()
+                        .map(|b| aggregate::format_float(*b))
+                        .chain(["+Inf".into()])
+                        .zip(counts)
+                        .collect::<Vec<_>>());
+                    line["sum"] = (*sum).into();
+                    line["count"] = counts.iter().sum::<u64>().into();
+                }
+                None => line["value"] = e.value.into(),
+            }
+            let mut bytes = serde_json::to_vec(&line).expect("JSON of strings and numbers");
+            bytes.push(b'\n');
+            let _ = self.tx.try_send(Bytes::from(bytes));
+        }
+    }
+}
+
 /// Writes lines into `<dir>/events-<YYYYMMDDHH>.jsonl.gz`.
 pub struct FileSink {
     dir: PathBuf,
