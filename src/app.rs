@@ -222,7 +222,11 @@ pub fn spawn_reloads(reload: &Reload, state: Arc<AppState>) -> tokio::task::Join
             }
         });
     }
-    tokio::spawn(units::triggers(state, reload.watched.clone(), reload.interval))
+    tokio::spawn(units::triggers(
+        state,
+        reload.watched.clone(),
+        reload.interval,
+    ))
 }
 
 /// Stops the stages in order: readers (which flush what they read), then enrich and
@@ -266,4 +270,3 @@ pub async fn shut_down(state: Arc<AppState>, tap_server: Option<tokio::task::Joi
     })
     .await;
 }
-

@@ -16,4 +16,3 @@ pub fn mark_attached() {
     let mark: extern "C" fn() = std::hint::black_box(post_attach_mark);
     mark();
 }
-

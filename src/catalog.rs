@@ -40,4 +40,3 @@ pub fn list_programs() -> Result<()> {
     }
     Ok(())
 }
-

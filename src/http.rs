@@ -224,4 +224,3 @@ fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
-

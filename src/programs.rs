@@ -175,9 +175,9 @@ pub struct Running {
 }
 
 impl Running {
-/// Removes the entries of a cgroup-keyed table whose cgroups were removed at least the
-/// series grace period ago, from the map too: the kernel would keep deleted pods'
-/// counts (and their series) until its LRU map fills.
+    /// Removes the entries of a cgroup-keyed table whose cgroups were removed at least the
+    /// series grace period ago, from the map too: the kernel would keep deleted pods'
+    /// counts (and their series) until its LRU map fills.
     pub fn expire_removed(
         &self,
         t: &aggregate::TablePlan,
@@ -186,31 +186,31 @@ impl Running {
         enricher: &enrich::Enricher,
         grace: std::time::Duration,
     ) {
-    let gone = |key: &[u8]| {
-        t.cgroup_id(key)
-            .and_then(|id| enricher.removed_for(id))
-            .is_some_and(|removed| removed >= grace)
-    };
-    let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(entries)
-        .into_iter()
-        .partition(|(key, _)| gone(key));
-    *entries = kept;
-    if expired.is_empty() {
-        return;
+        let gone = |key: &[u8]| {
+            t.cgroup_id(key)
+                .and_then(|id| enricher.removed_for(id))
+                .is_some_and(|removed| removed >= grace)
+        };
+        let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(entries)
+            .into_iter()
+            .partition(|(key, _)| gone(key));
+        *entries = kept;
+        if expired.is_empty() {
+            return;
+        }
+        // Entries read per CPU carry the CPU (u16) after the map's key.
+        let mut keys: Vec<Vec<u8>> = expired
+            .into_iter()
+            .map(|(mut k, _)| {
+                k.truncate(k.len() - if split_cpus { 2 } else { 0 });
+                k
+            })
+            .collect();
+        keys.dedup();
+        if let Err(e) = self.object.delete_table_keys(&t.map, &keys) {
+            tracing::warn!(config = %self.name, "deleting entries of removed cgroups: {e}");
+        }
     }
-    // Entries read per CPU carry the CPU (u16) after the map's key.
-    let mut keys: Vec<Vec<u8>> = expired
-        .into_iter()
-        .map(|(mut k, _)| {
-            k.truncate(k.len() - if split_cpus { 2 } else { 0 });
-            k
-        })
-        .collect();
-    keys.dedup();
-    if let Err(e) = self.object.delete_table_keys(&t.map, &keys) {
-        tracing::warn!(config = %self.name, "deleting entries of removed cgroups: {e}");
-    }
-}
 }
 
 /// Shared inputs of program setup.

@@ -2,11 +2,7 @@
 //! and the flags, checked; and what the flags decide beyond the config. Start-up, the
 //! pipeline, HTTP and reloads read these, never the command line.
 
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 use kube_ebpf_exporter::config::Config;

@@ -297,4 +297,3 @@ fn drop_capabilities(settings: &Settings) -> Result<()> {
     );
     Ok(())
 }
-
