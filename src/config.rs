@@ -363,24 +363,35 @@ pub enum TapListen {
 impl TapListen {
     /// Parses `tap.listen`; anything but a unix socket, a loopback address or `metrics`
     /// is refused.
-    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+    pub fn parse(s: &str) -> std::result::Result<Self, TapListenError> {
         if s == "metrics" {
             return Ok(Self::Metrics);
         }
         if let Some(path) = s.strip_prefix("unix:") {
             if !path.starts_with('/') {
-                return Err(format!("{s:?}: a unix socket needs an absolute path"));
+                return Err(TapListenError::RelativeSocket(s.into()));
             }
             return Ok(Self::Unix(path.into()));
         }
-        let addr: std::net::SocketAddr = s.parse().map_err(|_| {
-            format!("{s:?} is neither unix:<path> nor ip:port (e.g. 127.0.0.1:9436)")
-        })?;
+        let addr: std::net::SocketAddr = s
+            .parse()
+            .map_err(|_| TapListenError::NotAnAddress(s.into()))?;
         if !addr.ip().is_loopback() {
-            return Err(format!("{s:?} is not a loopback address: the event stream shows every process on the node, so it is served only on a unix socket, loopback, or `metrics` (the metrics listener, with --web.config.file basic_auth_users); reach it with `kubectl exec <pod> -- kube-ebpf-exporter tap` or `kubectl port-forward`"));
+            return Err(TapListenError::NotLoopback(s.into()));
         }
         Ok(Self::Loopback(addr))
     }
+}
+
+/// Why `tap.listen` is refused.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TapListenError {
+    #[error("{0:?}: a unix socket needs an absolute path")]
+    RelativeSocket(String),
+    #[error("{0:?} is neither unix:<path> nor ip:port (e.g. 127.0.0.1:9436)")]
+    NotAnAddress(String),
+    #[error("{0:?} is not a loopback address: the event stream shows every process on the node, so it is served only on a unix socket, loopback, or `metrics` (the metrics listener, with --web.config.file basic_auth_users); reach it with `kubectl exec <pod> -- kube-ebpf-exporter tap` or `kubectl port-forward`")]
+    NotLoopback(String),
 }
 
 /// Event tap settings.
@@ -748,9 +759,10 @@ mod tests {
             Ok(TapListen::Loopback("127.0.0.1:9436".parse().unwrap()))
         );
         assert!(TapListen::parse("[::1]:9436").is_ok());
-        assert!(TapListen::parse("0.0.0.0:9436")
-            .unwrap_err()
-            .contains("not a loopback address"));
+        assert!(matches!(
+            TapListen::parse("0.0.0.0:9436"),
+            Err(TapListenError::NotLoopback(_))
+        ));
         assert!(TapListen::parse("unix:tap.sock").is_err());
         assert!(TapListen::parse("localhost").is_err());
     }

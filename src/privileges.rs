@@ -22,7 +22,7 @@ pub fn needed(kernel: (u32, u32)) -> CapsHashSet {
 pub const RELOAD: [Capability; 2] = [Capability::CAP_BPF, Capability::CAP_PERFMON];
 
 /// Parses `--capabilities.keep` names (`perfmon`, `CAP_SYS_ADMIN`).
-pub fn parse(name: &str) -> Result<Capability, String> {
+pub fn parse(name: &str) -> Result<Capability> {
     let upper = name.trim().to_uppercase();
     let full = if upper.starts_with("CAP_") {
         upper
@@ -30,7 +30,7 @@ pub fn parse(name: &str) -> Result<Capability, String> {
         format!("CAP_{upper}")
     };
     full.parse()
-        .map_err(|_| format!("{name:?} is not a capability (e.g. perfmon, CAP_SYS_ADMIN)"))
+        .map_err(|_| anyhow::anyhow!("{name:?} is not a capability (e.g. perfmon, CAP_SYS_ADMIN)"))
 }
 
 /// The running kernel's (major, minor) version.
@@ -72,10 +72,11 @@ mod tests {
 
     #[test]
     fn names_parse_with_or_without_the_prefix() {
-        assert_eq!(parse("perfmon"), Ok(Capability::CAP_PERFMON));
-        assert_eq!(parse("CAP_SYS_ADMIN"), Ok(Capability::CAP_SYS_ADMIN));
+        assert_eq!(parse("perfmon").unwrap(), Capability::CAP_PERFMON);
+        assert_eq!(parse("CAP_SYS_ADMIN").unwrap(), Capability::CAP_SYS_ADMIN);
         assert!(parse("superpowers")
             .unwrap_err()
+            .to_string()
             .contains("not a capability"));
     }
 

@@ -307,7 +307,7 @@ impl Setup<'_> {
         let cgroup_map = match &program.cgroup_id_map {
             Some(c) => Some(
                 self.cgroup_map(c, &mut object, at)
-                    .map_err(|m| fail(Stage::Config, m))?,
+                    .map_err(|e| fail(Stage::Config, format!("{e:#}")))?,
             ),
             None => None,
         };
@@ -329,20 +329,22 @@ impl Setup<'_> {
         c: &CgroupIdMapConfig,
         object: &mut LoadedObject,
         at: &str,
-    ) -> Result<CgroupIdMap, String> {
+    ) -> anyhow::Result<CgroupIdMap> {
         let regexps = c
             .regexps
             .iter()
             .enumerate()
             .map(|(i, r)| {
-                regex::Regex::new(r).map_err(|e| format!("{at}cgroup_id_map.regexps[{i}]: {e}"))
+                regex::Regex::new(r)
+                    .map_err(|e| anyhow::anyhow!("{at}cgroup_id_map.regexps[{i}]: {e}"))
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let kind = match c.kind {
             CgroupIdMapType::Hash => cgroup_id_map::Kind::Hash,
             CgroupIdMapType::CgrpStorage => cgroup_id_map::Kind::CgrpStorage,
         };
         CgroupIdMap::take(object, &c.name, kind, regexps, self.cgroup_mount)
-            .map_err(|e| format!("{at}cgroup_id_map.name: {e}"))
+            // The ingest error says its causes itself.
+            .map_err(|e| anyhow::anyhow!("{at}cgroup_id_map.name: {e}"))
     }
 }

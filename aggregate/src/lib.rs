@@ -38,6 +38,35 @@ pub enum ConfigError {
         /// Why it is wrong.
         reason: String,
     },
+    /// A metric or label name Prometheus would refuse, or one already taken.
+    #[error("{at}: {source}")]
+    Name {
+        /// Dotted path of the metric's name.
+        at: String,
+        #[source]
+        source: NameError,
+    },
+    /// A `regexp` decoder's patterns do not compile.
+    #[error("{at}: {source}")]
+    Pattern {
+        /// Dotted path of the patterns.
+        at: String,
+        #[source]
+        source: regex::Error,
+    },
+}
+
+/// Why a metric cannot have the name or labels it asks for.
+#[derive(Debug, thiserror::Error)]
+pub enum NameError {
+    #[error("{0:?} is not a valid Prometheus metric name")]
+    Metric(String),
+    #[error("label {0:?} is not a valid label name here")]
+    Label(String),
+    #[error("label {0:?} appears twice (ring metrics also get the pod labels)")]
+    DuplicateLabel(String),
+    #[error("metric {0} is defined twice")]
+    Taken(String),
 }
 
 pub(crate) fn invalid(at: impl Into<String>, reason: impl Into<String>) -> ConfigError {

@@ -209,24 +209,23 @@ impl Registry {
 
     /// Checks a metric's name and label names and reserves the name; returns the
     /// exported name (`ebpf_exporter_<name>`).
-    pub(crate) fn claim(&self, name: &str, labels: &[String]) -> Result<String, String> {
+    pub(crate) fn claim(&self, name: &str, labels: &[String]) -> Result<String, crate::NameError> {
+        use crate::NameError;
         if !valid_name(name) {
-            return Err(format!("{name:?} is not a valid Prometheus metric name"));
+            return Err(NameError::Metric(name.to_string()));
         }
         for (i, l) in labels.iter().enumerate() {
             if !valid_name(l) || l == "le" || l.starts_with("__") {
-                return Err(format!("label {l:?} is not a valid label name here"));
+                return Err(NameError::Label(l.clone()));
             }
             if labels[..i].contains(l) {
-                return Err(format!(
-                    "label {l:?} appears twice (ring metrics also get the pod labels)"
-                ));
+                return Err(NameError::DuplicateLabel(l.clone()));
             }
         }
         let full = format!("ebpf_exporter_{name}");
         let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
         if !names.insert(full.clone()) {
-            return Err(format!("metric {full} is defined twice"));
+            return Err(NameError::Taken(full));
         }
         Ok(full)
     }
@@ -243,7 +242,7 @@ impl Registry {
         mut labels: Vec<String>,
         pod_labels: bool,
         max_series: usize,
-    ) -> Result<Arc<Family>, String> {
+    ) -> Result<Arc<Family>, crate::NameError> {
         let config_labels = labels.len();
         if pod_labels {
             let k = &self.kube;

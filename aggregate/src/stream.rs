@@ -404,7 +404,10 @@ impl MetricPlan {
                 pod_labels,
                 m.max_series.unwrap_or(registry.default_max_series()),
             )
-            .map_err(|reason| invalid(format!("{m_at}.name"), reason))?;
+            .map_err(|source| ConfigError::Name {
+                at: format!("{m_at}.name"),
+                source,
+            })?;
         Ok(Self {
             family,
             value,

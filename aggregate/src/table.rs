@@ -212,7 +212,10 @@ impl TablePlan {
         });
         let name = registry
             .claim(&m.name, &names)
-            .map_err(|reason| invalid(format!("{at}.name"), reason))?;
+            .map_err(|source| ConfigError::Name {
+                at: format!("{at}.name"),
+                source,
+            })?;
         let order = sorted_order(&names);
         Ok(Self {
             map: m.name.clone(),

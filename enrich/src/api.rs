@@ -159,6 +159,27 @@ impl std::fmt::Debug for KubeApiSource {
     }
 }
 
+/// Why the Kubernetes API gave no pods.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("no API server configuration: {0}")]
+    NoConfig(#[source] kube::config::InferConfigError),
+    #[error("{url}: {source}")]
+    Client {
+        url: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("no answer in {LIST_TIMEOUT:?}")]
+    ListTimeout,
+    #[error("{0}")]
+    List(#[source] kube::Error),
+    #[error("cannot start its thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("the connecting thread panicked")]
+    Panicked,
+}
+
 impl KubeApiSource {
     /// Connects with the in-cluster service account (or `$KUBECONFIG`,
     /// `~/.kube/config`) and lists the pods of node `node`, on the calling thread's
@@ -166,20 +187,21 @@ impl KubeApiSource {
     /// without an API server configuration: a list that fails (API away, RBAC) is
     /// logged, and the watch retries with backoff.
     pub fn connect(node: &str) -> Result<Self, EnrichError> {
-        let err = |reason: String| EnrichError::Api {
+        let err = |source| EnrichError::Api {
             node: node.to_string(),
-            reason,
+            source,
         };
-        let rt = Background::new().map_err(|e| err(e.to_string()))?;
+        let rt = Background::new().map_err(|e| err(ApiError::Thread(e)))?;
         let index = Arc::new(RwLock::new(Index::default()));
         let selector = format!("spec.nodeName={node}");
         let (client, url, listed) = rt
             .block_on(async {
-                let config = kube::Config::infer()
-                    .await
-                    .map_err(|e| format!("no API server configuration: {e}"))?;
+                let config = kube::Config::infer().await.map_err(ApiError::NoConfig)?;
                 let url = config.cluster_url.to_string();
-                let client = Client::try_from(config).map_err(|e| format!("{url}: {e}"))?;
+                let client = Client::try_from(config).map_err(|source| ApiError::Client {
+                    url: url.clone(),
+                    source,
+                })?;
                 // Pods running now, so their first events resolve at once. The API
                 // being away is no reason not to start: the watch keeps trying.
                 let pods: KubeApi<Pod> = KubeApi::all(client.clone());
@@ -188,8 +210,8 @@ impl KubeApiSource {
                     pods.list(&ListParams::default().fields(&selector)),
                 )
                 .await
-                .map_err(|_| format!("no answer in {LIST_TIMEOUT:?}"))
-                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map_err(|_| ApiError::ListTimeout)
+                .and_then(|r| r.map_err(ApiError::List))
                 .map(|list| {
                     let mut index = index.write().unwrap_or_else(|e| e.into_inner());
                     for pod in &list.items {
@@ -197,9 +219,9 @@ impl KubeApiSource {
                     }
                     list.items.len()
                 });
-                Ok::<_, String>((client, url, list))
+                Ok::<_, ApiError>((client, url, list))
             })
-            .unwrap_or_else(|| Err("the connecting thread panicked".into()))
+            .unwrap_or(Err(ApiError::Panicked))
             .map_err(err)?;
         match &listed {
             Ok(pods) => tracing::info!(node, %url, pods, "pod metadata from the Kubernetes API"),

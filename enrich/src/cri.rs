@@ -132,24 +132,51 @@ pub mod proto {
     }
 }
 
+/// Why the CRI socket gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum CriError {
+    #[error("cannot connect: {}", crate::chain(.0))]
+    Connect(#[source] tonic::transport::Error),
+    #[error("{method}: {source}")]
+    NotReady {
+        method: &'static str,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("{method}: no answer in {TIMEOUT:?}")]
+    Timeout { method: &'static str },
+    #[error("{method}: {}", .source.message())]
+    Status {
+        method: &'static str,
+        #[source]
+        source: tonic::Status,
+    },
+    #[error("cannot start its thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("the connecting thread panicked")]
+    Panicked,
+}
+
 /// A unary call on the CRI runtime service (`method`: `/runtime.v1.RuntimeService/...`).
 pub async fn call<Req, Resp>(
     channel: &Channel,
     method: &'static str,
     req: Req,
-) -> Result<Resp, String>
+) -> Result<Resp, CriError>
 where
     Req: prost::Message + Send + Sync + 'static,
     Resp: prost::Message + Default + Send + Sync + 'static,
 {
     let mut grpc = tonic::client::Grpc::new(channel.clone());
-    grpc.ready().await.map_err(|e| e.to_string())?;
+    grpc.ready()
+        .await
+        .map_err(|source| CriError::NotReady { method, source })?;
     let path = PathAndQuery::from_static(method);
     let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
     let resp = tokio::time::timeout(TIMEOUT, grpc.unary(tonic::Request::new(req), path, codec))
         .await
-        .map_err(|_| format!("{method}: no answer in {TIMEOUT:?}"))?
-        .map_err(|s| format!("{method}: {}", s.message()))?;
+        .map_err(|_| CriError::Timeout { method })?
+        .map_err(|source| CriError::Status { method, source })?;
     Ok(resp.into_inner())
 }
 
@@ -251,7 +278,7 @@ impl std::fmt::Debug for Cri {
 }
 
 /// Lists sandboxes and containers and folds them into the index.
-async fn refresh(channel: &Channel, shared: &Shared) -> Result<(), String> {
+async fn refresh(channel: &Channel, shared: &Shared) -> Result<(), CriError> {
     let sandboxes = call(
         channel,
         "/runtime.v1.RuntimeService/ListPodSandbox",
@@ -278,16 +305,16 @@ impl Cri {
     /// thread is started before [`PodSource::start`]). Fails when the socket does not
     /// answer CRI calls.
     pub fn connect(socket: &Path) -> Result<Self, EnrichError> {
-        let err = |reason: String| EnrichError::Cri {
+        let err = |source| EnrichError::Cri {
             socket: socket.display().to_string(),
-            reason,
+            source,
         };
         let shared = Arc::new(Shared {
             index: RwLock::default(),
             wake: Notify::new(),
             up: AtomicBool::new(true),
         });
-        let rt = Background::new().map_err(|e| err(e.to_string()))?;
+        let rt = Background::new().map_err(|e| err(CriError::Thread(e)))?;
         let connect = async move {
             let channel = channel(socket).await?;
             let v: proto::VersionResponse = call(
@@ -298,15 +325,15 @@ impl Cri {
                 },
             )
             .await?;
-            Ok::<_, String>((channel, v))
+            Ok::<_, CriError>((channel, v))
         };
         let (channel, version) = rt
             .block_on(async {
                 let (channel, version) = connect.await?;
                 refresh(&channel, &shared).await?;
-                Ok::<_, String>((channel, version))
+                Ok::<_, CriError>((channel, version))
             })
-            .unwrap_or_else(|| Err("the connecting thread panicked".into()))
+            .unwrap_or(Err(CriError::Panicked))
             .map_err(err)?;
         tracing::info!(
             socket = %socket.display(),
@@ -324,7 +351,7 @@ impl Cri {
 }
 
 /// A gRPC channel over the unix socket `socket`.
-pub async fn channel(socket: &Path) -> Result<Channel, String> {
+pub async fn channel(socket: &Path) -> Result<Channel, CriError> {
     let path = socket.to_path_buf();
     // The authority is never used: every connection goes to the socket.
     Endpoint::from_static("http://cri.sock")
@@ -338,20 +365,7 @@ pub async fn channel(socket: &Path) -> Result<Channel, String> {
             }
         }))
         .await
-        .map_err(|e| format!("cannot connect: {}", source_chain(&e)))
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let c_text = c.to_string();
-        if !s.contains(&c_text) {
-            s = format!("{s}: {c_text}");
-        }
-        cur = c.source();
-    }
-    s
+        .map_err(CriError::Connect)
 }
 
 impl PodSource for Cri {

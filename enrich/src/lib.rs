@@ -16,13 +16,29 @@ mod labels;
 mod podlogs;
 mod source;
 
-pub use api::{pod_from_json, KubeApiSource};
+pub use api::{pod_from_json, ApiError, KubeApiSource};
 pub use cache::Cache;
 pub use cgroupfs::{cgroup2_mount, CgroupFs};
-pub use cri::Cri;
+pub use cri::{Cri, CriError};
 pub use labels::{Enricher, Extra, PodLabels, Resolved};
 pub use podlogs::PodLogs;
 pub use source::{PodMeta, PodSource, Sources};
+
+/// An error and the causes under it that it does not already say, `: `-separated
+/// (transport errors say little on their own).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        cause = c.source();
+    }
+    s
+}
 
 /// Errors of the enrich stage.
 #[derive(Debug, thiserror::Error)]
@@ -31,20 +47,22 @@ pub enum EnrichError {
     #[error("no cgroup2 filesystem is mounted (looked in {0})")]
     NoCgroup2(String),
     /// The container runtime's CRI socket did not answer.
-    #[error("CRI socket {socket}: {reason}")]
+    #[error("CRI socket {socket}: {source}")]
     Cri {
         /// The socket.
         socket: String,
         /// What went wrong.
-        reason: String,
+        #[source]
+        source: cri::CriError,
     },
     /// The Kubernetes API could not be watched.
-    #[error("Kubernetes API (pods of node {node}): {reason}")]
+    #[error("Kubernetes API (pods of node {node}): {source}")]
     Api {
         /// The node whose pods were to be listed.
         node: String,
         /// What went wrong.
-        reason: String,
+        #[source]
+        source: api::ApiError,
     },
     /// An I/O error on a named path.
     #[error("{path}: {source}")]

@@ -75,26 +75,62 @@ fn number(s: &str) -> Option<u64> {
     }
 }
 
+/// Why a section name is no attach point.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SectionError {
+    #[error("{kind} needs a target: {kind}/{form}")]
+    NoTarget { kind: String, form: &'static str },
+    #[error("{kind} needs {form}")]
+    Malformed {
+        kind: &'static str,
+        form: &'static str,
+    },
+    #[error("bad offset {0:?}")]
+    BadOffset(String),
+    #[error("{0:?} is not key=value")]
+    NotKeyValue(String),
+    #[error("{key}: {value:?} is not a number")]
+    NotANumber { key: String, value: String },
+    #[error("type out of range")]
+    TypeOutOfRange,
+    #[error("unknown perf_event key {0:?} (type, config, frequency, period)")]
+    UnknownPerfKey(String),
+    #[error("perf_event needs exactly one of frequency and period")]
+    FrequencyOrPeriod,
+    #[error("not an attach point this exporter supports (tracepoint, raw_tp, tp_btf, kprobe, kretprobe, fentry, fexit, uprobe, uretprobe, usdt, perf_event, xdp)")]
+    Unsupported,
+}
+
 impl AttachPoint {
     /// Parses a section name.
     ///
     /// # Errors
     /// A section that is not an attachable program, or whose target is malformed,
     /// with the reason.
-    pub fn from_section(section: &str) -> Result<Self, String> {
+    pub fn from_section(section: &str) -> Result<Self, SectionError> {
         let (kind, rest) = section.split_once('/').unwrap_or((section, ""));
-        let need = |what: &str| -> Result<(), String> {
+        let need = |form: &'static str| -> Result<(), SectionError> {
             if rest.is_empty() {
-                Err(format!("{kind} needs a target: {kind}/{what}"))
+                Err(SectionError::NoTarget {
+                    kind: kind.to_string(),
+                    form,
+                })
             } else {
                 Ok(())
             }
         };
+        let malformed = |kind, form| SectionError::Malformed { kind, form };
+        let bad_offset = |off: &str| SectionError::BadOffset(off.to_string());
         Ok(match kind {
             "tracepoint" | "tp" => {
                 need("<category>/<name>")?;
-                let (category, name) = rest.split_once('/').ok_or("tracepoint needs <category>/<name>")?;
-                Self::TracePoint { category: category.into(), name: name.into() }
+                let (category, name) = rest
+                    .split_once('/')
+                    .ok_or(malformed("tracepoint", "<category>/<name>"))?;
+                Self::TracePoint {
+                    category: category.into(),
+                    name: name.into(),
+                }
             }
             "raw_tp" | "raw_tracepoint" => {
                 need("<name>")?;
@@ -107,56 +143,89 @@ impl AttachPoint {
             "kprobe" | "kretprobe" => {
                 need("<function>")?;
                 let (function, offset) = match rest.split_once('+') {
-                    Some((f, off)) => (f, number(off).ok_or_else(|| format!("bad offset {off:?}"))?),
+                    Some((f, off)) => (f, number(off).ok_or_else(|| bad_offset(off))?),
                     None => (rest, 0),
                 };
-                Self::KProbe { function: function.into(), offset, ret: kind == "kretprobe" }
+                Self::KProbe {
+                    function: function.into(),
+                    offset,
+                    ret: kind == "kretprobe",
+                }
             }
             "fentry" | "fexit" => {
                 need("<function>")?;
-                Self::FEntry { function: rest.into(), exit: kind == "fexit" }
+                Self::FEntry {
+                    function: rest.into(),
+                    exit: kind == "fexit",
+                }
             }
             "uprobe" | "uretprobe" => {
                 need("<binary>:<symbol>")?;
-                let (target, at) = rest.rsplit_once(':').ok_or("uprobe needs <binary>:<symbol>")?;
+                let (target, at) = rest
+                    .rsplit_once(':')
+                    .ok_or(malformed("uprobe", "<binary>:<symbol>"))?;
                 let (symbol, offset) = if let Some(off) = at.strip_prefix("0x") {
-                    (None, u64::from_str_radix(off, 16).map_err(|_| format!("bad offset {at:?}"))?)
+                    (
+                        None,
+                        u64::from_str_radix(off, 16).map_err(|_| bad_offset(at))?,
+                    )
                 } else {
                     match at.split_once('+') {
-                        Some((s, off)) => (Some(s.to_string()), number(off).ok_or_else(|| format!("bad offset {off:?}"))?),
+                        Some((s, off)) => (
+                            Some(s.to_string()),
+                            number(off).ok_or_else(|| bad_offset(off))?,
+                        ),
                         None => (Some(at.to_string()), 0),
                     }
                 };
-                Self::UProbe { target: target.into(), symbol, offset, ret: kind == "uretprobe" }
+                Self::UProbe {
+                    target: target.into(),
+                    symbol,
+                    offset,
+                    ret: kind == "uretprobe",
+                }
             }
             "usdt" => {
                 need("<binary>:<provider>:<name>")?;
                 let mut parts = rest.rsplitn(3, ':');
-                let (Some(name), Some(provider), Some(target)) = (parts.next(), parts.next(), parts.next()) else {
-                    return Err("usdt needs <binary>:<provider>:<name>".into());
+                let (Some(name), Some(provider), Some(target)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(malformed("usdt", "<binary>:<provider>:<name>"));
                 };
-                Self::Usdt { target: target.into(), provider: provider.into(), name: name.into() }
+                Self::Usdt {
+                    target: target.into(),
+                    provider: provider.into(),
+                    name: name.into(),
+                }
             }
             "perf_event" => {
                 need("type=T,config=C,frequency=F")?;
                 let (mut kind, mut config, mut frequency, mut period) = (None, None, None, None);
                 for kv in rest.split(',') {
-                    let (k, v) = kv.split_once('=').ok_or_else(|| format!("{kv:?} is not key=value"))?;
-                    let n = number(v).ok_or_else(|| format!("{k}: {v:?} is not a number"))?;
+                    let (k, v) = kv
+                        .split_once('=')
+                        .ok_or_else(|| SectionError::NotKeyValue(kv.to_string()))?;
+                    let n = number(v).ok_or_else(|| SectionError::NotANumber {
+                        key: k.to_string(),
+                        value: v.to_string(),
+                    })?;
                     match k {
-                        "type" => kind = Some(u32::try_from(n).map_err(|_| "type out of range")?),
+                        "type" => {
+                            kind = Some(u32::try_from(n).map_err(|_| SectionError::TypeOutOfRange)?)
+                        }
                         "config" => config = Some(n),
                         "frequency" => frequency = Some(n),
                         "period" => period = Some(n),
-                        other => return Err(format!("unknown perf_event key {other:?} (type, config, frequency, period)")),
+                        other => return Err(SectionError::UnknownPerfKey(other.to_string())),
                     }
                 }
                 if frequency.is_some() == period.is_some() {
-                    return Err("perf_event needs exactly one of frequency and period".into());
+                    return Err(SectionError::FrequencyOrPeriod);
                 }
                 Self::PerfEvent {
-                    kind: kind.ok_or("perf_event needs type=")?,
-                    config: config.ok_or("perf_event needs config=")?,
+                    kind: kind.ok_or(malformed("perf_event", "type="))?,
+                    config: config.ok_or(malformed("perf_event", "config="))?,
                     frequency,
                     period,
                 }
@@ -165,7 +234,7 @@ impl AttachPoint {
                 need("<interface>")?;
                 Self::Xdp(rest.into())
             }
-            _ => return Err("not an attach point this exporter supports (tracepoint, raw_tp, tp_btf, kprobe, kretprobe, fentry, fexit, uprobe, uretprobe, usdt, perf_event, xdp)".into()),
+            _ => return Err(SectionError::Unsupported),
         })
     }
 }
@@ -308,7 +377,7 @@ mod tests {
 
     #[test]
     fn malformed_sections_say_why() {
-        let err = |s| AttachPoint::from_section(s).unwrap_err();
+        let err = |s| AttachPoint::from_section(s).unwrap_err().to_string();
         assert!(err("kprobe").contains("kprobe needs a target"));
         assert!(err("tracepoint/nocategory").contains("<category>/<name>"));
         assert!(err("uprobe/nocolon").contains("<binary>:<symbol>"));

@@ -51,16 +51,30 @@ pub struct Btf<'a> {
     strings_len: usize,
 }
 
+/// Why an object's `.BTF` section cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BtfError {
+    #[error(".BTF: no BTF header (or not little-endian)")]
+    NoHeader,
+    #[error(".BTF: sections run past its end")]
+    SectionsPastEnd,
+    #[error(".BTF: truncated type")]
+    TruncatedType,
+    #[error(".BTF: unknown type kind {0}")]
+    UnknownKind(u32),
+    #[error(".BTF: types overrun their section")]
+    TypesOverrun,
+}
+
 fn u32_at(data: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?))
 }
 
 impl<'a> Btf<'a> {
     /// Walks the type records of `data`.
-    pub fn parse(data: &'a [u8]) -> Result<Self, String> {
-        let bad = |what: &str| format!(".BTF: {what}");
+    pub fn parse(data: &'a [u8]) -> Result<Self, BtfError> {
         if data.len() < HEADER || u16::from_le_bytes([data[0], data[1]]) != MAGIC {
-            return Err(bad("no BTF header (or not little-endian)"));
+            return Err(BtfError::NoHeader);
         }
         let word = |i: usize| u32_at(data, 8 + 4 * i).unwrap() as usize;
         let hdr_len = u32_at(data, 4).unwrap() as usize;
@@ -68,20 +82,20 @@ impl<'a> Btf<'a> {
         let types_at = hdr_len;
         let strings_at = hdr_len + str_off;
         if types_at + type_off + type_len > data.len() || strings_at + str_len > data.len() {
-            return Err(bad("sections run past its end"));
+            return Err(BtfError::SectionsPastEnd);
         }
         let mut types = vec![None];
         let mut at = types_at + type_off;
         let end = at + type_len;
         while at < end {
-            let info = u32_at(data, at + 4).ok_or_else(|| bad("truncated type"))?;
+            let info = u32_at(data, at + 4).ok_or(BtfError::TruncatedType)?;
             let mut t = Type {
                 at,
                 len: 0,
                 name_off: u32_at(data, at).unwrap(),
                 kind: (info >> 24) & 0x1f,
                 vlen: info & 0xffff,
-                size_or_type: u32_at(data, at + 8).ok_or_else(|| bad("truncated type"))?,
+                size_or_type: u32_at(data, at + 8).ok_or(BtfError::TruncatedType)?,
             };
             let vlen = t.vlen as usize;
             let extra = match t.kind {
@@ -91,14 +105,14 @@ impl<'a> Btf<'a> {
                 KIND_ENUM | 13 => 8 * vlen,
                 KIND_PTR | 7 | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
                 | KIND_FUNC | 16 | KIND_TYPE_TAG => 0,
-                k => return Err(bad(&format!("unknown type kind {k}"))),
+                k => return Err(BtfError::UnknownKind(k)),
             };
             t.len = TYPE_HEADER + extra;
             types.push(Some(t));
             at += t.len;
         }
         if at != end {
-            return Err(bad("types overrun their section"));
+            return Err(BtfError::TypesOverrun);
         }
         Ok(Self {
             data,

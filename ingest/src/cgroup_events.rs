@@ -35,7 +35,7 @@ impl CgroupEvents {
             StreamMap::Perf(_) => Err(IngestError::Map {
                 object: "cgroup_events".into(),
                 map: RING.into(),
-                reason: "expected a ring buffer".into(),
+                problem: crate::MapProblem::NotARing,
             }),
         }
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use aya::maps::{CgrpStorage, HashMap, Map};
 use regex::Regex;
 
-use crate::{IngestError, LoadedObject};
+use crate::{IngestError, LoadedObject, MapProblem};
 
 /// How the map holds the matching cgroups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,10 +58,13 @@ impl CgroupIdMap {
         mount: &Path,
     ) -> Result<Self, IngestError> {
         let object_name = object.name().to_string();
-        let error = |reason: String| IngestError::Map {
+        let error = |problem: String| IngestError::Map {
             object: object_name.clone(),
             map: name.into(),
-            reason,
+            problem: MapProblem::CgroupIdMap {
+                kind: kind.as_str(),
+                problem,
+            },
         };
         let (key, value) = object.key_value_size(name)?;
         let want = match kind {
@@ -69,26 +72,24 @@ impl CgroupIdMap {
             Kind::CgrpStorage => 4,
         };
         if key != want {
-            return Err(error(format!(
-                "cgroup_id_map of type {}: keys are {want} bytes, this map has {key}",
-                kind.as_str()
-            )));
+            return Err(error(format!("keys are {want} bytes, this map has {key}")));
         }
         if value != 8 {
             return Err(error(format!(
-                "cgroup_id_map: values are 8 bytes (u64), this map has {value}"
+                "values are 8 bytes (u64), this map has {value}"
             )));
         }
-        let map = object
-            .take_map(name)
-            .ok_or_else(|| error("no such map in the object".into()))?;
+        let map = object.take_map(name).ok_or_else(|| IngestError::Map {
+            object: object_name.clone(),
+            map: name.into(),
+            problem: MapProblem::Missing,
+        })?;
         match (&map, kind) {
             (Map::HashMap(_) | Map::LruHashMap(_), Kind::Hash)
             | (Map::CgrpStorage(_), Kind::CgrpStorage) => {}
             _ => {
                 return Err(error(format!(
-                    "cgroup_id_map of type {}: the map is neither {}",
-                    kind.as_str(),
+                    "the map is neither {}",
                     match kind {
                         Kind::Hash => "a hash nor an LRU hash",
                         Kind::CgrpStorage => "a cgrp_storage map",

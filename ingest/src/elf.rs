@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 
 use crate::{
-    btf::{self, Btf},
-    kconfig::Kind,
+    btf::{self, Btf, BtfError},
+    kconfig::{KconfigError, Kind},
 };
 
 const SHT_PROGBITS: u32 = 1;
@@ -56,20 +56,65 @@ struct Shdr {
     link: u32,
 }
 
-fn u16_at(b: &[u8], at: usize) -> Result<u16, String> {
+/// Why an object cannot be rewritten for aya.
+#[derive(Debug, thiserror::Error)]
+pub enum ElfError {
+    #[error("not a 64-bit little-endian ELF object")]
+    NotElf64,
+    /// The file's structure is broken: truncated, a section past its end, ...
+    #[error("ELF: {0}")]
+    Malformed(&'static str),
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error(".BTF.ext: CO-RE records too small")]
+    CoreRecordsTooSmall,
+    #[error("flexible array of unsized elements")]
+    UnsizedFlexibleArray,
+    #[error(".kconfig: an entry is not a variable")]
+    ExternNotVariable,
+    /// An extern's BTF type is not one libbpf can fill.
+    #[error("kconfig extern {name}: {problem}")]
+    ExternType { name: String, problem: &'static str },
+    #[error("kconfig extern {name}: no undefined symbol")]
+    ExternWithoutSymbol { name: String },
+    #[error("kconfig extern {name}: {source}")]
+    ExternValue {
+        name: String,
+        #[source]
+        source: KconfigError,
+    },
+    #[error("kconfig extern {name}: value of the wrong size")]
+    ExternSize { name: String },
+    #[error(
+        "kconfig extern {name} is not defined by this kernel; declare it __weak to read 0 instead"
+    )]
+    ExternUndefined { name: String },
+    #[error("global {name}: not in the object")]
+    GlobalMissing { name: String },
+    #[error("global {name}: {found} bytes in the object, {given} given")]
+    GlobalSize {
+        name: String,
+        found: usize,
+        given: usize,
+    },
+    #[error("global {name}: not initialized data: declare it const volatile with a value")]
+    GlobalNotInitialized { name: String },
+}
+
+fn u16_at(b: &[u8], at: usize) -> Result<u16, ElfError> {
     b.get(at..at + 2)
         .map(|s| u16::from_le_bytes(s.try_into().unwrap()))
-        .ok_or_else(|| "ELF: truncated".to_string())
+        .ok_or(ElfError::Malformed("truncated"))
 }
-fn u32_at(b: &[u8], at: usize) -> Result<u32, String> {
+fn u32_at(b: &[u8], at: usize) -> Result<u32, ElfError> {
     b.get(at..at + 4)
         .map(|s| u32::from_le_bytes(s.try_into().unwrap()))
-        .ok_or_else(|| "ELF: truncated".to_string())
+        .ok_or(ElfError::Malformed("truncated"))
 }
-fn u64_at(b: &[u8], at: usize) -> Result<u64, String> {
+fn u64_at(b: &[u8], at: usize) -> Result<u64, ElfError> {
     b.get(at..at + 8)
         .map(|s| u64::from_le_bytes(s.try_into().unwrap()))
-        .ok_or_else(|| "ELF: truncated".to_string())
+        .ok_or(ElfError::Malformed("truncated"))
 }
 
 /// One symbol: where its record is in the file, and its fields.
@@ -91,9 +136,9 @@ struct Elf<'a> {
 }
 
 impl<'a> Elf<'a> {
-    fn parse(bytes: &'a [u8]) -> Result<Self, String> {
+    fn parse(bytes: &'a [u8]) -> Result<Self, ElfError> {
         if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 || bytes[5] != 1 {
-            return Err("not a 64-bit little-endian ELF object".into());
+            return Err(ElfError::NotElf64);
         }
         let shoff = u64_at(bytes, 40)? as usize;
         let shnum = u16_at(bytes, 60)? as usize;
@@ -105,7 +150,7 @@ impl<'a> Elf<'a> {
                 .checked_add(shnum * SHDR)
                 .is_none_or(|end| end > bytes.len())
         {
-            return Err("ELF: unexpected section header table".into());
+            return Err(ElfError::Malformed("unexpected section header table"));
         }
         let sections = (0..shnum)
             .map(|i| {
@@ -119,11 +164,13 @@ impl<'a> Elf<'a> {
                     link: u32_at(bytes, at + 40)?,
                 })
             })
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, ElfError>>()?;
         for s in &sections {
             if s.kind != SHT_NOBITS && s.offset.checked_add(s.size).is_none_or(|e| e > bytes.len())
             {
-                return Err("ELF: a section runs past the end of the file".into());
+                return Err(ElfError::Malformed(
+                    "a section runs past the end of the file",
+                ));
             }
         }
         Ok(Self {
@@ -150,7 +197,7 @@ impl<'a> Elf<'a> {
     }
 
     /// The symbol table's entries (none without one).
-    fn symbols(&self) -> Result<Vec<Sym<'a>>, String> {
+    fn symbols(&self) -> Result<Vec<Sym<'a>>, ElfError> {
         let Some(symtab) = self.sections.iter().copied().find(|s| s.kind == SHT_SYMTAB) else {
             return Ok(Vec::new());
         };
@@ -158,7 +205,7 @@ impl<'a> Elf<'a> {
             .sections
             .get(symtab.link as usize)
             .copied()
-            .ok_or("ELF: symbol table without strings")?;
+            .ok_or(ElfError::Malformed("symbol table without strings"))?;
         let names = self.data(&strtab);
         (0..symtab.size / SYM)
             .map(|i| {
@@ -198,7 +245,7 @@ fn rename(name: &str) -> Option<(usize, &'static [u8])> {
 }
 
 /// The `.kconfig` externs `btf` declares, with their DATASEC entries and VAR types.
-fn kconfig_externs(btf: &Btf<'_>) -> Result<Vec<(Extern, usize, btf::Type)>, String> {
+fn kconfig_externs(btf: &Btf<'_>) -> Result<Vec<(Extern, usize, btf::Type)>, ElfError> {
     let Some((_, sec)) = btf
         .types()
         .find(|(_, t)| t.kind == btf::KIND_DATASEC && btf.string(t.name_off) == Some(".kconfig"))
@@ -210,11 +257,15 @@ fn kconfig_externs(btf: &Btf<'_>) -> Result<Vec<(Extern, usize, btf::Type)>, Str
         let var = btf
             .get(var_id)
             .filter(|v| v.kind == btf::KIND_VAR)
-            .ok_or(".kconfig: an entry is not a variable")?;
+            .ok_or(ElfError::ExternNotVariable)?;
         let name = btf.string(var.name_off).unwrap_or("?").to_string();
+        let bad_type = |problem| ElfError::ExternType {
+            name: name.clone(),
+            problem,
+        };
         let t = btf
             .resolve(var.size_or_type)
-            .ok_or_else(|| format!("kconfig extern {name}: type not found"))?;
+            .ok_or_else(|| bad_type("type not found"))?;
         let kind = match t.kind {
             btf::KIND_INT => match (btf.int_encoding(&t), t.size_or_type) {
                 (4, 1) => Kind::Bool,
@@ -223,7 +274,7 @@ fn kconfig_externs(btf: &Btf<'_>) -> Result<Vec<(Extern, usize, btf::Type)>, Str
                     size,
                     signed: enc & 1 != 0,
                 },
-                _ => return Err(format!("kconfig extern {name}: unsupported integer")),
+                _ => return Err(bad_type("unsupported integer")),
             },
             btf::KIND_ENUM if btf.string(t.name_off) == Some("libbpf_tristate") => Kind::Tristate,
             btf::KIND_ARRAY => {
@@ -232,10 +283,14 @@ fn kconfig_externs(btf: &Btf<'_>) -> Result<Vec<(Extern, usize, btf::Type)>, Str
                     Some(e) if e.kind == btf::KIND_INT && e.size_or_type == 1 && len > 0 => {
                         Kind::Str { len }
                     }
-                    _ => return Err(format!("kconfig extern {name}: arrays must be of char")),
+                    _ => return Err(bad_type("arrays must be of char")),
                 }
             }
-            _ => return Err(format!("kconfig extern {name}: type must be bool, char, an integer, enum libbpf_tristate or a char array")),
+            _ => {
+                return Err(bad_type(
+                    "type must be bool, char, an integer, enum libbpf_tristate or a char array",
+                ))
+            }
         };
         out.push((
             Extern {
@@ -251,7 +306,7 @@ fn kconfig_externs(btf: &Btf<'_>) -> Result<Vec<(Extern, usize, btf::Type)>, Str
 }
 
 /// The object's `.kconfig` externs (for tests and errors).
-pub fn externs(bytes: &[u8]) -> Result<Vec<Extern>, String> {
+pub fn externs(bytes: &[u8]) -> Result<Vec<Extern>, ElfError> {
     let elf = Elf::parse(bytes)?;
     let Some(btf_sec) = elf.by_name(".BTF") else {
         return Ok(Vec::new());
@@ -304,8 +359,8 @@ fn kconfig_section(
     btf: &Btf<'_>,
     edit: &mut btf::Edit,
     o: &mut [u8],
-    mut value: impl FnMut(&Extern) -> Result<Option<Vec<u8>>, String>,
-) -> Result<Option<Vec<u8>>, String> {
+    mut value: impl FnMut(&Extern) -> Result<Option<Vec<u8>>, KconfigError>,
+) -> Result<Option<Vec<u8>>, ElfError> {
     let mut externs = kconfig_externs(btf)?;
     if externs.is_empty() {
         return Ok(None);
@@ -322,7 +377,9 @@ fn kconfig_section(
     for (e, entry_at, var) in &mut externs {
         let sym = symbols
             .get(e.name.as_str())
-            .ok_or_else(|| format!("kconfig extern {}: no undefined symbol", e.name))?
+            .ok_or_else(|| ElfError::ExternWithoutSymbol {
+                name: e.name.clone(),
+            })?
             .at;
         e.weak = elf.bytes[sym + 4] >> 4 == STB_WEAK;
         let size = e.kind.size() as usize;
@@ -332,11 +389,15 @@ fn kconfig_section(
         };
         data.resize(data.len().div_ceil(align) * align, 0);
         let offset = data.len();
-        match value(e).map_err(|why| format!("kconfig extern {}: {why}", e.name))? {
+        let name = || e.name.clone();
+        match value(e).map_err(|source| ElfError::ExternValue {
+            name: name(),
+            source,
+        })? {
             Some(v) if v.len() == size => data.extend_from_slice(&v),
-            Some(_) => return Err(format!("kconfig extern {}: value of the wrong size", e.name)),
+            Some(_) => return Err(ElfError::ExternSize { name: name() }),
             None if e.weak => data.resize(offset + size, 0),
-            None => return Err(format!("kconfig extern {} is not defined by this kernel; declare it __weak to read 0 instead", e.name)),
+            None => return Err(ElfError::ExternUndefined { name: name() }),
         }
         edit.put(*entry_at + 4, offset as u32);
         edit.put(*entry_at + 8, size as u32);
@@ -366,7 +427,7 @@ fn fix_flexible_arrays(
     btf: &Btf<'_>,
     edit: &mut btf::Edit,
     o: &mut [u8],
-) -> Result<bool, String> {
+) -> Result<bool, ElfError> {
     let Some(ext) = elf.by_name(".BTF.ext") else {
         return Ok(false);
     };
@@ -383,7 +444,7 @@ fn fix_flexible_arrays(
     }
     let rec_size = word(start)? as usize;
     if rec_size < 16 {
-        return Err(".BTF.ext: CO-RE records too small".into());
+        return Err(ElfError::CoreRecordsTooSmall);
     }
     // (record offset in the section, root struct id, index).
     let mut fixes: Vec<(usize, u32, u32)> = Vec::new();
@@ -422,9 +483,7 @@ fn fix_flexible_arrays(
         let &(member_at, array_id, bits) = btf.members(&t).last().unwrap();
         let array = btf.resolve(array_id).unwrap();
         let (elem, _) = btf.array(&array).unwrap();
-        let elem_size = btf
-            .size_of(elem)
-            .ok_or("flexible array of unsized elements")?;
+        let elem_size = btf.size_of(elem).ok_or(ElfError::UnsizedFlexibleArray)?;
         let mut record = btf.record(&array).to_vec();
         btf::put_u32(&mut record, 12 + 8, len);
         let new_array = edit.add_type(&record);
@@ -447,7 +506,7 @@ fn set_globals(
     elf: &Elf<'_>,
     globals: &[(&str, Vec<u8>, bool)],
     o: &mut [u8],
-) -> Result<(), String> {
+) -> Result<(), ElfError> {
     if globals.is_empty() {
         return Ok(());
     }
@@ -459,21 +518,24 @@ fn set_globals(
             .map(|s| (s.shndx as usize, s.value as usize, s.size as usize));
         let Some((shndx, offset, size)) = found else {
             if *must_exist {
-                return Err(format!("global {name}: not in the object"));
+                return Err(ElfError::GlobalMissing {
+                    name: name.to_string(),
+                });
             }
             continue;
         };
         let sec = elf.sections[shndx];
         if size != value.len() {
-            return Err(format!(
-                "global {name}: {size} bytes in the object, {} given",
-                value.len()
-            ));
+            return Err(ElfError::GlobalSize {
+                name: name.to_string(),
+                found: size,
+                given: value.len(),
+            });
         }
         if sec.kind == SHT_NOBITS || offset.checked_add(size).is_none_or(|end| end > sec.size) {
-            return Err(format!(
-                "global {name}: not initialized data: declare it const volatile with a value"
-            ));
+            return Err(ElfError::GlobalNotInitialized {
+                name: name.to_string(),
+            });
         }
         o[sec.offset + offset..sec.offset + offset + size].copy_from_slice(value);
     }
@@ -576,7 +638,7 @@ fn hidden_functions_static(
     elf: &Elf<'_>,
     btf: &Btf<'_>,
     edit: &mut btf::Edit,
-) -> Result<bool, String> {
+) -> Result<bool, ElfError> {
     let hidden: std::collections::HashSet<&str> = elf
         .symbols()?
         .into_iter()
@@ -628,8 +690,8 @@ fn flexible_index(btf: &Btf<'_>, root: u32, access: &str) -> Option<u32> {
 pub fn prepare(
     bytes: &[u8],
     settings: &Settings<'_>,
-    value: impl FnMut(&Extern) -> Result<Option<Vec<u8>>, String>,
-) -> Result<Vec<u8>, String> {
+    value: impl FnMut(&Extern) -> Result<Option<Vec<u8>>, KconfigError>,
+) -> Result<Vec<u8>, ElfError> {
     let elf = Elf::parse(bytes)?;
     let mut o = bytes.to_vec();
     set_globals(&elf, &settings.globals, &mut o)?;
@@ -652,7 +714,7 @@ pub fn prepare(
         return Ok(o2);
     }
     if elf.sections.len() >= 0xff00 {
-        return Err("ELF: too many sections".into());
+        return Err(ElfError::Malformed("too many sections"));
     }
     // Appended: the new BTF, the kconfig values and a grown section name table, then
     // a section header table (one entry longer with kconfig values).
@@ -785,11 +847,17 @@ mod tests {
         assert!(externs(&out).unwrap().is_empty());
         let err = prepare(&o, &Settings::default(), |_| Ok(None)).unwrap_err();
         assert!(
-            err.contains("LINUX_KERNEL_VERSION is not defined by this kernel"),
+            matches!(&err, ElfError::ExternUndefined { name } if name == "LINUX_KERNEL_VERSION"),
             "{err}"
         );
-        let err = prepare(&o, &Settings::default(), |_| Err("too big".into())).unwrap_err();
-        assert_eq!(err, "kconfig extern LINUX_KERNEL_VERSION: too big");
+        let err = prepare(&o, &Settings::default(), |_| {
+            Err(KconfigError::ModuleInBool)
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "kconfig extern LINUX_KERNEL_VERSION: value m (module) does not fit a bool: declare it enum libbpf_tristate"
+        );
     }
 
     /// `addr->name[0].sun_path`: aya compares the index 0 with the 3 members of
@@ -859,16 +927,21 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            prepare(o, &missing, |_| Ok(None)).unwrap_err(),
+            prepare(o, &missing, |_| Ok(None)).unwrap_err().to_string(),
             "global kaddr_nope: not in the object"
         );
         let wrong = Settings {
             globals: vec![("output_wakeup_bytes", vec![0; 4], true)],
             ..Default::default()
         };
-        assert!(prepare(o, &wrong, |_| Ok(None))
-            .unwrap_err()
-            .contains("8 bytes in the object, 4 given"));
+        assert!(matches!(
+            prepare(o, &wrong, |_| Ok(None)).unwrap_err(),
+            ElfError::GlobalSize {
+                found: 8,
+                given: 4,
+                ..
+            }
+        ));
     }
 
     /// Objects with each rewrite: none, kconfig externs, flexible arrays, USDT (renames,

@@ -79,6 +79,45 @@ pub fn parse_config(text: &str) -> HashMap<String, String> {
     out
 }
 
+/// Why a `.kconfig` extern has no value to store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KconfigError {
+    /// libbpf does not know the name either.
+    #[error("unknown kconfig extern {0} (libbpf knows LINUX_KERNEL_VERSION, LINUX_HAS_BPF_COOKIE, LINUX_HAS_SYSCALL_WRAPPER and CONFIG_*)")]
+    Unknown(String),
+    /// A `CONFIG_*` value that does not fit, and the kernel config it came from.
+    #[error("{source} (kernel config: {file})")]
+    InConfig {
+        file: String,
+        #[source]
+        source: Box<KconfigError>,
+    },
+    /// `m` where the extern is a `bool`.
+    #[error("value m (module) does not fit a bool: declare it enum libbpf_tristate")]
+    ModuleInBool,
+    /// The kernel's value cannot be stored as the extern's type.
+    #[error("value {value} {problem}")]
+    Value {
+        /// As the kernel config has it.
+        value: String,
+        /// What does not fit.
+        problem: ValueProblem,
+    },
+}
+
+/// How a kernel config value does not fit its extern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ValueProblem {
+    #[error("is not a quoted string")]
+    NotQuoted,
+    #[error("is not a number")]
+    NotANumber,
+    #[error("does not fit in {size} bytes")]
+    TooBig { size: u32 },
+    #[error("does not fit a {0:?}")]
+    WrongKind(Kind),
+}
+
 impl KernelConfig {
     /// The running kernel's, read once per process.
     pub fn running() -> &'static KernelConfig {
@@ -110,13 +149,13 @@ impl KernelConfig {
     }
 
     /// The raw value of one extern, or `None` when the kernel does not say.
-    fn raw(&self, name: &str) -> Result<Option<String>, String> {
+    fn raw(&self, name: &str) -> Result<Option<String>, KconfigError> {
         Ok(match name {
             "LINUX_KERNEL_VERSION" => kernel_version(&self.release).map(|v| v.to_string()),
             "LINUX_HAS_BPF_COOKIE" => Some(yn(has_bpf_cookie())),
             "LINUX_HAS_SYSCALL_WRAPPER" => Some(yn(has_syscall_wrapper())),
             n if n.starts_with("CONFIG_") => self.values.get(n).cloned(),
-            n => return Err(format!("unknown kconfig extern {n} (libbpf knows LINUX_KERNEL_VERSION, LINUX_HAS_BPF_COOKIE, LINUX_HAS_SYSCALL_WRAPPER and CONFIG_*)")),
+            n => return Err(KconfigError::Unknown(n.to_string())),
         })
     }
 
@@ -125,11 +164,19 @@ impl KernelConfig {
     ///
     /// # Errors
     /// The name is unknown, or the value does not fit the type.
-    pub fn value(&self, name: &str, kind: Kind) -> Result<Option<Vec<u8>>, String> {
-        match self.raw(name)? {
-            Some(v) => encode(&v, kind).map(Some),
-            None => Ok(None),
-        }
+    pub fn value(&self, name: &str, kind: Kind) -> Result<Option<Vec<u8>>, KconfigError> {
+        let Some(v) = self.raw(name)? else {
+            return Ok(None);
+        };
+        encode(&v, kind)
+            .map(Some)
+            .map_err(|e| match name.starts_with("CONFIG_") {
+                true => KconfigError::InConfig {
+                    file: self.source.clone(),
+                    source: Box::new(e),
+                },
+                false => e,
+            })
     }
 
     /// Where `CONFIG_*` values came from (for errors).
@@ -144,7 +191,11 @@ fn yn(b: bool) -> String {
 
 /// Stores a `.config` value as `kind`, with libbpf's rules: y/n/m fit bool (not m),
 /// char and tristate; quoted strings fit char arrays; numbers fit integers in range.
-pub fn encode(value: &str, kind: Kind) -> Result<Vec<u8>, String> {
+pub fn encode(value: &str, kind: Kind) -> Result<Vec<u8>, KconfigError> {
+    let value_error = |problem| KconfigError::Value {
+        value: value.to_string(),
+        problem,
+    };
     let tri = match value {
         "y" => Some(1u8),
         "n" => Some(0),
@@ -152,9 +203,7 @@ pub fn encode(value: &str, kind: Kind) -> Result<Vec<u8>, String> {
         _ => None,
     };
     match (kind, tri) {
-        (Kind::Bool, Some(2)) => {
-            Err("value m (module) does not fit a bool: declare it enum libbpf_tristate".into())
-        }
+        (Kind::Bool, Some(2)) => Err(KconfigError::ModuleInBool),
         (Kind::Bool, Some(t)) => Ok(vec![t]),
         (Kind::Char, Some(_)) => Ok(vec![value.as_bytes()[0]]),
         (Kind::Tristate, Some(t)) => Ok(u32::from(t).to_le_bytes().to_vec()),
@@ -162,7 +211,7 @@ pub fn encode(value: &str, kind: Kind) -> Result<Vec<u8>, String> {
             let s = value
                 .strip_prefix('"')
                 .and_then(|s| s.strip_suffix('"'))
-                .ok_or_else(|| format!("value {value} is not a quoted string"))?;
+                .ok_or_else(|| value_error(ValueProblem::NotQuoted))?;
             let mut out = vec![0u8; len as usize];
             let n = s.len().min(len.saturating_sub(1) as usize);
             out[..n].copy_from_slice(&s.as_bytes()[..n]);
@@ -180,7 +229,7 @@ pub fn encode(value: &str, kind: Kind) -> Result<Vec<u8>, String> {
                 Some(h) => u64::from_str_radix(h, 16),
                 None => digits.parse::<u64>(),
             }
-            .map_err(|_| format!("value {value} is not a number"))?;
+            .map_err(|_| value_error(ValueProblem::NotANumber))?;
             let bits = size * 8;
             let fits = match (neg, signed) {
                 (true, false) => false,
@@ -189,12 +238,12 @@ pub fn encode(value: &str, kind: Kind) -> Result<Vec<u8>, String> {
                 (false, false) => bits == 64 || n < 1 << bits,
             };
             if !fits {
-                return Err(format!("value {value} does not fit in {size} bytes"));
+                return Err(value_error(ValueProblem::TooBig { size }));
             }
             let v = if neg { n.wrapping_neg() } else { n };
             Ok(v.to_le_bytes()[..size as usize].to_vec())
         }
-        (k, _) => Err(format!("value {value} does not fit a {k:?}")),
+        (k, _) => Err(value_error(ValueProblem::WrongKind(k))),
     }
 }
 

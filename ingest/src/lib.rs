@@ -23,13 +23,15 @@ mod ringbuf;
 mod table;
 pub mod usdt;
 
-pub use attach::AttachPoint;
+pub use attach::{AttachPoint, SectionError};
 pub use aya::Btf;
 pub use batch::{Batch, BatchBuilder, Records};
+pub use btf::BtfError;
 pub use cgroup_events::CgroupEvents;
 pub use loader::{perf_event_paranoid, LoadOptions, LoadedObject, Loader, ProgramStats, StreamMap};
 pub use ring::{RingReader, RingStats};
 pub use ringbuf::RingConsumer;
+pub use table::TableError;
 
 /// Each program of an object: (function name, attach-point section).
 ///
@@ -91,12 +93,35 @@ impl IngestError {
     pub fn reason(&self) -> refusal::Reason {
         match self {
             Self::Program { reason, .. } | Self::Load { reason, .. } => *reason,
-            Self::Parse { .. } | Self::UnknownSection { .. } | Self::Map { .. } => {
-                refusal::Reason::Object
-            }
+            Self::Parse { .. }
+            | Self::Prepare { .. }
+            | Self::UnknownSection { .. }
+            | Self::Map { .. } => refusal::Reason::Object,
             Self::KernelBtf { .. } | Self::Poll { .. } => refusal::Reason::Kernel,
         }
     }
+}
+
+/// What is wrong with a map a config or the exporter needs from an object.
+#[derive(Debug, thiserror::Error)]
+pub enum MapProblem {
+    #[error("no such map in the object")]
+    Missing,
+    #[error("neither a ring buffer nor a perf event array")]
+    NotAStream,
+    #[error("expected a ring buffer")]
+    NotARing,
+    #[error("not a hash, array, cgrp_storage, ring or perf event array map")]
+    NoInfo,
+    #[error("cannot map the ring: {0}")]
+    Mmap(#[source] std::io::Error),
+    #[error(transparent)]
+    Info(#[from] aya::maps::MapError),
+    #[error(transparent)]
+    Table(#[from] table::TableError),
+    /// A `cgroup_id_map` whose key, value or map type is not what its kind needs.
+    #[error("cgroup_id_map of type {kind}: {problem}")]
+    CgroupIdMap { kind: &'static str, problem: String },
 }
 
 /// Errors of the ingest stage.
@@ -110,8 +135,17 @@ pub enum IngestError {
         /// What was wrong.
         reason: String,
     },
+    /// The object could not be rewritten for aya (see [`elf`]).
+    #[error("object {object}: cannot parse: {source}")]
+    Prepare {
+        /// Object name.
+        object: String,
+        /// What was wrong.
+        #[source]
+        source: elf::ElfError,
+    },
     /// A program's section names no attach point this exporter can use.
-    #[error("object {object}: program {program}: section {section:?}: {reason}")]
+    #[error("object {object}: program {program}: section {section:?}: {source}")]
     UnknownSection {
         /// Object name.
         object: String,
@@ -120,7 +154,8 @@ pub enum IngestError {
         /// ELF section.
         section: String,
         /// Why it cannot be attached.
-        reason: String,
+        #[source]
+        source: attach::SectionError,
     },
     /// No kernel BTF to relocate objects against.
     #[error("kernel BTF ({path}): {reason}{hint}")]
@@ -163,14 +198,15 @@ pub enum IngestError {
         detail: String,
     },
     /// A map named in config is missing or has the wrong type.
-    #[error("object {object}: map {map}: {reason}")]
+    #[error("object {object}: map {map}: {problem}")]
     Map {
         /// Object name.
         object: String,
         /// Map name.
         map: String,
         /// What was wrong.
-        reason: String,
+        #[source]
+        problem: MapProblem,
     },
     /// The ring's file descriptor could not be registered with the runtime.
     #[error("ring {ring}: cannot poll: {source}")]

@@ -19,7 +19,7 @@ use crate::{
     kconfig::KernelConfig,
     kprobe_multi, memlock,
     refusal::{self, Privileges, Reason},
-    usdt, AttachPoint, IngestError, RingConsumer,
+    usdt, AttachPoint, IngestError, MapProblem, RingConsumer,
 };
 
 /// The map libbpf's `<bpf/usdt.bpf.h>` reads each USDT site's argument spec from.
@@ -242,21 +242,12 @@ fn load_object(
     bytes: &[u8],
     settings: &mut elf::Settings<'_>,
 ) -> Result<(Ebpf, Vec<u8>), IngestError> {
-    let kconfig = |e: &elf::Extern| {
-        let config = KernelConfig::running();
-        config.value(&e.name, e.kind).map_err(|why| {
-            if e.name.starts_with("CONFIG_") {
-                format!("{why} (kernel config: {})", config.source())
-            } else {
-                why
-            }
-        })
-    };
+    let kconfig = |e: &elf::Extern| KernelConfig::running().value(&e.name, e.kind);
     loop {
         let prepared =
-            elf::prepare(bytes, settings, kconfig).map_err(|reason| IngestError::Parse {
+            elf::prepare(bytes, settings, kconfig).map_err(|source| IngestError::Prepare {
                 object: name.into(),
-                reason,
+                source,
             })?;
         match loader.aya.load(&prepared) {
             Ok(ebpf) => return Ok((ebpf, prepared)),
@@ -321,12 +312,12 @@ impl LoadedObject {
     ) -> Result<Self, IngestError> {
         let mut points = Vec::new();
         for (program, section) in program_sections(name, bytes)? {
-            let point = AttachPoint::from_section(&section).map_err(|reason| {
+            let point = AttachPoint::from_section(&section).map_err(|source| {
                 IngestError::UnknownSection {
                     object: name.into(),
                     program: program.clone(),
                     section: section.clone(),
-                    reason,
+                    source,
                 }
             })?;
             points.push((program, section, point));
@@ -520,7 +511,9 @@ impl LoadedObject {
                         let path = resolve_uprobe_target(target);
                         let sites = std::fs::read(&path)
                             .map_err(|e| e.to_string())
-                            .and_then(|elf| usdt::sites(&elf, provider, probe))
+                            .and_then(|elf| {
+                                usdt::sites(&elf, provider, probe).map_err(|e| e.to_string())
+                            })
                             .map_err(|reason| IngestError::Program {
                                 object: name.into(),
                                 program: program.clone(),
@@ -666,11 +659,11 @@ impl LoadedObject {
         &self.skipped
     }
 
-    fn map_error(&self, map: &str, reason: String) -> IngestError {
+    fn map_error(&self, map: &str, problem: impl Into<MapProblem>) -> IngestError {
         IngestError::Map {
             object: self.name.clone(),
             map: map.into(),
-            reason,
+            problem: problem.into(),
         }
     }
 
@@ -683,12 +676,10 @@ impl LoadedObject {
         match self.ebpf.take_map(map) {
             Some(Map::RingBuf(data)) => RingConsumer::new(data)
                 .map(StreamMap::Ring)
-                .map_err(|e| self.map_error(map, format!("cannot map the ring: {e}"))),
+                .map_err(|e| self.map_error(map, MapProblem::Mmap(e))),
             Some(Map::PerfEventArray(data)) => Ok(StreamMap::Perf(data)),
-            Some(_) => {
-                Err(self.map_error(map, "neither a ring buffer nor a perf event array".into()))
-            }
-            None => Err(self.map_error(map, "no such map in the object".into())),
+            Some(_) => Err(self.map_error(map, MapProblem::NotAStream)),
+            None => Err(self.map_error(map, MapProblem::Missing)),
         }
     }
 
@@ -715,17 +706,12 @@ impl LoadedObject {
         let m = self
             .ebpf
             .map(map)
-            .ok_or_else(|| self.map_error(map, "no such map in the object".into()))?;
+            .ok_or_else(|| self.map_error(map, MapProblem::Missing))?;
         crate::table::map_data(m)
-            .ok_or_else(|| {
-                self.map_error(
-                    map,
-                    "not a hash, array, cgrp_storage, ring or perf event array map".into(),
-                )
-            })?
+            .ok_or_else(|| self.map_error(map, MapProblem::NoInfo))?
             .info()
             .map(|i| (i.key_size() as usize, i.value_size() as usize))
-            .map_err(|e| self.map_error(map, e.to_string()))
+            .map_err(|e| self.map_error(map, e))
     }
 
     /// Takes a map out of the object, for a user-space writer that outlives it.
@@ -746,8 +732,8 @@ impl LoadedObject {
         let m = self
             .ebpf
             .map(map)
-            .ok_or_else(|| self.map_error(map, "no such map in the object".into()))?;
-        crate::table::read(m, split_cpus).map_err(|reason| self.map_error(map, reason))
+            .ok_or_else(|| self.map_error(map, MapProblem::Missing))?;
+        crate::table::read(m, split_cpus).map_err(|e| self.map_error(map, e))
     }
 
     /// Deletes entries of a table map by key (entries of deleted pods' cgroups).
@@ -758,8 +744,8 @@ impl LoadedObject {
         let m = self
             .ebpf
             .map(map)
-            .ok_or_else(|| self.map_error(map, "no such map in the object".into()))?;
-        crate::table::delete(m, keys).map_err(|reason| self.map_error(map, reason))
+            .ok_or_else(|| self.map_error(map, MapProblem::Missing))?;
+        crate::table::delete(m, keys).map_err(|e| self.map_error(map, e))
     }
 
     /// Records the kernel side failed to reserve (ring full), summed over CPUs; 0 when the

@@ -54,10 +54,27 @@ pub(crate) fn update_elem(map_fd: i32, key: &[u8], value: &[u8]) -> std::io::Res
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
 }
 
+/// Why a table map cannot be read or pruned.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("not a hash or array map; tables read those")]
+    NotATable,
+    #[error("values are {0} bytes; table values are u64 (or u32) counters")]
+    ValueSize(usize),
+    #[error(transparent)]
+    Info(#[from] aya::maps::MapError),
+    #[error("{call}: {source}")]
+    Syscall {
+        call: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Deletes `keys` (the map's key size; per-CPU split keys are not) from a hash table;
 /// keys already gone are no error. Returns how many it deleted.
-pub(crate) fn delete(m: &Map, keys: &[Vec<u8>]) -> Result<usize, String> {
-    let (data, _) = table_data(m).ok_or("not a hash or array map; tables read those")?;
+pub(crate) fn delete(m: &Map, keys: &[Vec<u8>]) -> Result<usize, TableError> {
+    let (data, _) = table_data(m).ok_or(TableError::NotATable)?;
     let fd = data.fd().as_fd().as_raw_fd() as u32;
     let mut deleted = 0;
     for key in keys {
@@ -69,7 +86,12 @@ pub(crate) fn delete(m: &Map, keys: &[Vec<u8>]) -> Result<usize, String> {
         match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
             Ok(()) => deleted += 1,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => return Err(format!("BPF_MAP_DELETE_ELEM: {e}")),
+            Err(source) => {
+                return Err(TableError::Syscall {
+                    call: "BPF_MAP_DELETE_ELEM",
+                    source,
+                })
+            }
         }
     }
     Ok(deleted)
@@ -93,20 +115,18 @@ pub(crate) fn map_data(m: &Map) -> Option<&MapData> {
 }
 
 /// Number of possible CPUs: the stride count of per-CPU values.
-fn possible_cpus() -> Result<usize, String> {
-    aya::util::nr_cpus().map_err(|(what, e)| format!("{what}: {e}"))
+fn possible_cpus() -> Result<usize, TableError> {
+    aya::util::nr_cpus().map_err(|(call, source)| TableError::Syscall { call, source })
 }
 
 /// All entries of a table map as (key bytes, value); per-CPU values are summed, or with
 /// `split_cpus` given per CPU with the CPU appended to the key.
-pub(crate) fn read(m: &Map, split_cpus: bool) -> Result<Vec<(Vec<u8>, u64)>, String> {
-    let (data, per_cpu) = table_data(m).ok_or("not a hash or array map; tables read those")?;
-    let info = data.info().map_err(|e| e.to_string())?;
+pub(crate) fn read(m: &Map, split_cpus: bool) -> Result<Vec<(Vec<u8>, u64)>, TableError> {
+    let (data, per_cpu) = table_data(m).ok_or(TableError::NotATable)?;
+    let info = data.info()?;
     let (key_size, value_size) = (info.key_size() as usize, info.value_size() as usize);
     if value_size != 8 && value_size != 4 {
-        return Err(format!(
-            "values are {value_size} bytes; table values are u64 (or u32) counters"
-        ));
+        return Err(TableError::ValueSize(value_size));
     }
     let stride = value_size.next_multiple_of(8);
     let cpus = if per_cpu { possible_cpus()? } else { 1 };
@@ -126,7 +146,12 @@ pub(crate) fn read(m: &Map, split_cpus: bool) -> Result<Vec<(Vec<u8>, u64)>, Str
         match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
-            Err(e) => return Err(format!("BPF_MAP_GET_NEXT_KEY: {e}")),
+            Err(source) => {
+                return Err(TableError::Syscall {
+                    call: "BPF_MAP_GET_NEXT_KEY",
+                    source,
+                })
+            }
         }
         first = false;
         std::mem::swap(&mut key, &mut next);
@@ -140,7 +165,12 @@ pub(crate) fn read(m: &Map, split_cpus: bool) -> Result<Vec<(Vec<u8>, u64)>, Str
             Ok(()) => {}
             // Deleted between the two calls: skip it.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-            Err(e) => return Err(format!("BPF_MAP_LOOKUP_ELEM: {e}")),
+            Err(source) => {
+                return Err(TableError::Syscall {
+                    call: "BPF_MAP_LOOKUP_ELEM",
+                    source,
+                })
+            }
         }
         let per = |cpu: usize| {
             let v = &value[cpu * stride..cpu * stride + value_size];

@@ -90,18 +90,73 @@ fn reg_off(name: &str) -> Option<i16> {
         .map(|&(_, off)| off)
 }
 
+/// Why a USDT argument operand cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{arg:?}: {problem}")]
+pub struct ArgError {
+    /// The operand as the note has it.
+    pub arg: String,
+    pub problem: ArgProblem,
+}
+
+/// What is wrong with an operand.
+#[derive(Debug, thiserror::Error)]
+pub enum ArgProblem {
+    #[error("no <size>@<operand>")]
+    NoSize,
+    #[error("bad size {0:?}")]
+    BadSize(String),
+    #[error("size {0} is not 1, 2, 4 or 8 bytes")]
+    OddSize(i32),
+    #[error("unknown register {0:?}")]
+    UnknownRegister(String),
+    #[error("bad constant")]
+    BadConstant,
+    #[error("unbalanced (")]
+    Unbalanced,
+    #[error("indexed memory operands are not supported")]
+    Indexed,
+    #[error("bad offset {0:?}")]
+    BadOffset(String),
+}
+
+/// Why a binary's USDT notes give no usable site for a probe.
+#[derive(Debug, thiserror::Error)]
+pub enum NoteError {
+    #[error(transparent)]
+    Object(#[from] object::Error),
+    #[error("no .note.stapsdt section: the binary has no USDT probes")]
+    NoNotes,
+    #[error("truncated .note.stapsdt")]
+    Truncated,
+    #[error("{what} address {addr:#x} is in no loaded segment")]
+    Unmapped { what: &'static str, addr: u64 },
+    #[error("{probe} has more than {MAX_ARGS} arguments")]
+    TooManyArgs { probe: String },
+    #[error("{probe}: {source}")]
+    Arg {
+        probe: String,
+        #[source]
+        source: ArgError,
+    },
+    #[error("no USDT probe {probe} in the binary")]
+    NoProbe { probe: String },
+}
+
 /// Parses one argument of a note's argument string, x86-64 GNU assembler operands:
 /// `-4@%edi` (register), `8@-16(%rbp)` (memory), `4@$42` (constant).
-pub fn parse_arg(arg: &str) -> Result<ArgSpec, String> {
-    let (size, operand) = arg
-        .split_once('@')
-        .ok_or_else(|| format!("{arg:?}: no <size>@<operand>"))?;
+pub fn parse_arg(arg: &str) -> Result<ArgSpec, ArgError> {
+    let bad = |problem: ArgProblem| ArgError {
+        arg: arg.to_string(),
+        problem,
+    };
+    let (size, operand) = arg.split_once('@').ok_or_else(|| bad(ArgProblem::NoSize))?;
     let size: i32 = size
         .parse()
-        .map_err(|_| format!("{arg:?}: bad size {size:?}"))?;
+        .map_err(|_| bad(ArgProblem::BadSize(size.to_string())))?;
     let bytes = size.unsigned_abs();
     if !matches!(bytes, 1 | 2 | 4 | 8) {
-        return Err(format!("{arg:?}: size {size} is not 1, 2, 4 or 8 bytes"));
+        return Err(bad(ArgProblem::OddSize(size)));
     }
     let mut spec = ArgSpec {
         arg_signed: size < 0,
@@ -111,26 +166,24 @@ pub fn parse_arg(arg: &str) -> Result<ArgSpec, String> {
     let reg = |r: &str| {
         r.strip_prefix('%')
             .and_then(reg_off)
-            .ok_or_else(|| format!("{arg:?}: unknown register {r:?}"))
+            .ok_or_else(|| bad(ArgProblem::UnknownRegister(r.to_string())))
     };
     if let Some(constant) = operand.strip_prefix('$') {
         spec.arg_type = 0;
-        spec.val_off = parse_int(constant).ok_or_else(|| format!("{arg:?}: bad constant"))?;
+        spec.val_off = parse_int(constant).ok_or_else(|| bad(ArgProblem::BadConstant))?;
     } else if let Some((off, rest)) = operand.split_once('(') {
         let register = rest
             .strip_suffix(')')
-            .ok_or_else(|| format!("{arg:?}: unbalanced ("))?;
+            .ok_or_else(|| bad(ArgProblem::Unbalanced))?;
         if register.contains(',') {
-            return Err(format!(
-                "{arg:?}: indexed memory operands are not supported"
-            ));
+            return Err(bad(ArgProblem::Indexed));
         }
         spec.arg_type = 2;
         spec.reg_off = reg(register)?;
         spec.val_off = if off.is_empty() {
             0
         } else {
-            parse_int(off).ok_or_else(|| format!("{arg:?}: bad offset {off:?}"))?
+            parse_int(off).ok_or_else(|| bad(ArgProblem::BadOffset(off.to_string())))?
         };
     } else {
         spec.arg_type = 1;
@@ -153,12 +206,12 @@ fn parse_int(s: &str) -> Option<u64> {
 }
 
 /// The sites of probe `provider:name` in the ELF file `bytes`.
-pub fn sites(bytes: &[u8], provider: &str, name: &str) -> Result<Vec<Site>, String> {
-    let file = object::File::parse(bytes).map_err(|e| e.to_string())?;
+pub fn sites(bytes: &[u8], provider: &str, name: &str) -> Result<Vec<Site>, NoteError> {
+    let file = object::File::parse(bytes)?;
     let notes = file
         .section_by_name(".note.stapsdt")
-        .ok_or("no .note.stapsdt section: the binary has no USDT probes")?;
-    let data = notes.data().map_err(|e| e.to_string())?;
+        .ok_or(NoteError::NoNotes)?;
+    let data = notes.data()?;
     // Prelinked binaries moved .stapsdt.base; notes hold its link-time address.
     let base = file.section_by_name(".stapsdt.base").map(|s| s.address());
     let mut out = Vec::new();
@@ -176,7 +229,7 @@ pub fn sites(bytes: &[u8], provider: &str, name: &str) -> Result<Vec<Site>, Stri
         let end = desc_at + (descsz as usize).next_multiple_of(4);
         let desc = data
             .get(desc_at..desc_at + descsz as usize)
-            .ok_or("truncated .note.stapsdt")?;
+            .ok_or(NoteError::Truncated)?;
         at = end;
         if kind != 3 || data.get(name_at..name_at + 8) != Some(b"stapsdt\0") || desc.len() < 24 {
             continue;
@@ -203,21 +256,23 @@ pub fn sites(bytes: &[u8], provider: &str, name: &str) -> Result<Vec<Site>, Stri
                 (addr >= start && addr < start + size).then(|| addr - start + file_off)
             })
         };
-        let offset = file_offset(pc)
-            .ok_or_else(|| format!("probe address {pc:#x} is in no loaded segment"))?;
+        let unmapped = |what, addr| NoteError::Unmapped { what, addr };
+        let offset = file_offset(pc).ok_or_else(|| unmapped("probe", pc))?;
         let semaphore = match semaphore {
             0 => 0,
-            addr => file_offset(addr)
-                .ok_or_else(|| format!("semaphore address {addr:#x} is in no loaded segment"))?,
+            addr => file_offset(addr).ok_or_else(|| unmapped("semaphore", addr))?,
         };
         let mut spec = Spec::default();
         for (i, a) in args.split_whitespace().enumerate() {
             if i >= MAX_ARGS {
-                return Err(format!(
-                    "{provider}:{name} has more than {MAX_ARGS} arguments"
-                ));
+                return Err(NoteError::TooManyArgs {
+                    probe: format!("{provider}:{name}"),
+                });
             }
-            spec.args[i] = parse_arg(a).map_err(|e| format!("{provider}:{name}: {e}"))?;
+            spec.args[i] = parse_arg(a).map_err(|source| NoteError::Arg {
+                probe: format!("{provider}:{name}"),
+                source,
+            })?;
             spec.arg_cnt = i as i16 + 1;
         }
         out.push(Site {
@@ -228,7 +283,9 @@ pub fn sites(bytes: &[u8], provider: &str, name: &str) -> Result<Vec<Site>, Stri
         });
     }
     if out.is_empty() {
-        return Err(format!("no USDT probe {provider}:{name} in the binary"));
+        return Err(NoteError::NoProbe {
+            probe: format!("{provider}:{name}"),
+        });
     }
     Ok(out)
 }
@@ -342,7 +399,7 @@ mod tests {
             ("8@8(%rax", "unbalanced"),
             ("4@$zz", "bad constant"),
         ] {
-            let e = parse_arg(bad).unwrap_err();
+            let e = parse_arg(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
     }
@@ -353,7 +410,7 @@ mod tests {
         let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         let e = sites(&me, "p", "n").unwrap_err();
         assert!(
-            e.contains(".note.stapsdt") || e.contains("no USDT probe"),
+            matches!(e, NoteError::NoNotes | NoteError::NoProbe { .. }),
             "{e}"
         );
     }

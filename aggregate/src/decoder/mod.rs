@@ -174,10 +174,18 @@ impl Chain {
                 }
                 "dname" => Box::new(dname::Dname),
                 "cgroup" => Box::new(cgroup::Cgroup(needs_enricher()?)),
-                "regexp" => Box::new(
-                    regexp::Regexp::new(&c.regexps)
-                        .map_err(|e| invalid(format!("{at}.regexps"), e))?,
-                ),
+                "regexp" if c.regexps.is_empty() => {
+                    return Err(invalid(
+                        format!("{at}.regexps"),
+                        "regexp needs at least one pattern under regexps",
+                    ))
+                }
+                "regexp" => Box::new(regexp::Regexp::new(&c.regexps).map_err(|source| {
+                    ConfigError::Pattern {
+                        at: format!("{at}.regexps"),
+                        source,
+                    }
+                })?),
                 "static_map" => {
                     Box::new(static_map::StaticMap::new(&c.static_map, c.allow_unknown))
                 }
