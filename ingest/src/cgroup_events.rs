@@ -35,7 +35,7 @@ impl CgroupEvents {
             StreamMap::Perf(_) => Err(IngestError::Map {
                 object: "cgroup_events".into(),
                 map: RING.into(),
-                problem: crate::MapProblem::NotARing,
+                problem: Box::new(crate::MapProblem::NotARing),
             }),
         }
     }

@@ -61,10 +61,10 @@ impl CgroupIdMap {
         let error = |problem: String| IngestError::Map {
             object: object_name.clone(),
             map: name.into(),
-            problem: MapProblem::CgroupIdMap {
+            problem: Box::new(MapProblem::CgroupIdMap {
                 kind: kind.as_str(),
                 problem,
-            },
+            }),
         };
         let (key, value) = object.key_value_size(name)?;
         let want = match kind {
@@ -82,7 +82,7 @@ impl CgroupIdMap {
         let map = object.take_map(name).ok_or_else(|| IngestError::Map {
             object: object_name.clone(),
             map: name.into(),
-            problem: MapProblem::Missing,
+            problem: Box::new(MapProblem::Missing),
         })?;
         match (&map, kind) {
             (Map::HashMap(_) | Map::LruHashMap(_), Kind::Hash)

@@ -142,7 +142,7 @@ pub enum IngestError {
         object: String,
         /// What was wrong.
         #[source]
-        source: elf::ElfError,
+        source: Box<elf::ElfError>,
     },
     /// A program's section names no attach point this exporter can use.
     #[error("object {object}: program {program}: section {section:?}: {source}")]
@@ -155,7 +155,7 @@ pub enum IngestError {
         section: String,
         /// Why it cannot be attached.
         #[source]
-        source: attach::SectionError,
+        source: Box<attach::SectionError>,
     },
     /// No kernel BTF to relocate objects against.
     #[error("kernel BTF ({path}): {reason}{hint}")]
@@ -206,7 +206,7 @@ pub enum IngestError {
         map: String,
         /// What was wrong.
         #[source]
-        problem: MapProblem,
+        problem: Box<MapProblem>,
     },
     /// The ring's file descriptor could not be registered with the runtime.
     #[error("ring {ring}: cannot poll: {source}")]

@@ -245,9 +245,9 @@ fn load_object(
     let kconfig = |e: &elf::Extern| KernelConfig::running().value(&e.name, e.kind);
     loop {
         let prepared =
-            elf::prepare(bytes, settings, kconfig).map_err(|source| IngestError::Prepare {
+            elf::prepare(bytes, settings, kconfig).map_err(|e| IngestError::Prepare {
                 object: name.into(),
-                source,
+                source: Box::new(e),
             })?;
         match loader.aya.load(&prepared) {
             Ok(ebpf) => return Ok((ebpf, prepared)),
@@ -317,7 +317,7 @@ impl LoadedObject {
                     object: name.into(),
                     program: program.clone(),
                     section: section.clone(),
-                    source,
+                    source: Box::new(source),
                 }
             })?;
             points.push((program, section, point));
@@ -663,7 +663,7 @@ impl LoadedObject {
         IngestError::Map {
             object: self.name.clone(),
             map: map.into(),
-            problem: problem.into(),
+            problem: Box::new(problem.into()),
         }
     }
 
