@@ -1,10 +1,8 @@
 //! The running exporter: its stages started over the configs that started, the state
 //! that serving and reloading share, reload triggers, and shutdown in flow order.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use parking_lot::Mutex;
+use std::{sync::Arc, time::Duration};
 
 use aggregate::{decoder::Context, Registry};
 use anyhow::{bail, Context as _, Result};
@@ -176,11 +174,7 @@ fn go_live(state: &Arc<AppState>, units: Vec<units::Unit>) {
         let ids: Vec<u32> = (next..).take(unit.streams.len()).collect();
         next += ids.len() as u32;
         let running = state.reloading.go_live(state, unit, ids);
-        state
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(running);
+        state.running.lock().push(running);
     }
 }
 
@@ -239,18 +233,13 @@ pub async fn shut_down(state: Arc<AppState>, tap_server: Option<tokio::task::Joi
     let readers: Vec<_> = state
         .live
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
         .iter_mut()
         .flat_map(|l| std::mem::take(&mut l.readers))
         .collect();
     for r in readers {
         let _ = r.await;
     }
-    let ingest = state
-        .ingest
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take();
+    let ingest = state.ingest.lock().take();
     let state = Arc::into_inner(state);
     let _ = tokio::task::spawn_blocking(move || {
         if let Some(ingest) = ingest {

@@ -10,10 +10,11 @@
 //! for a full aggregate queue (work already done is never thrown away); the wait backs
 //! up into the ingest queue, where readers drop and count what does not fit.
 
+use parking_lot::RwLock;
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        Arc, RwLock,
+        Arc,
     },
     thread::JoinHandle,
     time::Instant,
@@ -57,7 +58,7 @@ impl StreamTable {
 
     /// The streams now, by id.
     pub fn snapshot(&self) -> Arc<Vec<Option<Stream>>> {
-        self.slots.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.slots.read().clone()
     }
 
     /// The streams now as the tap describes them, by id.
@@ -80,7 +81,7 @@ impl StreamTable {
 
     /// Empties the slots of `remove` and appends `add`; returns the ids `add` got.
     pub fn update(&self, remove: &[u32], add: Vec<Stream>) -> Vec<u32> {
-        let mut slots = self.slots.write().unwrap_or_else(|e| e.into_inner());
+        let mut slots = self.slots.write();
         let mut next: Vec<Option<Stream>> = slots.as_ref().clone();
         for &id in remove {
             if let Some(slot) = next.get_mut(id as usize) {
@@ -171,11 +172,11 @@ pub struct CgroupFeed {
 /// Shared by enrich workers. Each worker drains it before a batch: a container's
 /// cgroup is created before any of its processes run, so its path is known before its
 /// first record is enriched, and kept after removal.
-pub type CgroupEventsHandle = Arc<std::sync::Mutex<CgroupFeed>>;
+pub type CgroupEventsHandle = Arc<parking_lot::Mutex<CgroupFeed>>;
 
 fn learn_cgroups(events: Option<&CgroupEventsHandle>, enricher: &Enricher) {
     if let Some(feed) = events {
-        let mut feed = feed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut feed = feed.lock();
         let CgroupFeed { events, maps } = &mut *feed;
         events.drain(|id, path, removed| {
             enricher.learn(id, path, removed);

@@ -90,7 +90,7 @@ fn render_page(s: &AppState, format: aggregate::Format, emit: &mut dyn FnMut(Vec
         s.registry.expire(&gone);
     }
     s.registry.render(&mut out);
-    let running = s.running.lock().unwrap_or_else(|e| e.into_inner());
+    let running = s.running.lock();
     for r in running.iter() {
         let sink = s.sink.as_ref().filter(|k| k.wants(&r.name));
         for (t, &split) in r.plan.tables.iter().zip(&r.split_cpus) {
@@ -113,7 +113,7 @@ fn render_page(s: &AppState, format: aggregate::Format, emit: &mut dyn FnMut(Vec
     let streams: Vec<Stream> = s.streams.snapshot().iter().flatten().cloned().collect();
     s.telemetry.update(
         &running,
-        &s.failures.lock().unwrap_or_else(|e| e.into_inner()),
+        &s.failures.lock(),
         &streams,
         &s.pipeline,
         &s.registry,

@@ -108,7 +108,12 @@ fn cgroup_feed(
             tracing::info!(map = ?m, matching = m.written(), "cgroup_id_map filled");
         }
     }
-    events.map(|events| Arc::new(std::sync::Mutex::new(pipeline::CgroupFeed { events, maps })))
+    events.map(|events| {
+        Arc::new(parking_lot::Mutex::new(pipeline::CgroupFeed {
+            events,
+            maps,
+        }))
+    })
 }
 
 /// What the privileged start-up made: every config set up (or why not), the stages'

@@ -2,7 +2,9 @@
 //! queues, decoders and enrichment), published through the `metrics` facade from the
 //! stages' counters at scrape time.
 
-use std::sync::{atomic::Ordering::Relaxed, Arc, Mutex};
+use std::sync::{atomic::Ordering::Relaxed, Arc};
+
+use parking_lot::Mutex;
 
 use aggregate::Registry;
 use anyhow::{Context, Result};
@@ -172,16 +174,13 @@ impl Telemetry {
 
     /// Registers a ring reader's counters.
     pub fn add_ring(&self, program: &str, ring: &str, stats: Arc<RingStats>) {
-        self.rings
-            .lock()
-            .unwrap()
-            .push((program.into(), ring.into(), stats));
+        self.rings.lock().push((program.into(), ring.into(), stats));
     }
 
     /// Forgets the ring readers of a config that a reload removed or replaced, and
     /// marks it not enabled.
     pub fn stopped(&self, program: &str) {
-        self.rings.lock().unwrap().retain(|(p, _, _)| p != program);
+        self.rings.lock().retain(|(p, _, _)| p != program);
         gauge!("ebpf_exporter_enabled_configs", "name" => program.to_string()).set(0.0);
     }
 
@@ -236,7 +235,7 @@ impl Telemetry {
                     .absolute(n.load(Relaxed));
             }
         }
-        for (program, ring, s) in self.rings.lock().unwrap().iter() {
+        for (program, ring, s) in self.rings.lock().iter() {
             let labels = [("program", program.clone()), ("ring", ring.clone())];
             counter!("ebpf_exporter_ring_records_total", &labels).absolute(s.records.load(Relaxed));
             counter!("ebpf_exporter_ring_batches_total", &labels).absolute(s.batches.load(Relaxed));

@@ -3,11 +3,12 @@
 //! (readers stopped, programs detached, maps freed, series gone) when a reload removes
 //! or replaces it.
 
+use parking_lot::Mutex;
 use std::{
     collections::hash_map::DefaultHasher,
     hash::{Hash, Hasher},
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
@@ -232,12 +233,9 @@ impl Reloading {
             s.enricher
                 .cgroups()
                 .walk(|id, path| map.update(id, path, false));
-            feed.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .maps
-                .push((unit.running.name.clone(), map));
+            feed.lock().maps.push((unit.running.name.clone(), map));
         }
-        s.live.lock().unwrap_or_else(|e| e.into_inner()).push(Live {
+        s.live.lock().push(Live {
             name: unit.running.name.clone(),
             fingerprint: unit.fingerprint,
             streams: ids,
@@ -249,8 +247,8 @@ impl Reloading {
 
 /// Metric names running config `name` claimed (its tables' and its streams').
 fn claimed(s: &AppState, name: &str) -> Vec<String> {
-    let lives = s.live.lock().unwrap_or_else(|e| e.into_inner());
-    let running = s.running.lock().unwrap_or_else(|e| e.into_inner());
+    let lives = s.live.lock();
+    let running = s.running.lock();
     let (Some(live), Some(r)) = (
         lives.iter().find(|l| l.name == name),
         running.iter().find(|r| r.name == name),
@@ -281,7 +279,7 @@ fn update_streams(s: &AppState, remove: &[u32], add: Vec<Stream>) -> Vec<u32> {
 /// its object), self-metric rings.
 fn stop(s: &AppState, name: &str) {
     let live = {
-        let mut lives = s.live.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lives = s.live.lock();
         let Some(i) = lives.iter().position(|l| l.name == name) else {
             return;
         };
@@ -292,15 +290,9 @@ fn stop(s: &AppState, name: &str) {
     }
     update_streams(s, &live.streams, Vec::new());
     if let Some(feed) = &s.cgroup_events {
-        feed.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .maps
-            .retain(|(n, _)| n != name);
+        feed.lock().maps.retain(|(n, _)| n != name);
     }
-    s.running
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|r| r.name != name);
+    s.running.lock().retain(|r| r.name != name);
     s.telemetry.stopped(name);
     tracing::info!(config = %name, "stopped");
 }
@@ -348,14 +340,13 @@ pub fn reload(s: &AppState) -> Result<Report> {
 
 fn reload_configs(s: &AppState) -> Result<Report> {
     let r = &s.reloading;
-    let _one = r.lock.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = r.lock.lock();
     let mut config = Config::load(r.selection.file.as_deref())?;
     let sources = r.selection.sources(&mut config, &r.source)?;
     let mut report = Report::default();
     let live: Vec<(String, u64)> = s
         .live
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
         .iter()
         .map(|l| (l.name.clone(), l.fingerprint))
         .collect();
@@ -391,7 +382,7 @@ fn reload_configs(s: &AppState) -> Result<Report> {
         }
         crate::attach_mark::mark_attached();
     }
-    let mut failures = s.failures.lock().unwrap_or_else(|e| e.into_inner());
+    let mut failures = s.failures.lock();
     failures.clear();
     failures.extend(report.failed.iter().map(|f| Failure {
         name: f.name.clone(),
@@ -427,10 +418,7 @@ fn replace(
             }
             let ids = update_streams(s, &[], unit.streams.clone());
             let running = r.go_live(s, unit, ids);
-            s.running
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(running);
+            s.running.lock().push(running);
             tracing::info!(config = %src.name, replaced = replacing, "started");
         }
         Err(f) => {

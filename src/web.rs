@@ -3,11 +3,12 @@
 //! concurrent scrapes and on event-tap subscribers, each refusal counted in
 //! `ebpf_exporter_http_refused_total{reason}`.
 
+use parking_lot::Mutex;
 use std::{
     collections::VecDeque,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc, Mutex, Weak,
+        Arc, Weak,
     },
     time::Duration,
 };
@@ -145,7 +146,7 @@ impl Admission {
 
     /// A place for a new connection, or `None` (counted) when every open one is proven.
     fn admit(&self) -> Option<Arc<Ticket>> {
-        let mut unproven = self.unproven.lock().unwrap_or_else(|e| e.into_inner());
+        let mut unproven = self.unproven.lock();
         if self.open.load(Ordering::Acquire) >= self.max && !Self::evict_oldest(&mut unproven) {
             counter!(REFUSED, "reason" => "connections").increment(1);
             return None;

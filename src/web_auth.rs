@@ -5,10 +5,9 @@
 //! cache), so a client with the right password pays bcrypt once and never waits behind
 //! wrong attempts. Wrong attempts are not remembered, so they cannot evict right ones.
 
-use std::{
-    collections::{BTreeMap, HashSet, VecDeque},
-    sync::Mutex,
-};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+
+use parking_lot::Mutex;
 
 use crossbeam_channel::{Sender, TrySendError};
 use ring::digest;
@@ -96,15 +95,11 @@ fn key(user: &str, password: &str, hash: &str) -> [u8; 32] {
 
 impl Authenticator {
     fn remembered(&self, key: &[u8; 32]) -> bool {
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys
-            .contains(key)
+        self.cache.lock().keys.contains(key)
     }
 
     fn remember(&self, key: [u8; 32]) {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.cache.lock();
         if cache.keys.insert(key) {
             cache.order.push_back(key);
             if cache.order.len() > CACHE {
@@ -158,7 +153,7 @@ impl Authenticator {
     /// Verified credentials remembered now.
     #[cfg(test)]
     fn remembered_count(&self) -> usize {
-        self.cache.lock().unwrap().keys.len()
+        self.cache.lock().keys.len()
     }
 }
 

@@ -3,10 +3,11 @@
 //! their metadata. A change that does not parse keeps the last good config; the
 //! failure is logged and counted once per change.
 
+use parking_lot::Mutex;
 use std::{
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use metrics::counter;
@@ -73,7 +74,7 @@ impl WebConfigWatch {
     pub fn current(&self) -> Arc<Loaded> {
         // Both series exist from the first connection on.
         counter!(RELOADS, "result" => "failure").increment(0);
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock();
         let now = stamps(&state.files);
         if now == state.stamps {
             return state.good.clone();

@@ -4,12 +4,13 @@
 //! label bytes); workers keep their own plain map of the same keys in front of it, so
 //! an event costs a hash of a few bytes, a bucket search and two relaxed atomic adds.
 
+use parking_lot::Mutex;
 use std::{
     collections::HashSet,
     hash::{Hash, Hasher},
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        Arc, Mutex,
+        Arc,
     },
 };
 
@@ -223,7 +224,7 @@ impl Registry {
             }
         }
         let full = format!("ebpf_exporter_{name}");
-        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        let mut names = self.names.lock();
         if !names.insert(full.clone()) {
             return Err(NameError::Taken(full));
         }
@@ -270,20 +271,13 @@ impl Registry {
             overflowed: AtomicU64::new(0),
             invalid: (0..config_labels).map(|_| AtomicU64::new(0)).collect(),
         });
-        self.families
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(family.clone());
+        self.families.lock().push(family.clone());
         Ok(family)
     }
 
     /// Writes the text exposition of every family.
     pub fn render(&self, out: &mut Sink) {
-        let mut families = self
-            .families
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let mut families = self.families.lock().clone();
         families.sort_by(|a, b| a.name.cmp(&b.name));
         for f in families {
             f.render(out, &self.node);
@@ -295,8 +289,8 @@ impl Registry {
     /// puts them back.
     pub fn release(&self, names: &[String]) -> Released {
         let leaving: HashSet<&String> = names.iter().collect();
-        let mut claimed = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        let mut families = self.families.lock().unwrap_or_else(|e| e.into_inner());
+        let mut claimed = self.names.lock();
+        let mut families = self.families.lock();
         claimed.retain(|n| !leaving.contains(n));
         let (gone, kept) = std::mem::take(&mut *families)
             .into_iter()
@@ -310,25 +304,15 @@ impl Registry {
 
     /// Puts back what [`Registry::release`] took (a replacement failed to start).
     pub fn restore(&self, released: Released) {
-        self.names
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(released.names);
-        self.families
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(released.families);
+        self.names.lock().extend(released.names);
+        self.families.lock().extend(released.families);
     }
 
     /// Drops the series of label sets `gone` (pods deleted past their grace period),
     /// so memory follows the pods on the node. Workers drop their references at their
     /// next cleanup; events that still arrive for a gone pod start new series.
     pub fn expire(&self, gone: &[u32]) {
-        let families = self
-            .families
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let families = self.families.lock().clone();
         for f in families.iter().filter(|f| f.pod_labels) {
             f.by_values.retain(|(pod, _), _| !gone.contains(pod));
             f.series.retain(|key, _| !gone.contains(&key.pod));
@@ -338,14 +322,14 @@ impl Registry {
     /// Raw keys remembered across families (tests: memory stays bounded).
     #[cfg(test)]
     pub(crate) fn remembered_keys(&self) -> usize {
-        let families = self.families.lock().unwrap_or_else(|e| e.into_inner());
+        let families = self.families.lock();
         families.iter().map(|f| f.series.len()).sum()
     }
 
     /// Events left out by decoders: per metric, (label, events its decoder rejected)
     /// and events filtered out by design.
     pub fn decode_failures(&self) -> Vec<DecodeFailures> {
-        let families = self.families.lock().unwrap_or_else(|e| e.into_inner());
+        let families = self.families.lock();
         families
             .iter()
             .map(|f| DecodeFailures {

@@ -3,11 +3,12 @@
 //! and container ids. The watcher lists, then watches with bookmarks, and lists again
 //! when the API says the resource version is too old (410 Gone).
 
+use parking_lot::{Mutex, RwLock};
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::{
         atomic::{AtomicBool, Ordering::Relaxed},
-        Arc, Mutex, RwLock,
+        Arc,
     },
     time::{Duration, Instant},
 };
@@ -213,7 +214,7 @@ impl KubeApiSource {
                 .map_err(|_| ApiError::ListTimeout)
                 .and_then(|r| r.map_err(ApiError::List))
                 .map(|list| {
-                    let mut index = index.write().unwrap_or_else(|e| e.into_inner());
+                    let mut index = index.write();
                     for pod in &list.items {
                         index.apply(pod);
                     }
@@ -241,7 +242,7 @@ impl KubeApiSource {
 impl PodSource for KubeApiSource {
     /// Watches the node's pods from a thread of its own.
     fn start(&self) {
-        let Some((rt, client)) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        let Some((rt, client)) = self.idle.lock().take() else {
             return;
         };
         let index = self.index.clone();
@@ -254,7 +255,7 @@ impl PodSource for KubeApiSource {
             while let Some(event) = stream.next().await {
                 up.store(event.is_ok(), Relaxed);
                 let now = Instant::now();
-                let mut index = index.write().unwrap_or_else(|e| e.into_inner());
+                let mut index = index.write();
                 match event {
                     Ok(watcher::Event::Init) => index.listing = Some(HashSet::new()),
                     Ok(watcher::Event::InitApply(pod) | watcher::Event::Apply(pod)) => {
@@ -287,7 +288,7 @@ impl PodSource for KubeApiSource {
     }
 
     fn lookup(&self, pod_uid: &str, container_id: Option<&str>) -> Option<PodMeta> {
-        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let index = self.index.read();
         let e = index.pods.get(pod_uid)?;
         Some(PodMeta {
             container: container_id.and_then(|id| e.containers.get(id).cloned()),

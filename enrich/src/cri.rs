@@ -3,12 +3,13 @@
 //! a lookup that misses wakes the lister, so a pod that just started is found within
 //! one round trip while its first events wait (see [`crate::Cache::await_metadata`]).
 
+use parking_lot::{Mutex, RwLock};
 use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering::Relaxed},
-        Arc, Mutex, RwLock,
+        Arc,
     },
     time::{Duration, Instant},
 };
@@ -291,11 +292,7 @@ async fn refresh(channel: &Channel, shared: &Shared) -> Result<(), CriError> {
         proto::ListContainersRequest {},
     )
     .await?;
-    shared
-        .index
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .update(sandboxes, containers);
+    shared.index.write().update(sandboxes, containers);
     Ok(())
 }
 
@@ -339,7 +336,7 @@ impl Cri {
             socket = %socket.display(),
             runtime = %version.runtime_name,
             version = %version.runtime_version,
-            pods = shared.index.read().unwrap_or_else(|e| e.into_inner()).pods.len(),
+            pods = shared.index.read().pods.len(),
             "pod metadata from the container runtime (CRI)"
         );
         Ok(Self {
@@ -372,7 +369,7 @@ impl PodSource for Cri {
     /// Keeps listing from a thread of its own: at once when a lookup missed, else every
     /// `RESYNC`.
     fn start(&self) {
-        let Some((rt, channel)) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        let Some((rt, channel)) = self.idle.lock().take() else {
             return;
         };
         let s = self.shared.clone();
@@ -405,7 +402,7 @@ impl PodSource for Cri {
     }
 
     fn lookup(&self, pod_uid: &str, container_id: Option<&str>) -> Option<PodMeta> {
-        let index = self.shared.index.read().unwrap_or_else(|e| e.into_inner());
+        let index = self.shared.index.read();
         let container = container_id.and_then(|id| {
             index
                 .containers

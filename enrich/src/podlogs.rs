@@ -7,11 +7,11 @@
 //! (they are DNS labels), so both split unambiguously.
 
 use crate::{PodMeta, PodSource};
+use parking_lot::Mutex;
 use std::{
     collections::HashMap,
     fs,
     path::{Path, PathBuf},
-    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -115,7 +115,7 @@ impl PodSource for PodLogs {
     /// Names for a pod uid and optional container id. Rescans the directories (at most
     /// every 250 ms) when the pod or container is not indexed yet.
     fn lookup(&self, pod_uid: &str, container_id: Option<&str>) -> Option<PodMeta> {
-        let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        let mut index = self.index.lock();
         let known = index.pods.contains_key(pod_uid)
             && container_id.is_none_or(|c| index.containers.contains_key(c));
         // A directory whose mtime moved has new entries: rescan at once, so a pod that

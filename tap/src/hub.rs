@@ -1,10 +1,11 @@
 //! The tap's hub: takes batches from workers, decodes and attributes their records,
 //! and fans JSON lines out to subscribers.
 
+use parking_lot::{Mutex, RwLock};
 use std::{
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
-        Arc, Mutex, RwLock,
+        Arc,
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -134,7 +135,7 @@ impl Tap {
 
     fn add(&self, filter: Filter, out: Output) {
         let tokens = filter.rate.map_or(0.0, |r| r as f64);
-        let mut subs = self.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut subs = self.subscribers.lock();
         subs.push(Subscriber {
             filter,
             out,
@@ -147,13 +148,13 @@ impl Tap {
 
     /// The streams subscribers can filter on.
     pub fn streams(&self) -> Vec<Stream> {
-        let slots = self.streams.read().unwrap_or_else(|e| e.into_inner());
+        let slots = self.streams.read();
         slots.iter().flatten().cloned().collect()
     }
 
     /// Replaces the streams (after a reload), indexed like batch streams.
     pub fn set_streams(&self, streams: Arc<Vec<Option<Stream>>>) {
-        *self.streams.write().unwrap_or_else(|e| e.into_inner()) = streams;
+        *self.streams.write() = streams;
     }
 
     /// Counters.
@@ -223,15 +224,11 @@ impl Worker {
             let Some(tap) = self.tap.upgrade() else {
                 return;
             };
-            let streams = tap
-                .streams
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let streams = tap.streams.read().clone();
             let Some(Some(stream)) = streams.get(batch.stream as usize) else {
                 continue;
             };
-            let mut subs = tap.subscribers.lock().unwrap_or_else(|e| e.into_inner());
+            let mut subs = tap.subscribers.lock();
             for record in batch.records() {
                 self.deliver(&tap, &mut subs, stream, time, record);
                 if subs.is_empty() {
