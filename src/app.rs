@@ -14,7 +14,7 @@ use kube_ebpf_exporter::{
 use tap::Tap;
 
 use crate::{
-    programs::{Failure, Running},
+    programs::{Attached, Failure},
     settings::{Reload, Settings},
     startup::Started,
     telemetry::Telemetry,
@@ -28,7 +28,7 @@ pub struct AppState {
     pub telemetry: Telemetry,
     pub streams: Arc<pipeline::StreamTable>,
     pub pipeline: Pipeline,
-    pub running: Mutex<Vec<Running>>,
+    pub running: Mutex<Vec<Attached>>,
     pub failures: Mutex<Vec<Failure>>,
     /// Each running config's streams and readers.
     pub live: Mutex<Vec<units::Live>>,
@@ -40,7 +40,7 @@ pub struct AppState {
     pub decoders: Context,
     pub cgroup_events: Option<pipeline::CgroupEventsHandle>,
     pub tap: Option<Arc<Tap>>,
-    pub sink: Option<tap::sink::TableSink>,
+    pub sink: Option<tap::sink::SinkFeed>,
     pub node: String,
     pub enricher: Arc<Enricher>,
     pub series_grace: Duration,
@@ -82,7 +82,7 @@ pub fn start_pipeline(
         units.iter().flat_map(|u| u.streams.clone()).collect(),
     ));
     let tap = start_tap(&config.tap, &streams, &enricher, &node, extra_names);
-    let names: Vec<&str> = units.iter().map(|u| u.running.name.as_str()).collect();
+    let names: Vec<&str> = units.iter().map(|u| u.attached.name.as_str()).collect();
     let sink = match (&tap, &config.tap.sink) {
         (Some(tap), Some(sink)) => Some(start_sink(tap, sink, &names, &config.tap)?),
         (None, Some(_)) => bail!("{source}: tap.sink: needs tap.enabled"),
@@ -168,7 +168,7 @@ fn start_tap(
 }
 
 /// Starts the readers of the configs that started, their streams numbered in order.
-fn go_live(state: &Arc<AppState>, units: Vec<units::Unit>) {
+fn go_live(state: &Arc<AppState>, units: Vec<units::Prepared>) {
     let mut next = 0;
     for unit in units {
         let ids: Vec<u32> = (next..).take(unit.streams.len()).collect();
@@ -184,13 +184,13 @@ fn start_sink(
     sink: &config::SinkConfig,
     running: &[&str],
     t: &config::TapConfig,
-) -> Result<tap::sink::TableSink> {
+) -> Result<tap::sink::SinkFeed> {
     for (i, name) in sink.configs.iter().enumerate() {
         if !running.contains(&name.as_str()) {
             bail!("tap.sink.configs[{i}]: no running config named {name:?}");
         }
     }
-    tap::sink::TableSink::start(
+    tap::sink::SinkFeed::start(
         tap,
         &sink.dir,
         sink.max_bytes,

@@ -37,7 +37,7 @@ pub struct Config {
     pub kubernetes: Kubernetes,
     /// Queues, batches and ring sizes.
     #[serde(default)]
-    pub pipeline: Pipeline,
+    pub pipeline: PipelineConfig,
     /// The JSON event tap (`/events`, `kube-ebpf-exporter tap`) and its file sink.
     #[serde(default)]
     pub tap: TapConfig,
@@ -268,7 +268,7 @@ impl From<&LabelNames> for KubeLabelNames {
 /// Pipeline tuning.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Pipeline {
+pub struct PipelineConfig {
     /// Threads reading rings (default 1: a reader copies records at memory speed).
     pub ingest_workers: usize,
     /// Threads mapping records to pods (default: a quarter of the CPUs, at least 1).
@@ -294,13 +294,13 @@ pub struct Pipeline {
     /// How programs stream records: `auto` uses ring buffers where the kernel has them
     /// (5.8+) and the `-DOUTPUT_PERF` builds (perf event arrays) elsewhere; `ringbuf` and
     /// `perf` force one.
-    pub output: Output,
+    pub output: RecordOutput,
 }
 
 /// Record output of programs that stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Output {
+pub enum RecordOutput {
     /// Ring buffers when the kernel has them.
     Auto,
     /// Always ring buffers.
@@ -309,13 +309,13 @@ pub enum Output {
     Perf,
 }
 
-impl Output {
+impl RecordOutput {
     /// Whether to load the perf event array builds.
     pub fn perf(self) -> bool {
         match self {
-            Output::Auto => !aya_ring_buffers(),
-            Output::Ringbuf => false,
-            Output::Perf => true,
+            RecordOutput::Auto => !aya_ring_buffers(),
+            RecordOutput::Ringbuf => false,
+            RecordOutput::Perf => true,
         }
     }
 }
@@ -325,7 +325,7 @@ fn aya_ring_buffers() -> bool {
     ingest::ring_buffers_supported()
 }
 
-impl Default for Pipeline {
+impl Default for PipelineConfig {
     fn default() -> Self {
         let quarter = std::thread::available_parallelism()
             .map_or(1, |n| n.get() / 4)
@@ -341,7 +341,7 @@ impl Default for Pipeline {
             wakeup_bytes: None,
             perf_pages: 256,
             max_series: aggregate::DEFAULT_MAX_SERIES,
-            output: Output::Auto,
+            output: RecordOutput::Auto,
         }
     }
 }

@@ -10,10 +10,10 @@ use ingest::{
     LoadOptions, LoadedObject, Loader,
 };
 
-use kube_ebpf_exporter::config::{CgroupIdMapConfig, CgroupIdMapType, Pipeline, Program};
+use kube_ebpf_exporter::config::{CgroupIdMapConfig, CgroupIdMapType, PipelineConfig, Program};
 
 /// Where a program's config came from, for messages and relative object paths.
-pub struct Source {
+pub struct Origin {
     /// Program (config) name.
     pub name: String,
     /// Prefix of every error location (`<file>: ` or `<file>: programs.<name>.`).
@@ -30,7 +30,7 @@ pub enum Object {
     File(PathBuf),
 }
 
-impl Source {
+impl Origin {
     /// A program from the main config (embedded default or `--config.file`).
     pub fn inline(name: &str, program: &Program, file: Option<&Path>, source: &str) -> Self {
         let object_name = program.object.as_deref().unwrap_or(name);
@@ -161,7 +161,7 @@ impl Failure {
 }
 
 /// A loaded, attached program and what aggregates its data.
-pub struct Running {
+pub struct Attached {
     /// Program name.
     pub name: String,
     /// The kernel side.
@@ -174,7 +174,7 @@ pub struct Running {
     pub cgroup_map: Option<CgroupIdMap>,
 }
 
-impl Running {
+impl Attached {
     /// Removes the entries of a cgroup-keyed table whose cgroups were removed at least the
     /// series grace period ago, from the map too: the kernel would keep deleted pods'
     /// counts (and their series) until its LRU map fills.
@@ -213,22 +213,22 @@ impl Running {
     }
 }
 
-/// Shared inputs of program setup.
-pub struct Setup<'a> {
+/// Starts program configs: what loading and attaching each one shares.
+pub struct Starter<'a> {
     /// Load the perf event array build of programs that stream records.
     pub perf_output: bool,
     pub registry: &'a Registry,
     pub decoders: &'a Context,
-    pub pipeline: &'a Pipeline,
+    pub pipeline: &'a PipelineConfig,
     /// Relocates against the running kernel's BTF (or `--btf.path`), parsed once.
     pub loader: Loader<'a>,
     /// Where cgroup2 is mounted: cgroup id maps match full paths below it.
     pub cgroup_mount: &'a Path,
 }
 
-impl Setup<'_> {
+impl Starter<'_> {
     /// Compiles, loads and attaches one program.
-    pub fn start(&mut self, src: &Source, program: &Program) -> Result<Running, Failure> {
+    pub fn start(&mut self, src: &Origin, program: &Program) -> Result<Attached, Failure> {
         let fail = |stage, message: String| Failure::new(&src.name, stage, message);
         let at = &src.at;
         if program.tracing.is_some() {
@@ -314,7 +314,7 @@ impl Setup<'_> {
         for (prog, point) in object.attached() {
             tracing::info!(program = %src.name, function = %prog, at = %point, "attached");
         }
-        Ok(Running {
+        Ok(Attached {
             name: src.name.clone(),
             object,
             plan,

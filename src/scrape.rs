@@ -84,7 +84,7 @@ fn accepts_gzip(headers: &axum::http::HeaderMap) -> bool {
 /// Renders the metrics page in `format`, in chunks: the streams' series, every table
 /// read now, the exporter's own metrics.
 fn render_page(s: &AppState, format: aggregate::Format, emit: &mut dyn FnMut(Vec<u8>)) {
-    let mut out = aggregate::Sink::chunked(format, 256 * 1024, &mut *emit);
+    let mut out = aggregate::PageWriter::chunked(format, 256 * 1024, &mut *emit);
     let gone = s.enricher.expire(s.series_grace);
     if !gone.is_empty() {
         s.registry.expire(&gone);

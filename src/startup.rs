@@ -16,7 +16,7 @@ use kube_ebpf_exporter::{
 use crate::{
     attach_mark::mark_attached,
     privileges,
-    programs::{Failure, Setup},
+    programs::{Failure, Starter},
     settings::Settings,
     units,
 };
@@ -122,7 +122,7 @@ pub struct Started {
     pub enricher: Arc<Enricher>,
     pub registry: Arc<Registry>,
     pub decoders: Context,
-    pub units: Vec<units::Unit>,
+    pub units: Vec<units::Prepared>,
     pub failures: Vec<Failure>,
     pub cgroup_events: Option<pipeline::CgroupEventsHandle>,
     pub extra_names: Vec<String>,
@@ -130,7 +130,7 @@ pub struct Started {
 }
 
 /// Sets up every config: learns the cgroups and pods, compiles, loads and attaches
-/// (all through [`units::build`], as a reload does), then lowers capabilities.
+/// (all through [`units::prepare`], as a reload does), then lowers capabilities.
 pub fn start_configs(settings: &mut Settings) -> Result<Started> {
     let Settings {
         config,
@@ -180,7 +180,7 @@ pub fn start_configs(settings: &mut Settings) -> Result<Started> {
     if perf_output {
         tracing::info!("programs that stream records use perf event arrays (pipeline.output, or no ring buffers in this kernel)");
     }
-    let mut setup = Setup {
+    let mut starter = Starter {
         perf_output,
         registry: &registry,
         decoders: &decoders,
@@ -191,7 +191,9 @@ pub fn start_configs(settings: &mut Settings) -> Result<Started> {
     let (mut units, mut failures) = (Vec::new(), Vec::new());
     let mut next_id = 0;
     for (src, program) in sources {
-        match program.and_then(|p| units::build(&mut setup, &src, &p, next_id, &config.pipeline)) {
+        match program
+            .and_then(|p| units::prepare(&mut starter, &src, &p, next_id, &config.pipeline))
+        {
             Ok(u) => {
                 next_id += u.streams.len() as u32;
                 units.push(u);
@@ -218,17 +220,17 @@ pub fn start_configs(settings: &mut Settings) -> Result<Started> {
     }
     let maps = units
         .iter_mut()
-        .filter_map(|u| Some((u.running.name.clone(), u.cgroup_map.take()?)))
+        .filter_map(|u| Some((u.attached.name.clone(), u.cgroup_map.take()?)))
         .collect();
     let cgroup_events = cgroup_feed(
-        &mut setup.loader,
+        &mut starter.loader,
         enricher.cgroups(),
         config.kubernetes.cgroup_events,
         maps,
     );
     // The kernel's BTF (tens of MiB parsed) is needed only to load; give its pages back
     // rather than keep them for the process's life (a reload parses it again).
-    drop(setup);
+    drop(starter);
     drop(btf);
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free memory.
@@ -249,9 +251,9 @@ pub fn start_configs(settings: &mut Settings) -> Result<Started> {
 }
 
 /// `--config.check`: prints each config's outcome and exits.
-fn report_check(units: &[units::Unit], failures: &[Failure]) -> ! {
+fn report_check(units: &[units::Prepared], failures: &[Failure]) -> ! {
     for u in units {
-        let r = &u.running;
+        let r = &u.attached;
         let skipped = r.object.skipped();
         let optional = if skipped.is_empty() {
             String::new()

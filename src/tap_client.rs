@@ -12,7 +12,7 @@ use clap::{Args, ValueEnum};
 
 /// How events are printed.
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Output {
+pub enum LineFormat {
     /// One JSON object per line, as served.
     Json,
     /// One readable line per event.
@@ -48,7 +48,7 @@ pub struct TapArgs {
     rate: Option<u64>,
     /// Output format.
     #[arg(long, value_enum, default_value = "json")]
-    output: Output,
+    output: LineFormat,
 }
 
 fn encode(s: &str) -> String {
@@ -154,8 +154,8 @@ pub fn run(args: &TapArgs) -> Result<()> {
     for line in reader.lines() {
         let line = line?;
         match args.output {
-            Output::Json => writeln!(out, "{line}")?,
-            Output::Pretty => writeln!(out, "{}", pretty(&line)?)?,
+            LineFormat::Json => writeln!(out, "{line}")?,
+            LineFormat::Pretty => writeln!(out, "{}", pretty(&line)?)?,
         }
         out.flush()?;
     }

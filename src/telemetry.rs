@@ -14,7 +14,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use kube_ebpf_exporter::pipeline::{Pipeline, Stream};
 
-use crate::programs::{Failure, Running};
+use crate::programs::{Attached, Failure};
 
 /// Self-metrics: the recorder handle and the counters it reads.
 pub struct Telemetry {
@@ -215,7 +215,7 @@ impl Telemetry {
     /// Copies the stages' counters into the recorder.
     pub fn update(
         &self,
-        running: &[Running],
+        running: &[Attached],
         failures: &[Failure],
         streams: &[Stream],
         pipeline: &Pipeline,

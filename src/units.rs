@@ -21,7 +21,7 @@ use kube_ebpf_exporter::config::{self, Config, Program};
 
 use crate::{
     app::AppState,
-    programs::{self, Failure, Object, Running, Setup, Source, Stage},
+    programs::{self, Attached, Failure, Object, Origin, Stage, Starter},
 };
 
 /// Which configs run: the flags that choose them.
@@ -44,14 +44,14 @@ impl Selection {
         &self,
         config: &mut Config,
         source: &str,
-    ) -> Result<Vec<(Source, Result<Program, Failure>)>> {
+    ) -> Result<Vec<(Origin, Result<Program, Failure>)>> {
         let mut out = Vec::new();
         if self.dir.is_none() || self.file.is_some() {
             select_programs(&self.programs, &mut config.programs)
                 .with_context(|| format!("{source}: --programs"))?;
             for (name, program) in std::mem::take(&mut config.programs) {
                 out.push((
-                    Source::inline(&name, &program, self.file.as_deref(), source),
+                    Origin::inline(&name, &program, self.file.as_deref(), source),
                     Ok(program),
                 ));
             }
@@ -77,8 +77,8 @@ impl Selection {
                 let loaded = Program::load(&dir.join(format!("{name}.yaml")))
                     .map_err(|e| Failure::new(&name, Stage::Config, format!("{e:#}")));
                 let src = match &loaded {
-                    Ok(p) => Source::dir(dir, &name, p),
-                    Err(_) => Source {
+                    Ok(p) => Origin::dir(dir, &name, p),
+                    Err(_) => Origin {
                         name: name.clone(),
                         at: String::new(),
                         object: Object::File(PathBuf::new()),
@@ -117,7 +117,7 @@ fn select_programs(
 
 /// What a config is made of, to tell an unchanged one at a reload: its parsed config
 /// and its object's bytes (both builds).
-pub fn fingerprint(src: &Source, program: &Program) -> u64 {
+pub fn fingerprint(src: &Origin, program: &Program) -> u64 {
     let mut h = DefaultHasher::new();
     format!("{program:?}").hash(&mut h);
     match &src.object {
@@ -130,10 +130,10 @@ pub fn fingerprint(src: &Source, program: &Program) -> u64 {
     h.finish()
 }
 
-/// A config set up and not yet running: attached in the kernel, its streams numbered
-/// from the id it was given and their readers made.
-pub struct Unit {
-    pub running: Running,
+/// A config ready to go live: attached in the kernel, its streams numbered from the id
+/// it was given and their readers made, not yet in the pipeline.
+pub struct Prepared {
+    pub attached: Attached,
     pub fingerprint: u64,
     pub streams: Vec<Stream>,
     pub readers: Vec<RingReader>,
@@ -141,14 +141,14 @@ pub struct Unit {
 }
 
 /// Sets up one config; its streams get ids from `first_id` on.
-pub fn build(
-    setup: &mut Setup,
-    src: &Source,
+pub fn prepare(
+    starter: &mut Starter,
+    src: &Origin,
     program: &Program,
     first_id: u32,
-    p: &config::Pipeline,
-) -> Result<Unit, Failure> {
-    let mut running = setup.start(src, program)?;
+    p: &config::PipelineConfig,
+) -> Result<Prepared, Failure> {
+    let mut running = starter.start(src, program)?;
     let fail = |message: String| Failure {
         reason: "kernel",
         ..Failure::new(&src.name, Stage::Load, message)
@@ -178,10 +178,10 @@ pub fn build(
             stats: Arc::default(),
         });
     }
-    Ok(Unit {
+    Ok(Prepared {
         cgroup_map: running.cgroup_map.take(),
         fingerprint: fingerprint(src, program),
-        running,
+        attached: running,
         streams,
         readers,
     })
@@ -202,7 +202,7 @@ pub struct Reloading {
     pub selection: Selection,
     /// The main config's name in messages.
     pub source: String,
-    pub pipeline: config::Pipeline,
+    pub pipeline: config::PipelineConfig,
     pub btf_path: Option<PathBuf>,
     /// Where ring readers run, and what they send to and stop on.
     pub ingest: tokio::runtime::Handle,
@@ -215,10 +215,10 @@ pub struct Reloading {
 impl Reloading {
     /// Starts `unit`'s readers and records it as live; its streams must already be in
     /// the stream table under the ids they were built with.
-    pub fn go_live(&self, s: &AppState, unit: Unit, ids: Vec<u32>) -> Running {
+    pub fn go_live(&self, s: &AppState, unit: Prepared, ids: Vec<u32>) -> Attached {
         for (stream, reader) in unit.streams.iter().zip(&unit.readers) {
             s.telemetry
-                .add_ring(&unit.running.name, &stream.plan.ring, reader.stats());
+                .add_ring(&unit.attached.name, &stream.plan.ring, reader.stats());
         }
         let readers = unit
             .readers
@@ -233,15 +233,15 @@ impl Reloading {
             s.enricher
                 .cgroups()
                 .walk(|id, path| map.update(id, path, false));
-            feed.lock().maps.push((unit.running.name.clone(), map));
+            feed.lock().maps.push((unit.attached.name.clone(), map));
         }
         s.live.lock().push(Live {
-            name: unit.running.name.clone(),
+            name: unit.attached.name.clone(),
             fingerprint: unit.fingerprint,
             streams: ids,
             readers,
         });
-        unit.running
+        unit.attached
     }
 }
 
@@ -369,7 +369,7 @@ fn reload_configs(s: &AppState) -> Result<Report> {
     }
     if !todo.is_empty() {
         let btf = ingest::kernel_btf(r.btf_path.as_deref())?;
-        let mut setup = Setup {
+        let mut starter = Starter {
             perf_output: r.pipeline.output.perf(),
             registry: &s.registry,
             decoders: &s.decoders,
@@ -378,7 +378,7 @@ fn reload_configs(s: &AppState) -> Result<Report> {
             cgroup_mount: s.enricher.cgroups().mount(),
         };
         for (src, program, replacing) in todo {
-            replace(s, r, &mut setup, &src, &program, replacing, &mut report);
+            replace(s, r, &mut starter, &src, &program, replacing, &mut report);
         }
         crate::attach_mark::mark_attached();
     }
@@ -399,8 +399,8 @@ fn reload_configs(s: &AppState) -> Result<Report> {
 fn replace(
     s: &AppState,
     r: &Reloading,
-    setup: &mut Setup,
-    src: &Source,
+    starter: &mut Starter,
+    src: &Origin,
     program: &Program,
     replacing: bool,
     report: &mut Report,
@@ -408,7 +408,7 @@ fn replace(
     // The new version registers the same names.
     let released = replacing.then(|| s.registry.release(&claimed(s, &src.name)));
     let first_id = s.streams.snapshot().len() as u32;
-    match build(setup, src, program, first_id, &r.pipeline) {
+    match prepare(starter, src, program, first_id, &r.pipeline) {
         Ok(unit) => {
             if replacing {
                 stop(s, &src.name);

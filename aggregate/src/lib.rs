@@ -17,7 +17,7 @@ mod registry;
 mod stream;
 mod table;
 
-pub use exposition::{format_float, Format, Kind, Native, Sink};
+pub use exposition::{format_float, Format, Kind, Native, PageWriter};
 pub use program::ProgramPlan;
 pub use registry::{
     DecodeFailures, KubeLabelNames, Registry, Released, StreamAggregator, StreamStats,

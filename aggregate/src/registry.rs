@@ -21,7 +21,7 @@ use rustc_hash::FxHashMap;
 use crate::{
     buckets,
     decoder::DecodeError,
-    exposition::{Kind, Native, Sink},
+    exposition::{Kind, Native, PageWriter},
     native::{self, NativeBuckets, NativePlan},
     stream::{MetricPlan, StreamPlan},
 };
@@ -276,7 +276,7 @@ impl Registry {
     }
 
     /// Writes the text exposition of every family.
-    pub fn render(&self, out: &mut Sink) {
+    pub fn render(&self, out: &mut PageWriter) {
         let mut families = self.families.lock().clone();
         families.sort_by(|a, b| a.name.cmp(&b.name));
         for f in families {
@@ -427,7 +427,7 @@ impl Family {
         }
     }
 
-    fn render(&self, out: &mut Sink, node: &str) {
+    fn render(&self, out: &mut PageWriter, node: &str) {
         let mut series: Vec<(Box<[String]>, Arc<Series>)> = self
             .by_values
             .iter()

@@ -13,7 +13,7 @@ use crate::{
     buckets::{self, Layout},
     config::{LabelConfig, MetricConfig},
     decoder::{Chain, Context, DecodeError},
-    exposition::{Kind, Native, Sink},
+    exposition::{Kind, Native, PageWriter},
     invalid,
     registry::{sorted_order, Registry},
     stream::Span,
@@ -296,7 +296,7 @@ impl TablePlan {
     }
 
     /// Writes the exposition of decoded rows.
-    pub fn render(&self, rows: &Rows, out: &mut Sink) {
+    pub fn render(&self, rows: &Rows, out: &mut PageWriter) {
         if rows.0.is_empty() {
             return;
         }

@@ -100,7 +100,7 @@ fn records_become_seed_style_exposition() {
         1
     );
 
-    let mut out = crate::Sink::buffer(crate::Format::Text);
+    let mut out = crate::PageWriter::buffer(crate::Format::Text);
     registry.render(&mut out);
     let out = String::from_utf8(out.finish()).unwrap();
     let l = r#"app_container="coredns",app_namespace="kube-system",app_pod="coredns-1",node_id="node-a",subnet="127""#;
@@ -148,7 +148,7 @@ fn decoder_failures_are_counted_not_exported() {
         overflowed: 0,
     };
     assert!(failures.contains(&want), "{failures:?}");
-    let mut out = crate::Sink::buffer(crate::Format::Text);
+    let mut out = crate::PageWriter::buffer(crate::Format::Text);
     registry.render(&mut out);
     let out = String::from_utf8(out.finish()).unwrap();
     assert!(!out.contains("tcp_connect_latency_seconds_bucket"), "{out}");
@@ -280,7 +280,7 @@ fn tables_render_like_the_reference_exporter() {
         (k(5, 2), 100),     // regexp drops it
         (vec![1, 2, 3], 7), // short key
     ];
-    let mut out = crate::Sink::buffer(crate::Format::Text);
+    let mut out = crate::PageWriter::buffer(crate::Format::Text);
     counters.render(&counters.rows(&entries), &mut out);
     let out = String::from_utf8(out.finish()).unwrap();
     assert_eq!(
@@ -302,7 +302,7 @@ ebpf_exporter_syscalls_total{cgroup=\"6\",parity=\"39\",syscall=\"getpid\"} 1
         (b(1, 9), 1),
         (b(2, 1), 1),
     ];
-    let mut out = crate::Sink::buffer(crate::Format::Text);
+    let mut out = crate::PageWriter::buffer(crate::Format::Text);
     hist.render(&hist.rows(&entries), &mut out);
     let out = String::from_utf8(out.finish()).unwrap();
     assert_eq!(
@@ -379,7 +379,7 @@ metrics:
     let p = pod(3, "ns", "p", "c");
     agg.observe(&9u64.to_ne_bytes(), &p);
     agg.observe(&9u64.to_ne_bytes(), &p);
-    let mut out = crate::Sink::buffer(crate::Format::Text);
+    let mut out = crate::PageWriter::buffer(crate::Format::Text);
     registry.render(&mut out);
     let out = String::from_utf8(out.finish()).unwrap();
     assert_eq!(out, "# HELP ebpf_exporter_oom_kills OOM kills\n# TYPE ebpf_exporter_oom_kills counter\nebpf_exporter_oom_kills{cgroup_path=\"9\"} 2\n");
@@ -398,7 +398,7 @@ fn a_full_metric_counts_new_label_sets_in_one_overflow_series() {
     for octet in [10u8, 11, 12, 13, 10] {
         agg.observe(&record(1, 500, 2, octet), &p);
     }
-    let mut out = crate::Sink::buffer(crate::Format::Text);
+    let mut out = crate::PageWriter::buffer(crate::Format::Text);
     registry.render(&mut out);
     let out = String::from_utf8(out.finish()).unwrap();
     let count = |labels: &str| {
@@ -437,7 +437,7 @@ fn expired_pods_lose_their_series_and_come_back_fresh() {
     agg.observe(&record(2, 500, 2, 10), &stays);
     registry.expire(&[5]);
     let render = || {
-        let mut out = crate::Sink::buffer(crate::Format::Text);
+        let mut out = crate::PageWriter::buffer(crate::Format::Text);
         registry.render(&mut out);
         String::from_utf8(out.finish()).unwrap()
     };
@@ -483,7 +483,7 @@ fn protobuf_carries_native_buckets_of_exact_values() {
     for ns in [0, 500, 3_000, 3_000, 9_000_000] {
         agg.observe(&record(42, ns, 2, 127), &coredns);
     }
-    let mut out = crate::Sink::buffer(crate::Format::Protobuf);
+    let mut out = crate::PageWriter::buffer(crate::Format::Protobuf);
     registry.render(&mut out);
     let families = crate::exposition::tests::decode_protobuf(&out.finish());
     let h = families
@@ -518,7 +518,7 @@ fn protobuf_carries_native_buckets_of_exact_values() {
     let hist = &plan.tables[1];
     let b = |op: u8, bucket: u64| key(&[&[op, 0, 0, 0, 0, 0, 0, 0], &bucket.to_ne_bytes()]);
     let entries = vec![(b(1, 0), 2), (b(1, 9), 1), (b(2, 1), 3)];
-    let mut out = crate::Sink::buffer(crate::Format::Protobuf);
+    let mut out = crate::PageWriter::buffer(crate::Format::Protobuf);
     hist.render(&hist.rows(&entries), &mut out);
     let families = crate::exposition::tests::decode_protobuf(&out.finish());
     let [op1, op2] = &families[0].metric[..] else {

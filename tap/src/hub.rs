@@ -43,14 +43,14 @@ pub struct TapStats {
 }
 
 /// Where a subscriber's lines go.
-enum Output {
+enum Delivery {
     Http(tokio::sync::mpsc::Sender<Bytes>),
     File(Sender<Bytes>),
 }
 
 struct Subscriber {
     filter: Filter,
-    out: Output,
+    out: Delivery,
     sent: u64,
     tokens: f64,
     refilled: Instant,
@@ -123,17 +123,17 @@ impl Tap {
     /// Adds an HTTP subscriber: lines arrive on the returned receiver.
     pub fn subscribe_http(&self, filter: Filter) -> tokio::sync::mpsc::Receiver<Bytes> {
         let (tx, rx) = tokio::sync::mpsc::channel(self.queue);
-        self.add(filter, Output::Http(tx));
+        self.add(filter, Delivery::Http(tx));
         rx
     }
 
     /// Adds a subscriber that sends lines to `tx` (the file sink; several filters may
     /// share one channel).
     pub fn subscribe_channel(&self, filter: Filter, tx: Sender<Bytes>) {
-        self.add(filter, Output::File(tx));
+        self.add(filter, Delivery::File(tx));
     }
 
-    fn add(&self, filter: Filter, out: Output) {
+    fn add(&self, filter: Filter, out: Delivery) {
         let tokens = filter.rate.map_or(0.0, |r| r as f64);
         let mut subs = self.subscribers.lock();
         subs.push(Subscriber {
@@ -380,12 +380,12 @@ impl Worker {
                 Bytes::from(text)
             });
             let sent = match &s.out {
-                Output::Http(tx) => match tx.try_send(line.clone()) {
+                Delivery::Http(tx) => match tx.try_send(line.clone()) {
                     Ok(()) => true,
                     Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => false,
                     Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return false,
                 },
-                Output::File(tx) => match tx.try_send(line.clone()) {
+                Delivery::File(tx) => match tx.try_send(line.clone()) {
                     Ok(()) => true,
                     Err(TrySendError::Full(_)) => false,
                     Err(TrySendError::Disconnected(_)) => return false,

@@ -18,13 +18,13 @@ use crate::time::hour_stamp;
 
 /// The file sink's input: chosen configs' events (subscribed on the tap) and their
 /// tables' non-zero series, written at each scrape.
-pub struct TableSink {
+pub struct SinkFeed {
     configs: Vec<String>,
     tx: crossbeam_channel::Sender<Bytes>,
     cluster: Option<String>,
 }
 
-impl TableSink {
+impl SinkFeed {
     /// Subscribes a [`FileSink`] in `dir` to `configs`' events on `tap` and starts its
     /// thread; at most `queue` lines wait (more are dropped, as the tap drops).
     ///

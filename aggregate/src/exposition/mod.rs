@@ -2,7 +2,7 @@
 //! 0.0.4, OpenMetrics text 1.0.0, or delimited protobuf (the only one that carries
 //! native histograms).
 //!
-//! Families are written series by series into a [`Sink`], which hands on chunks of
+//! Families are written series by series into a [`PageWriter`], which hands on chunks of
 //! about a set size, so a scrape of many series never holds the whole page.
 
 mod protobuf;
@@ -118,7 +118,7 @@ struct Open {
 }
 
 /// Where exposition goes: a buffer handed on in chunks of about `limit` bytes.
-pub struct Sink<'a> {
+pub struct PageWriter<'a> {
     format: Format,
     buf: Vec<u8>,
     limit: usize,
@@ -127,8 +127,8 @@ pub struct Sink<'a> {
     proto: protobuf::Family,
 }
 
-impl<'a> Sink<'a> {
-    /// A sink in `format` that passes on chunks of at least `limit` bytes to `emit`.
+impl<'a> PageWriter<'a> {
+    /// A writer in `format` that passes on chunks of at least `limit` bytes to `emit`.
     pub fn chunked(format: Format, limit: usize, emit: &'a mut dyn FnMut(Vec<u8>)) -> Self {
         Self {
             format,

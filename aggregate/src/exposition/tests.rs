@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 
-use super::{format_float, Format, Kind, Native, Sink};
+use super::{format_float, Format, Kind, Native, PageWriter};
 
 #[test]
 fn formats_like_go() {
@@ -279,7 +279,7 @@ fn render(
     let one = vec!["v".to_string()];
     let mut chunks = Vec::new();
     let mut emit = |c: Vec<u8>| chunks.push(c);
-    let mut out = Sink::chunked(format, limit, &mut emit);
+    let mut out = PageWriter::chunked(format, limit, &mut emit);
     for family in ["x_events_total", "x_events"] {
         out.family(family, help, Kind::Counter, &[]);
         for (v, n) in counters {
@@ -467,14 +467,14 @@ proptest! {
 #[test]
 fn facade_pages_are_replayed_in_each_format() {
     let page = "# HELP up_total Things, \\\\ and \\n\n# TYPE up_total counter\nup_total{k=\"a\\\"b\"} 3\n\n# TYPE g gauge\ng 1.5\nstray{x=\"1\"} 2\n";
-    let mut out = Sink::buffer(Format::OpenMetrics);
+    let mut out = PageWriter::buffer(Format::OpenMetrics);
     out.push_text(page);
     let om = String::from_utf8(out.finish()).unwrap();
     assert_eq!(
         om,
         "# HELP up Things, \\\\ and \\n\n# TYPE up counter\nup_total{k=\"a\\\"b\"} 3\n# HELP g \n# TYPE g gauge\ng 1.5\n# HELP stray \n# TYPE stray unknown\nstray{x=\"1\"} 2\n# EOF\n"
     );
-    let mut out = Sink::buffer(Format::Protobuf);
+    let mut out = PageWriter::buffer(Format::Protobuf);
     out.push_text(page);
     let families = decode_protobuf(&out.finish());
     assert_eq!(families.len(), 3);

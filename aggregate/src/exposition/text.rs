@@ -8,7 +8,7 @@
 
 use std::io::Write;
 
-use super::{Format, Kind, Sink};
+use super::{Format, Kind, PageWriter};
 
 /// Formats a float as Go's `strconv.FormatFloat(f, 'g', -1, 64)`.
 pub fn format_float(f: f64) -> String {
@@ -165,7 +165,7 @@ fn labels(s: &str) -> Option<(Vec<String>, Vec<String>)> {
 
 /// Writes a page of text 0.0.4 (the `metrics` facade's counters and gauges) into
 /// `sink` in its format. A sample whose family was not declared gets an untyped one.
-pub(super) fn replay(page: &str, sink: &mut Sink) {
+pub(super) fn replay(page: &str, sink: &mut PageWriter) {
     let mut help = (String::new(), String::new());
     for line in page.lines() {
         if let Some(rest) = line.strip_prefix("# HELP ") {

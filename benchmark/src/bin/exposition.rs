@@ -99,7 +99,7 @@ fn respond(registry: &Registry, mut conn: TcpStream) {
             let _ = conn.write_all(&chunk);
         }
     };
-    let mut sink = aggregate::Sink::chunked(format, 256 * 1024, &mut emit);
+    let mut sink = aggregate::PageWriter::chunked(format, 256 * 1024, &mut emit);
     registry.render(&mut sink);
     let rest = sink.finish();
     emit(rest);

@@ -71,7 +71,7 @@ fn main() {
         let record_ns = t.elapsed().as_nanos() as f64 / events as f64;
         let held = rss_bytes().saturating_sub(rss0);
         let t = Instant::now();
-        let mut page = aggregate::Sink::buffer(aggregate::Format::Protobuf);
+        let mut page = aggregate::PageWriter::buffer(aggregate::Format::Protobuf);
         registry.render(&mut page);
         black_box(page.finish());
         let render_ms = t.elapsed().as_secs_f64() * 1e3;

@@ -164,7 +164,7 @@ fn memory(series: u32) {
     let after = benchmark::rss_bytes();
     let mut page_bytes = 0;
     let mut count = |chunk: Vec<u8>| page_bytes += chunk.len();
-    let mut sink = aggregate::Sink::chunked(aggregate::Format::Text, 256 * 1024, &mut count);
+    let mut sink = aggregate::PageWriter::chunked(aggregate::Format::Text, 256 * 1024, &mut count);
     registry.render(&mut sink);
     let rest = sink.finish().len();
     let page_len = page_bytes + rest;

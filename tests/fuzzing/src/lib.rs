@@ -8,7 +8,8 @@ use std::sync::{Arc, OnceLock};
 use aggregate::{
     config::DecoderConfig,
     decoder::{Chain, Context},
-    Format, KubeLabelNames, ProgramPlan, Registry, Sink, StreamAggregator, StreamPlan, StreamStats,
+    Format, KubeLabelNames, PageWriter, ProgramPlan, Registry, StreamAggregator, StreamPlan,
+    StreamStats,
 };
 use enrich::PodLabels;
 use kube_ebpf_exporter::config::{Config, Program, TapListen};
@@ -44,7 +45,7 @@ pub fn settings_yaml(data: &[u8]) {
 /// Writes every family of `registry` in every format.
 fn render_all(registry: &Registry) {
     for format in [Format::Text, Format::OpenMetrics, Format::Protobuf] {
-        let mut sink = Sink::buffer(format);
+        let mut sink = PageWriter::buffer(format);
         registry.render(&mut sink);
         let _ = sink.finish();
     }
