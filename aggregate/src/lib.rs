@@ -7,6 +7,7 @@
 //! fields, so label strings are decoded once per new series, never per event; series
 //! cells are atomics shared with the [`Registry`] that renders the exposition.
 
+mod aggregator;
 pub mod buckets;
 pub mod config;
 pub mod decoder;
@@ -17,12 +18,10 @@ mod registry;
 mod stream;
 mod table;
 
+pub use aggregator::{StreamAggregator, StreamStats};
 pub use exposition::{format_float, Format, Kind, Native, PageWriter};
 pub use program::ProgramPlan;
-pub use registry::{
-    DecodeFailures, KubeLabelNames, Registry, Released, StreamAggregator, StreamStats,
-    DEFAULT_MAX_SERIES,
-};
+pub use registry::{DecodeFailures, KubeLabelNames, Registry, Released, DEFAULT_MAX_SERIES};
 pub use stream::{FieldView, Raw, StreamPlan};
 pub use table::{Rows, TableEntry, TablePlan};
 

@@ -1,0 +1,254 @@
+//! The per-event hot path: a worker's view of one stream. Each worker keeps a plain map
+//! of the series it has seen in front of the registry's shared one, so an event costs a
+//! hash of a few bytes, a bucket search and relaxed atomic adds; a new series decodes
+//! its labels once.
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering::Relaxed},
+    Arc,
+};
+
+use enrich::PodLabels;
+use rustc_hash::FxHashMap;
+
+use crate::{
+    decoder::DecodeError,
+    registry::{identity_of, Series, SeriesKey, Slot, MAX_KEY, OVERFLOW},
+    stream::{MetricPlan, StreamPlan},
+};
+
+/// Counters of one stream across its workers.
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    /// Records aggregated.
+    pub records: AtomicU64,
+    /// Records shorter than the configured layout (not aggregated).
+    pub malformed: AtomicU64,
+}
+
+/// A worker's series of one metric.
+#[derive(Default)]
+struct Local {
+    index: FxHashMap<SeriesKey, u32>,
+    slots: Vec<Slot>,
+    last: Option<(SeriesKey, u32)>,
+}
+
+impl Local {
+    /// Forgets series only this worker still holds (the registry expired them).
+    fn drop_expired(&mut self) {
+        let orphan = |s: &Slot| matches!(s, Slot::Series(series) if Arc::strong_count(series) == 1);
+        if !self.slots.iter().any(orphan) {
+            return;
+        }
+        let (index, slots) = (
+            std::mem::take(&mut self.index),
+            std::mem::take(&mut self.slots),
+        );
+        for (key, i) in index {
+            let slot = &slots[i as usize];
+            if !orphan(slot) {
+                self.slots.push(slot.clone());
+                self.index.insert(key, self.slots.len() as u32 - 1);
+            }
+        }
+        self.last = None;
+    }
+}
+
+/// A worker's view of one stream: its plan and a lock-free local series cache.
+pub struct StreamAggregator {
+    plan: Arc<StreamPlan>,
+    /// Per metric: key → index into `slots`, the slots, and the last key with its
+    /// index (runs of records for one series skip the hash lookup).
+    local: Vec<Local>,
+    stats: Arc<StreamStats>,
+    records: u64,
+    malformed: u64,
+    flushes: u64,
+}
+
+impl StreamAggregator {
+    /// A worker-local aggregator for `plan`, counting into `stats`.
+    pub fn new(plan: Arc<StreamPlan>, stats: Arc<StreamStats>) -> Self {
+        Self {
+            local: plan.metrics.iter().map(|_| Local::default()).collect(),
+            plan,
+            stats,
+            records: 0,
+            malformed: 0,
+            flushes: 0,
+        }
+    }
+
+    /// The stream's plan.
+    pub fn plan(&self) -> &Arc<StreamPlan> {
+        &self.plan
+    }
+
+    /// Adds one record, attributed to `pod`.
+    #[inline]
+    pub fn observe(&mut self, record: &[u8], pod: &Arc<PodLabels>) {
+        if record.len() < self.plan.record_size {
+            self.malformed += 1;
+            return;
+        }
+        self.records += 1;
+        for (m, local) in self.plan.metrics.iter().zip(&mut self.local) {
+            let mut key = SeriesKey {
+                pod: pod.id,
+                len: 0,
+                bytes: [0; MAX_KEY],
+            };
+            let mut at = 0;
+            for l in &m.labels {
+                key.bytes[at..at + l.span.size].copy_from_slice(l.span.bytes(record));
+                at += l.span.size;
+            }
+            key.len = at as u8;
+            let cached = match local.last {
+                Some((k, i)) if k == key => Some(i),
+                _ => local.index.get(&key).copied(),
+            };
+            let uncached;
+            let slot = match cached {
+                Some(i) => {
+                    local.last = Some((key, i));
+                    &local.slots[i as usize]
+                }
+                None => {
+                    let slot = shared_series(m, key, record, pod);
+                    if local.slots.len() < m.family.max_keys() {
+                        local.slots.push(slot);
+                        let i = local.slots.len() as u32 - 1;
+                        local.index.insert(key, i);
+                        local.last = Some((key, i));
+                        &local.slots[i as usize]
+                    } else {
+                        // Past the key limit (label fields of endless values, most
+                        // in the overflow series) a key is resolved again each time,
+                        // so memory stays bounded.
+                        uncached = slot;
+                        &uncached
+                    }
+                }
+            };
+            let series = match slot {
+                Slot::Series(s) => s,
+                Slot::Overflow(s) => {
+                    m.family.overflowed.fetch_add(1, Relaxed);
+                    s
+                }
+                Slot::Filtered => {
+                    m.family.filtered.fetch_add(1, Relaxed);
+                    continue;
+                }
+                Slot::Invalid(label) => {
+                    m.family.invalid[*label].fetch_add(1, Relaxed);
+                    continue;
+                }
+            };
+            let raw = m.value.map_or(1, |v| v.uint(record));
+            let bucket = m
+                .family
+                .histogram
+                .then(|| &series.buckets[m.raw_bounds.bucket(raw)]);
+            let native = match (&m.family.native, &series.native) {
+                (Some(plan), Some(b)) => Some(b.cell(plan, raw)),
+                _ => None,
+            };
+            if m.family.pod_labels {
+                // One writer per series (the pipeline shards by pod and every series
+                // names its pod): plain loads and stores, no locked instructions.
+                for b in bucket.into_iter().chain(native) {
+                    b.store(b.load(Relaxed) + 1, Relaxed);
+                }
+                series
+                    .sum
+                    .store(series.sum.load(Relaxed).wrapping_add(raw), Relaxed);
+            } else {
+                for b in bucket.into_iter().chain(native) {
+                    b.fetch_add(1, Relaxed);
+                }
+                series.sum.fetch_add(raw, Relaxed);
+            }
+        }
+    }
+
+    /// Raw keys this worker caches (tests: memory stays bounded).
+    #[cfg(test)]
+    pub(crate) fn cached_keys(&self) -> usize {
+        self.local.iter().map(|l| l.index.len()).sum()
+    }
+
+    /// Publishes the counts gathered since the last flush (call once per batch).
+    pub fn flush_stats(&mut self) {
+        self.stats
+            .records
+            .fetch_add(std::mem::take(&mut self.records), Relaxed);
+        self.stats
+            .malformed
+            .fetch_add(std::mem::take(&mut self.malformed), Relaxed);
+        self.flushes += 1;
+        if self.flushes.is_multiple_of(1024) {
+            for local in &mut self.local {
+                local.drop_expired();
+            }
+        }
+    }
+}
+
+/// The family's series for `key`, creating it (decoding its labels) on first sight.
+/// Keys whose labels a decoder rejects or filters are remembered as such, so they are
+/// not decoded again.
+#[cold]
+fn shared_series(m: &MetricPlan, key: SeriesKey, record: &[u8], pod: &Arc<PodLabels>) -> Slot {
+    if let Some(s) = m.family.series.get(&key) {
+        return s.clone();
+    }
+    let mut labels = Vec::with_capacity(m.labels.len());
+    for (i, l) in m.labels.iter().enumerate() {
+        match l.chain.decode(l.span.bytes(record)) {
+            Ok(v) => labels.push(v),
+            Err(e) => {
+                tracing::debug!(metric = %m.family.name, error = %e, "label decode failed");
+                let slot = if e == DecodeError::Dropped {
+                    Slot::Filtered
+                } else {
+                    Slot::Invalid(i)
+                };
+                return m.family.remember(key, slot);
+            }
+        }
+    }
+    if m.family.by_values.len() >= m.family.max_series
+        && !m
+            .family
+            .by_values
+            .contains_key(&identity_of(m, pod, &labels))
+    {
+        let overflow = m.family.overflow.get_or_init(|| {
+            tracing::warn!(metric = %m.family.name, max = m.family.max_series, "series limit reached; further label sets count in the __overflow__ series");
+            let n = m.labels.len();
+            let pod = m.family.pod_labels.then(|| Arc::new(PodLabels { id: u32::MAX, namespace: OVERFLOW.into(), pod: OVERFLOW.into(), container: OVERFLOW.into(), extra: Box::default() }));
+            let series = Arc::new(Series::new(pod, m.raw_bounds.len() + usize::from(m.family.histogram), m.family.native.as_ref()));
+            m.family.by_values.insert((u32::MAX, vec![OVERFLOW.to_string(); n].into_boxed_slice()), series.clone());
+            series
+        });
+        return m.family.remember(key, Slot::Overflow(overflow.clone()));
+    }
+    let buckets = if m.family.histogram {
+        m.raw_bounds.len() + 1
+    } else {
+        0
+    };
+    let identity = identity_of(m, pod, &labels);
+    let pod = m.family.pod_labels.then(|| pod.clone());
+    let series = m
+        .family
+        .by_values
+        .entry(identity)
+        .or_insert_with(|| Arc::new(Series::new(pod, buckets, m.family.native.as_ref())))
+        .clone();
+    m.family.remember(key, Slot::Series(series))
+}
