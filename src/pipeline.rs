@@ -22,7 +22,7 @@ use std::{
 
 use aggregate::{StreamAggregator, StreamPlan, StreamStats};
 use crossbeam_channel::{Receiver, Sender};
-use enrich::{Cache, Enricher, PodLabels};
+use enrich::{Attributed, Cache, Enricher, PodLabels, HELD};
 use ingest::{Batch, BatchBuilder};
 use rustc_hash::FxHashMap;
 
@@ -187,15 +187,6 @@ fn learn_cgroups(events: Option<&CgroupEventsHandle>, enricher: &Enricher) {
     }
 }
 
-/// A batch with each record's pod.
-pub struct Enriched {
-    batch: Batch,
-    /// Distinct label sets of the batch.
-    pods: Vec<Arc<PodLabels>>,
-    /// Per record, its index into `pods`.
-    index: Vec<u32>,
-}
-
 /// Running stages.
 pub struct Pipeline {
     /// Enrich counters.
@@ -203,7 +194,7 @@ pub struct Pipeline {
     /// Aggregate counters.
     pub aggregate: Arc<StageStats>,
     enrich_queue: Receiver<Batch>,
-    aggregate_queues: Vec<Sender<Arc<Enriched>>>,
+    aggregate_queues: Vec<Sender<Arc<Attributed>>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -292,7 +283,6 @@ impl Pipeline {
 
 /// Index of a record held back (its pod's metadata has not appeared yet): aggregate
 /// workers skip it; it comes again in a later batch.
-const HELD: u32 = u32::MAX;
 /// Bytes of held records per stream and worker; beyond it they go on unattributed.
 const HELD_BYTES: usize = 1 << 20;
 
@@ -300,7 +290,9 @@ const HELD_BYTES: usize = 1 << 20;
 struct EnrichWorker<'a> {
     streams: LocalStreams<'a>,
     cache: Cache,
-    out: &'a [Sender<Arc<Enriched>>],
+    out: &'a [Sender<Arc<Attributed>>],
+    /// Offered every batch once attributed (held records when they are).
+    tap: Option<&'a tap::Tap>,
     stats: &'a StageStats,
     slot: FxHashMap<u32, u32>,
     per_shard: Vec<u64>,
@@ -313,7 +305,7 @@ fn enrich_worker(
     streams: &StreamTable,
     cache: Cache,
     cgroup_events: Option<&CgroupEventsHandle>,
-    out: &[Sender<Arc<Enriched>>],
+    out: &[Sender<Arc<Attributed>>],
     tap: Option<&tap::Tap>,
     stats: &StageStats,
 ) {
@@ -321,6 +313,7 @@ fn enrich_worker(
         streams: LocalStreams::new(streams),
         cache,
         out,
+        tap,
         stats,
         slot: FxHashMap::default(),
         per_shard: vec![0; out.len()],
@@ -344,9 +337,6 @@ fn enrich_worker(
         learn_cgroups(cgroup_events, w.cache.enricher());
         stats.received.fetch_add(u64::from(batch.len), Relaxed);
         stats.batches.fetch_add(1, Relaxed);
-        if let Some(tap) = tap {
-            tap.offer(&batch);
-        }
         w.enrich(batch, true, false);
         if !w.held.is_empty() {
             w.release(false);
@@ -423,7 +413,10 @@ impl EnrichWorker<'_> {
             }
             index.push(i);
         }
-        let enriched = Arc::new(Enriched { batch, pods, index });
+        let enriched = Arc::new(Attributed { batch, pods, index });
+        if let Some(tap) = self.tap {
+            tap.offer(&enriched);
+        }
         for (tx, &count) in self.out.iter().zip(&self.per_shard) {
             if count == 0 {
                 continue;
@@ -502,7 +495,7 @@ fn aggregators(
 }
 
 fn aggregate_worker(
-    input: Receiver<Arc<Enriched>>,
+    input: Receiver<Arc<Attributed>>,
     streams: &StreamTable,
     stats: &StageStats,
     shard: usize,
@@ -519,11 +512,8 @@ fn aggregate_worker(
             continue;
         };
         let mut n = 0;
-        for (record, &i) in e.batch.records().zip(&e.index) {
-            if i == HELD {
-                continue; // it comes again later
-            }
-            let pod = &e.pods[i as usize];
+        // Held records come again later.
+        for (record, pod) in e.records() {
             if shards > 1 && pod.id % shards != shard as u32 {
                 continue;
             }

@@ -164,6 +164,13 @@ fn late_metadata(pod: Pod, wait: bool) {
     };
     let exporter = Exporter::start_with_env(&flags, env, &dir.0.join("exporter.log"));
     const N: usize = 25;
+    // The tap shows the pod the metrics count under, whenever the metadata came.
+    let cgroup_id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cg).unwrap());
+    let (status, events) = common::open_stream(
+        &exporter.tap_addr,
+        &format!("/events?config=tcp_connect_latency&cgroup_id={cgroup_id}&limit={N}"),
+    );
+    assert!(status.contains(" 200 "), "{status}");
     connects(N, &cg);
     std::thread::sleep(Duration::from_millis(400));
     pod.logs(&dir.0);
@@ -189,6 +196,20 @@ fn late_metadata(pod: Pod, wait: bool) {
         assert_eq!(sample(&metrics, &metric, &labels), None, "{metrics}");
         assert_eq!(sample(&metrics, held, ""), Some(0.0), "{metrics}");
     }
+    let shown: Vec<(String, String, String)> = std::io::BufRead::lines(events)
+        .map(|line| {
+            let e: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+            let label = |k: &str| e[k].as_str().unwrap().to_string();
+            (label("namespace"), label("pod"), label("container"))
+        })
+        .collect();
+    let counted = if wait {
+        (pod.namespace, pod.name, pod.container)
+    } else {
+        ("", "", "")
+    };
+    let counted = (counted.0.into(), counted.1.into(), counted.2.into());
+    assert_eq!(shown, vec![counted; N], "the tap's pods are the metrics'");
 }
 
 /// Runs `n` TCP connects to `host:port` from a new bash, first moved into `cgroup` if given.

@@ -7,6 +7,7 @@
 //! [`Cache`] is the per-worker front that keeps the hot path free of locks and syscalls.
 
 mod api;
+mod attributed;
 mod background;
 mod cache;
 mod cgroupfs;
@@ -17,6 +18,7 @@ mod podlogs;
 mod source;
 
 pub use api::{pod_from_json, ApiError, KubeApiSource};
+pub use attributed::{Attributed, HELD};
 pub use cache::Cache;
 pub use cgroupfs::{cgroup2_mount, CgroupFs};
 pub use cri::{Cri, CriError};

@@ -1,5 +1,6 @@
-//! The tap's hub: takes batches from workers, decodes and attributes their records,
-//! and fans JSON lines out to subscribers.
+//! The tap's hub: takes attributed batches from the enrich workers (the pods the
+//! aggregate stage gets), decodes their records, and fans JSON lines out to
+//! subscribers.
 
 use parking_lot::{Mutex, RwLock};
 use std::{
@@ -7,15 +8,13 @@ use std::{
         atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
         Arc,
     },
-    time::{Duration, Instant, SystemTime},
+    time::{Instant, SystemTime},
 };
 
 use aggregate::{Raw, StreamPlan};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use enrich::{Enricher, Resolved};
-use ingest::Batch;
-use rustc_hash::FxHashMap;
+use enrich::{Attributed, Enricher, PodLabels};
 use serde_json::{json, Map, Value};
 
 use crate::{time::rfc3339_nanos, Filter};
@@ -59,7 +58,7 @@ struct Subscriber {
 /// The tap: cheap to offer batches to, free when nobody subscribes.
 pub struct Tap {
     active: AtomicUsize,
-    tx: Sender<(SystemTime, Batch)>,
+    tx: Sender<(SystemTime, Arc<Attributed>)>,
     subscribers: Mutex<Vec<Subscriber>>,
     /// By batch stream id; a reload empties and appends slots.
     streams: RwLock<Arc<Vec<Option<Stream>>>>,
@@ -96,7 +95,6 @@ impl Tap {
             node,
             cluster,
             extra_labels,
-            attributions: FxHashMap::default(),
         };
         std::thread::Builder::new()
             .name("tap".into())
@@ -105,9 +103,10 @@ impl Tap {
         tap
     }
 
-    /// Offers a batch; one relaxed load when nobody listens.
+    /// Offers an attributed batch (shared, not copied); one relaxed load when nobody
+    /// listens. Never waits: a full queue drops the batch, counted.
     #[inline]
-    pub fn offer(&self, batch: &Batch) {
+    pub fn offer(&self, batch: &Arc<Attributed>) {
         if self.active.load(Relaxed) == 0 {
             return;
         }
@@ -116,7 +115,7 @@ impl Tap {
         {
             self.stats
                 .dropped_input
-                .fetch_add(u64::from(b.len), Relaxed);
+                .fetch_add(u64::from(b.batch.len), Relaxed);
         }
     }
 
@@ -175,7 +174,12 @@ struct Worker {
     node: String,
     cluster: Option<String>,
     extra_labels: Vec<String>,
-    attributions: FxHashMap<u64, (Resolved, Instant)>,
+}
+
+/// What the tap tells about a record's cgroup beside its labels.
+struct Explained {
+    path: Option<String>,
+    unknown: Option<String>,
 }
 
 /// A field of one event, decoded for filters and JSON.
@@ -219,18 +223,20 @@ impl FieldValue<'_> {
 }
 
 impl Worker {
-    fn run(mut self, rx: Receiver<(SystemTime, Batch)>) {
-        for (time, batch) in rx {
+    fn run(self, rx: Receiver<(SystemTime, Arc<Attributed>)>) {
+        for (time, attributed) in rx {
             let Some(tap) = self.tap.upgrade() else {
                 return;
             };
             let streams = tap.streams.read().clone();
-            let Some(Some(stream)) = streams.get(batch.stream as usize) else {
+            let Some(Some(stream)) = streams.get(attributed.batch.stream as usize) else {
                 continue;
             };
             let mut subs = tap.subscribers.lock();
-            for record in batch.records() {
-                self.deliver(&tap, &mut subs, stream, time, record);
+            // Explanations of one cgroup, for runs of its records.
+            let mut last: Option<(u64, Explained)> = None;
+            for (record, pod) in attributed.records() {
+                self.deliver(&tap, &mut subs, stream, time, record, pod, &mut last);
                 if subs.is_empty() {
                     break;
                 }
@@ -239,68 +245,54 @@ impl Worker {
         }
     }
 
-    /// The attribution of a record from `cgroup_id` (by `pid` in the v2 root, as the
-    /// enrich stage does on cgroup v1-only hosts).
-    fn attribution(&mut self, cgroup_id: u64, pid: Option<u32>) -> &Resolved {
-        let now = Instant::now();
-        let (key, pid) = self.enricher.attribute_by(cgroup_id, || pid);
-        // Pids are asked again every second (they are reused).
-        let stale = self.attributions.get(&key).is_none_or(|(r, at)| {
-            (!r.settled || pid.is_some()) && now.duration_since(*at) > Duration::from_secs(1)
+    /// Where a record's cgroup is and, when it has no pod, why: for people reading
+    /// the tap (the labels themselves are the enrich stage's).
+    fn explain(&self, cgroup_id: u64, pod: &PodLabels) -> Explained {
+        let unknown = (pod.id == 0).then(|| {
+            self.enricher
+                .resolve(cgroup_id)
+                .unknown
+                .unwrap_or_else(|| "its pod's metadata came after the record".into())
         });
-        if stale {
-            if self.attributions.len() > 65_536 {
-                self.attributions.clear();
-            }
-            let r = match pid {
-                Some(p) => self.enricher.resolve_pid(p),
-                None => self.enricher.resolve(cgroup_id),
-            };
-            self.attributions.insert(key, (r, now));
+        Explained {
+            path: self.enricher.cgroup_path(cgroup_id),
+            unknown,
         }
-        &self.attributions[&key].0
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn deliver(
-        &mut self,
+        &self,
         tap: &Tap,
         subs: &mut Vec<Subscriber>,
         stream: &Stream,
         time: SystemTime,
         record: &[u8],
+        pod: &PodLabels,
+        last: &mut Option<(u64, Explained)>,
     ) {
         let plan = &stream.plan;
         if record.len() < plan.record_size {
             return;
         }
+        let (ns, pod_name, container) = (&pod.namespace, &pod.pod, &pod.container);
         let cgroup = plan.has_cgroup().then(|| plan.cgroup_id(record));
-        let (ns, pod, container, extra, path, unknown) = match cgroup {
-            Some(id) => {
-                let r = self.attribution(id, plan.pid(record));
-                (
-                    r.labels.namespace.clone(),
-                    r.labels.pod.clone(),
-                    r.labels.container.clone(),
-                    r.labels.extra.clone(),
-                    r.path.clone(),
-                    r.unknown.clone(),
-                )
-            }
-            None => (
-                String::new(),
-                String::new(),
-                String::new(),
-                Box::default(),
-                None,
-                Some("this ring has no cgroup field".to_string()),
-            ),
-        };
-        if !subs
-            .iter()
-            .any(|s| s.filter.matches_pod(&stream.config, &ns, &pod, &container))
-        {
+        if !subs.iter().any(|s| {
+            s.filter
+                .matches_pod(&stream.config, ns, pod_name, container)
+        }) {
             return;
         }
+        let (path, unknown) = match cgroup {
+            Some(id) => {
+                if last.as_ref().is_none_or(|(at, _)| *at != id) {
+                    *last = Some((id, self.explain(id, pod)));
+                }
+                let e = &last.as_ref().expect("just set").1;
+                (e.path.as_deref(), e.unknown.as_deref())
+            }
+            None => (None, Some("this ring has no cgroup field")),
+        };
         let fields: Vec<FieldValue> = plan
             .fields()
             .iter()
@@ -319,7 +311,9 @@ impl Worker {
         let mut line: Option<Bytes> = None;
         let now = Instant::now();
         subs.retain_mut(|s| {
-            if !s.filter.matches_pod(&stream.config, &ns, &pod, &container)
+            if !s
+                .filter
+                .matches_pod(&stream.config, ns, pod_name, container)
                 || !s
                     .filter
                     .fields
@@ -351,22 +345,22 @@ impl Worker {
                 if let Some(id) = cgroup {
                     event.insert("cgroup_id".into(), json!(id));
                 }
-                if let Some(p) = &path {
+                if let Some(p) = path {
                     event.insert("cgroup_path".into(), json!(p));
                 }
                 event.insert("namespace".into(), json!(ns));
-                event.insert("pod".into(), json!(pod));
+                event.insert("pod".into(), json!(pod_name));
                 event.insert("container".into(), json!(container));
                 if !self.extra_labels.is_empty() {
                     let labels: Map<String, Value> = self
                         .extra_labels
                         .iter()
                         .enumerate()
-                        .map(|(i, name)| (name.clone(), json!(extra.get(i).map_or("", |v| v))))
+                        .map(|(i, name)| (name.clone(), json!(pod.extra.get(i).map_or("", |v| v))))
                         .collect();
                     event.insert("labels".into(), Value::Object(labels));
                 }
-                if let Some(u) = &unknown {
+                if let Some(u) = unknown {
                     event.insert("unknown".into(), json!(u));
                 }
                 let f: Map<String, Value> = fields
