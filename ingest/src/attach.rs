@@ -1,7 +1,29 @@
 //! Attach points derived from ELF section names, the way libbpf names them, so an
-//! object needs no attach list in config.
+//! object needs no attach list in config; and attaching a loaded object's programs at
+//! them.
 
-use std::fmt;
+use std::{
+    fmt,
+    os::fd::{AsFd, OwnedFd},
+    path::Path,
+};
+
+use aya::{
+    programs::{
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        BtfTracePoint, FEntry, FExit, KProbe, PerfEvent, ProgramError, RawTracePoint, TracePoint,
+        UProbe, Xdp, XdpMode,
+    },
+    Btf, Ebpf,
+};
+
+use crate::{
+    kprobe_multi,
+    loader::{program_error, resolve_uprobe_target, USDT_IPS, USDT_SPECS},
+    refusal::{self, Privileges, Reason},
+    usdt, IngestError,
+};
 
 /// Where a program attaches, parsed from its section name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -329,6 +351,345 @@ impl fmt::Display for AttachPoint {
             Self::Xdp(ifname) => write!(f, "xdp/{ifname}"),
         }
     }
+}
+
+/// Attaches one object's programs, each at its section's attach point; holds what its
+/// programs share: the kprobe-multi relocation (made once, only if needed), the next
+/// free USDT spec, and the links aya does not keep.
+pub(crate) struct Attacher<'a> {
+    object: &'a str,
+    btf: &'a Btf,
+    /// The object's bytes as loaded (kprobe-multi relocates from them).
+    prepared: &'a [u8],
+    held: Privileges,
+    relocated: Option<kprobe_multi::Relocated>,
+    /// Index of the next USDT spec in the object's spec map.
+    next_spec: u32,
+    /// kprobe programs loaded and linked beside aya: attached while held.
+    pub multi_links: Vec<kprobe_multi::KprobeMultiLink>,
+    /// Perf events and links of USDT sites with semaphores (aya 0.14 cannot pass the
+    /// reference counter): attached while held.
+    pub semaphore_links: Vec<(OwnedFd, Option<OwnedFd>)>,
+}
+
+impl<'a> Attacher<'a> {
+    pub fn new(object: &'a str, btf: &'a Btf, prepared: &'a [u8]) -> Self {
+        Self {
+            object,
+            btf,
+            prepared,
+            held: Privileges::current(),
+            relocated: None,
+            next_spec: 0,
+            multi_links: Vec::new(),
+            semaphore_links: Vec::new(),
+        }
+    }
+
+    /// Loads and attaches `program` (in ELF section `section`) at `point`.
+    ///
+    /// # Errors
+    /// The verifier rejects it (with the log's last lines), or the kernel cannot attach
+    /// it; the error says what that most likely means.
+    pub fn attach(
+        &mut self,
+        ebpf: &mut Ebpf,
+        program: &str,
+        section: &str,
+        point: &AttachPoint,
+    ) -> Result<(), IngestError> {
+        // kprobe-multi first (no perf event); the perf event path where the kernel
+        // lacks it.
+        let mut multi_failed = String::new();
+        if let AttachPoint::KProbe {
+            function,
+            offset: 0,
+            ret,
+        } = point
+        {
+            match self.kprobe_multi(ebpf, program, function, *ret) {
+                Ok(()) => return Ok(()),
+                Err(why) => multi_failed = format!("; kprobe-multi, tried first: {why}"),
+            }
+        }
+        // Owns what it says, so the USDT path below may still change `self`.
+        let (object, held) = (self.object, self.held.clone());
+        let failed = move |action, e: &ProgramError| {
+            let detail = program_error(e);
+            let diagnosis = refusal::diagnose(point, action, &detail, &held);
+            IngestError::Program {
+                object: object.into(),
+                program: program.into(),
+                section: section.into(),
+                action,
+                reason: diagnosis.reason,
+                detail: format!("{}: {detail}{multi_failed}", diagnosis.hint),
+            }
+        };
+        if let AttachPoint::Usdt {
+            target,
+            provider,
+            name,
+        } = point
+        {
+            let path = resolve_uprobe_target(target);
+            return self.attach_usdt(ebpf, program, section, &path, (provider, name), failed);
+        }
+        let prog = ebpf
+            .program_mut(program)
+            .ok_or_else(|| IngestError::Parse {
+                object: self.object.into(),
+                reason: format!("program {program} not found by the loader"),
+            })?;
+        attach_with_aya(self.object, prog, point, self.btf, failed)
+    }
+
+    /// Links a kprobe through kprobe-multi; why not, as text, when it cannot.
+    fn kprobe_multi(
+        &mut self,
+        ebpf: &Ebpf,
+        program: &str,
+        function: &str,
+        ret: bool,
+    ) -> Result<(), String> {
+        let relocated = match &mut self.relocated {
+            Some(r) => r,
+            slot => slot.insert(
+                kprobe_multi::Relocated::new(self.prepared, ebpf, self.btf)
+                    .map_err(|e| kprobe_multi::explain(&e))?,
+            ),
+        };
+        let link = relocated
+            .attach(program, function, ret)
+            .map_err(|e| kprobe_multi::explain(&e))?;
+        self.multi_links.push(link);
+        Ok(())
+    }
+
+    /// A USDT program at every site of its probe in the binary at `path`: their
+    /// argument specs written first, then one uprobe per site.
+    fn attach_usdt(
+        &mut self,
+        ebpf: &mut Ebpf,
+        program: &str,
+        section: &str,
+        path: &Path,
+        (provider, probe): (&str, &str),
+        failed: impl Fn(&'static str, &ProgramError) -> IngestError,
+    ) -> Result<(), IngestError> {
+        let refused = |reason, detail: String| IngestError::Program {
+            object: self.object.into(),
+            program: program.into(),
+            section: section.into(),
+            action: "attach",
+            reason,
+            detail,
+        };
+        let sites = std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|elf| usdt::sites(&elf, provider, probe).map_err(|e| e.to_string()))
+            .map_err(|e| refused(Reason::MissingHook, format!(": {}: {e}", path.display())))?;
+        // Specs go in before any site can fire.
+        let first = self.write_usdt_specs(ebpf, program, &sites)?;
+        // Without BPF cookies (before 5.15) the header finds a site's spec by the
+        // address it fired at, known ahead only in fixed-address binaries.
+        let cookies = crate::kconfig::has_bpf_cookie();
+        if !cookies {
+            if sites.iter().any(|s| s.fixed_ip.is_none()) {
+                return Err(refused(Reason::MissingHook, format!(": {}: USDT probes in position-independent executables and shared libraries need BPF cookies (kernel 5.15+), as with libbpf; this kernel has none (a binary linked with -no-pie works)", path.display())));
+            }
+            self.write_usdt_ips(ebpf, program, &sites, first)?;
+        }
+        let prog = ebpf
+            .program_mut(program)
+            .ok_or_else(|| IngestError::Parse {
+                object: self.object.into(),
+                reason: format!("program {program} not found by the loader"),
+            })?;
+        let p: &mut UProbe = prog.try_into().map_err(|e| failed("load", &e))?;
+        p.load().map_err(|e| failed("load", &e))?;
+        for (i, site) in sites.iter().enumerate() {
+            let cookie = cookies.then_some(u64::from(first) + i as u64);
+            if site.semaphore == 0 {
+                let location = UProbeAttachLocation::AbsoluteOffset(site.offset);
+                p.attach(
+                    UProbeAttachPoint { location, cookie },
+                    path,
+                    UProbeScope::AllProcesses,
+                )
+                .map_err(|e| failed("attach", &e))?;
+                continue;
+            }
+            let fd = p.fd().map_err(|e| failed("attach", &e))?;
+            let fds =
+                usdt::attach_with_semaphore(fd.as_fd(), path, site.offset, site.semaphore, cookie)
+                    .map_err(|e| {
+                        let at = format!(": {} (with its semaphore): {e}", path.display());
+                        refused(Reason::Kernel, at)
+                    })?;
+            self.semaphore_links.push(fds);
+        }
+        Ok(())
+    }
+
+    /// Writes the sites' argument specs into the object's spec map; returns the first
+    /// one's index.
+    fn write_usdt_specs(
+        &mut self,
+        ebpf: &mut Ebpf,
+        program: &str,
+        sites: &[usdt::Site],
+    ) -> Result<u32, IngestError> {
+        let parse = |reason: String| IngestError::Parse {
+            object: self.object.into(),
+            reason,
+        };
+        let map = ebpf.map_mut(USDT_SPECS).ok_or_else(|| {
+            parse(format!(
+                "{program}: usdt programs need the {USDT_SPECS} map: include <bpf/usdt.bpf.h>"
+            ))
+        })?;
+        let mut specs: aya::maps::Array<_, usdt::Spec> =
+            aya::maps::Array::try_from(map).map_err(|e| parse(format!("{USDT_SPECS}: {e}")))?;
+        let first = self.next_spec;
+        for site in sites {
+            let at = self.next_spec;
+            specs.set(at, site.spec, 0).map_err(|e| {
+                parse(format!(
+                    "{USDT_SPECS}[{at}] ({} sites so far; raise BPF_USDT_MAX_SPEC_CNT): {e}",
+                    at + 1
+                ))
+            })?;
+            self.next_spec += 1;
+        }
+        Ok(first)
+    }
+
+    /// Writes each site's address → spec index, for kernels without BPF cookies.
+    fn write_usdt_ips(
+        &self,
+        ebpf: &mut Ebpf,
+        program: &str,
+        sites: &[usdt::Site],
+        first: u32,
+    ) -> Result<(), IngestError> {
+        let parse = |reason: String| IngestError::Parse {
+            object: self.object.into(),
+            reason,
+        };
+        let map = ebpf.map_mut(USDT_IPS).ok_or_else(|| {
+            parse(format!("{program}: this kernel has no BPF cookies, so usdt programs need the {USDT_IPS} map of <bpf/usdt.bpf.h>"))
+        })?;
+        let mut ips: aya::maps::HashMap<_, i64, u32> =
+            aya::maps::HashMap::try_from(map).map_err(|e| parse(format!("{USDT_IPS}: {e}")))?;
+        for (i, site) in sites.iter().enumerate() {
+            let ip = site.fixed_ip.expect("checked by the caller") as i64;
+            ips.insert(ip, first + i as u32, 0)
+                .map_err(|e| parse(format!("{USDT_IPS} (raise BPF_USDT_MAX_IP_CNT): {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads `prog` and attaches it at `point` through aya (every kind but USDT).
+fn attach_with_aya(
+    object: &str,
+    prog: &mut aya::programs::Program,
+    point: &AttachPoint,
+    btf: &Btf,
+    failed: impl Fn(&'static str, &ProgramError) -> IngestError,
+) -> Result<(), IngestError> {
+    let load = |e: ProgramError| failed("load", &e);
+    let attach = |e: ProgramError| failed("attach", &e);
+    match point {
+        AttachPoint::TracePoint { category, name } => {
+            let p: &mut TracePoint = prog.try_into().map_err(load)?;
+            p.load().map_err(load)?;
+            p.attach(category, name).map_err(attach)?;
+        }
+        AttachPoint::RawTracePoint(tp) => {
+            let p: &mut RawTracePoint = prog.try_into().map_err(load)?;
+            p.load().map_err(load)?;
+            p.attach(tp).map_err(attach)?;
+        }
+        AttachPoint::BtfTracePoint(tp) => {
+            let p: &mut BtfTracePoint = prog.try_into().map_err(load)?;
+            p.load(tp, btf).map_err(load)?;
+            p.attach().map_err(attach)?;
+        }
+        AttachPoint::KProbe {
+            function, offset, ..
+        } => {
+            let p: &mut KProbe = prog.try_into().map_err(load)?;
+            p.load().map_err(load)?;
+            p.attach(function, *offset).map_err(attach)?;
+        }
+        AttachPoint::FEntry {
+            function,
+            exit: false,
+        } => {
+            let p: &mut FEntry = prog.try_into().map_err(load)?;
+            p.load(function, btf).map_err(load)?;
+            p.attach().map_err(attach)?;
+        }
+        AttachPoint::FEntry {
+            function,
+            exit: true,
+        } => {
+            let p: &mut FExit = prog.try_into().map_err(load)?;
+            p.load(function, btf).map_err(load)?;
+            p.attach().map_err(attach)?;
+        }
+        AttachPoint::UProbe {
+            target,
+            symbol,
+            offset,
+            ..
+        } => {
+            let p: &mut UProbe = prog.try_into().map_err(load)?;
+            p.load().map_err(load)?;
+            let location = match symbol {
+                Some(s) if *offset != 0 => UProbeAttachLocation::SymbolOffset(s, *offset),
+                Some(s) => UProbeAttachLocation::Symbol(s),
+                None => UProbeAttachLocation::AbsoluteOffset(*offset),
+            };
+            let target = resolve_uprobe_target(target);
+            p.attach(location, target, UProbeScope::AllProcesses)
+                .map_err(attach)?;
+        }
+        AttachPoint::PerfEvent {
+            kind,
+            config,
+            frequency,
+            period,
+        } => {
+            let p: &mut PerfEvent = prog.try_into().map_err(load)?;
+            p.load().map_err(load)?;
+            let policy = match (frequency, period) {
+                (Some(f), _) => SamplePolicy::Frequency(*f),
+                (_, p) => SamplePolicy::Period(p.unwrap_or(1)),
+            };
+            let config = PerfEventConfig::Pmu {
+                pmu_type: *kind,
+                config: *config,
+            };
+            let cpus = aya::util::online_cpus().map_err(|(what, e)| IngestError::Parse {
+                object: object.into(),
+                reason: format!("{what}: {e}"),
+            })?;
+            for cpu in cpus {
+                let scope = PerfEventScope::AllProcessesOneCpu { cpu };
+                p.attach(config, scope, policy, false).map_err(attach)?;
+            }
+        }
+        AttachPoint::Xdp(ifname) => {
+            let p: &mut Xdp = prog.try_into().map_err(load)?;
+            p.load().map_err(load)?;
+            p.attach(ifname, XdpMode::Default).map_err(attach)?;
+        }
+        AttachPoint::Usdt { .. } => unreachable!("USDT sites attach in Attacher::attach_usdt"),
+    }
+    Ok(())
 }
 
 #[cfg(test)]

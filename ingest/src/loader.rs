@@ -1,31 +1,21 @@
 //! Loads one BPF object into the kernel and attaches every program by its section name.
 
-use std::os::fd::AsFd;
-
 use aya::{
     maps::{Map, MapData, PerCpuArray},
-    programs::{
-        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy},
-        uprobe::UProbeScope,
-        BtfTracePoint, FEntry, FExit, KProbe, PerfEvent, ProgramError, RawTracePoint, TracePoint,
-        UProbe, Xdp, XdpMode,
-    },
+    programs::ProgramError,
     Btf, Ebpf, EbpfLoader,
 };
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
 
 use crate::{
-    elf,
-    kconfig::KernelConfig,
-    kprobe_multi, memlock,
-    refusal::{self, Privileges, Reason},
-    usdt, AttachPoint, IngestError, MapProblem, RingConsumer,
+    attach::Attacher, elf, kconfig::KernelConfig, kprobe_multi, memlock, refusal, AttachPoint,
+    IngestError, MapProblem, RingConsumer,
 };
 
 /// The map libbpf's `<bpf/usdt.bpf.h>` reads each USDT site's argument spec from.
-const USDT_SPECS: &str = "__bpf_usdt_specs";
+pub(crate) const USDT_SPECS: &str = "__bpf_usdt_specs";
 /// Where the header looks a site's spec up by address on kernels without BPF cookies.
-const USDT_IPS: &str = "__bpf_usdt_ip_to_spec_id";
+pub(crate) const USDT_IPS: &str = "__bpf_usdt_ip_to_spec_id";
 
 /// Name of the per-CPU reserve-failure counter that `output.bpf.h` declares.
 const DROPS_MAP: &str = "ringbuf_drops";
@@ -162,7 +152,7 @@ pub(crate) fn program_sections(
 
 /// Finds a uprobe target given by name as libbpf does: libraries (`*.so*`) in the
 /// usual library directories, programs on `PATH`; paths are used as they are.
-fn resolve_uprobe_target(target: &str) -> std::path::PathBuf {
+pub(crate) fn resolve_uprobe_target(target: &str) -> std::path::PathBuf {
     let path = std::path::Path::new(target);
     if target.contains('/') {
         return path.to_path_buf();
@@ -209,7 +199,7 @@ pub(crate) fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn program_error(e: &ProgramError) -> String {
+pub(crate) fn program_error(e: &ProgramError) -> String {
     match e {
         ProgramError::LoadError {
             io_error,
@@ -345,288 +335,12 @@ impl LoadedObject {
             settings.max_entries = opts.rings.iter().map(|r| (r.as_str(), size)).collect();
         }
         let (mut ebpf, prepared) = load_object(loader, name, bytes, &mut settings)?;
-        // kprobe/kretprobe programs go through kprobe-multi links where the kernel has
-        // them (no perf event); relocated for that once per object, only if needed.
-        let mut relocated = None;
-        let mut multi_links = Vec::new();
-
-        let btf = loader.btf;
-        let held = Privileges::current();
-        let mut attached = Vec::new();
-        let mut skipped = Vec::new();
-        // Index of the next USDT spec in the object's spec map.
-        let mut next_spec = 0u32;
-        // USDT sites attached beside aya (their semaphores need a reference counter).
-        let mut semaphore_links = Vec::new();
+        let mut attacher = Attacher::new(name, loader.btf, &prepared);
+        let (mut attached, mut skipped) = (Vec::new(), Vec::new());
         for (program, section, point) in points {
-            // One program's load and attach; an optional one may fail alone.
-            let mut attach_one = || -> Result<(), IngestError> {
-                // kprobe-multi first; the perf event path where the kernel lacks it.
-                let mut multi_failed = String::new();
-                if let AttachPoint::KProbe {
-                    function,
-                    offset: 0,
-                    ret,
-                } = &point
-                {
-                    let attempt = match &relocated {
-                        Some(r) => Ok(r),
-                        None => kprobe_multi::Relocated::new(&prepared, &ebpf, btf)
-                            .map(|r| &*relocated.insert(r)),
-                    }
-                    .and_then(|r| r.attach(&program, function, *ret));
-                    match attempt {
-                        Ok(link) => {
-                            multi_links.push(link);
-                            return Ok(());
-                        }
-                        Err(e) => {
-                            multi_failed = format!(
-                                "; kprobe-multi, tried first: {}",
-                                kprobe_multi::explain(&e)
-                            )
-                        }
-                    }
-                }
-                let err = |action, e: &ProgramError| {
-                    let detail = program_error(e);
-                    let diagnosis = refusal::diagnose(&point, action, &detail, &held);
-                    IngestError::Program {
-                        object: name.into(),
-                        program: program.clone(),
-                        section: section.clone(),
-                        action,
-                        reason: diagnosis.reason,
-                        detail: format!("{}: {detail}{multi_failed}", diagnosis.hint),
-                    }
-                };
-                let prog = ebpf
-                    .program_mut(&program)
-                    .ok_or_else(|| IngestError::Parse {
-                        object: name.into(),
-                        reason: format!("program {program} not found by the loader"),
-                    })?;
-                match &point {
-                    AttachPoint::TracePoint { category, name: tp } => {
-                        let p: &mut TracePoint = prog.try_into().map_err(|e| err("load", &e))?;
-                        p.load().map_err(|e| err("load", &e))?;
-                        p.attach(category, tp).map_err(|e| err("attach", &e))?;
-                    }
-                    AttachPoint::RawTracePoint(tp) => {
-                        let p: &mut RawTracePoint = prog.try_into().map_err(|e| err("load", &e))?;
-                        p.load().map_err(|e| err("load", &e))?;
-                        p.attach(tp).map_err(|e| err("attach", &e))?;
-                    }
-                    AttachPoint::BtfTracePoint(tp) => {
-                        let p: &mut BtfTracePoint = prog.try_into().map_err(|e| err("load", &e))?;
-                        p.load(tp, btf).map_err(|e| err("load", &e))?;
-                        p.attach().map_err(|e| err("attach", &e))?;
-                    }
-                    AttachPoint::KProbe {
-                        function, offset, ..
-                    } => {
-                        let p: &mut KProbe = prog.try_into().map_err(|e| err("load", &e))?;
-                        p.load().map_err(|e| err("load", &e))?;
-                        p.attach(function, *offset).map_err(|e| err("attach", &e))?;
-                    }
-                    AttachPoint::FEntry {
-                        function,
-                        exit: false,
-                    } => {
-                        let p: &mut FEntry = prog.try_into().map_err(|e| err("load", &e))?;
-                        p.load(function, btf).map_err(|e| err("load", &e))?;
-                        p.attach().map_err(|e| err("attach", &e))?;
-                    }
-                    AttachPoint::FEntry {
-                        function,
-                        exit: true,
-                    } => {
-                        let p: &mut FExit = prog.try_into().map_err(|e| err("load", &e))?;
-                        p.load(function, btf).map_err(|e| err("load", &e))?;
-                        p.attach().map_err(|e| err("attach", &e))?;
-                    }
-                    AttachPoint::UProbe {
-                        target,
-                        symbol,
-                        offset,
-                        ..
-                    } => {
-                        let p: &mut UProbe = prog.try_into().map_err(|e| err("load", &e))?;
-                        p.load().map_err(|e| err("load", &e))?;
-                        use aya::programs::uprobe::UProbeAttachLocation as L;
-                        let location = match symbol {
-                            Some(s) if *offset != 0 => L::SymbolOffset(s, *offset),
-                            Some(s) => L::Symbol(s),
-                            None => L::AbsoluteOffset(*offset),
-                        };
-                        p.attach(
-                            location,
-                            resolve_uprobe_target(target),
-                            UProbeScope::AllProcesses,
-                        )
-                        .map_err(|e| err("attach", &e))?;
-                    }
-                    AttachPoint::PerfEvent {
-                        kind,
-                        config,
-                        frequency,
-                        period,
-                    } => {
-                        let p: &mut PerfEvent = prog.try_into().map_err(|e| err("load", &e))?;
-                        p.load().map_err(|e| err("load", &e))?;
-                        let policy = match (frequency, period) {
-                            (Some(f), _) => SamplePolicy::Frequency(*f),
-                            (_, p) => SamplePolicy::Period(p.unwrap_or(1)),
-                        };
-                        let cpus =
-                            aya::util::online_cpus().map_err(|(what, e)| IngestError::Parse {
-                                object: name.into(),
-                                reason: format!("{what}: {e}"),
-                            })?;
-                        for cpu in cpus {
-                            let config = PerfEventConfig::Pmu {
-                                pmu_type: *kind,
-                                config: *config,
-                            };
-                            p.attach(
-                                config,
-                                PerfEventScope::AllProcessesOneCpu { cpu },
-                                policy,
-                                false,
-                            )
-                            .map_err(|e| err("attach", &e))?;
-                        }
-                    }
-                    AttachPoint::Xdp(ifname) => {
-                        let p: &mut Xdp = prog.try_into().map_err(|e| err("load", &e))?;
-                        p.load().map_err(|e| err("load", &e))?;
-                        p.attach(ifname, XdpMode::Default)
-                            .map_err(|e| err("attach", &e))?;
-                    }
-                    AttachPoint::Usdt {
-                        target,
-                        provider,
-                        name: probe,
-                    } => {
-                        let path = resolve_uprobe_target(target);
-                        let sites = std::fs::read(&path)
-                            .map_err(|e| e.to_string())
-                            .and_then(|elf| {
-                                usdt::sites(&elf, provider, probe).map_err(|e| e.to_string())
-                            })
-                            .map_err(|reason| IngestError::Program {
-                                object: name.into(),
-                                program: program.clone(),
-                                section: section.clone(),
-                                action: "attach",
-                                reason: Reason::MissingHook,
-                                detail: format!(": {}: {reason}", path.display()),
-                            })?;
-                        // Specs go in before any site can fire.
-                        let first = next_spec;
-                        {
-                            let map = ebpf.map_mut(USDT_SPECS).ok_or_else(|| IngestError::Parse {
-                                object: name.into(),
-                                reason: format!("{program}: usdt programs need the {USDT_SPECS} map: include <bpf/usdt.bpf.h>"),
-                            })?;
-                            let mut specs: aya::maps::Array<_, usdt::Spec> =
-                                aya::maps::Array::try_from(map).map_err(|e| {
-                                    IngestError::Parse {
-                                        object: name.into(),
-                                        reason: format!("{USDT_SPECS}: {e}"),
-                                    }
-                                })?;
-                            for site in &sites {
-                                specs.set(next_spec, site.spec, 0).map_err(|e| IngestError::Parse {
-                                    object: name.into(),
-                                    reason: format!("{USDT_SPECS}[{next_spec}] ({} sites so far; raise BPF_USDT_MAX_SPEC_CNT): {e}", next_spec + 1),
-                                })?;
-                                next_spec += 1;
-                            }
-                        }
-                        // Without BPF cookies (before 5.15) the header finds a site's spec by
-                        // the address it fired at, known ahead only in fixed-address binaries.
-                        let cookies = crate::kconfig::has_bpf_cookie();
-                        if !cookies {
-                            let map = ebpf.map_mut(USDT_IPS).ok_or_else(|| IngestError::Parse {
-                                object: name.into(),
-                                reason: format!("{program}: this kernel has no BPF cookies, so usdt programs need the {USDT_IPS} map of <bpf/usdt.bpf.h>"),
-                            })?;
-                            let mut ips: aya::maps::HashMap<_, i64, u32> =
-                                aya::maps::HashMap::try_from(map).map_err(|e| {
-                                    IngestError::Parse {
-                                        object: name.into(),
-                                        reason: format!("{USDT_IPS}: {e}"),
-                                    }
-                                })?;
-                            for (i, site) in sites.iter().enumerate() {
-                                let ip = site.fixed_ip.ok_or_else(|| IngestError::Program {
-                                    object: name.into(),
-                                    program: program.clone(),
-                                    section: section.clone(),
-                                    action: "attach",
-                                    reason: Reason::MissingHook,
-                                    detail: format!(": {}: USDT probes in position-independent executables and shared libraries need BPF cookies (kernel 5.15+), as with libbpf; this kernel has none (a binary linked with -no-pie works)", path.display()),
-                                })?;
-                                ips.insert(ip as i64, first + i as u32, 0).map_err(|e| {
-                                    IngestError::Parse {
-                                        object: name.into(),
-                                        reason: format!(
-                                            "{USDT_IPS} (raise BPF_USDT_MAX_IP_CNT): {e}"
-                                        ),
-                                    }
-                                })?;
-                            }
-                        }
-                        let prog = ebpf.program_mut(&program).expect("found above");
-                        let p: &mut UProbe = prog.try_into().map_err(|e| err("load", &e))?;
-                        p.load().map_err(|e| err("load", &e))?;
-                        for (i, site) in sites.iter().enumerate() {
-                            let cookie = cookies.then_some(u64::from(first) + i as u64);
-                            if site.semaphore != 0 {
-                                let fd = p.fd().map_err(|e| err("attach", &e))?;
-                                let fds = usdt::attach_with_semaphore(
-                                    fd.as_fd(),
-                                    &path,
-                                    site.offset,
-                                    site.semaphore,
-                                    cookie,
-                                )
-                                .map_err(|e| {
-                                    IngestError::Program {
-                                        object: name.into(),
-                                        program: program.clone(),
-                                        section: section.clone(),
-                                        action: "attach",
-                                        reason: Reason::Kernel,
-                                        detail: format!(
-                                            ": {} (with its semaphore): {e}",
-                                            path.display()
-                                        ),
-                                    }
-                                })?;
-                                semaphore_links.push(fds);
-                                continue;
-                            }
-                            p.attach(
-                                aya::programs::uprobe::UProbeAttachPoint {
-                                    location:
-                                        aya::programs::uprobe::UProbeAttachLocation::AbsoluteOffset(
-                                            site.offset,
-                                        ),
-                                    cookie,
-                                },
-                                &path,
-                                UProbeScope::AllProcesses,
-                            )
-                            .map_err(|e| err("attach", &e))?;
-                        }
-                    }
-                }
-                Ok(())
-            };
-            match attach_one() {
+            match attacher.attach(&mut ebpf, &program, &section, &point) {
                 Ok(()) => attached.push((program, point)),
+                // An optional program (a variant for kernels with its hook) fails alone.
                 Err(e) if opts.optional.contains(&program) => {
                     tracing::info!(object = name, program = %program, "optional program skipped: {e}");
                     skipped.push((program, e.to_string()));
@@ -639,8 +353,8 @@ impl LoadedObject {
             ebpf,
             attached,
             skipped,
-            _semaphore_links: semaphore_links,
-            kprobe_multi_links: multi_links,
+            _semaphore_links: attacher.semaphore_links,
+            kprobe_multi_links: attacher.multi_links,
         })
     }
 
