@@ -190,7 +190,21 @@ struct FieldValue<'a> {
     scaled: Option<f64>,
 }
 
-impl FieldValue<'_> {
+impl<'a> FieldValue<'a> {
+    fn of(f: &'a aggregate::FieldView, record: &[u8]) -> Self {
+        FieldValue {
+            name: &f.name,
+            raw: f.raw(record),
+            label: f
+                .label(record)
+                .map(|(n, v)| (n, v.map_err(|e| e.to_string()))),
+            scaled: f.scale.and_then(|s| match f.raw(record) {
+                Raw::Uint(n) => Some(aggregate::buckets::scaled(n, s)),
+                Raw::Hex(_) => None,
+            }),
+        }
+    }
+
     fn equals(&self, want: &str) -> bool {
         let raw = match &self.raw {
             Raw::Uint(n) => n.to_string(),
@@ -275,14 +289,10 @@ impl Worker {
         if record.len() < plan.record_size {
             return;
         }
-        let (ns, pod_name, container) = (&pod.namespace, &pod.pod, &pod.container);
-        let cgroup = plan.has_cgroup().then(|| plan.cgroup_id(record));
-        if !subs.iter().any(|s| {
-            s.filter
-                .matches_pod(&stream.config, ns, pod_name, container)
-        }) {
+        if !subs.iter().any(|s| s.wants_pod(&stream.config, pod)) {
             return;
         }
+        let cgroup = plan.has_cgroup().then(|| plan.cgroup_id(record));
         let (path, unknown) = match cgroup {
             Some(id) => {
                 if last.as_ref().is_none_or(|(at, _)| *at != id) {
@@ -296,102 +306,144 @@ impl Worker {
         let fields: Vec<FieldValue> = plan
             .fields()
             .iter()
-            .map(|f| FieldValue {
-                name: &f.name,
-                raw: f.raw(record),
-                label: f
-                    .label(record)
-                    .map(|(n, v)| (n, v.map_err(|e| e.to_string()))),
-                scaled: f.scale.and_then(|s| match f.raw(record) {
-                    Raw::Uint(n) => Some(aggregate::buckets::scaled(n, s)),
-                    Raw::Hex(_) => None,
-                }),
-            })
+            .map(|f| FieldValue::of(f, record))
             .collect();
+        let event = Event {
+            time,
+            stream,
+            cgroup,
+            path,
+            unknown,
+            pod,
+            fields: &fields,
+        };
+        // Made once, for the first subscriber that takes it.
         let mut line: Option<Bytes> = None;
         let now = Instant::now();
         subs.retain_mut(|s| {
-            if !s
-                .filter
-                .matches_pod(&stream.config, ns, pod_name, container)
-                || !s
-                    .filter
-                    .fields
-                    .iter()
-                    .all(|(k, v)| fields.iter().any(|f| f.name == k && f.equals(v)))
-            {
+            if !s.wants_pod(&stream.config, pod) || !s.wants_fields(&fields) {
                 return true;
             }
-            if let Some(rate) = s.filter.rate {
-                let rate = rate as f64;
-                s.tokens =
-                    (s.tokens + now.duration_since(s.refilled).as_secs_f64() * rate).min(rate);
-                s.refilled = now;
-                if s.tokens < 1.0 {
-                    tap.stats.dropped_rate.fetch_add(1, Relaxed);
+            if !s.take_token(now) {
+                tap.stats.dropped_rate.fetch_add(1, Relaxed);
+                return true;
+            }
+            let line = line.get_or_insert_with(|| self.line(&event));
+            match s.out.send(line) {
+                None => return false,
+                Some(false) => {
+                    tap.stats.dropped_slow.fetch_add(1, Relaxed);
                     return true;
                 }
-                s.tokens -= 1.0;
-            }
-            let line = line.get_or_insert_with(|| {
-                let mut event = Map::new();
-                event.insert("time".into(), json!(rfc3339_nanos(time)));
-                event.insert("config".into(), json!(stream.config));
-                event.insert("ring".into(), json!(plan.ring));
-                event.insert("node".into(), json!(self.node));
-                if let Some(c) = &self.cluster {
-                    event.insert("cluster".into(), json!(c));
-                }
-                if let Some(id) = cgroup {
-                    event.insert("cgroup_id".into(), json!(id));
-                }
-                if let Some(p) = path {
-                    event.insert("cgroup_path".into(), json!(p));
-                }
-                event.insert("namespace".into(), json!(ns));
-                event.insert("pod".into(), json!(pod_name));
-                event.insert("container".into(), json!(container));
-                if !self.extra_labels.is_empty() {
-                    let labels: Map<String, Value> = self
-                        .extra_labels
-                        .iter()
-                        .enumerate()
-                        .map(|(i, name)| (name.clone(), json!(pod.extra.get(i).map_or("", |v| v))))
-                        .collect();
-                    event.insert("labels".into(), Value::Object(labels));
-                }
-                if let Some(u) = unknown {
-                    event.insert("unknown".into(), json!(u));
-                }
-                let f: Map<String, Value> = fields
-                    .iter()
-                    .map(|f| (f.name.to_string(), f.json()))
-                    .collect();
-                event.insert("fields".into(), Value::Object(f));
-                let mut text =
-                    serde_json::to_vec(&Value::Object(event)).expect("JSON of strings and numbers");
-                text.push(b'\n');
-                Bytes::from(text)
-            });
-            let sent = match &s.out {
-                Delivery::Http(tx) => match tx.try_send(line.clone()) {
-                    Ok(()) => true,
-                    Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => false,
-                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return false,
-                },
-                Delivery::File(tx) => match tx.try_send(line.clone()) {
-                    Ok(()) => true,
-                    Err(TrySendError::Full(_)) => false,
-                    Err(TrySendError::Disconnected(_)) => return false,
-                },
-            };
-            if !sent {
-                tap.stats.dropped_slow.fetch_add(1, Relaxed);
-                return true;
+                Some(true) => {}
             }
             tap.stats.events.fetch_add(1, Relaxed);
             s.sent += 1;
             s.filter.limit.is_none_or(|l| s.sent < l)
         });
+    }
+
+    /// One event as a JSON line.
+    fn line(&self, e: &Event<'_>) -> Bytes {
+        let mut event = Map::new();
+        event.insert("time".into(), json!(rfc3339_nanos(e.time)));
+        event.insert("config".into(), json!(e.stream.config));
+        event.insert("ring".into(), json!(e.stream.plan.ring));
+        event.insert("node".into(), json!(self.node));
+        if let Some(c) = &self.cluster {
+            event.insert("cluster".into(), json!(c));
+        }
+        if let Some(id) = e.cgroup {
+            event.insert("cgroup_id".into(), json!(id));
+        }
+        if let Some(p) = e.path {
+            event.insert("cgroup_path".into(), json!(p));
+        }
+        event.insert("namespace".into(), json!(e.pod.namespace));
+        event.insert("pod".into(), json!(e.pod.pod));
+        event.insert("container".into(), json!(e.pod.container));
+        if !self.extra_labels.is_empty() {
+            let labels: Map<String, Value> = self
+                .extra_labels
+                .iter()
+                .enumerate()
+                .map(|(i, name)| (name.clone(), json!(e.pod.extra.get(i).map_or("", |v| v))))
+                .collect();
+            event.insert("labels".into(), Value::Object(labels));
+        }
+        if let Some(u) = e.unknown {
+            event.insert("unknown".into(), json!(u));
+        }
+        let f: Map<String, Value> = e
+            .fields
+            .iter()
+            .map(|f| (f.name.to_string(), f.json()))
+            .collect();
+        event.insert("fields".into(), Value::Object(f));
+        let mut text =
+            serde_json::to_vec(&Value::Object(event)).expect("JSON of strings and numbers");
+        text.push(b'\n');
+        Bytes::from(text)
+    }
+}
+
+/// One record as the tap shows it.
+struct Event<'a> {
+    time: SystemTime,
+    stream: &'a Stream,
+    cgroup: Option<u64>,
+    path: Option<&'a str>,
+    unknown: Option<&'a str>,
+    pod: &'a PodLabels,
+    fields: &'a [FieldValue<'a>],
+}
+
+impl Subscriber {
+    fn wants_pod(&self, config: &str, pod: &PodLabels) -> bool {
+        self.filter
+            .matches_pod(config, &pod.namespace, &pod.pod, &pod.container)
+    }
+
+    /// Every field filter matches one of the record's fields.
+    fn wants_fields(&self, fields: &[FieldValue<'_>]) -> bool {
+        self.filter
+            .fields
+            .iter()
+            .all(|(k, v)| fields.iter().any(|f| f.name == k && f.equals(v)))
+    }
+
+    /// Whether its `rate` lets one more event through now (always without one).
+    fn take_token(&mut self, now: Instant) -> bool {
+        let Some(rate) = self.filter.rate else {
+            return true;
+        };
+        let rate = rate as f64;
+        self.tokens =
+            (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(rate);
+        self.refilled = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
+impl Delivery {
+    /// Sends without waiting: whether it went (false: the queue is full), or `None`
+    /// once the subscriber is gone.
+    fn send(&self, line: &Bytes) -> Option<bool> {
+        match self {
+            Delivery::Http(tx) => match tx.try_send(line.clone()) {
+                Ok(()) => Some(true),
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => Some(false),
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => None,
+            },
+            Delivery::File(tx) => match tx.try_send(line.clone()) {
+                Ok(()) => Some(true),
+                Err(TrySendError::Full(_)) => Some(false),
+                Err(TrySendError::Disconnected(_)) => None,
+            },
+        }
     }
 }
