@@ -9,14 +9,14 @@ use anyhow::{bail, Context as _, Result};
 use enrich::{CgroupFs, Cri, Enricher, KubeApiSource, PodLogs, PodSource, Sources};
 use ingest::cgroup_id_map::CgroupIdMap;
 use kube_ebpf_exporter::{
-    config::{self, Config, MetadataSource, CRI_SOCKETS},
+    config::{self, Config, MetadataSource, PipelineConfig, Program, CRI_SOCKETS},
     pipeline,
 };
 
 use crate::{
     attach_mark::mark_attached,
     privileges,
-    programs::{Failure, Starter},
+    programs::{Failure, Origin, Starter},
     settings::Settings,
     units,
 };
@@ -152,21 +152,7 @@ pub fn start_configs(settings: &mut Settings) -> Result<Started> {
         );
     }
     let node = node_id(config);
-    let cgroups = CgroupFs::discover().context("enrich: cgroup v2 hierarchy")?;
-    let pods = metadata_sources(&config.kubernetes, source)?;
-    let (extra, extra_names): (Vec<_>, Vec<_>) =
-        config.kubernetes.labels.extra().into_iter().unzip();
-    let grace = Duration::from_secs(config.kubernetes.series_grace_seconds);
-    let enricher = Arc::new(
-        Enricher::new(cgroups, pods)
-            .with_extra(extra)
-            .with_series_grace(grace),
-    );
-    let walked = enricher.walk();
-    tracing::info!(
-        containers = walked,
-        "learned the container cgroups that exist now"
-    );
+    let (enricher, extra_names) = enricher(config, source)?;
     let registry = Arc::new(
         Registry::new((&config.kubernetes.labels).into(), node.clone())
             .max_series(config.pipeline.max_series),
@@ -188,25 +174,7 @@ pub fn start_configs(settings: &mut Settings) -> Result<Started> {
         loader: ingest::Loader::new(&btf),
         cgroup_mount: enricher.cgroups().mount(),
     };
-    let (mut units, mut failures) = (Vec::new(), Vec::new());
-    let mut next_id = 0;
-    for (src, program) in sources {
-        match program
-            .and_then(|p| units::prepare(&mut starter, &src, &p, next_id, &config.pipeline))
-        {
-            Ok(u) => {
-                next_id += u.streams.len() as u32;
-                units.push(u);
-            }
-            Err(f) if *strict => {
-                bail!("config {} failed ({}): {}", f.name, f.cause(), f.message)
-            }
-            Err(f) => {
-                tracing::error!(config = %f.name, stage = f.stage.as_str(), reason = f.reason, "skipping config: {}", f.message);
-                failures.push(f);
-            }
-        }
-    }
+    let (mut units, failures) = prepare_all(&mut starter, sources, &config.pipeline, *strict)?;
     mark_attached();
     if *check {
         report_check(&units, &failures);
@@ -248,6 +216,55 @@ pub fn start_configs(settings: &mut Settings) -> Result<Started> {
         extra_names,
         node,
     })
+}
+
+/// The enrich stage's resolver: the cgroup2 hierarchy walked, the pod metadata sources
+/// connected; with the names of the opt-in labels.
+fn enricher(config: &Config, source: &str) -> Result<(Arc<Enricher>, Vec<String>)> {
+    let cgroups = CgroupFs::discover().context("enrich: cgroup v2 hierarchy")?;
+    let pods = metadata_sources(&config.kubernetes, source)?;
+    let (extra, extra_names): (Vec<_>, Vec<_>) =
+        config.kubernetes.labels.extra().into_iter().unzip();
+    let grace = Duration::from_secs(config.kubernetes.series_grace_seconds);
+    let enricher = Arc::new(
+        Enricher::new(cgroups, pods)
+            .with_extra(extra)
+            .with_series_grace(grace),
+    );
+    let walked = enricher.walk();
+    tracing::info!(
+        containers = walked,
+        "learned the container cgroups that exist now"
+    );
+    Ok((enricher, extra_names))
+}
+
+/// Prepares every config, numbering their streams one after another; a config that
+/// fails is logged and skipped (with `strict`, it stops the start).
+fn prepare_all(
+    starter: &mut Starter,
+    sources: Vec<(Origin, Result<Program, Failure>)>,
+    pipeline: &PipelineConfig,
+    strict: bool,
+) -> Result<(Vec<units::Prepared>, Vec<Failure>)> {
+    let (mut units, mut failures) = (Vec::new(), Vec::new());
+    let mut next_id = 0;
+    for (src, program) in sources {
+        match program.and_then(|p| units::prepare(starter, &src, &p, next_id, pipeline)) {
+            Ok(u) => {
+                next_id += u.streams.len() as u32;
+                units.push(u);
+            }
+            Err(f) if strict => {
+                bail!("config {} failed ({}): {}", f.name, f.cause(), f.message)
+            }
+            Err(f) => {
+                tracing::error!(config = %f.name, stage = f.stage.as_str(), reason = f.reason, "skipping config: {}", f.message);
+                failures.push(f);
+            }
+        }
+    }
+    Ok((units, failures))
 }
 
 /// `--config.check`: prints each config's outcome and exits.

@@ -114,6 +114,46 @@ pub struct StreamPlan {
     fields: Vec<FieldView>,
 }
 
+/// Every field of a ring's records as the tap shows them: with the first label that
+/// reads it (and its decoders) and the first value scale.
+fn field_views(
+    fields: &[(String, Span)],
+    all: &MetricsConfig,
+    ring: &str,
+    plans: &[MetricPlan],
+) -> Vec<FieldView> {
+    let mut views: Vec<FieldView> = fields
+        .iter()
+        .map(|(name, span)| FieldView {
+            name: name.clone(),
+            span: *span,
+            label: None,
+            scale: None,
+        })
+        .collect();
+    for (m, plan) in all
+        .counters
+        .iter()
+        .chain(&all.histograms)
+        .filter(|m| m.ring.as_deref() == Some(ring))
+        .zip(plans)
+    {
+        for (l, lp) in m.labels.iter().zip(&plan.labels) {
+            let view = views
+                .iter_mut()
+                .find(|v| Some(&v.name) == l.field.as_ref())
+                .unwrap();
+            view.label
+                .get_or_insert_with(|| (l.name.clone(), lp.chain.clone()));
+        }
+        if let Some(v) = &m.value {
+            let view = views.iter_mut().find(|f| f.name == v.field).unwrap();
+            view.scale.get_or_insert(v.scale);
+        }
+    }
+    views
+}
+
 impl StreamPlan {
     /// Compiles ring `ri` with the metrics that read it.
     pub(crate) fn compile(
@@ -186,35 +226,7 @@ impl StreamPlan {
                 m, histogram, value, labels, true, registry, ctx, &m_at,
             )?);
         }
-        let mut views: Vec<FieldView> = fields
-            .iter()
-            .map(|(name, span)| FieldView {
-                name: name.clone(),
-                span: *span,
-                label: None,
-                scale: None,
-            })
-            .collect();
-        for (m, plan) in all
-            .counters
-            .iter()
-            .chain(&all.histograms)
-            .filter(|m| m.ring.as_ref() == Some(&ring.name))
-            .zip(&plans)
-        {
-            for (l, lp) in m.labels.iter().zip(&plan.labels) {
-                let view = views
-                    .iter_mut()
-                    .find(|v| Some(&v.name) == l.field.as_ref())
-                    .unwrap();
-                view.label
-                    .get_or_insert_with(|| (l.name.clone(), lp.chain.clone()));
-            }
-            if let Some(v) = &m.value {
-                let view = views.iter_mut().find(|f| f.name == v.field).unwrap();
-                view.scale.get_or_insert(v.scale);
-            }
-        }
+        let views = field_views(&fields, all, &ring.name, &plans);
         Ok(Self {
             ring: ring.name.clone(),
             record_size: fields

@@ -107,6 +107,50 @@ pub struct TableEntry<'a> {
     pub histogram: Option<(Vec<f64>, Vec<u64>, f64)>,
 }
 
+/// A map-based histogram's bucket key (its last label), checked: its span, the bucket
+/// layout and multiplier, and whether the buckets serve as native ones.
+fn bucket_key(
+    m: &MetricConfig,
+    spans: &[Span],
+    at: &str,
+) -> Result<((Span, Layout, f64), bool), ConfigError> {
+    let layout = buckets::layout(m, at)?;
+    let Some((last, rest)) = spans.split_last() else {
+        return Err(invalid(
+            format!("{at}.labels"),
+            "a map-based histogram's last label is its bucket key; there is none",
+        ));
+    };
+    if !matches!(last.size, 1 | 2 | 4 | 8) {
+        return Err(invalid(
+            format!("{at}.labels[{}].size", rest.len()),
+            format!(
+                "the bucket key is an unsigned integer of 1, 2, 4 or 8 bytes, not {}",
+                last.size
+            ),
+        ));
+    }
+    if layout.keys.iter().any(|k| *k < 0.0 || k.fract() != 0.0) {
+        return Err(invalid(
+            format!("{at}.bucket_keys"),
+            "map bucket keys are non-negative integers",
+        ));
+    }
+    let n = &m.native_histogram;
+    if n.schema.is_some() || n.zero_threshold.is_some() || n.max_buckets.is_some() {
+        return Err(invalid(
+            format!("{at}.native_histogram"),
+            "map-based histograms serve power-of-two buckets as native schema 0; only `enabled` applies",
+        ));
+    }
+    let native = n.enabled
+        && layout
+            .bounds
+            .iter()
+            .all(|&b| crate::native::power_of_two(b));
+    Ok(((*last, layout, m.bucket_multiplier.unwrap_or(1.0)), native))
+}
+
 /// One series being summed from map entries.
 #[derive(Default)]
 struct Row {
@@ -135,49 +179,12 @@ impl TablePlan {
             .zip(&spans)
             .map(|(l, s)| s.offset + s.size + l.padding)
             .max();
-        let mut bucket = None;
-        let mut native = false;
-        let mut label_configs = &m.labels[..];
-        if histogram {
-            let layout = buckets::layout(m, at)?;
-            let Some((last, rest)) = spans.split_last() else {
-                return Err(invalid(
-                    format!("{at}.labels"),
-                    "a map-based histogram's last label is its bucket key; there is none",
-                ));
-            };
-            if !matches!(last.size, 1 | 2 | 4 | 8) {
-                return Err(invalid(
-                    format!("{at}.labels[{}].size", rest.len()),
-                    format!(
-                        "the bucket key is an unsigned integer of 1, 2, 4 or 8 bytes, not {}",
-                        last.size
-                    ),
-                ));
-            }
-            if layout.keys.iter().any(|k| *k < 0.0 || k.fract() != 0.0) {
-                return Err(invalid(
-                    format!("{at}.bucket_keys"),
-                    "map bucket keys are non-negative integers",
-                ));
-            }
-            let n = &m.native_histogram;
-            if n.schema.is_some() || n.zero_threshold.is_some() || n.max_buckets.is_some() {
-                return Err(invalid(
-                    format!("{at}.native_histogram"),
-                    "map-based histograms serve power-of-two buckets as native schema 0; only `enabled` applies",
-                ));
-            }
-            native = n.enabled
-                && layout
-                    .bounds
-                    .iter()
-                    .all(|&b| crate::native::power_of_two(b));
-            bucket = Some((*last, layout, m.bucket_multiplier.unwrap_or(1.0)));
-            label_configs = &m.labels[..rest.len()];
-        } else if m.perf_event_array {
-            unreachable!("perf event array counters are streams");
-        }
+        let (bucket, native, label_configs) = if histogram {
+            let (bucket, native) = bucket_key(m, &spans, at)?;
+            (Some(bucket), native, &m.labels[..spans.len() - 1])
+        } else {
+            (None, false, &m.labels[..])
+        };
         let labels = label_configs
             .iter()
             .zip(&spans)
