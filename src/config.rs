@@ -608,6 +608,7 @@ fn out_of_range(key: &str, value: impl std::fmt::Display, range: &str) -> String
 impl Config {
     /// Checks every numeric setting against its range (the kernel's rules for ring and
     /// perf buffer sizes included); each problem names the key, the value and the range.
+    // Long: one range check per setting, each naming its key.
     pub fn validate(&self) -> Vec<String> {
         let mut bad = Vec::new();
         let mut check = |key: &str, value: u64, min: u64, max: u64| {

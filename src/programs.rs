@@ -226,7 +226,45 @@ pub struct Starter<'a> {
     pub cgroup_mount: &'a Path,
 }
 
+/// The object's bytes: the built-in's, or the file's; the `-DOUTPUT_PERF` build with
+/// `perf`.
+fn object_bytes(src: &Origin, perf: bool) -> Result<std::borrow::Cow<'static, [u8]>, Failure> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| {
+            let builtin: Vec<&str> = bpf_programs::OBJECTS.iter().map(|o| o.name).collect();
+            let why = if perf { " (ring buffers are unavailable or pipeline.output is perf: this needs the -DOUTPUT_PERF build)" } else { "" };
+            Failure::new(&src.name, Stage::Load, format!("{}object: cannot read {}: {e}{why} (built-in objects: {})", src.at, path.display(), builtin.join(", ")))
+        })
+    };
+    Ok(match &src.object {
+        Object::Builtin(o) if perf => o.perf_bytes.into(),
+        Object::Builtin(o) => o.bytes.into(),
+        Object::File(path) if perf => read(&perf_object(path))?.into(),
+        Object::File(path) => read(path)?.into(),
+    })
+}
+
 impl Starter<'_> {
+    /// The kernel addresses of the symbols the config's `kaddrs` name.
+    fn kaddrs(&self, src: &Origin, program: &Program) -> Result<Vec<(String, u64)>, Failure> {
+        if program.kaddrs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let syms = self.decoders.kallsyms();
+        let at = &src.at;
+        program
+            .kaddrs
+            .iter()
+            .enumerate()
+            .map(|(i, sym)| {
+                let addr = syms.address(sym).ok_or_else(|| {
+                    Failure::new(&src.name, Stage::Config, format!("{at}kaddrs[{i}]: symbol {sym:?} is not in /proc/kallsyms (or it is unreadable)"))
+                })?;
+                Ok((sym.clone(), addr))
+            })
+            .collect()
+    }
+
     /// Compiles, loads and attaches one program.
     pub fn start(&mut self, src: &Origin, program: &Program) -> Result<Attached, Failure> {
         let fail = |stage, message: String| Failure::new(&src.name, stage, message);
@@ -242,31 +280,10 @@ impl Starter<'_> {
             at,
         )
         .map_err(|e| fail(Stage::Config, format!("{at}{e}")))?;
-        let mut kaddrs = Vec::new();
-        if !program.kaddrs.is_empty() {
-            let syms = self.decoders.kallsyms();
-            for (i, sym) in program.kaddrs.iter().enumerate() {
-                let addr = syms.address(sym).ok_or_else(|| {
-                    fail(Stage::Config, format!("{at}kaddrs[{i}]: symbol {sym:?} is not in /proc/kallsyms (or it is unreadable)"))
-                })?;
-                kaddrs.push((sym.clone(), addr));
-            }
-        }
+        let kaddrs = self.kaddrs(src, program)?;
         // Rings need the -DOUTPUT_PERF build where ring buffers are off the table.
         let perf = self.perf_output && !program.rings.is_empty();
-        let read = |path: &Path| {
-            std::fs::read(path).map_err(|e| {
-                let builtin: Vec<&str> = bpf_programs::OBJECTS.iter().map(|o| o.name).collect();
-                let why = if perf { " (ring buffers are unavailable or pipeline.output is perf: this needs the -DOUTPUT_PERF build)" } else { "" };
-                fail(Stage::Load, format!("{at}object: cannot read {}: {e}{why} (built-in objects: {})", path.display(), builtin.join(", ")))
-            })
-        };
-        let bytes: std::borrow::Cow<[u8]> = match &src.object {
-            Object::Builtin(o) if perf => o.perf_bytes.into(),
-            Object::Builtin(o) => o.bytes.into(),
-            Object::File(path) if perf => read(&perf_object(path))?.into(),
-            Object::File(path) => read(path)?.into(),
-        };
+        let bytes = object_bytes(src, perf)?;
         let p = self.pipeline;
         let opts = LoadOptions {
             rings: plan.streams.iter().map(|s| s.ring.clone()).collect(),

@@ -24,6 +24,7 @@ pub struct Telemetry {
 
 impl Telemetry {
     /// Installs the global recorder and describes every self-metric.
+    // Long: one description per self-metric.
     pub fn install() -> Result<Self> {
         let handle = PrometheusBuilder::new()
             .install_recorder()
@@ -222,19 +223,14 @@ impl Telemetry {
         registry: &Registry,
         tap: Option<&tap::Tap>,
     ) {
-        if let Some(tap) = tap {
-            let st = tap.stats();
-            gauge!("ebpf_exporter_tap_subscribers").set(tap.subscribers() as f64);
-            counter!("ebpf_exporter_tap_events_total").absolute(st.events.load(Relaxed));
-            for (reason, n) in [
-                ("slow_subscriber", &st.dropped_slow),
-                ("rate", &st.dropped_rate),
-                ("tap_queue_full", &st.dropped_input),
-            ] {
-                counter!("ebpf_exporter_tap_dropped_events_total", "reason" => reason)
-                    .absolute(n.load(Relaxed));
-            }
-        }
+        update_tap(tap);
+        self.update_rings();
+        update_configs(running, failures);
+        update_streams(streams, registry);
+        update_pipeline(pipeline);
+    }
+
+    fn update_rings(&self) {
         for (program, ring, s) in self.rings.lock().iter() {
             let labels = [("program", program.clone()), ("ring", ring.clone())];
             counter!("ebpf_exporter_ring_records_total", &labels).absolute(s.records.load(Relaxed));
@@ -243,77 +239,6 @@ impl Telemetry {
                 .absolute(s.kernel_lost.load(Relaxed));
             counter!("ebpf_exporter_ingest_queue_dropped_records_total", &labels)
                 .absolute(s.queue_dropped.load(Relaxed));
-        }
-        let stats_enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
-            .is_ok_and(|v| v.trim() == "1");
-        for r in running {
-            gauge!("ebpf_exporter_enabled_configs", "name" => r.name.clone()).set(1.0);
-            counter!("ebpf_exporter_ring_reserve_failures_total", "program" => r.name.clone())
-                .absolute(r.object.ring_drops());
-            for p in r.object.program_stats() {
-                let id = p.id.to_string();
-                gauge!("ebpf_exporter_ebpf_program_info", "config" => r.name.clone(), "program" => p.name, "tag" => p.tag, "id" => id.clone()).set(1.0);
-                gauge!("ebpf_exporter_ebpf_program_attached", "id" => id.clone()).set(1.0);
-                if stats_enabled {
-                    gauge!("ebpf_exporter_ebpf_program_run_time_seconds", "id" => id.clone())
-                        .set(p.run_time.as_secs_f64());
-                    counter!("ebpf_exporter_ebpf_program_run_count_total", "id" => id)
-                        .absolute(p.run_count);
-                }
-            }
-            for t in &r.plan.tables {
-                for (label, n) in t.decode_errors() {
-                    counter!("ebpf_exporter_decoder_errors_total", "metric" => t.name().to_string(), "label" => label.to_string()).absolute(n);
-                }
-                counter!("ebpf_exporter_table_malformed_keys_total", "metric" => t.name().to_string()).absolute(t.malformed());
-            }
-        }
-        for f in failures {
-            gauge!("ebpf_exporter_config_failed", "name" => f.name.clone(), "stage" => f.stage.as_str(), "reason" => f.reason).set(1.0);
-        }
-        for s in streams {
-            let labels = [
-                ("program", s.program.clone()),
-                ("ring", s.plan.ring.clone()),
-            ];
-            counter!("ebpf_exporter_aggregate_records_total", &labels)
-                .absolute(s.stats.records.load(Relaxed));
-            counter!("ebpf_exporter_aggregate_malformed_records_total", &labels)
-                .absolute(s.stats.malformed.load(Relaxed));
-        }
-        for f in registry.decode_failures() {
-            for (label, n) in f.invalid {
-                counter!("ebpf_exporter_decoder_errors_total", "metric" => f.metric.clone(), "label" => label).absolute(n);
-            }
-            counter!("ebpf_exporter_series_overflow_events_total", "metric" => f.metric.clone())
-                .absolute(f.overflowed);
-            counter!("ebpf_exporter_decoder_filtered_total", "metric" => f.metric)
-                .absolute(f.filtered);
-        }
-        counter!("ebpf_exporter_enrich_cache_hits_total")
-            .absolute(pipeline.enrich.cache_hits.load(Relaxed));
-        counter!("ebpf_exporter_enrich_cache_misses_total")
-            .absolute(pipeline.enrich.cache_misses.load(Relaxed));
-        counter!("ebpf_exporter_enrich_held_records_total")
-            .absolute(pipeline.enrich.held.load(Relaxed));
-        counter!("ebpf_exporter_enrich_held_unresolved_records_total")
-            .absolute(pipeline.enrich.held_unresolved.load(Relaxed));
-        for (stage, st) in [
-            ("enrich", &pipeline.enrich),
-            ("aggregate", &pipeline.aggregate),
-        ] {
-            counter!("ebpf_exporter_stage_received_records_total", "stage" => stage)
-                .absolute(st.received.load(Relaxed));
-            counter!("ebpf_exporter_stage_processed_records_total", "stage" => stage)
-                .absolute(st.processed.load(Relaxed));
-            counter!("ebpf_exporter_stage_batches_total", "stage" => stage)
-                .absolute(st.batches.load(Relaxed));
-        }
-        let (enrich_depth, aggregate_depths) = pipeline.queue_depths();
-        gauge!("ebpf_exporter_queue_depth_batches", "queue" => "enrich").set(enrich_depth as f64);
-        for (i, d) in aggregate_depths.into_iter().enumerate() {
-            gauge!("ebpf_exporter_queue_depth_batches", "queue" => format!("aggregate-{i}"))
-                .set(d as f64);
         }
     }
 
@@ -326,5 +251,102 @@ impl Telemetry {
             "# TYPE ebpf_exporter_ebpf_program_run_time_seconds counter",
             1,
         )
+    }
+}
+
+fn update_tap(tap: Option<&tap::Tap>) {
+    let Some(tap) = tap else {
+        return;
+    };
+    let st = tap.stats();
+    gauge!("ebpf_exporter_tap_subscribers").set(tap.subscribers() as f64);
+    counter!("ebpf_exporter_tap_events_total").absolute(st.events.load(Relaxed));
+    for (reason, n) in [
+        ("slow_subscriber", &st.dropped_slow),
+        ("rate", &st.dropped_rate),
+        ("tap_queue_full", &st.dropped_input),
+    ] {
+        counter!("ebpf_exporter_tap_dropped_events_total", "reason" => reason)
+            .absolute(n.load(Relaxed));
+    }
+}
+
+fn update_configs(running: &[Attached], failures: &[Failure]) {
+    let stats_enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .is_ok_and(|v| v.trim() == "1");
+    for r in running {
+        gauge!("ebpf_exporter_enabled_configs", "name" => r.name.clone()).set(1.0);
+        counter!("ebpf_exporter_ring_reserve_failures_total", "program" => r.name.clone())
+            .absolute(r.object.ring_drops());
+        for p in r.object.program_stats() {
+            let id = p.id.to_string();
+            gauge!("ebpf_exporter_ebpf_program_info", "config" => r.name.clone(), "program" => p.name, "tag" => p.tag, "id" => id.clone()).set(1.0);
+            gauge!("ebpf_exporter_ebpf_program_attached", "id" => id.clone()).set(1.0);
+            if stats_enabled {
+                gauge!("ebpf_exporter_ebpf_program_run_time_seconds", "id" => id.clone())
+                    .set(p.run_time.as_secs_f64());
+                counter!("ebpf_exporter_ebpf_program_run_count_total", "id" => id)
+                    .absolute(p.run_count);
+            }
+        }
+        for t in &r.plan.tables {
+            for (label, n) in t.decode_errors() {
+                counter!("ebpf_exporter_decoder_errors_total", "metric" => t.name().to_string(), "label" => label.to_string()).absolute(n);
+            }
+            counter!("ebpf_exporter_table_malformed_keys_total", "metric" => t.name().to_string())
+                .absolute(t.malformed());
+        }
+    }
+    for f in failures {
+        gauge!("ebpf_exporter_config_failed", "name" => f.name.clone(), "stage" => f.stage.as_str(), "reason" => f.reason).set(1.0);
+    }
+}
+
+fn update_streams(streams: &[Stream], registry: &Registry) {
+    for s in streams {
+        let labels = [
+            ("program", s.program.clone()),
+            ("ring", s.plan.ring.clone()),
+        ];
+        counter!("ebpf_exporter_aggregate_records_total", &labels)
+            .absolute(s.stats.records.load(Relaxed));
+        counter!("ebpf_exporter_aggregate_malformed_records_total", &labels)
+            .absolute(s.stats.malformed.load(Relaxed));
+    }
+    for f in registry.decode_failures() {
+        for (label, n) in f.invalid {
+            counter!("ebpf_exporter_decoder_errors_total", "metric" => f.metric.clone(), "label" => label).absolute(n);
+        }
+        counter!("ebpf_exporter_series_overflow_events_total", "metric" => f.metric.clone())
+            .absolute(f.overflowed);
+        counter!("ebpf_exporter_decoder_filtered_total", "metric" => f.metric).absolute(f.filtered);
+    }
+}
+
+fn update_pipeline(pipeline: &Pipeline) {
+    counter!("ebpf_exporter_enrich_cache_hits_total")
+        .absolute(pipeline.enrich.cache_hits.load(Relaxed));
+    counter!("ebpf_exporter_enrich_cache_misses_total")
+        .absolute(pipeline.enrich.cache_misses.load(Relaxed));
+    counter!("ebpf_exporter_enrich_held_records_total")
+        .absolute(pipeline.enrich.held.load(Relaxed));
+    counter!("ebpf_exporter_enrich_held_unresolved_records_total")
+        .absolute(pipeline.enrich.held_unresolved.load(Relaxed));
+    for (stage, st) in [
+        ("enrich", &pipeline.enrich),
+        ("aggregate", &pipeline.aggregate),
+    ] {
+        counter!("ebpf_exporter_stage_received_records_total", "stage" => stage)
+            .absolute(st.received.load(Relaxed));
+        counter!("ebpf_exporter_stage_processed_records_total", "stage" => stage)
+            .absolute(st.processed.load(Relaxed));
+        counter!("ebpf_exporter_stage_batches_total", "stage" => stage)
+            .absolute(st.batches.load(Relaxed));
+    }
+    let (enrich_depth, aggregate_depths) = pipeline.queue_depths();
+    gauge!("ebpf_exporter_queue_depth_batches", "queue" => "enrich").set(enrich_depth as f64);
+    for (i, d) in aggregate_depths.into_iter().enumerate() {
+        gauge!("ebpf_exporter_queue_depth_batches", "queue" => format!("aggregate-{i}"))
+            .set(d as f64);
     }
 }

@@ -129,6 +129,7 @@ impl AttachPoint {
     /// # Errors
     /// A section that is not an attachable program, or whose target is malformed,
     /// with the reason.
+    // Long: one arm per section kind, as libbpf names them.
     pub fn from_section(section: &str) -> Result<Self, SectionError> {
         let (kind, rest) = section.split_once('/').unwrap_or((section, ""));
         let need = |form: &'static str| -> Result<(), SectionError> {
@@ -592,6 +593,7 @@ impl<'a> Attacher<'a> {
 }
 
 /// Loads `prog` and attaches it at `point` through aya (every kind but USDT).
+// Long: one arm per hook kind, each its load and attach calls.
 fn attach_with_aya(
     object: &str,
     prog: &mut aya::programs::Program,

@@ -98,6 +98,7 @@ impl Chain {
     /// # Errors
     /// An unknown decoder, a bad decoder setting, or a first decoder that cannot take
     /// `size` bytes; named by `at` (the label's config path).
+    // Long: one arm per decoder, with the input sizes it takes.
     pub fn build(
         configs: &[DecoderConfig],
         size: usize,
