@@ -12,7 +12,7 @@ ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 
 cargo build --release --locked --bin kube-ebpf-exporter
-strip --strip-debug -o "$ctx/kube-ebpf-exporter" target/release/kube-ebpf-exporter
+strip --strip-debug -o "$ctx/kube-ebpf-exporter" "${CARGO_TARGET_DIR:-target}/release/kube-ebpf-exporter"
 
 # The base: what the binary links (glibc, libgcc_s), os-release, /etc/services and
 # protocols; each package's control file under /var/lib/dpkg/status.d (as distroless

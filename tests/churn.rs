@@ -12,37 +12,16 @@ use std::{
 
 use common::{samples, Cgroups, Exporter, Pod, TempDir};
 
-const PROGRAM: &str = r#"
-#include "vmlinux.h"
-#include <bpf/bpf_helpers.h>
-#include "output.bpf.h"
-
-OUTPUT_RINGBUF(calls);
-
-SEC("tracepoint/syscalls/sys_enter_getpid")
-int on_getpid(void *ctx)
-{
-	__u64 *rec = output_reserve(&calls, sizeof(__u64));
-	if (rec) {
-		*rec = bpf_get_current_cgroup_id();
-		OUTPUT_SUBMIT(ctx, calls, rec);
-	}
-	return 0;
-}
-
-char LICENSE[] SEC("license") = "GPL";
-"#;
-
 const CONFIG: &str = r#"
 rings:
-  - name: calls
+  - name: events
     cgroup_field: cgroup_id
     fields: [{ name: cgroup_id, size: 8 }]
 metrics:
   counters:
     - name: churn_getpid_calls_total
       help: getpid() calls of short-lived pods
-      ring: calls
+      ring: events
 "#;
 
 const PODS: usize = 500;
@@ -52,7 +31,7 @@ const PARALLEL: usize = 32;
 fn every_event_of_500_short_lived_pods_is_counted_under_its_own_pod() {
     privileged!("every_event_of_500_short_lived_pods_is_counted_under_its_own_pod");
     let dir = TempDir::new("churn");
-    std::fs::write(dir.0.join("churn.bpf.c"), PROGRAM).unwrap();
+    std::fs::write(dir.0.join("churn.bpf.c"), test_support::GETPID_RING).unwrap();
     test_support::compile_bpf(&dir.0.join("churn.bpf.c"), &dir.0.join("churn.bpf.o"), &[]);
     std::fs::write(dir.0.join("churn.yaml"), CONFIG).unwrap();
     let cgroups = Arc::new(Mutex::new(Cgroups::new("churn")));

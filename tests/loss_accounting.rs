@@ -5,43 +5,9 @@ mod common;
 
 use common::{sample, Exporter, TempDir};
 
-const PROGRAM: &str = r#"
-#include "vmlinux.h"
-#include <bpf/bpf_helpers.h>
-#include "output.bpf.h"
-#include "maps.bpf.h"
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} produced_total SEC(".maps");
-
-OUTPUT_RINGBUF(flood);
-
-SEC("tracepoint/syscalls/sys_enter_getppid")
-int on_getppid(void *ctx)
-{
-	__u32 zero = 0;
-	__u64 *n = bpf_map_lookup_elem(&produced_total, &zero);
-
-	if (n)
-		*n += 1;
-	__u64 *rec = output_reserve(&flood, sizeof(__u64));
-	if (rec) {
-		*rec = bpf_get_current_cgroup_id();
-		OUTPUT_SUBMIT(ctx, flood, rec);
-	}
-	return 0;
-}
-
-char LICENSE[] SEC("license") = "GPL";
-"#;
-
 const CONFIG: &str = r#"
 rings:
-  - name: flood
+  - name: events
     cgroup_field: cgroup_id
     fields: [{ name: cgroup_id, size: 8 }]
 metrics:
@@ -51,7 +17,7 @@ metrics:
       labels: [{ name: cpu, size: 4 }]
     - name: flood_total
       help: Records aggregated
-      ring: flood
+      ring: events
 "#;
 
 #[test]
@@ -60,9 +26,13 @@ fn an_overloaded_ring_loses_records_only_into_counters() {
         return;
     }
     let dir = TempDir::new("loss");
-    std::fs::write(dir.0.join("loss.bpf.c"), PROGRAM).unwrap();
+    std::fs::write(dir.0.join("loss.bpf.c"), test_support::GETPID_RING).unwrap();
     std::fs::write(dir.0.join("loss.yaml"), CONFIG).unwrap();
-    test_support::compile_bpf(&dir.0.join("loss.bpf.c"), &dir.0.join("loss.bpf.o"), &[]);
+    test_support::compile_bpf(
+        &dir.0.join("loss.bpf.c"),
+        &dir.0.join("loss.bpf.o"),
+        &["-DSYSCALL=getppid", "-DCOUNT_PRODUCED"],
+    );
     // A 16 KiB ring (1,000 records), drained every 300 ms and woken only when full: a
     // tight getppid loop overflows it many times over.
     let config = dir.0.join("exporter.yaml");
@@ -94,7 +64,7 @@ fn an_overloaded_ring_loses_records_only_into_counters() {
         .sum();
     let read = get(
         "ebpf_exporter_ring_records_total",
-        "program=\"loss\",ring=\"flood\"",
+        "program=\"loss\",ring=\"events\"",
     );
     let full = get(
         "ebpf_exporter_ring_reserve_failures_total",
@@ -102,15 +72,15 @@ fn an_overloaded_ring_loses_records_only_into_counters() {
     );
     let queue = get(
         "ebpf_exporter_ingest_queue_dropped_records_total",
-        "program=\"loss\",ring=\"flood\"",
+        "program=\"loss\",ring=\"events\"",
     );
     let aggregated = get(
         "ebpf_exporter_aggregate_records_total",
-        "program=\"loss\",ring=\"flood\"",
+        "program=\"loss\",ring=\"events\"",
     );
     let malformed = get(
         "ebpf_exporter_aggregate_malformed_records_total",
-        "program=\"loss\",ring=\"flood\"",
+        "program=\"loss\",ring=\"events\"",
     );
     let counted: f64 = common::samples(&page, "ebpf_exporter_flood_total")
         .iter()

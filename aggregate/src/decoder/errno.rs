@@ -1,6 +1,10 @@
 //! `errno`: an error number (decimal text, e.g. after `uint`) as its name, `ENOENT`.
 
-use super::{tables::ERRNOS, uint::number, DecodeError, Decoder};
+use super::{
+    tables::{self, ERRNOS},
+    uint::number,
+    DecodeError, Decoder,
+};
 
 /// errno name, `unknown:<n>` for numbers without one.
 #[derive(Debug)]
@@ -18,9 +22,9 @@ impl Decoder for Errno {
             }
             _ => number(input, 0)?,
         };
-        Ok(match ERRNOS.binary_search_by_key(&n, |&(k, _)| k) {
-            Ok(i) => ERRNOS[i].1.as_bytes().to_vec(),
-            Err(_) => format!("unknown:{n}").into_bytes(),
+        Ok(match tables::name(ERRNOS, n) {
+            Some(name) => name.as_bytes().to_vec(),
+            None => format!("unknown:{n}").into_bytes(),
         })
     }
 }

@@ -190,21 +190,14 @@ impl Chain {
                 "static_map" => {
                     Box::new(static_map::StaticMap::new(&c.static_map, c.allow_unknown))
                 }
-                "pci_vendor" => Box::new(pci::Pci {
+                pci if pci.starts_with("pci_") => Box::new(pci::Pci {
                     db: ctx.pci(),
-                    kind: pci::PciKind::Vendor,
-                }),
-                "pci_device" => Box::new(pci::Pci {
-                    db: ctx.pci(),
-                    kind: pci::PciKind::Device,
-                }),
-                "pci_class" => Box::new(pci::Pci {
-                    db: ctx.pci(),
-                    kind: pci::PciKind::Class,
-                }),
-                "pci_subclass" => Box::new(pci::Pci {
-                    db: ctx.pci(),
-                    kind: pci::PciKind::Subclass,
+                    kind: pci::PciKind::named(pci).ok_or_else(|| {
+                        invalid(
+                            format!("{at}.name"),
+                            format!("unknown decoder {pci:?}; known: {NAMES}"),
+                        )
+                    })?,
                 }),
                 "kube_namespace" => kube(K::Cgroup, F::Namespace)?,
                 "kube_pod" => kube(K::Cgroup, F::Pod)?,

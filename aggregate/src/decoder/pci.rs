@@ -81,6 +81,33 @@ pub enum PciKind {
     Subclass,
 }
 
+impl PciKind {
+    /// The kind a decoder name (`pci_vendor`, ...) looks up.
+    pub fn named(decoder: &str) -> Option<Self> {
+        Some(match decoder {
+            "pci_vendor" => Self::Vendor,
+            "pci_device" => Self::Device,
+            "pci_class" => Self::Class,
+            "pci_subclass" => Self::Subclass,
+            _ => return None,
+        })
+    }
+
+    /// The label value of a number the database does not name.
+    fn unknown(self, n: u64) -> String {
+        match self {
+            Self::Vendor => format!("unknown pci vendor: 0x{:04x}", n as u16),
+            Self::Device => format!("unknown pci device: 0x{:08x}", n as u32),
+            Self::Class => format!("unknown pci class: 0x{:02x}", n as u8),
+            Self::Subclass => format!(
+                "unknown pci subclass: 0x{:02x} (class 0x{:02x})",
+                n as u8,
+                (n >> 8) as u8
+            ),
+        }
+    }
+}
+
 /// A PCI name lookup.
 #[derive(Debug)]
 pub struct Pci {
@@ -96,33 +123,16 @@ impl Decoder for Pci {
             return Ok(MISSING.into());
         };
         let n = number(input, 8)?;
-        let found = match self.kind {
-            PciKind::Vendor => db
-                .vendors
-                .get(&(n as u16))
-                .cloned()
-                .ok_or(format!("unknown pci vendor: 0x{:04x}", n as u16)),
-            PciKind::Device => db
-                .devices
-                .get(&((n >> 16) as u16, n as u16))
-                .cloned()
-                .ok_or(format!("unknown pci device: 0x{:08x}", n as u32)),
-            PciKind::Class => db
-                .classes
-                .get(&(n as u8))
-                .cloned()
-                .ok_or(format!("unknown pci class: 0x{:02x}", n as u8)),
-            PciKind::Subclass => db
-                .subclasses
-                .get(&((n >> 8) as u8, n as u8))
-                .cloned()
-                .ok_or(format!(
-                    "unknown pci subclass: 0x{:02x} (class 0x{:02x})",
-                    n as u8,
-                    (n >> 8) as u8
-                )),
+        let name = match self.kind {
+            PciKind::Vendor => db.vendors.get(&(n as u16)),
+            PciKind::Device => db.devices.get(&((n >> 16) as u16, n as u16)),
+            PciKind::Class => db.classes.get(&(n as u8)),
+            PciKind::Subclass => db.subclasses.get(&((n >> 8) as u8, n as u8)),
         };
-        Ok(found.unwrap_or_else(|e| e).into_bytes())
+        Ok(match name {
+            Some(name) => name.clone().into_bytes(),
+            None => self.kind.unknown(n).into_bytes(),
+        })
     }
 }
 

@@ -2,7 +2,7 @@
 
 use super::{tables, uint::number, DecodeError, Decoder};
 
-/// This architecture's syscall table.
+/// This architecture's own syscall numbers (then [`tables::SYSCALLS_COMMON`]).
 const TABLE: &[(u64, &str)] = if cfg!(target_arch = "x86_64") {
     tables::SYSCALLS_X86_64
 } else {
@@ -16,10 +16,12 @@ pub struct Syscall;
 impl Decoder for Syscall {
     fn decode(&self, input: &[u8]) -> Result<Vec<u8>, DecodeError> {
         let n = number(input, 8)?;
-        Ok(match TABLE.binary_search_by_key(&n, |&(k, _)| k) {
-            Ok(i) => TABLE[i].1.as_bytes().to_vec(),
-            Err(_) => format!("unknown_syscall:{n}").into_bytes(),
-        })
+        Ok(
+            match tables::name(TABLE, n).or_else(|| tables::name(tables::SYSCALLS_COMMON, n)) {
+                Some(name) => name.as_bytes().to_vec(),
+                None => format!("unknown_syscall:{n}").into_bytes(),
+            },
+        )
     }
 }
 
@@ -33,6 +35,7 @@ mod tests {
         assert_eq!(Syscall.decode(b"39").unwrap(), b"getpid");
         assert_eq!(Syscall.decode(b"0").unwrap(), b"read");
         assert_eq!(Syscall.decode(&257u64.to_ne_bytes()).unwrap(), b"openat");
+        assert_eq!(Syscall.decode(b"435").unwrap(), b"clone3");
         assert_eq!(
             Syscall.decode(b"100000").unwrap(),
             b"unknown_syscall:100000"
@@ -45,6 +48,7 @@ mod tests {
         for t in [
             tables::SYSCALLS_X86_64,
             tables::SYSCALLS_GENERIC,
+            tables::SYSCALLS_COMMON,
             tables::ERRNOS,
         ] {
             assert!(t.windows(2).all(|w| w[0].0 < w[1].0));

@@ -337,33 +337,6 @@ pub(crate) const SYSCALLS_X86_64: &[(u64, &str)] = &[
     (332, "statx"),
     (333, "io_pgetevents"),
     (334, "rseq"),
-    (424, "pidfd_send_signal"),
-    (425, "io_uring_setup"),
-    (426, "io_uring_enter"),
-    (427, "io_uring_register"),
-    (428, "open_tree"),
-    (429, "move_mount"),
-    (430, "fsopen"),
-    (431, "fsconfig"),
-    (432, "fsmount"),
-    (433, "fspick"),
-    (434, "pidfd_open"),
-    (435, "clone3"),
-    (436, "close_range"),
-    (437, "openat2"),
-    (438, "pidfd_getfd"),
-    (439, "faccessat2"),
-    (440, "process_madvise"),
-    (441, "epoll_pwait2"),
-    (442, "mount_setattr"),
-    (443, "quotactl_fd"),
-    (444, "landlock_create_ruleset"),
-    (445, "landlock_add_rule"),
-    (446, "landlock_restrict_self"),
-    (447, "memfd_secret"),
-    (448, "process_mrelease"),
-    (449, "futex_waitv"),
-    (450, "set_mempolicy_home_node"),
 ];
 
 /// Syscall numbers of asm-generic architectures such as arm64 (asm-generic/unistd.h).
@@ -668,6 +641,10 @@ pub(crate) const SYSCALLS_GENERIC: &[(u64, &str)] = &[
     (421, "rt_sigtimedwait_time64"),
     (422, "futex_time64"),
     (423, "sched_rr_get_interval_time64"),
+];
+
+/// Syscall numbers every architecture shares, from 424 on (unified since Linux 5.1).
+pub(crate) const SYSCALLS_COMMON: &[(u64, &str)] = &[
     (424, "pidfd_send_signal"),
     (425, "io_uring_setup"),
     (426, "io_uring_enter"),
@@ -696,6 +673,14 @@ pub(crate) const SYSCALLS_GENERIC: &[(u64, &str)] = &[
     (449, "futex_waitv"),
     (450, "set_mempolicy_home_node"),
 ];
+
+/// The name of `n` in `table` (sorted by number).
+pub(crate) fn name(table: &[(u64, &'static str)], n: u64) -> Option<&'static str> {
+    table
+        .binary_search_by_key(&n, |&(k, _)| k)
+        .ok()
+        .map(|i| table[i].1)
+}
 
 /// errno values (asm-generic/errno-base.h, errno.h).
 pub(crate) const ERRNOS: &[(u64, &str)] = &[

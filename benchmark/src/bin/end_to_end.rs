@@ -20,24 +20,6 @@ use std::{
 
 use benchmark::{compile_bpf, pin_to_cpu};
 
-const PROGRAM: &str = r#"#include "vmlinux.h"
-#include <bpf/bpf_helpers.h>
-#include "output.bpf.h"
-OUTPUT_RINGBUF(events);
-SEC("tracepoint/syscalls/sys_enter_getpid")
-int on_getpid(void *ctx)
-{
-	struct { __u64 cgroup, value; } *r = output_reserve(&events, 16);
-	if (r) {
-		r->cgroup = bpf_get_current_cgroup_id();
-		r->value = bpf_ktime_get_ns() & 0xfffff;
-		OUTPUT_SUBMIT(ctx, events, r);
-	}
-	return 0;
-}
-char LICENSE[] SEC("license") = "GPL";
-"#;
-
 const CONFIG: &str = r#"
 rings:
   - name: events
@@ -279,8 +261,14 @@ fn main() {
     );
     let dir = std::env::temp_dir().join(format!("end-to-end-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let object = compile_bpf(&dir, "e2e", PROGRAM);
-    benchmark::compile_bpf_with(&dir, "e2e", PROGRAM, &["-DOUTPUT_PERF"], "perf.bpf.o");
+    let object = compile_bpf(&dir, "e2e", test_support::GETPID_RING);
+    benchmark::compile_bpf_with(
+        &dir,
+        "e2e",
+        test_support::GETPID_RING,
+        &["-DOUTPUT_PERF"],
+        "perf.bpf.o",
+    );
     std::fs::write(dir.join("e2e.yaml"), CONFIG).unwrap();
     let floor: PathBuf = dir.join("floor");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -17,34 +17,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-const PROGRAM: &str = r#"#include "vmlinux.h"
-#include <bpf/bpf_helpers.h>
-#include "output.bpf.h"
-OUTPUT_RINGBUF(calls);
-SEC("tracepoint/syscalls/sys_enter_getpid")
-int on_getpid(void *ctx)
-{
-	struct { __u64 cgroup, ns; } *r = output_reserve(&calls, 16);
-	if (r) {
-		r->cgroup = bpf_get_current_cgroup_id();
-		r->ns = bpf_ktime_get_ns() & 0xfffff;
-		OUTPUT_SUBMIT(ctx, calls, r);
-	}
-	return 0;
-}
-char LICENSE[] SEC("license") = "GPL";
-"#;
-
 const CONFIG: &str = r#"
 rings:
-  - name: calls
+  - name: events
     cgroup_field: cgroup_id
     fields: [{ name: cgroup_id, size: 8 }, { name: ns, size: 8 }]
 metrics:
   histograms:
     - name: soak_values
       help: Values of getpid() probes of churning pods
-      ring: calls
+      ring: events
       value: { field: ns }
       bucket_type: exp2
       bucket_min: 0
@@ -173,7 +155,7 @@ fn main() {
     let secs: u64 = std::env::args().nth(1).map_or(1800, |s| s.parse().unwrap());
     let dir = std::env::temp_dir().join(format!("kebpf-soak-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    benchmark::compile_bpf(&dir, "soak", PROGRAM);
+    benchmark::compile_bpf(&dir, "soak", test_support::GETPID_RING);
     std::fs::write(dir.join("soak.yaml"), CONFIG).unwrap();
     let workload = dir.join("kebpf-workload");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

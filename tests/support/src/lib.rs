@@ -163,3 +163,7 @@ pub fn memory_limit(cg: &std::path::Path, bytes: u64) -> Option<std::path::PathB
     std::fs::write(cg.join("memory.max"), bytes.to_string()).unwrap();
     None
 }
+
+/// The load program of tests and benchmarks (C source): one ring record per `getpid()`
+/// (see the file for its switches).
+pub const GETPID_RING: &str = include_str!("getpid_ring.bpf.c");
