@@ -163,7 +163,7 @@ fn start_tap(
         t.input_batches,
         t.queue_events,
     );
-    tap.set_streams(Arc::new(streams.for_tap()));
+    tap.set_streams(streams.snapshot());
     Some(tap)
 }
 

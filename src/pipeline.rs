@@ -20,22 +20,12 @@ use std::{
     time::Instant,
 };
 
-use aggregate::{StreamAggregator, StreamPlan, StreamStats};
+pub use aggregate::Stream;
+use aggregate::StreamAggregator;
 use crossbeam_channel::{Receiver, Sender};
 use enrich::{Attributed, Cache, Enricher, PodLabels, HELD};
 use ingest::{Batch, BatchBuilder};
 use rustc_hash::FxHashMap;
-
-/// One stream (ring) as the workers see it.
-#[derive(Clone)]
-pub struct Stream {
-    /// Program the ring belongs to.
-    pub program: String,
-    /// Compiled layout and metrics.
-    pub plan: Arc<StreamPlan>,
-    /// Aggregation counters, shared by workers.
-    pub stats: Arc<StreamStats>,
-}
 
 /// The streams by id (a batch's `stream`), which a reload changes while workers run:
 /// ids are never reused, a removed stream leaves an empty slot. Workers keep their own
@@ -59,19 +49,6 @@ impl StreamTable {
     /// The streams now, by id.
     pub fn snapshot(&self) -> Arc<Vec<Option<Stream>>> {
         self.slots.read().clone()
-    }
-
-    /// The streams now as the tap describes them, by id.
-    pub fn for_tap(&self) -> Vec<Option<tap::Stream>> {
-        self.snapshot()
-            .iter()
-            .map(|s| {
-                s.as_ref().map(|s| tap::Stream {
-                    config: s.program.clone(),
-                    plan: s.plan.clone(),
-                })
-            })
-            .collect()
     }
 
     /// Changes at each [`StreamTable::update`].

@@ -270,7 +270,7 @@ fn claimed(s: &AppState, name: &str) -> Vec<String> {
 fn update_streams(s: &AppState, remove: &[u32], add: Vec<Stream>) -> Vec<u32> {
     let ids = s.streams.update(remove, add);
     if let Some(tap) = &s.tap {
-        tap.set_streams(Arc::new(s.streams.for_tap()));
+        tap.set_streams(s.streams.snapshot());
     }
     ids
 }

@@ -17,6 +17,17 @@ use crate::{
     stream::{MetricPlan, StreamPlan},
 };
 
+/// One stream (ring) of a config, as the stages after ingest and the tap see it.
+#[derive(Debug, Clone)]
+pub struct Stream {
+    /// The config (program) the ring belongs to.
+    pub program: String,
+    /// Its compiled layout and metrics.
+    pub plan: Arc<StreamPlan>,
+    /// Aggregation counters, shared by workers.
+    pub stats: Arc<StreamStats>,
+}
+
 /// Counters of one stream across its workers.
 #[derive(Debug, Default)]
 pub struct StreamStats {

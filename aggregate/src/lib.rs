@@ -18,7 +18,7 @@ mod registry;
 mod stream;
 mod table;
 
-pub use aggregator::{StreamAggregator, StreamStats};
+pub use aggregator::{Stream, StreamAggregator, StreamStats};
 pub use exposition::{format_float, Format, Kind, Native, PageWriter};
 pub use program::ProgramPlan;
 pub use registry::{DecodeFailures, KubeLabelNames, Registry, Released, DEFAULT_MAX_SERIES};

@@ -1,6 +1,6 @@
 //! Subscriber filters, from `/events` query parameters or `tap` flags.
 
-use crate::hub::Stream;
+use aggregate::Stream;
 
 /// What a subscriber wants to see.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -108,9 +108,9 @@ impl Filter {
         }
         let candidates: Vec<&Stream> = match &f.config {
             Some(c) => {
-                let s: Vec<&Stream> = streams.iter().filter(|s| &s.config == c).collect();
+                let s: Vec<&Stream> = streams.iter().filter(|s| &s.program == c).collect();
                 if s.is_empty() {
-                    let mut known: Vec<&str> = streams.iter().map(|s| s.config.as_str()).collect();
+                    let mut known: Vec<&str> = streams.iter().map(|s| s.program.as_str()).collect();
                     known.dedup();
                     return Err(FilterError(format!(
                         "config: no config named {c:?} streams events (known: {})",

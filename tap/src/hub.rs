@@ -11,22 +11,13 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use aggregate::{Raw, StreamPlan};
+use aggregate::{Raw, Stream};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use enrich::{Attributed, Enricher, PodLabels};
 use serde_json::{json, Map, Value};
 
 use crate::{time::rfc3339_nanos, Filter};
-
-/// A stream (ring) as the tap sees it.
-#[derive(Debug, Clone)]
-pub struct Stream {
-    /// Config (program) the ring belongs to.
-    pub config: String,
-    /// Its layout and labels.
-    pub plan: Arc<StreamPlan>,
-}
 
 /// Tap counters, exported as self-metrics.
 #[derive(Debug, Default)]
@@ -289,7 +280,7 @@ impl Worker {
         if record.len() < plan.record_size {
             return;
         }
-        if !subs.iter().any(|s| s.wants_pod(&stream.config, pod)) {
+        if !subs.iter().any(|s| s.wants_pod(&stream.program, pod)) {
             return;
         }
         let cgroup = plan.has_cgroup().then(|| plan.cgroup_id(record));
@@ -321,7 +312,7 @@ impl Worker {
         let mut line: Option<Bytes> = None;
         let now = Instant::now();
         subs.retain_mut(|s| {
-            if !s.wants_pod(&stream.config, pod) || !s.wants_fields(&fields) {
+            if !s.wants_pod(&stream.program, pod) || !s.wants_fields(&fields) {
                 return true;
             }
             if !s.take_token(now) {
@@ -347,7 +338,7 @@ impl Worker {
     fn line(&self, e: &Event<'_>) -> Bytes {
         let mut event = Map::new();
         event.insert("time".into(), json!(rfc3339_nanos(e.time)));
-        event.insert("config".into(), json!(e.stream.config));
+        event.insert("config".into(), json!(e.stream.program));
         event.insert("ring".into(), json!(e.stream.plan.ring));
         event.insert("node".into(), json!(self.node));
         if let Some(c) = &self.cluster {

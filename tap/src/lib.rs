@@ -13,5 +13,5 @@ pub mod sink;
 mod time;
 
 pub use filter::{Filter, FilterError};
-pub use hub::{Stream, Tap, TapStats};
+pub use hub::{Tap, TapStats};
 pub use time::rfc3339_nanos;

@@ -40,7 +40,7 @@ impl SinkFeed {
     ) -> std::io::Result<Self> {
         let (tx, rx) = crossbeam_channel::bounded(queue.max(1));
         for name in &configs {
-            if tap.streams().iter().any(|s| &s.config == name) {
+            if tap.streams().iter().any(|s| &s.program == name) {
                 let filter = crate::Filter {
                     config: Some(name.clone()),
                     ..Default::default()

@@ -247,12 +247,13 @@ pub fn tap_query(data: &[u8]) {
     let Ok(query) = std::str::from_utf8(data) else {
         return;
     };
-    let streams: Vec<tap::Stream> = records_plan()
+    let streams: Vec<aggregate::Stream> = records_plan()
         .1
         .iter()
-        .map(|p| tap::Stream {
-            config: "records".into(),
+        .map(|p| aggregate::Stream {
+            program: "records".into(),
             plan: p.clone(),
+            stats: Default::default(),
         })
         .collect();
     let _ = tap::Filter::parse(query, &streams);
