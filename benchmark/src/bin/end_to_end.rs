@@ -185,6 +185,8 @@ fn floor_run(floor: &Path, object: &Path, secs: f64) -> Run {
 }
 
 fn bpftrace_run(secs: f64) -> Option<Run> {
+    // It runs under taskset, which starts whether bpftrace is there or not.
+    Command::new("bpftrace").arg("--version").output().ok()?;
     let script = "tracepoint:syscalls:sys_enter_getpid { @h = hist(nsecs & 0xfffff); }";
     let mut child = on_cpu1(Path::new("bpftrace"), &["-e", script])
         .stdout(Stdio::piped())
