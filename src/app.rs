@@ -1,7 +1,6 @@
 //! The running exporter: its stages started over the configs that started, the state
 //! that serving and reloading share, reload triggers, and shutdown in flow order.
 
-use parking_lot::Mutex;
 use std::{sync::Arc, time::Duration};
 
 use aggregate::{decoder::Context, Registry};
@@ -11,6 +10,7 @@ use kube_ebpf_exporter::{
     config,
     pipeline::{self, Pipeline},
 };
+use parking_lot::Mutex;
 use tap::Tap;
 
 use crate::{

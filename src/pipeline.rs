@@ -10,7 +10,6 @@
 //! for a full aggregate queue (work already done is never thrown away); the wait backs
 //! up into the ingest queue, where readers drop and count what does not fit.
 
-use parking_lot::RwLock;
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -25,6 +24,7 @@ use aggregate::StreamAggregator;
 use crossbeam_channel::{Receiver, Sender};
 use enrich::{Attributed, Cache, Enricher, PodLabels, HELD};
 use ingest::{Batch, BatchBuilder};
+use parking_lot::RwLock;
 use rustc_hash::FxHashMap;
 
 /// The streams by id (a batch's `stream`), which a reload changes while workers run:

@@ -1,9 +1,8 @@
-//! Program configs as units: each is set up (compiled, loaded, attached, its rings'
-//! readers made) by the same path at start-up and at a reload, and dropped whole
-//! (readers stopped, programs detached, maps freed, series gone) when a reload removes
-//! or replaces it.
+//! Program configs from prepared to live: each is prepared (compiled, loaded, attached,
+//! its rings' readers made) by the same path at start-up and at a reload, goes live in
+//! the pipeline, and is dropped whole (readers stopped, programs detached, maps freed,
+//! series gone) when a reload removes or replaces it.
 
-use parking_lot::Mutex;
 use std::{
     collections::hash_map::DefaultHasher,
     hash::{Hash, Hasher},
@@ -15,6 +14,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use ingest::{cgroup_id_map::CgroupIdMap, Batch, RingReader, StreamMap};
 use kube_ebpf_exporter::pipeline::Stream;
+use parking_lot::Mutex;
 use tokio::{sync::watch, task::JoinHandle};
 
 use kube_ebpf_exporter::config::{self, Config, Program};

@@ -3,7 +3,6 @@
 //! concurrent scrapes and on event-tap subscribers, each refusal counted in
 //! `ebpf_exporter_http_refused_total{reason}`.
 
-use parking_lot::Mutex;
 use std::{
     collections::VecDeque,
     sync::{
@@ -21,6 +20,7 @@ use kube_ebpf_exporter::{
     web_config_watch::WebConfigWatch,
 };
 use metrics::counter;
+use parking_lot::Mutex;
 use std::future::Future;
 use tokio::{
     io::{AsyncRead, AsyncWrite},

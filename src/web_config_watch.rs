@@ -3,7 +3,6 @@
 //! their metadata. A change that does not parse keeps the last good config; the
 //! failure is logged and counted once per change.
 
-use parking_lot::Mutex;
 use std::{
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
@@ -11,6 +10,7 @@ use std::{
 };
 
 use metrics::counter;
+use parking_lot::Mutex;
 
 use crate::web_config::{self, Loaded};
 

@@ -3,7 +3,6 @@
 //! and container ids. The watcher lists, then watches with bookmarks, and lists again
 //! when the API says the resource version is too old (410 Gone).
 
-use parking_lot::{Mutex, RwLock};
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::{
@@ -20,6 +19,7 @@ use kube::{
     runtime::{watcher, WatchStreamExt},
     Client,
 };
+use parking_lot::{Mutex, RwLock};
 
 use crate::{background::Background, EnrichError, PodMeta, PodSource};
 

@@ -3,7 +3,6 @@
 //! a lookup that misses wakes the lister, so a pod that just started is found within
 //! one round trip while its first events wait (see [`crate::Cache::await_metadata`]).
 
-use parking_lot::{Mutex, RwLock};
 use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
@@ -14,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use parking_lot::{Mutex, RwLock};
 use tokio::{net::UnixStream, sync::Notify};
 use tonic::{
     codegen::http::uri::PathAndQuery,

@@ -6,14 +6,16 @@
 //! container id to its name. Namespace, pod and container names cannot contain `_`
 //! (they are DNS labels), so both split unambiguously.
 
-use crate::{PodMeta, PodSource};
-use parking_lot::Mutex;
 use std::{
     collections::HashMap,
     fs,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
+
+use parking_lot::Mutex;
+
+use crate::{PodMeta, PodSource};
 
 #[derive(Default)]
 struct Index {

@@ -2,7 +2,6 @@
 //! aggregate stage gets), decodes their records, and fans JSON lines out to
 //! subscribers.
 
-use parking_lot::{Mutex, RwLock};
 use std::{
     sync::{
         atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
@@ -15,6 +14,7 @@ use aggregate::{Raw, Stream};
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use enrich::{Attributed, Enricher, PodLabels};
+use parking_lot::{Mutex, RwLock};
 use serde_json::{json, Map, Value};
 
 use crate::{time::rfc3339_nanos, Filter};
