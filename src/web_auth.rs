@@ -48,13 +48,35 @@ pub struct Authenticator {
     cache: Mutex<Cache>,
     /// To the verifying threads (one per CPU; they end when this does).
     jobs: Sender<Job>,
+    /// Keeps the queue open even with no verifying thread (a test's full queue).
+    _queue: crossbeam_channel::Receiver<Job>,
 }
 
 impl Default for Authenticator {
+    /// One verifying thread per CPU.
     fn default() -> Self {
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        Self::with_verifiers(std::thread::available_parallelism().map_or(1, usize::from))
+    }
+}
+
+fn key(user: &str, password: &str, hash: &str) -> [u8; 32] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    for part in [user, password, hash] {
+        // Length-prefixed: ("ab", "c") and ("a", "bc") differ.
+        ctx.update(&(part.len() as u64).to_le_bytes());
+        ctx.update(part.as_bytes());
+    }
+    ctx.finish()
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
+}
+
+impl Authenticator {
+    /// With `threads` verifying threads (none: the queue only fills, for tests).
+    fn with_verifiers(threads: usize) -> Self {
         let (jobs, queue) = crossbeam_channel::bounded::<Job>(WAITING);
-        for i in 0..cpus {
+        for i in 0..threads {
             let queue = queue.clone();
             let verify = move || {
                 // SAFETY: lowers the calling thread's own priority; no pointers.
@@ -76,24 +98,10 @@ impl Default for Authenticator {
         Self {
             cache: Mutex::default(),
             jobs,
+            _queue: queue,
         }
     }
-}
 
-fn key(user: &str, password: &str, hash: &str) -> [u8; 32] {
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    for part in [user, password, hash] {
-        // Length-prefixed: ("ab", "c") and ("a", "bc") differ.
-        ctx.update(&(part.len() as u64).to_le_bytes());
-        ctx.update(part.as_bytes());
-    }
-    ctx.finish()
-        .as_ref()
-        .try_into()
-        .expect("SHA-256 is 32 bytes")
-}
-
-impl Authenticator {
     fn remembered(&self, key: &[u8; 32]) -> bool {
         self.cache.lock().keys.contains(key)
     }
@@ -189,7 +197,8 @@ mod tests {
     async fn beyond_the_queue_verifications_are_refused_at_once() {
         let users =
             BTreeMap::from([("prometheus".to_string(), bcrypt::hash("secret", 4).unwrap())]);
-        let auth = Authenticator::default();
+        // No verifier drains the queue between filling it and the check.
+        let auth = Authenticator::with_verifiers(0);
         let _full = fill(&auth);
         assert_eq!(auth.check(&users, Some(RIGHT)).await, Verdict::Busy);
     }
