@@ -52,6 +52,7 @@ pub struct AppState {
 
 /// Starts the stages (ingest readers, enrich and aggregate workers, the tap) over the
 /// configs that started, and makes them live.
+// Long: most of it is the state it fills in, field by field.
 pub fn start_pipeline(
     settings: &Settings,
     started: Started,
@@ -72,12 +73,7 @@ pub fn start_pipeline(
     let (tx, rx) = crossbeam_channel::bounded(p.queue_batches.max(1));
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     enricher.start_sources();
-    // Ring readers get their own runtime threads, apart from HTTP.
-    let ingest = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(p.ingest_workers.max(1))
-        .thread_name("ingest")
-        .enable_all()
-        .build()?;
+    let ingest = ingest_runtime(p.ingest_workers)?;
     let streams = Arc::new(pipeline::StreamTable::new(
         units.iter().flat_map(|u| u.streams.clone()).collect(),
     ));
@@ -141,6 +137,15 @@ pub fn start_pipeline(
     go_live(&state, units);
     state.telemetry.reloaded(true);
     Ok(state)
+}
+
+/// The ring readers' runtime: threads of their own, apart from HTTP.
+fn ingest_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .thread_name("ingest")
+        .enable_all()
+        .build()
 }
 
 /// The event tap over `streams`, when `tap.enabled`.

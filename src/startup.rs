@@ -200,11 +200,7 @@ pub fn start_configs(settings: &mut Settings) -> Result<Started> {
     // rather than keep them for the process's life (a reload parses it again).
     drop(starter);
     drop(btf);
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free memory.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    give_back_free_memory();
     drop_capabilities(settings)?;
     Ok(Started {
         enricher,
@@ -216,6 +212,15 @@ pub fn start_configs(settings: &mut Settings) -> Result<Started> {
         extra_names,
         node,
     })
+}
+
+/// Returns the heap's free pages to the kernel (the BTF parse left tens of MiB).
+fn give_back_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// The enrich stage's resolver: the cgroup2 hierarchy walked, the pod metadata sources

@@ -114,6 +114,30 @@ pub struct StreamPlan {
     fields: Vec<FieldView>,
 }
 
+/// Where field `name` is in ring `ring`'s records; an error at `at` naming the fields
+/// there are when it has none of that name.
+fn field_span(
+    fields: &[(String, Span)],
+    ring: &str,
+    name: &str,
+    at: String,
+) -> Result<Span, ConfigError> {
+    fields
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, s)| *s)
+        .ok_or_else(|| {
+            let known: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+            invalid(
+                at,
+                format!(
+                    "no field {name:?} in ring {ring:?} (fields: {})",
+                    known.join(", ")
+                ),
+            )
+        })
+}
+
 /// Every field of a ring's records as the tap shows them: with the first label that
 /// reads it (and its decoders) and the first value scale.
 fn field_views(
@@ -166,23 +190,7 @@ impl StreamPlan {
     ) -> Result<Self, ConfigError> {
         let ring_at = format!("{at}rings[{ri}]");
         let fields = layout(&ring.fields, &ring_at)?;
-        let field = |name: &str, at: String| {
-            fields
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, s)| *s)
-                .ok_or_else(|| {
-                    let known: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
-                    invalid(
-                        at,
-                        format!(
-                            "no field {name:?} in ring {:?} (fields: {})",
-                            ring.name,
-                            known.join(", ")
-                        ),
-                    )
-                })
-        };
+        let field = |name: &str, at: String| field_span(&fields, &ring.name, name, at);
         // A field the stage itself reads, of the size it must have.
         let special = |name: &Option<String>, key: &str, size: usize, what: &str| {
             let Some(name) = name else {

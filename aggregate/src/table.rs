@@ -107,6 +107,14 @@ pub struct TableEntry<'a> {
     pub histogram: Option<(Vec<f64>, Vec<u64>, f64)>,
 }
 
+/// A table's last label that names the CPU of a per-CPU map's value (read per CPU).
+fn is_cpu_label(l: &LabelConfig) -> bool {
+    l.name == "cpu"
+        && l.size == Some(2)
+        && !l.reuse
+        && l.decoders.iter().map(|d| d.name.as_str()).eq(["uint"])
+}
+
 /// A map-based histogram's bucket key (its last label), checked: its span, the bucket
 /// layout and multiplier, and whether the buckets serve as native ones.
 fn bucket_key(
@@ -228,12 +236,7 @@ impl TablePlan {
             map: m.name.clone(),
             key_size,
             at: at.to_string(),
-            cpu_label: m.labels.last().is_some_and(|l| {
-                l.name == "cpu"
-                    && l.size == Some(2)
-                    && !l.reuse
-                    && l.decoders.iter().map(|d| d.name.as_str()).eq(["uint"])
-            }) && !histogram,
+            cpu_label: !histogram && m.labels.last().is_some_and(is_cpu_label),
             name,
             help: m.help.clone(),
             labels,

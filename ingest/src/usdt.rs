@@ -205,6 +205,15 @@ fn parse_int(s: &str) -> Option<u64> {
     Some(if neg { v.wrapping_neg() } else { v })
 }
 
+/// Where the loaded address `addr` is in the file, by the segment that maps it.
+fn file_offset(file: &object::File<'_>, addr: u64) -> Option<u64> {
+    file.segments().find_map(|s| {
+        let (start, size) = (s.address(), s.size());
+        let (file_off, _) = s.file_range();
+        (addr >= start && addr < start + size).then(|| addr - start + file_off)
+    })
+}
+
 /// The sites of probe `provider:name` in the ELF file `bytes`.
 pub fn sites(bytes: &[u8], provider: &str, name: &str) -> Result<Vec<Site>, NoteError> {
     let file = object::File::parse(bytes)?;
@@ -249,18 +258,11 @@ pub fn sites(bytes: &[u8], provider: &str, name: &str) -> Result<Vec<Site>, Note
                 pc = pc.wrapping_add(actual).wrapping_sub(note_base);
             }
         }
-        let file_offset = |addr: u64| {
-            file.segments().find_map(|s| {
-                let (start, size) = (s.address(), s.size());
-                let (file_off, _) = s.file_range();
-                (addr >= start && addr < start + size).then(|| addr - start + file_off)
-            })
-        };
         let unmapped = |what, addr| NoteError::Unmapped { what, addr };
-        let offset = file_offset(pc).ok_or_else(|| unmapped("probe", pc))?;
+        let offset = file_offset(&file, pc).ok_or_else(|| unmapped("probe", pc))?;
         let semaphore = match semaphore {
             0 => 0,
-            addr => file_offset(addr).ok_or_else(|| unmapped("semaphore", addr))?,
+            addr => file_offset(&file, addr).ok_or_else(|| unmapped("semaphore", addr))?,
         };
         let mut spec = Spec::default();
         for (i, a) in args.split_whitespace().enumerate() {
