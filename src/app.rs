@@ -160,7 +160,6 @@ fn start_tap(
         return None;
     }
     let tap = Tap::start(
-        Vec::new(),
         enricher.clone(),
         node.to_string(),
         t.cluster.clone(),

@@ -136,7 +136,7 @@ pub mod proto {
 /// Why the CRI socket gave no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum CriError {
-    #[error("cannot connect: {}", crate::chain(.0))]
+    #[error("cannot connect: {}", ingest::chain(.0))]
     Connect(#[source] tonic::transport::Error),
     #[error("{method}: {source}")]
     NotReady {

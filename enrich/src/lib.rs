@@ -26,22 +26,6 @@ pub use labels::{Enricher, Extra, PodLabels, Resolved};
 pub use podlogs::PodLogs;
 pub use source::{PodMeta, PodSource, Sources};
 
-/// An error and the causes under it that it does not already say, `: `-separated
-/// (transport errors say little on their own).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cause = c.source();
-    }
-    s
-}
-
 /// Errors of the enrich stage.
 #[derive(Debug, thiserror::Error)]
 pub enum EnrichError {

@@ -73,7 +73,7 @@ pub fn ring_buffers_supported() -> bool {
 }
 
 /// An error and every cause under it, `: `-separated.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+pub fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

@@ -58,12 +58,11 @@ pub struct Tap {
 }
 
 impl Tap {
-    /// A tap over `streams` (indexed like batch streams) with its own thread.
+    /// A tap with its own thread; its streams come by [`Tap::set_streams`].
     /// `input_batches` bounds the batches waiting for it; `queue` the lines waiting
     /// for each subscriber. `extra_labels` names the enricher's opt-in labels
     /// (workload, pod labels), shown under `labels` in each event.
     pub fn start(
-        streams: Vec<Stream>,
         enricher: Arc<Enricher>,
         node: String,
         cluster: Option<String>,
@@ -76,7 +75,7 @@ impl Tap {
             active: AtomicUsize::new(0),
             tx,
             subscribers: Mutex::default(),
-            streams: RwLock::new(Arc::new(streams.into_iter().map(Some).collect())),
+            streams: RwLock::default(),
             stats: TapStats::default(),
             queue: queue.max(1),
         });

@@ -190,15 +190,12 @@ impl Chain {
                 "static_map" => {
                     Box::new(static_map::StaticMap::new(&c.static_map, c.allow_unknown))
                 }
-                pci if pci.starts_with("pci_") => Box::new(pci::Pci {
-                    db: ctx.pci(),
-                    kind: pci::PciKind::named(pci).ok_or_else(|| {
-                        invalid(
-                            format!("{at}.name"),
-                            format!("unknown decoder {pci:?}; known: {NAMES}"),
-                        )
-                    })?,
-                }),
+                name @ ("pci_vendor" | "pci_device" | "pci_class" | "pci_subclass") => {
+                    Box::new(pci::Pci {
+                        db: ctx.pci(),
+                        kind: pci::PciKind::named(name).expect("a PCI decoder name"),
+                    })
+                }
                 "kube_namespace" => kube(K::Cgroup, F::Namespace)?,
                 "kube_pod" => kube(K::Cgroup, F::Pod)?,
                 "kube_container" => kube(K::Cgroup, F::Container)?,
