@@ -410,7 +410,10 @@ impl<'a> Attacher<'a> {
         {
             match self.kprobe_multi(ebpf, program, function, *ret) {
                 Ok(()) => return Ok(()),
-                Err(why) => multi_failed = format!("; kprobe-multi, tried first: {why}"),
+                Err(e) => {
+                    let why = kprobe_multi::explain(&e);
+                    multi_failed = format!("; kprobe-multi, tried first: {why}");
+                }
             }
         }
         // Owns what it says, so the USDT path below may still change `self`.
@@ -445,24 +448,19 @@ impl<'a> Attacher<'a> {
         attach_with_aya(self.object, prog, point, self.btf, failed)
     }
 
-    /// Links a kprobe through kprobe-multi; why not, as text, when it cannot.
+    /// Links a kprobe through kprobe-multi.
     fn kprobe_multi(
         &mut self,
         ebpf: &Ebpf,
         program: &str,
         function: &str,
         ret: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), kprobe_multi::KprobeMultiError> {
         let relocated = match &mut self.relocated {
             Some(r) => r,
-            slot => slot.insert(
-                kprobe_multi::Relocated::new(self.prepared, ebpf, self.btf)
-                    .map_err(|e| kprobe_multi::explain(&e))?,
-            ),
+            slot => slot.insert(kprobe_multi::Relocated::new(self.prepared, ebpf, self.btf)?),
         };
-        let link = relocated
-            .attach(program, function, ret)
-            .map_err(|e| kprobe_multi::explain(&e))?;
+        let link = relocated.attach(program, function, ret)?;
         self.multi_links.push(link);
         Ok(())
     }

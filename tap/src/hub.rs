@@ -176,7 +176,7 @@ struct Explained {
 struct FieldValue<'a> {
     name: &'a str,
     raw: Raw,
-    label: Option<(&'a str, Result<String, String>)>,
+    label: Option<(&'a str, Result<String, aggregate::decoder::DecodeError>)>,
     scaled: Option<f64>,
 }
 
@@ -185,9 +185,7 @@ impl<'a> FieldValue<'a> {
         FieldValue {
             name: &f.name,
             raw: f.raw(record),
-            label: f
-                .label(record)
-                .map(|(n, v)| (n, v.map_err(|e| e.to_string()))),
+            label: f.label(record),
             scaled: f.scale.and_then(|s| match f.raw(record) {
                 Raw::Uint(n) => Some(aggregate::buckets::scaled(n, s)),
                 Raw::Hex(_) => None,
@@ -216,7 +214,7 @@ impl<'a> FieldValue<'a> {
             m.insert("label".into(), json!(name));
             match v {
                 Ok(v) => m.insert("value".into(), json!(v)),
-                Err(e) => m.insert("error".into(), json!(e)),
+                Err(e) => m.insert("error".into(), json!(e.to_string())),
             };
         }
         if let Some(s) = self.scaled {
