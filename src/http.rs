@@ -39,18 +39,37 @@ pub async fn serve(
         )
     })?;
     tracing::info!(%addr, node = %state.node, path = %config.web.telemetry_path, "serving metrics");
+    let serving = serving_runtime().context("starting the HTTP serving thread")?;
+    // Strangers' connections are accepted and handshaken on this thread (threads it
+    // starts from now on inherit this): a burst of them yields the CPU to a scrape.
+    // SAFETY: lowers the calling thread's own priority; no pointers.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as u32, 10) };
     let limits = web::Limits {
         web_config,
         auth: Arc::default(),
         max_connections: config.web.max_connections,
         header_timeout: Duration::from_secs(config.web.header_timeout_seconds),
         shutdown_timeout: Duration::from_secs(5),
+        serving: Some(serving.handle().clone()),
     };
     web::serve(listener, router, limits, terminated()).await;
+    // Connections have finished or been given up on: nothing there is waited for.
+    serving.shutdown_background();
     tracing::info!("shutting down");
     reloads.abort();
     app::shut_down(state, tap_server).await;
     Ok(())
+}
+
+/// The thread that serves connections once they are secured. Accepts and TLS
+/// handshakes stay on the main thread, so a flood of strangers' connections never
+/// queues ahead of an authorised scrape's request.
+fn serving_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("http-serve")
+        .enable_all()
+        .build()
 }
 
 /// The metrics listener's routes.
@@ -179,6 +198,7 @@ async fn serve_tap(
         max_connections: 64,
         header_timeout: Duration::from_secs(10),
         shutdown_timeout: Duration::from_secs(1),
+        serving: None,
     };
     let bound = match listen {
         config::TapListen::Unix(path) => bind_unix(path).map(|l| {

@@ -39,7 +39,7 @@ fn main() -> Result<()> {
         Some(Command::Tap(t)) => tap_client::run(t),
         Some(Command::Programs) => catalog::list_programs(),
         // One thread until programs are attached and capabilities dropped (see serve);
-        // HTTP needs no more, and scrapes render on blocking threads.
+        // HTTP adds its serving thread after that, and scrapes render on blocking threads.
         None => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?

@@ -66,6 +66,9 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// How long connections may take to finish at shutdown.
     pub shutdown_timeout: Duration,
+    /// Where secured connections are served, apart from the accept loop and TLS
+    /// handshakes; `None`: beside them.
+    pub serving: Option<tokio::runtime::Handle>,
 }
 
 /// A cap on something requests hold (scrapes, subscribers): a permit while held.
@@ -189,7 +192,7 @@ impl Admission {
 async fn connection<IO, S>(
     io: IO,
     service: S,
-    http: &hyper::server::conn::http1::Builder,
+    http: hyper::server::conn::http1::Builder,
     watcher: hyper_util::server::graceful::Watcher,
     ticket: &Ticket,
 ) where
@@ -289,33 +292,79 @@ fn secured(
     })
 }
 
-/// One accepted connection: plain, or secured as the web config says (as it is now:
-/// certificates and users change in place).
-async fn accepted<IO>(
-    stream: IO,
+/// What serving one accepted connection takes.
+struct Accepted {
     app: Router,
-    http: &hyper::server::conn::http1::Builder,
+    http: hyper::server::conn::http1::Builder,
     watcher: hyper_util::server::graceful::Watcher,
-    limits: &Limits,
+    limits: Limits,
     ticket: Arc<Ticket>,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let loaded = limits.web_config.as_ref().map(|w| w.current());
-    let tls = loaded.as_ref().and_then(|l| l.tls.clone());
-    let service = secured(app, loaded, limits.auth.clone(), ticket.clone());
-    let Some(tls) = tls else {
-        return connection(stream, service, http, watcher, &ticket).await;
-    };
-    // The handshake gets the header's deadline.
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => connection(tls, service, http, watcher, &ticket).await,
-        Ok(Err(e)) => {
-            counter!(REFUSED, "reason" => "tls").increment(1);
-            tracing::debug!("TLS handshake: {e}");
+}
+
+impl Accepted {
+    /// Secures `stream` as the web config says (as it is now: certificates and users
+    /// change in place), then hands it to the serving threads; until then it runs
+    /// beside the accept loop, under the header's deadline and open to eviction.
+    async fn secure<IO>(self, stream: IO)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let loaded = self.limits.web_config.as_ref().map(|w| w.current());
+        let tls = loaded.as_ref().and_then(|l| l.tls.clone());
+        let service = secured(
+            self.app.clone(),
+            loaded,
+            self.limits.auth.clone(),
+            self.ticket.clone(),
+        );
+        let Some(tls) = tls else {
+            return self.established(stream, service);
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let handshake = tokio::time::timeout(self.limits.header_timeout, acceptor.accept(stream));
+        tokio::select! {
+            done = handshake => match done {
+                Ok(Ok(tls)) => self.established(tls, service),
+                Ok(Err(e)) => {
+                    counter!(REFUSED, "reason" => "tls").increment(1);
+                    tracing::debug!("TLS handshake: {e}");
+                }
+                Err(_) => counter!(REFUSED, "reason" => "header_timeout").increment(1),
+            },
+            () = self.ticket.evicted() => {}
         }
-        Err(_) => counter!(REFUSED, "reason" => "header_timeout").increment(1),
+    }
+
+    /// Serves the secured connection on the serving threads, where strangers' junk
+    /// never queues ahead of a scrape, until it ends or is evicted.
+    fn established<IO, S>(self, io: IO, service: S)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::Service<
+                hyper::Request<hyper::body::Incoming>,
+                Response = axum::response::Response,
+                Error = std::convert::Infallible,
+            > + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let Self {
+            http,
+            watcher,
+            limits,
+            ticket,
+            ..
+        } = self;
+        let served = Box::pin(async move {
+            tokio::select! {
+                () = connection(io, service, http, watcher, &ticket) => {}
+                () = ticket.evicted() => {}
+            }
+        });
+        match &limits.serving {
+            Some(threads) => drop(threads.spawn(served)),
+            None => drop(tokio::spawn(served)),
+        }
     }
 }
 
@@ -350,15 +399,14 @@ pub async fn serve(
         let Some(ticket) = admission.admit() else {
             continue;
         };
-        let (app, http, watcher) = (app.clone(), http.clone(), graceful.watcher());
-        let limits = limits.clone();
-        tokio::spawn(async move {
-            let evicted = ticket.clone();
-            tokio::select! {
-                () = accepted(stream, app, &http, watcher, &limits, ticket) => {}
-                () = evicted.evicted() => {}
-            }
-        });
+        let accepted = Accepted {
+            app: app.clone(),
+            http: http.clone(),
+            watcher: graceful.watcher(),
+            limits: limits.clone(),
+            ticket,
+        };
+        tokio::spawn(Box::pin(accepted.secure(stream)));
     }
     drop(listener);
     if tokio::time::timeout(limits.shutdown_timeout, graceful.shutdown())

@@ -21,15 +21,7 @@ impl Drop for Server {
 impl Server {
     /// CPU seconds (user + system) the process has used.
     pub fn cpu(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0.id())).unwrap();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .collect();
-        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-        ticks / 100.0
+        cpu_seconds(self.0.id())
     }
 
     /// Resident set size in bytes.
@@ -38,6 +30,19 @@ impl Server {
         let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
         pages * 4096
     }
+}
+
+/// CPU seconds (user + system) process `pid` has used.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
 }
 
 /// A loopback port free right now.

@@ -28,7 +28,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use benchmark::process::{free_port, prometheus_query, wait_ready, Server};
+use benchmark::process::{cpu_seconds, free_port, prometheus_query, wait_ready, Server};
 use rustls::{pki_types::ServerName, ClientConnection, StreamOwned};
 
 const USER: &str = "prometheus";
@@ -147,8 +147,10 @@ impl Attack {
     }
 
     /// One request a `period` with a wrong password (a new one each time, as a brute
-    /// force tries them), each on a new connection.
-    fn wrong_passwords(&self, period: Duration) {
+    /// force tries them), each on a new connection, the first after `offset` (clients
+    /// spread over the period rather than all at once).
+    fn wrong_passwords(&self, period: Duration, offset: Duration) {
+        std::thread::sleep(offset);
         let mut next = Instant::now();
         for i in 0.. {
             if self.stop.load(Relaxed) {
@@ -193,9 +195,15 @@ impl Attack {
             Load::Slowloris => (0..4)
                 .map(|_| spawn(Box::new(|a| a.slowloris(50))))
                 .collect(),
-            // 20 clients at 5 a second each.
-            Load::WrongPasswords => (0..20)
-                .map(|_| spawn(Box::new(|a| a.wrong_passwords(Duration::from_millis(200)))))
+            // 100 clients at one a second each: 100/s offered while answers take under a
+            // second (a client waits for its answer, so a server that is slower gets fewer).
+            Load::WrongPasswords => (0..100u64)
+                .map(|i| {
+                    let offset = Duration::from_millis(10 * i);
+                    spawn(Box::new(move |a| {
+                        a.wrong_passwords(Duration::from_secs(1), offset)
+                    }))
+                })
                 .collect(),
         }
     }
@@ -321,9 +329,28 @@ struct Figures {
     p50_ms: f64,
     p99_ms: f64,
     cpu: f64,
+    /// The attackers' own CPU (this process), which the servers' threads share the
+    /// machine with.
+    attack_cpu: f64,
     rss_mib: f64,
     /// Wrong-password requests answered 401, 503, not at all.
     wrong: [u64; 3],
+    /// Seconds the server took to quiet down after the load stopped.
+    settled: u64,
+}
+
+/// Waits (up to 2 minutes) until `server` uses under 5% of a CPU over a second;
+/// returns the seconds that took.
+fn settle(server: &Server) -> u64 {
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    loop {
+        let cpu0 = server.cpu();
+        std::thread::sleep(Duration::from_secs(1));
+        if server.cpu() - cpu0 < 0.05 || start.elapsed() > Duration::from_secs(120) {
+            return start.elapsed().as_secs();
+        }
+    }
 }
 
 /// Runs `loads` against `server` for `seconds`, then asks Prometheus about them.
@@ -337,14 +364,15 @@ fn phase(
     attack.stop.store(false, Relaxed);
     let wrong0 = attack.answers.each_ref().map(|a| a.load(Relaxed));
     let threads: Vec<_> = loads.iter().flat_map(|&l| attack.start(l)).collect();
-    let (t0, cpu0) = (unix_now(), server.cpu());
+    let own = || cpu_seconds(std::process::id());
+    let (t0, cpu0, own0) = (unix_now(), server.cpu(), own());
     let mut rss = 0;
     let end = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < end {
         rss = rss.max(server.rss());
         std::thread::sleep(Duration::from_millis(500));
     }
-    let (t1, cpu1) = (unix_now(), server.cpu());
+    let (t1, cpu1, own1) = (unix_now(), server.cpu(), own());
     attack.stop.store(true, Relaxed);
     for t in threads {
         t.join().unwrap();
@@ -352,8 +380,9 @@ fn phase(
     // Samples scraped while the load ran, leaving its first second out.
     let window = format!("{}s", (t1 - t0 - 1.0).floor() as u64);
     let q = |f: &str| prometheus_query(prom, &format!("{f}{{job=\"{job}\"}}[{window}])"), Some(t1));
-    // Let the load's last connections close before the next phase.
-    std::thread::sleep(Duration::from_secs(3));
+    // The next phase starts on a quiet server: the load's last connections closed and
+    // work it queued (bcrypt backlogs) done, or it would be charged to the next load.
+    let settled = settle(server);
     let scrapes = q("count_over_time(up");
     let dials =
         format!("net_conntrack_dialer_conn_attempted_total{{dialer_name=\"{job}\"}}[{window}]");
@@ -368,8 +397,10 @@ fn phase(
         p50_ms: q("quantile_over_time(0.5, scrape_duration_seconds") * 1e3,
         p99_ms: q("quantile_over_time(0.99, scrape_duration_seconds") * 1e3,
         cpu: (cpu1 - cpu0) / (t1 - t0),
+        attack_cpu: (own1 - own0) / (t1 - t0),
         rss_mib: rss as f64 / f64::from(1 << 20),
         wrong: std::array::from_fn(|i| attack.answers[i].load(Relaxed) - wrong0[i]),
+        settled,
     }
 }
 
@@ -417,7 +448,7 @@ fn main() {
     println!("Prometheus scraping every 1 s (timeout 1 s) over TLS + basic auth (bcrypt cost 10); {seconds} s per phase; {} CPUs",
         std::thread::available_parallelism().map_or(1, usize::from));
     println!(
-        "{:<14} {:<18} {:>8} {:>9} {:>8} {:>9} {:>9} {:>7} {:>8} {:>8}  wrong pw: 401/503/none",
+        "{:<14} {:<18} {:>8} {:>9} {:>8} {:>9} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8}  wrong pw: 401/503/none",
         "server",
         "load",
         "scrapes",
@@ -427,7 +458,9 @@ fn main() {
         "p99 ms",
         "p99 x",
         "CPU %",
-        "RSS MiB"
+        "RSS MiB",
+        "atk CPU%",
+        "settle s"
     );
     // A third picks servers by job name (ours, node_exporter).
     let only = std::env::args().nth(3);
@@ -450,8 +483,10 @@ fn main() {
                 .unwrap_or_else(|e| panic!("{bin}: {e}")),
         );
         wait_ready(&addr);
-        // Prometheus's first scrapes (its connection, the credentials' first bcrypt).
-        std::thread::sleep(Duration::from_secs(5));
+        // Prometheus's first scrapes (its connection, the credentials' first bcrypt) and
+        // the server's start-up (ours attaches and reads its first maps) settle first:
+        // they are not what idle means.
+        std::thread::sleep(Duration::from_secs(15));
         let attack = Attack {
             addr: addr.parse().unwrap(),
             tls: client_tls(&dir),
@@ -470,7 +505,7 @@ fn main() {
                 String::new()
             };
             println!(
-                "{job:<14} {name:<18} {:>8.0} {:>8.1}% {:>8.0} {:>9.2} {:>9.2} {:>7.2} {:>8.1} {:>8.1}{wrong}",
+                "{job:<14} {name:<18} {:>8.0} {:>8.1}% {:>8.0} {:>9.2} {:>9.2} {:>7.2} {:>8.1} {:>8.1} {:>8.1} {:>8}{wrong}",
                 f.scrapes,
                 f.success * 100.0,
                 f.connects,
@@ -479,6 +514,8 @@ fn main() {
                 f.p99_ms / idle_p99,
                 f.cpu * 100.0,
                 f.rss_mib,
+                f.attack_cpu * 100.0,
+                f.settled,
             );
         }
     }
