@@ -82,6 +82,10 @@ impl Telemetry {
             "ebpf_exporter_ring_reserve_failures_total",
             "Records a program could not write because its ring was full, summed over CPUs"
         );
+        describe_gauge!(
+            "ebpf_exporter_ring_fill_ratio",
+            "The fullest a ring buffer (or a CPU's perf buffer) was at a drain since the previous scrape: near 1, a burst will be lost"
+        );
         describe_counter!(
             "ebpf_exporter_ring_lost_records_total",
             "Records the kernel reports lost because a perf buffer was full"
@@ -239,6 +243,7 @@ impl Telemetry {
                 .absolute(s.kernel_lost.load(Relaxed));
             counter!("ebpf_exporter_ingest_queue_dropped_records_total", &labels)
                 .absolute(s.queue_dropped.load(Relaxed));
+            gauge!("ebpf_exporter_ring_fill_ratio", &labels).set(s.take_fill_peak());
         }
     }
 

@@ -1,5 +1,6 @@
 //! Loss that adds up: a ring too small for the load on purpose, and every record is
-//! either aggregated or counted as dropped, at every stage. Needs root and BPF.
+//! either aggregated or counted as dropped, at every stage, and the ring's fill gauge
+//! saw it full. Needs root and BPF.
 
 mod common;
 
@@ -89,6 +90,20 @@ fn an_overloaded_ring_loses_records_only_into_counters() {
 
     assert!(produced >= 300_000.0, "{page}");
     assert!(full > 0.0, "the ring never overflowed: {page}");
+    // A ring that overflowed was full when a drain began; the gauge's next period,
+    // with the load gone, starts over.
+    let fill = get(
+        "ebpf_exporter_ring_fill_ratio",
+        "program=\"loss\",ring=\"events\"",
+    );
+    assert!(fill > 0.9, "fill {fill}: {page}");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let quiet = sample(
+        &exporter.metrics(),
+        "ebpf_exporter_ring_fill_ratio",
+        "program=\"loss\",ring=\"events\"",
+    );
+    assert!(quiet.is_some_and(|f| f < 0.1), "quiet fill {quiet:?}");
     // Kernel side: every attempt was read or counted as a failed reserve.
     assert_eq!(produced, read + full, "{page}");
     // User side: every record read was aggregated or counted as dropped.

@@ -175,6 +175,13 @@ impl CpuBuffer {
         u64::from_ne_bytes(v)
     }
 
+    /// How full the buffer is (0..=1).
+    fn fill(&self) -> f64 {
+        let head = self.position(DATA_HEAD).load(Ordering::Acquire);
+        let tail = self.position(DATA_TAIL).load(Ordering::Relaxed);
+        head.saturating_sub(tail) as f64 / self.size as f64
+    }
+
     /// Hands each sample to `sample` (as two parts) and each loss count to `lost`,
     /// then releases the space.
     fn drain(&mut self, sample: &mut impl FnMut(&[u8], &[u8]), lost: &mut impl FnMut(u64)) -> u64 {
@@ -266,6 +273,11 @@ impl PerfBuffers {
         while unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 64, 0) } == 64
         {
         }
+    }
+
+    /// How full the fullest CPU's buffer is (0..=1).
+    pub fn fill(&self) -> f64 {
+        self.cpus.iter().map(CpuBuffer::fill).fold(0.0, f64::max)
     }
 
     /// Drains every CPU's buffer; returns the samples read.

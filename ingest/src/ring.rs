@@ -31,6 +31,22 @@ pub struct RingStats {
     pub queue_dropped: AtomicU64,
     /// Records the kernel reported lost (perf buffers full).
     pub kernel_lost: AtomicU64,
+    /// The fullest the ring (or a CPU's perf buffer) was when a drain began, in
+    /// millionths, since [`RingStats::take_fill_peak`] last read it.
+    fill_peak_ppm: AtomicU64,
+}
+
+impl RingStats {
+    /// The ring was `fill` (0..=1) full before a drain. Drains begin where the fill
+    /// peaks, since it only grows between them.
+    fn note_fill(&self, fill: f64) {
+        self.fill_peak_ppm.fetch_max((fill * 1e6) as u64, Relaxed);
+    }
+
+    /// The highest fill (0..=1) since the last call, which starts a new period.
+    pub fn take_fill_peak(&self) -> f64 {
+        self.fill_peak_ppm.swap(0, Relaxed) as f64 / 1e6
+    }
 }
 
 /// A ring or perf buffers, registered with the reader's runtime when it starts.
@@ -191,6 +207,7 @@ fn drain_ring(
     tx: &Sender<Batch>,
     stats: &RingStats,
 ) {
+    stats.note_fill(ring.fill());
     let mut records = 0u64;
     loop {
         let n = ring.drain(builder.room().max(64), |run, count| {
@@ -214,6 +231,7 @@ fn drain_perf(
     tx: &Sender<Batch>,
     stats: &RingStats,
 ) {
+    stats.note_fill(buffers.fill());
     let records = buffers.drain(
         |head, tail| {
             builder.push_split(head, tail);

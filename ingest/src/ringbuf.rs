@@ -107,6 +107,13 @@ impl RingConsumer {
         unsafe { &*self.producer.ptr.as_ptr().cast::<AtomicU64>() }
     }
 
+    /// How full the ring is (0..=1): data written and not yet released.
+    pub fn fill(&self) -> f64 {
+        let cons = self.consumer_pos().load(Ordering::Relaxed);
+        let prod = self.producer_pos().load(Ordering::Acquire);
+        prod.saturating_sub(cons) as f64 / (self.mask + 1) as f64
+    }
+
     /// Hands committed data to `f` as runs of framed records (at most `max` bytes
     /// each, whole records, headers included: the batch framing) with the count of
     /// records in each that are not discarded, then releases the space with one store.
