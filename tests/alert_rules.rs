@@ -2,6 +2,8 @@
 //! pass (each alert fires on the series that should fire it and on no other), and the
 //! prometheus-operator overlay's PrometheusRule carries exactly the same groups.
 
+mod common;
+
 use std::{path::Path, process::Command};
 
 use serde_yaml_ng::Value;
@@ -41,20 +43,10 @@ fn prometheus_rule_matches_the_rules_file() {
         return;
     }
     let overlay = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/overlays/prometheus-operator");
-    let out = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(&overlay)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rendered = String::from_utf8(out.stdout).unwrap();
-    let rule: Value = serde_yaml_ng::Deserializer::from_str(&rendered)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .find(|d: &Value| d["kind"] == "PrometheusRule")
+    let (_, docs) = common::kustomize(&overlay);
+    let rule = docs
+        .into_iter()
+        .find(|d| d["kind"] == "PrometheusRule")
         .expect("the overlay renders a PrometheusRule");
     let file: Value = serde_yaml_ng::from_str(
         &std::fs::read_to_string(rules_dir().join("kube-ebpf-exporter.rules.yml")).unwrap(),

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{connects, samples, Cgroups, Exporter, Pod, TempDir};
+use common::{connects, kustomize, samples, Cgroups, Exporter, Pod, TempDir};
 use serde_yaml_ng::Value;
 
 fn deploy() -> PathBuf {
@@ -27,33 +27,13 @@ fn kustomizations() -> Vec<PathBuf> {
     dirs
 }
 
-/// `kubectl kustomize dir`, as YAML documents.
-fn render(dir: &Path) -> (String, Vec<Value>) {
-    let out = Command::new("kubectl")
-        .arg("kustomize")
-        .arg(dir)
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl kustomize {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let docs = serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect();
-    (text, docs)
-}
-
 fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
     docs.iter().filter(|d| d["kind"] == kind).collect()
 }
 
 /// The capabilities the base DaemonSet adds, as `setpriv` names them.
 fn daemonset_capabilities() -> Vec<String> {
-    let (_, docs) = render(&deploy().join("base"));
+    let (_, docs) = kustomize(&deploy().join("base"));
     let ds = of_kind(&docs, "DaemonSet")[0];
     let security = &ds["spec"]["template"]["spec"]["containers"][0]["securityContext"];
     assert_eq!(security["capabilities"]["drop"][0], "ALL");
@@ -76,7 +56,7 @@ fn every_overlay_renders_and_validates_offline() {
     }
     let dir = TempDir::new("deploy-validate");
     for k in kustomizations() {
-        let (text, docs) = render(&k);
+        let (text, docs) = kustomize(&k);
         let file = dir.0.join("rendered.yaml");
         std::fs::write(&file, &text).unwrap();
         let out = Command::new("kubernetes-validate")

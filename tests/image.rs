@@ -30,19 +30,10 @@ const NODE: &str = "image-test-node";
 
 /// The rendered base DaemonSet's pod spec.
 fn daemonset_pod() -> Value {
-    let out = Command::new("kubectl")
-        .args(["kustomize", &format!("{ROOT}/deploy/base")])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let daemonset = serde_yaml_ng::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .find(|d: &Value| d["kind"] == "DaemonSet")
+    let (_, docs) = common::kustomize(Path::new(&format!("{ROOT}/deploy/base")));
+    let daemonset = docs
+        .into_iter()
+        .find(|d| d["kind"] == "DaemonSet")
         .expect("a DaemonSet");
     daemonset["spec"]["template"]["spec"].clone()
 }

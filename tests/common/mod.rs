@@ -417,3 +417,23 @@ pub fn run_queue_agrees(count: f64, sum: f64, delay: f64, runs: f64) -> bool {
     (runs..=runs + extra).contains(&count)
         && (delay * 0.98 - 0.001..=delay * 1.05 + 0.001).contains(&sum)
 }
+
+/// `kubectl kustomize dir`: the rendered text and its YAML documents.
+pub fn kustomize(dir: &Path) -> (String, Vec<serde_yaml_ng::Value>) {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let docs = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    (text, docs)
+}
