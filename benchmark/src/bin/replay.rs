@@ -3,8 +3,11 @@
 //! and 1, 1,000 and 100,000 active series. Prints events/s, and events/s per core
 //! (events over the process's CPU time).
 //!
-//! `cargo run --release -p benchmark --bin replay [events per run]`, or
-//! `... --bin replay memory <series>` for the memory that many active series take.
+//! `cargo run --release -p benchmark --bin replay [events per run] [workers,...]
+//! [series,...]`, or
+//! `... --bin replay memory <series>` for the memory that many active series take, or
+//! `... --bin replay scaling [rounds] [events]` for 1 to 4 workers in turn, as medians
+//! against the best (run it under `taskset -c 0` too: workers beyond the CPUs).
 
 use std::{
     sync::{atomic::Ordering::Relaxed, Arc},
@@ -176,6 +179,36 @@ fn memory(series: u32) {
     );
 }
 
+/// Wall-clock rate at 1,000 series for 1 to 4 workers per stage, the counts taken in
+/// turn each round (the machine's drift hits them all alike); the median of each
+/// against the best median.
+fn scaling(rounds: usize, events: u64, enricher: &Arc<Enricher>) {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    println!("replay scaling: 1,000 series, {events} events per run, {rounds} rounds, {cpus} CPUs");
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); 4];
+    for round in 0..rounds {
+        let mut line = format!("round {round}:");
+        for (i, workers) in (1..=4).enumerate() {
+            let (rate, _) = run(workers, 1_000, events, enricher);
+            rates[i].push(rate);
+            line += &format!(" {workers}w {:.1} M/s", rate / 1e6);
+        }
+        println!("{line}");
+    }
+    let medians: Vec<f64> = rates
+        .iter_mut()
+        .map(|r| {
+            r.sort_by(f64::total_cmp);
+            r[r.len() / 2]
+        })
+        .collect();
+    let best = medians.iter().copied().fold(0.0, f64::max);
+    println!("{:>8} {:>14} {:>8}", "workers", "median M/s", "x best");
+    for (i, m) in medians.iter().enumerate() {
+        println!("{:>8} {:>14.1} {:>8.2}", i + 1, m / 1e6, m / best);
+    }
+}
+
 fn main() {
     let cgroups = CgroupFs::discover().expect("a cgroup2 mount");
     let enricher = Arc::new(Enricher::new(
@@ -188,14 +221,28 @@ fn main() {
         memory(series);
         return;
     }
+    if args.get(1).map(String::as_str) == Some("scaling") {
+        let rounds: usize = args.get(2).map_or(5, |s| s.parse().unwrap());
+        let events: u64 = args.get(3).map_or(10_000_000, |s| s.parse().unwrap());
+        scaling(rounds, events, &enricher);
+        return;
+    }
     let events: u64 = args.get(1).map_or(20_000_000, |s| s.parse().unwrap());
+    // Optional lists narrow the runs (for a profiler): worker counts, then series.
+    let list = |i: usize, all: &[u64]| -> Vec<u64> {
+        args.get(i).map_or(all.to_vec(), |s| {
+            s.split(',').map(|n| n.parse().unwrap()).collect()
+        })
+    };
+    let (workers_list, series_list) = (list(2, &[1, 2, 4]), list(3, &[1, 1_000, 100_000]));
     println!("replay: {events} events per run, 24-byte records, one exp2 histogram with a uint label, 16 cgroups");
     println!(
         "{:>8} {:>9} {:>14} {:>20} {:>14}",
         "workers", "series", "events/s", "events/s per core", "ns/event/core"
     );
-    for series in [1u32, 1_000, 100_000] {
-        for workers in [1usize, 2, 4] {
+    for &series in &series_list {
+        for &workers in &workers_list {
+            let (workers, series) = (workers as usize, series as u32);
             let (rate, per_core) = run(workers, series, events, &enricher);
             println!(
                 "{workers:>8} {series:>9} {:>14.0} {:>20.0} {:>14.1}",
