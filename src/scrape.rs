@@ -95,7 +95,10 @@ fn render_page(s: &AppState, format: aggregate::Format, emit: &mut dyn FnMut(Vec
         let sink = s.sink.as_ref().filter(|k| k.wants(&r.name));
         for (t, &split) in r.plan.tables.iter().zip(&r.split_cpus) {
             match r.object.read_table(&t.map, split) {
-                Ok(mut entries) => {
+                Ok(ingest::TableContents { mut entries, fill }) => {
+                    if let Some(fill) = fill {
+                        s.telemetry.table_fill(&r.name, &t.map, fill);
+                    }
                     r.expire_removed(t, split, &mut entries, &s.enricher, s.series_grace);
                     let rows = t.rows(&entries);
                     t.render(&rows, &mut out);

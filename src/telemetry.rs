@@ -114,6 +114,10 @@ impl Telemetry {
             "ebpf_exporter_table_malformed_keys_total",
             "Map entries whose key size does not match the metric's labels"
         );
+        describe_gauge!(
+            "ebpf_exporter_table_fill_ratio",
+            "Keys in a table's hash map against its max_entries, at the last scrape: at 1 new keys are not counted (an LRU map evicts old ones)"
+        );
         describe_counter!(
             "ebpf_exporter_table_read_errors_total",
             "Failed reads of a map at scrape time"
@@ -199,6 +203,11 @@ impl Telemetry {
                 .map_or(0.0, |d| d.as_secs_f64());
             gauge!("ebpf_exporter_config_last_reload_success_timestamp_seconds").set(now);
         }
+    }
+
+    /// How full a table's hash map was at this scrape's read.
+    pub fn table_fill(&self, config: &str, map: &str, fill: f64) {
+        gauge!("ebpf_exporter_table_fill_ratio", "config" => config.to_string(), "map" => map.to_string()).set(fill);
     }
 
     /// Counts a failed map read.

@@ -1,6 +1,6 @@
 //! Loss that adds up: a ring too small for the load on purpose, and every record is
 //! either aggregated or counted as dropped, at every stage, and the ring's fill gauge
-//! saw it full. Needs root and BPF.
+//! saw it full; a table map that fills shows in its fill gauge. Needs root and BPF.
 
 mod common;
 
@@ -111,5 +111,72 @@ fn an_overloaded_ring_loses_records_only_into_counters() {
     assert_eq!(
         counted, aggregated,
         "the metric counts exactly what was aggregated"
+    );
+}
+
+const TABLE_C: &str = r#"
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8);
+	__type(key, __u32);
+	__type(value, __u64);
+} callers_total SEC(".maps");
+SEC("tracepoint/syscalls/sys_enter_getppid")
+int count(void *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u64 one = 1, *v = bpf_map_lookup_elem(&callers_total, &tgid);
+	if (v)
+		__sync_fetch_and_add(v, 1);
+	else
+		bpf_map_update_elem(&callers_total, &tgid, &one, BPF_NOEXIST);
+	return 0;
+}
+char LICENSE[] SEC("license") = "GPL";
+"#;
+
+const TABLE_YAML: &str = r#"
+metrics:
+  counters:
+    - name: callers_total
+      help: getppid calls by process
+      labels: [{ name: tgid, size: 4, decoders: [{ name: uint }] }]
+"#;
+
+#[test]
+fn a_full_table_map_shows_in_its_fill_gauge() {
+    if !test_support::privileged("a_full_table_map_shows_in_its_fill_gauge") {
+        return;
+    }
+    let dir = TempDir::new("table-fill");
+    std::fs::write(dir.0.join("fill.bpf.c"), TABLE_C).unwrap();
+    std::fs::write(dir.0.join("fill.yaml"), TABLE_YAML).unwrap();
+    test_support::compile_bpf(&dir.0.join("fill.bpf.c"), &dir.0.join("fill.bpf.o"), &[]);
+    let exporter = Exporter::start(
+        &[
+            "--config.dir",
+            dir.0.to_str().unwrap(),
+            "--config.names",
+            "fill",
+        ],
+        &dir.0.join("log"),
+    );
+    // Twelve processes for a map of eight keys: it fills, and stays full.
+    for _ in 0..12 {
+        common::run_workload(None, &["getppid", "10"]);
+    }
+    let page = exporter.metrics();
+    let series = common::samples(&page, "ebpf_exporter_callers_total").len();
+    assert_eq!(series, 8, "{page}");
+    assert_eq!(
+        sample(
+            &page,
+            "ebpf_exporter_table_fill_ratio",
+            "config=\"fill\",map=\"callers_total\""
+        ),
+        Some(1.0),
+        "{page}"
     );
 }

@@ -31,7 +31,7 @@ pub use cgroup_events::CgroupEvents;
 pub use loader::{perf_event_paranoid, LoadOptions, LoadedObject, Loader, ProgramStats, StreamMap};
 pub use ring::{RingReader, RingStats};
 pub use ringbuf::RingConsumer;
-pub use table::TableError;
+pub use table::{TableContents, TableError};
 
 /// Each program of an object: (function name, attach-point section).
 ///

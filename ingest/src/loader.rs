@@ -442,7 +442,7 @@ impl LoadedObject {
         &self,
         map: &str,
         split_cpus: bool,
-    ) -> Result<Vec<(Vec<u8>, u64)>, IngestError> {
+    ) -> Result<crate::TableContents, IngestError> {
         let m = self
             .ebpf
             .map(map)

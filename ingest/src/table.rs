@@ -119,11 +119,23 @@ fn possible_cpus() -> Result<usize, TableError> {
     aya::util::nr_cpus().map_err(|(call, source)| TableError::Syscall { call, source })
 }
 
-/// All entries of a table map as (key bytes, value); per-CPU values are summed, or with
-/// `split_cpus` given per CPU with the CPU appended to the key.
-pub(crate) fn read(m: &Map, split_cpus: bool) -> Result<Vec<(Vec<u8>, u64)>, TableError> {
+/// A table map's entries as one read found them.
+#[derive(Debug)]
+pub struct TableContents {
+    /// (key bytes, value); per-CPU values summed, or with `split_cpus` one entry per
+    /// CPU, the CPU appended to the key.
+    pub entries: Vec<(Vec<u8>, u64)>,
+    /// Hash maps: keys held against `max_entries` (0..=1); at 1 new keys fail (or, in
+    /// an LRU map, push out old ones). Arrays hold every key: `None`.
+    pub fill: Option<f64>,
+}
+
+/// All entries of a table map, and how full it is.
+pub(crate) fn read(m: &Map, split_cpus: bool) -> Result<TableContents, TableError> {
     let (data, per_cpu) = table_data(m).ok_or(TableError::NotATable)?;
+    let hash = !matches!(m, Map::Array(_) | Map::PerCpuArray(_));
     let info = data.info()?;
+    let max_entries = info.max_entries();
     let (key_size, value_size) = (info.key_size() as usize, info.value_size() as usize);
     if value_size != 8 && value_size != 4 {
         return Err(TableError::ValueSize(value_size));
@@ -136,6 +148,7 @@ pub(crate) fn read(m: &Map, split_cpus: bool) -> Result<Vec<(Vec<u8>, u64)>, Tab
     let mut next = vec![0u8; key_size];
     let mut value = vec![0u8; if per_cpu { stride * cpus } else { value_size }];
     let mut first = true;
+    let mut keys = 0u64;
     loop {
         let mut attr = ElemAttr {
             map_fd: fd,
@@ -172,6 +185,7 @@ pub(crate) fn read(m: &Map, split_cpus: bool) -> Result<Vec<(Vec<u8>, u64)>, Tab
                 })
             }
         }
+        keys += 1;
         let per = |cpu: usize| {
             let v = &value[cpu * stride..cpu * stride + value_size];
             if value_size == 8 {
@@ -195,5 +209,8 @@ pub(crate) fn read(m: &Map, split_cpus: bool) -> Result<Vec<(Vec<u8>, u64)>, Tab
             ));
         }
     }
-    Ok(out)
+    Ok(TableContents {
+        entries: out,
+        fill: (hash && max_entries > 0).then(|| keys as f64 / f64::from(max_entries)),
+    })
 }
