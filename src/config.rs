@@ -467,6 +467,11 @@ pub struct Program {
     /// Kernel symbols whose addresses are set in the object's `kaddr_<symbol>` globals.
     #[serde(default)]
     pub kaddrs: Vec<String>,
+    /// Entries written into named maps after load and before attach (match tables as
+    /// data, as cloudflare/ebpf_exporter#638 proposes): map → key → integer value.
+    /// Keys are text or numbers, as the map's key type (its BTF) takes them.
+    #[serde(default)]
+    pub maps: BTreeMap<String, BTreeMap<String, MapValue>>,
     /// The reference exporter's OpenTelemetry tracing section: accepted, not supported.
     #[serde(default)]
     pub tracing: Option<serde_yaml_ng::Value>,
@@ -487,6 +492,23 @@ pub struct Program {
     /// the config: variants for kernels that have their hook (kprobes, fentry).
     #[serde(default)]
     pub optional: Vec<String>,
+}
+
+/// A `maps:` value: an integer, negative where the map's values are signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum MapValue {
+    Unsigned(u64),
+    Signed(i64),
+}
+
+impl From<MapValue> for i128 {
+    fn from(v: MapValue) -> Self {
+        match v {
+            MapValue::Unsigned(u) => i128::from(u),
+            MapValue::Signed(i) => i128::from(i),
+        }
+    }
 }
 
 /// `cgroup_id_map`: which map, how it holds cgroups, which cgroups.

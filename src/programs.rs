@@ -172,6 +172,8 @@ pub struct Attached {
     pub split_cpus: Vec<bool>,
     /// The map of matching cgroups, until the cgroup stream takes it.
     pub cgroup_map: Option<CgroupIdMap>,
+    /// The `maps:` entries written into its maps.
+    pub map_entries: Vec<ingest::map_entries::MapEntries>,
 }
 
 impl Attached {
@@ -244,6 +246,21 @@ fn object_bytes(src: &Origin, perf: bool) -> Result<std::borrow::Cow<'static, [u
     })
 }
 
+/// The config's `maps:` entries, as ingest writes them.
+pub fn map_entries(program: &Program) -> Vec<ingest::map_entries::MapEntries> {
+    program
+        .maps
+        .iter()
+        .map(|(map, entries)| ingest::map_entries::MapEntries {
+            map: map.clone(),
+            entries: entries
+                .iter()
+                .map(|(k, v)| (k.clone(), (*v).into()))
+                .collect(),
+        })
+        .collect()
+}
+
 impl Starter<'_> {
     /// The kernel addresses of the symbols the config's `kaddrs` name.
     fn kaddrs(&self, src: &Origin, program: &Program) -> Result<Vec<(String, u64)>, Failure> {
@@ -291,8 +308,13 @@ impl Starter<'_> {
             wakeup_bytes: p.wakeup_bytes.unwrap_or(u64::from(p.ring_bytes) / 4),
             kaddrs,
             optional: program.optional.clone(),
+            map_entries: map_entries(program),
         };
+        let written = opts.map_entries.clone();
         let mut object = self.loader.load(&src.name, &bytes, &opts).map_err(|e| {
+            if let ingest::IngestError::MapEntries { source, .. } = &e {
+                return fail(Stage::Config, format!("{at}{source}"));
+            }
             let stage = if matches!(e, ingest::IngestError::Program { action: "attach", .. }) { Stage::Attach } else { Stage::Load };
             // SAFETY: geteuid has no preconditions.
             let hint = if unsafe { libc::geteuid() } != 0 {
@@ -337,6 +359,7 @@ impl Starter<'_> {
             plan,
             split_cpus,
             cgroup_map,
+            map_entries: written,
         })
     }
 

@@ -116,10 +116,13 @@ fn select_programs(
 }
 
 /// What a config is made of, to tell an unchanged one at a reload: its parsed config
-/// and its object's bytes (both builds).
+/// and its object's bytes (both builds). Its `maps:` entries are left out: a change
+/// to them alone is written into the running maps (see [`rewrite_entries`]).
 pub fn fingerprint(src: &Origin, program: &Program) -> u64 {
     let mut h = DefaultHasher::new();
-    format!("{program:?}").hash(&mut h);
+    // The derived Debug names each field once, so the entries' text comes out whole.
+    let maps = format!("maps: {:?}, ", program.maps);
+    format!("{program:?}").replacen(&maps, "", 1).hash(&mut h);
     match &src.object {
         Object::Builtin(o) => o.name.hash(&mut h),
         Object::File(path) => {
@@ -303,6 +306,8 @@ pub struct Report {
     pub started: Vec<String>,
     pub replaced: Vec<String>,
     pub stopped: Vec<String>,
+    /// Unchanged but for their `maps:` entries, rewritten in place.
+    pub rewritten: Vec<String>,
     pub unchanged: usize,
     /// Configs that could not (re)start; a replaced one kept its old version.
     pub failed: Vec<Failure>,
@@ -312,8 +317,8 @@ impl Report {
     /// One line for the log and the `/-/reload` answer.
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "started {:?}, replaced {:?}, stopped {:?}, {} unchanged",
-            self.started, self.replaced, self.stopped, self.unchanged
+            "started {:?}, replaced {:?}, stopped {:?}, entries rewritten {:?}, {} unchanged",
+            self.started, self.replaced, self.stopped, self.rewritten, self.unchanged
         );
         for f in &self.failed {
             s.push_str(&format!(
@@ -363,7 +368,9 @@ fn reload_configs(s: &AppState) -> Result<Report> {
         let old = live.iter().find(|(n, _)| *n == src.name).map(|(_, f)| *f);
         match program {
             Err(f) => report.failed.push(f),
-            Ok(p) if old == Some(fingerprint(&src, &p)) => report.unchanged += 1,
+            Ok(p) if old == Some(fingerprint(&src, &p)) => {
+                rewrite_entries(s, &src, &p, &mut report)
+            }
             Ok(p) => todo.push((src, p, old.is_some())),
         }
     }
@@ -392,6 +399,37 @@ fn reload_configs(s: &AppState) -> Result<Report> {
     }));
     s.telemetry.reloaded(report.failed.is_empty());
     Ok(report)
+}
+
+/// Brings an otherwise unchanged config's maps in line with its `maps:` entries, in
+/// place: the programs stay attached and every other entry is left alone.
+fn rewrite_entries(s: &AppState, src: &Origin, program: &Program, report: &mut Report) {
+    let want = programs::map_entries(program);
+    let mut running = s.running.lock();
+    let Some(r) = running.iter_mut().find(|r| r.name == src.name) else {
+        return;
+    };
+    if r.map_entries == want {
+        report.unchanged += 1;
+        return;
+    }
+    match r.object.rewrite_entries(&r.map_entries, &want) {
+        Ok(()) => {
+            tracing::info!(config = %src.name, "maps: entries rewritten");
+            r.map_entries = want;
+            report.rewritten.push(src.name.clone());
+        }
+        Err(e) => {
+            let message = match &e {
+                ingest::IngestError::MapEntries { source, .. } => format!("{}{source}", src.at),
+                other => format!("{}{other}", src.at),
+            };
+            tracing::error!(config = %src.name, "reload: {message}");
+            report
+                .failed
+                .push(Failure::new(&src.name, Stage::Config, message));
+        }
+    }
 }
 
 /// Starts `src` (replacing its running version if `replacing`, which keeps running if

@@ -3,7 +3,8 @@
 //! link swap seen on disk. An unchanged config keeps its exact counters, a changed
 //! one takes effect, a removed one's series go, a broken one keeps the old version
 //! running and sets the status metric to 0; 100 reloads leave fds, threads, programs
-//! and maps where they were. Needs root and BPF.
+//! and maps where they were; a change to `maps:` entries alone is written into the
+//! running map. Needs root and BPF.
 
 #[macro_use]
 mod common;
@@ -341,5 +342,98 @@ fn a_configmap_update_is_seen_on_disk() {
                 "# HELP ebpf_exporter_getpid_calls_total getpid calls, from the new ConfigMap",
             ) && reload_ok(p) == Some(1.0)
         },
+    );
+}
+
+/// Runs the workload under process name `comm` (its comm): `n` getppid() calls.
+fn getppid_as(dir: &Path, comm: &str, n: u32) {
+    let named = dir.join(comm);
+    if !named.exists() {
+        std::os::unix::fs::symlink(common::workload(), &named).unwrap();
+    }
+    let status = std::process::Command::new(&named)
+        .args(["-", "getppid", &n.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn maps_entries_count_exactly_and_a_reload_rewrites_them_in_place() {
+    privileged!("maps_entries_count_exactly_and_a_reload_rewrites_them_in_place");
+    let dir = TempDir::new("reload-maps");
+    compile_example("comm-matches", &dir.0);
+    let args = [
+        "--config.dir",
+        &dir.0.display().to_string(),
+        "--config.strict",
+        "--web.enable-lifecycle",
+        "--config.reload-interval",
+        "600",
+    ];
+    let exporter = Exporter::start(&args, &dir.0.join("exporter.log"));
+    let name = "ebpf_exporter_comm_matches_total";
+    let series = |comm: &str, group: u32| format!("comm=\"{comm}\",group=\"{group}\"");
+    getppid_as(&dir.0, "kebpf-match-a", 5);
+    getppid_as(&dir.0, "kebpf-match-b", 7);
+    getppid_as(&dir.0, "kebpf-match-c", 11);
+    let page = wait_for(&exporter, name, &series("kebpf-match-b", 2), 7.0);
+    assert_eq!(
+        sample(&page, name, &series("kebpf-match-a", 1)),
+        Some(5.0),
+        "{page}"
+    );
+    assert_eq!(
+        common::samples(&page, name).len(),
+        2,
+        "only table names count: {page}"
+    );
+
+    // b out, c in (group 3); a untouched, and the program never reloaded: a's count
+    // goes on from 5.
+    let yaml = dir.0.join("comm-matches.yaml");
+    let text = std::fs::read_to_string(&yaml).unwrap();
+    let text = text.replace("    kebpf-match-b: 2\n", "    kebpf-match-c: 3\n");
+    std::fs::write(&yaml, text).unwrap();
+    let (code, body) = post_reload(&exporter.addr);
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("entries rewritten [\"comm-matches\"]"),
+        "{body}"
+    );
+    getppid_as(&dir.0, "kebpf-match-a", 2);
+    getppid_as(&dir.0, "kebpf-match-b", 3);
+    getppid_as(&dir.0, "kebpf-match-c", 4);
+    let page = wait_for(&exporter, name, &series("kebpf-match-c", 3), 4.0);
+    assert_eq!(
+        sample(&page, name, &series("kebpf-match-a", 1)),
+        Some(7.0),
+        "{page}"
+    );
+    assert_eq!(
+        sample(&page, name, &series("kebpf-match-b", 2)),
+        Some(7.0),
+        "{page}"
+    );
+
+    // A name too long for the key is refused with the map, the key and the reason,
+    // and the table stays as it was.
+    let text = std::fs::read_to_string(&yaml).unwrap();
+    std::fs::write(
+        &yaml,
+        text.replace("kebpf-match-a:", "kebpf-match-a-far-too-long:"),
+    )
+    .unwrap();
+    let (_, body) = post_reload(&exporter.addr);
+    assert!(
+        body.contains("maps.matched_comms[\"kebpf-match-a-far-too-long\"]: 26 bytes, too long for the map's char[16] key"),
+        "{body}"
+    );
+    getppid_as(&dir.0, "kebpf-match-a", 1);
+    let page = wait_for(&exporter, name, &series("kebpf-match-a", 1), 8.0);
+    assert_eq!(
+        sample(&page, name, &series("kebpf-match-a", 1)),
+        Some(8.0),
+        "{page}"
     );
 }

@@ -28,6 +28,7 @@ impl CgroupEvents {
             wakeup_bytes: 1 << 20,
             kaddrs: Vec::new(),
             optional: Vec::new(),
+            map_entries: Vec::new(),
         };
         let mut object = loader.load("cgroup_events", bytes, &opts)?;
         match object.take_stream(RING)? {

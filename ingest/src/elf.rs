@@ -318,6 +318,65 @@ pub fn externs(bytes: &[u8]) -> Result<Vec<Extern>, ElfError> {
         .collect())
 }
 
+/// The key type of each BTF-defined map (`__type(key, T)`), by map name; maps that
+/// give only `key_size` are left out.
+pub fn map_key_types(bytes: &[u8]) -> Result<Vec<(String, crate::map_entries::KeyType)>, ElfError> {
+    use crate::map_entries::KeyType;
+    let elf = Elf::parse(bytes)?;
+    let Some(btf_sec) = elf.by_name(".BTF") else {
+        return Ok(Vec::new());
+    };
+    let btf = Btf::parse(elf.data(&btf_sec))?;
+    let Some((_, maps)) = btf
+        .types()
+        .find(|(_, t)| t.kind == btf::KIND_DATASEC && btf.string(t.name_off) == Some(".maps"))
+    else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for (_, var_id) in btf.datasec_entries(&maps) {
+        let Some(var) = btf.get(var_id) else { continue };
+        let (Some(name), Some(def)) = (btf.string(var.name_off), btf.resolve(var.size_or_type))
+        else {
+            continue;
+        };
+        let key = btf.members(&def).into_iter().find_map(|(at, ty, _)| {
+            (btf.member_name(at) == Some("key"))
+                .then(|| btf.get(ty))
+                .flatten()
+        });
+        let Some(ptr) = key.filter(|k| k.kind == btf::KIND_PTR) else {
+            continue;
+        };
+        let Some(t) = btf.resolve(ptr.size_or_type) else {
+            continue;
+        };
+        let size = btf.size_of(ptr.size_or_type).unwrap_or(0);
+        let kind = match t.kind {
+            btf::KIND_INT => KeyType::Int {
+                size,
+                signed: btf.int_encoding(&t) & 1 == 1,
+            },
+            btf::KIND_ENUM | btf::KIND_ENUM64 => KeyType::Int {
+                size,
+                signed: false,
+            },
+            btf::KIND_ARRAY => {
+                let elem = btf.array(&t).and_then(|(e, _)| btf.resolve(e));
+                match elem {
+                    Some(e) if e.kind == btf::KIND_INT && e.size_or_type == 1 => {
+                        KeyType::Chars { len: size }
+                    }
+                    _ => KeyType::Other { size },
+                }
+            }
+            _ => KeyType::Other { size },
+        };
+        out.push((name.to_string(), kind));
+    }
+    Ok(out)
+}
+
 /// Shortens section names aya cannot parse, in the section string table and wherever
 /// BTF names the section (BTF.ext records and DATASECs find their section by name).
 fn rename_sections(elf: &Elf<'_>, btf: Option<(&Btf<'_>, Shdr)>, o: &mut [u8]) {

@@ -15,6 +15,7 @@ pub mod elf;
 pub mod kconfig;
 mod kprobe_multi;
 mod loader;
+pub mod map_entries;
 pub mod memlock;
 mod perf;
 pub mod refusal;
@@ -96,7 +97,8 @@ impl IngestError {
             Self::Parse { .. }
             | Self::Prepare { .. }
             | Self::UnknownSection { .. }
-            | Self::Map { .. } => refusal::Reason::Object,
+            | Self::Map { .. }
+            | Self::MapEntries { .. } => refusal::Reason::Object,
             Self::KernelBtf { .. } | Self::Poll { .. } => refusal::Reason::Kernel,
         }
     }
@@ -207,6 +209,14 @@ pub enum IngestError {
         /// What was wrong.
         #[source]
         problem: Box<MapProblem>,
+    },
+    /// A config's `maps:` entries do not fit their map, or could not be written.
+    #[error("object {object}: {source}")]
+    MapEntries {
+        /// Object name.
+        object: String,
+        #[source]
+        source: Box<map_entries::EntryError>,
     },
     /// The ring's file descriptor could not be registered with the runtime.
     #[error("ring {ring}: cannot poll: {source}")]

@@ -37,6 +37,8 @@ pub struct LoadOptions {
     /// Programs (function names) that may fail to load or attach without failing the
     /// object: variants for kernels that have their hook.
     pub optional: Vec<String>,
+    /// Entries written into named maps before anything attaches (`maps:`).
+    pub map_entries: Vec<crate::map_entries::MapEntries>,
 }
 
 /// Loads objects, each CO-RE-relocated against the kernel BTF it was made with. One
@@ -97,6 +99,8 @@ pub struct ProgramStats {
 pub struct LoadedObject {
     name: String,
     ebpf: Ebpf,
+    /// Key types of its BTF-defined maps, for `maps:` entries.
+    map_keys: Vec<(String, crate::map_entries::KeyType)>,
     attached: Vec<(String, AttachPoint)>,
     /// Optional programs that did not load or attach, and why.
     skipped: Vec<(String, String)>,
@@ -226,6 +230,20 @@ pub fn perf_event_paranoid() -> i32 {
 
 /// Rewrites and loads `bytes`. As libbpf does, a map the kernel refuses to create with
 /// its BTF is created without it (key and value sizes only), once per map.
+/// Writes `maps:` entries (see [`crate::map_entries::write`]).
+fn write_entries(
+    ebpf: &Ebpf,
+    name: &str,
+    map_keys: &[(String, crate::map_entries::KeyType)],
+    had: &[crate::map_entries::MapEntries],
+    want: &[crate::map_entries::MapEntries],
+) -> Result<(), IngestError> {
+    crate::map_entries::write(ebpf, map_keys, had, want).map_err(|e| IngestError::MapEntries {
+        object: name.into(),
+        source: Box::new(e),
+    })
+}
+
 fn load_object(
     loader: &mut Loader<'_>,
     name: &str,
@@ -335,6 +353,12 @@ impl LoadedObject {
             settings.max_entries = opts.rings.iter().map(|r| (r.as_str(), size)).collect();
         }
         let (mut ebpf, prepared) = load_object(loader, name, bytes, &mut settings)?;
+        // From the object as given: preparing it may drop key types.
+        let map_keys = elf::map_key_types(bytes).map_err(|e| IngestError::Prepare {
+            object: name.into(),
+            source: Box::new(e),
+        })?;
+        write_entries(&ebpf, name, &map_keys, &[], &opts.map_entries)?;
         let mut attacher = Attacher::new(name, loader.btf, &prepared);
         let (mut attached, mut skipped) = (Vec::new(), Vec::new());
         for (program, section, point) in points {
@@ -351,11 +375,25 @@ impl LoadedObject {
         Ok(Self {
             name: name.into(),
             ebpf,
+            map_keys,
             attached,
             skipped,
             _semaphore_links: attacher.semaphore_links,
             kprobe_multi_links: attacher.multi_links,
         })
+    }
+
+    /// Rewrites `maps:` entries in place (a reload that changed only them): keys in
+    /// `had` but not `want` go, changed and new ones are written, the rest untouched.
+    ///
+    /// # Errors
+    /// As at load: a map or entry that does not fit, or a refused write.
+    pub fn rewrite_entries(
+        &self,
+        had: &[crate::map_entries::MapEntries],
+        want: &[crate::map_entries::MapEntries],
+    ) -> Result<(), IngestError> {
+        write_entries(&self.ebpf, &self.name, &self.map_keys, had, want)
     }
 
     /// The object's name.

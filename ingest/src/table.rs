@@ -71,21 +71,29 @@ pub enum TableError {
     },
 }
 
+/// Deletes `key` from the map behind `map_fd`; `Ok(false)` when it was not there.
+pub(crate) fn delete_elem(map_fd: i32, key: &[u8]) -> std::io::Result<bool> {
+    let mut attr = ElemAttr {
+        map_fd: map_fd as u32,
+        key: key.as_ptr() as u64,
+        ..ElemAttr::default()
+    };
+    match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Deletes `keys` (the map's key size; per-CPU split keys are not) from a hash table;
 /// keys already gone are no error. Returns how many it deleted.
 pub(crate) fn delete(m: &Map, keys: &[Vec<u8>]) -> Result<usize, TableError> {
     let (data, _) = table_data(m).ok_or(TableError::NotATable)?;
-    let fd = data.fd().as_fd().as_raw_fd() as u32;
+    let fd = data.fd().as_fd().as_raw_fd();
     let mut deleted = 0;
     for key in keys {
-        let mut attr = ElemAttr {
-            map_fd: fd,
-            key: key.as_ptr() as u64,
-            ..ElemAttr::default()
-        };
-        match bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
-            Ok(()) => deleted += 1,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+        match delete_elem(fd, key) {
+            Ok(gone) => deleted += usize::from(gone),
             Err(source) => {
                 return Err(TableError::Syscall {
                     call: "BPF_MAP_DELETE_ELEM",

@@ -93,6 +93,7 @@ fn main() {
                 wakeup_bytes: 8 << 20,
                 kaddrs: Vec::new(),
                 optional: Vec::new(),
+                map_entries: Vec::new(),
             };
             let mut loaded = match loader.load(&name, &bytes, &opts) {
                 Ok(l) => l,
