@@ -406,13 +406,13 @@ fn reload_configs(s: &AppState) -> Result<Report> {
 fn rewrite_entries(s: &AppState, src: &Origin, program: &Program, report: &mut Report) {
     let want = programs::map_entries(program);
     let mut running = s.running.lock();
-    let Some(r) = running.iter_mut().find(|r| r.name == src.name) else {
-        return;
-    };
-    if r.map_entries == want {
+    let Some(r) = running
+        .iter_mut()
+        .find(|r| r.name == src.name && r.map_entries != want)
+    else {
         report.unchanged += 1;
         return;
-    }
+    };
     match r.object.rewrite_entries(&r.map_entries, &want) {
         Ok(()) => {
             tracing::info!(config = %src.name, "maps: entries rewritten");
