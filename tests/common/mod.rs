@@ -218,12 +218,13 @@ pub struct Pod {
 }
 
 impl Pod {
-    /// A pod whose uid and container id derive from its name: tests running at the
-    /// same time (all exporters see every event) must use different names.
+    /// A pod whose uid and container id derive from its name and the test process:
+    /// tests running at the same time (all exporters see every event) must use
+    /// different names, and two test runs on one machine never share a pod.
     pub fn new(namespace: &'static str, name: &'static str, container: &'static str) -> Self {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (namespace, name, container).hash(&mut h);
+        (namespace, name, container, std::process::id()).hash(&mut h);
         let x = h.finish();
         let hex = format!("{x:016x}{:016x}", x.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15);
         Self {
