@@ -436,4 +436,30 @@ fn maps_entries_count_exactly_and_a_reload_rewrites_them_in_place() {
         Some(8.0),
         "{page}"
     );
+
+    // Without a `maps:` section the table empties: nothing matches any more (a table
+    // metric is counted in the kernel, so a scrape right after the calls sees them).
+    let text = std::fs::read_to_string(&yaml).unwrap();
+    let (head, rest) = text.split_once("maps:\n").unwrap();
+    let metrics = &rest[rest.find("metrics:").unwrap()..];
+    std::fs::write(&yaml, format!("{head}{metrics}")).unwrap();
+    let (code, body) = post_reload(&exporter.addr);
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains("entries rewritten [\"comm-matches\"]"),
+        "{body}"
+    );
+    getppid_as(&dir.0, "kebpf-match-a", 3);
+    getppid_as(&dir.0, "kebpf-match-c", 3);
+    let page = exporter.metrics();
+    assert_eq!(
+        sample(&page, name, &series("kebpf-match-a", 1)),
+        Some(8.0),
+        "{page}"
+    );
+    assert_eq!(
+        sample(&page, name, &series("kebpf-match-c", 3)),
+        Some(4.0),
+        "{page}"
+    );
 }

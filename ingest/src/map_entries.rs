@@ -22,8 +22,8 @@ pub enum KeyType {
     Other { size: u32 },
 }
 
-/// The entries of one map, in the config's order: keys as written (a config file's
-/// keys are text; an integer key type reads them as numbers), integer values.
+/// The entries of one map: keys as written (a config file's keys are text; an integer
+/// key type reads them as numbers), integer values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapEntries {
     pub map: String,
@@ -218,7 +218,16 @@ pub(crate) fn write(
     want: &[MapEntries],
 ) -> Result<(), EntryError> {
     let mut plans = Vec::new();
-    for e in want {
+    // A map no longer named keeps nothing of what was written into it.
+    let dropped: Vec<MapEntries> = had
+        .iter()
+        .filter(|h| !want.iter().any(|w| w.map == h.map))
+        .map(|h| MapEntries {
+            map: h.map.clone(),
+            entries: Vec::new(),
+        })
+        .collect();
+    for e in want.iter().chain(&dropped) {
         let fail = |problem| EntryError {
             map: e.map.clone(),
             key: None,
