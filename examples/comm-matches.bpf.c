@@ -4,6 +4,7 @@
  * name is a config change, not a new object. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include "maps.bpf.h"
 
 #define COMM_LEN 16
 
@@ -32,7 +33,6 @@ SEC("tracepoint/syscalls/sys_enter_getppid")
 int count_matches(void *ctx)
 {
 	struct match_key key = {};
-	__u64 one = 1, *count;
 	__u32 *group;
 
 	bpf_get_current_comm(key.comm, sizeof(key.comm));
@@ -40,11 +40,7 @@ int count_matches(void *ctx)
 	if (!group)
 		return 0;
 	key.group = *group;
-	count = bpf_map_lookup_elem(&comm_matches_total, &key);
-	if (count)
-		__sync_fetch_and_add(count, 1);
-	else
-		bpf_map_update_elem(&comm_matches_total, &key, &one, BPF_NOEXIST);
+	map_increment(&comm_matches_total, &key, 1);
 	return 0;
 }
 

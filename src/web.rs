@@ -310,21 +310,14 @@ impl Accepted {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let loaded = self.limits.web_config.as_ref().map(|w| w.current());
-        let tls = loaded.as_ref().and_then(|l| l.tls.clone());
-        let service = secured(
-            self.app.clone(),
-            loaded,
-            self.limits.auth.clone(),
-            self.ticket.clone(),
-        );
-        let Some(tls) = tls else {
-            return self.established(stream, service);
+        let Some(tls) = loaded.as_ref().and_then(|l| l.tls.clone()) else {
+            return self.established(stream, loaded);
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let handshake = tokio::time::timeout(self.limits.header_timeout, acceptor.accept(stream));
         tokio::select! {
             done = handshake => match done {
-                Ok(Ok(tls)) => self.established(tls, service),
+                Ok(Ok(tls)) => self.established(tls, loaded),
                 Ok(Err(e)) => {
                     counter!(REFUSED, "reason" => "tls").increment(1);
                     tracing::debug!("TLS handshake: {e}");
@@ -335,26 +328,21 @@ impl Accepted {
         }
     }
 
-    /// Serves the secured connection on the serving threads, where strangers' junk
-    /// never queues ahead of a scrape, until it ends or is evicted.
-    fn established<IO, S>(self, io: IO, service: S)
+    /// Serves the secured connection (under the web config `loaded` when it was
+    /// secured) on the serving threads, where strangers' junk never queues ahead of a
+    /// scrape, until it ends or is evicted.
+    fn established<IO>(self, io: IO, loaded: Option<Arc<Loaded>>)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        S: hyper::service::Service<
-                hyper::Request<hyper::body::Incoming>,
-                Response = axum::response::Response,
-                Error = std::convert::Infallible,
-            > + Send
-            + 'static,
-        S::Future: Send + 'static,
     {
         let Self {
+            app,
             http,
             watcher,
             limits,
             ticket,
-            ..
         } = self;
+        let service = secured(app, loaded, limits.auth.clone(), ticket.clone());
         let served = Box::pin(async move {
             tokio::select! {
                 () = connection(io, service, http, watcher, &ticket) => {}

@@ -21,17 +21,26 @@ metrics:
       ring: events
 "#;
 
+/// A temp config dir holding config `name`: its object (`c` compiled with `flags`)
+/// and its YAML.
+fn config_dir(name: &str, c: &str, yaml: &str, flags: &[&str]) -> TempDir {
+    let dir = TempDir::new(name);
+    let source = dir.0.join(format!("{name}.bpf.c"));
+    std::fs::write(&source, c).unwrap();
+    std::fs::write(dir.0.join(format!("{name}.yaml")), yaml).unwrap();
+    test_support::compile_bpf(&source, &dir.0.join(format!("{name}.bpf.o")), flags);
+    dir
+}
+
 #[test]
 fn an_overloaded_ring_loses_records_only_into_counters() {
     if !test_support::privileged("an_overloaded_ring_loses_records_only_into_counters") {
         return;
     }
-    let dir = TempDir::new("loss");
-    std::fs::write(dir.0.join("loss.bpf.c"), test_support::GETPID_RING).unwrap();
-    std::fs::write(dir.0.join("loss.yaml"), CONFIG).unwrap();
-    test_support::compile_bpf(
-        &dir.0.join("loss.bpf.c"),
-        &dir.0.join("loss.bpf.o"),
+    let dir = config_dir(
+        "loss",
+        test_support::GETPID_RING,
+        CONFIG,
         &["-DSYSCALL=getppid", "-DCOUNT_PRODUCED"],
     );
     // A 16 KiB ring (1,000 records), drained every 300 ms and woken only when full: a
@@ -117,6 +126,7 @@ fn an_overloaded_ring_loses_records_only_into_counters() {
 const TABLE_C: &str = r#"
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include "maps.bpf.h"
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 8);
@@ -127,11 +137,7 @@ SEC("tracepoint/syscalls/sys_enter_getppid")
 int count(void *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	__u64 one = 1, *v = bpf_map_lookup_elem(&callers_total, &tgid);
-	if (v)
-		__sync_fetch_and_add(v, 1);
-	else
-		bpf_map_update_elem(&callers_total, &tgid, &one, BPF_NOEXIST);
+	map_increment(&callers_total, &tgid, 1);
 	return 0;
 }
 char LICENSE[] SEC("license") = "GPL";
@@ -150,10 +156,7 @@ fn a_full_table_map_shows_in_its_fill_gauge() {
     if !test_support::privileged("a_full_table_map_shows_in_its_fill_gauge") {
         return;
     }
-    let dir = TempDir::new("table-fill");
-    std::fs::write(dir.0.join("fill.bpf.c"), TABLE_C).unwrap();
-    std::fs::write(dir.0.join("fill.yaml"), TABLE_YAML).unwrap();
-    test_support::compile_bpf(&dir.0.join("fill.bpf.c"), &dir.0.join("fill.bpf.o"), &[]);
+    let dir = config_dir("fill", TABLE_C, TABLE_YAML, &[]);
     let exporter = Exporter::start(
         &[
             "--config.dir",

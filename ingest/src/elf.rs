@@ -327,19 +327,8 @@ pub fn map_key_types(bytes: &[u8]) -> Result<Vec<(String, crate::map_entries::Ke
         return Ok(Vec::new());
     };
     let btf = Btf::parse(elf.data(&btf_sec))?;
-    let Some((_, maps)) = btf
-        .types()
-        .find(|(_, t)| t.kind == btf::KIND_DATASEC && btf.string(t.name_off) == Some(".maps"))
-    else {
-        return Ok(Vec::new());
-    };
     let mut out = Vec::new();
-    for (_, var_id) in btf.datasec_entries(&maps) {
-        let Some(var) = btf.get(var_id) else { continue };
-        let (Some(name), Some(def)) = (btf.string(var.name_off), btf.resolve(var.size_or_type))
-        else {
-            continue;
-        };
+    for (name, def) in all_map_defs(&btf) {
         let key = btf.members(&def).into_iter().find_map(|(at, ty, _)| {
             (btf.member_name(at) == Some("key"))
                 .then(|| btf.get(ty))
@@ -601,8 +590,8 @@ fn set_globals(
     Ok(())
 }
 
-/// The struct type of each BTF-defined map (`.maps` variable) whose name `wanted`.
-fn map_defs(btf: &Btf<'_>, wanted: impl Fn(&str) -> bool) -> Vec<btf::Type> {
+/// Each BTF-defined map (`.maps` variable): its name and struct type.
+fn all_map_defs<'a>(btf: &Btf<'a>) -> Vec<(&'a str, btf::Type)> {
     let Some((_, maps)) = btf
         .types()
         .find(|(_, t)| t.kind == btf::KIND_DATASEC && btf.string(t.name_off) == Some(".maps"))
@@ -612,9 +601,17 @@ fn map_defs(btf: &Btf<'_>, wanted: impl Fn(&str) -> bool) -> Vec<btf::Type> {
     btf.datasec_entries(&maps)
         .into_iter()
         .filter_map(|(_, var_id)| btf.get(var_id))
-        .filter(|var| btf.string(var.name_off).is_some_and(&wanted))
-        .filter_map(|var| btf.resolve(var.size_or_type))
-        .filter(|t| t.kind == btf::KIND_STRUCT)
+        .filter_map(|var| Some((btf.string(var.name_off)?, btf.resolve(var.size_or_type)?)))
+        .filter(|(_, t)| t.kind == btf::KIND_STRUCT)
+        .collect()
+}
+
+/// The struct type of each BTF-defined map whose name `wanted`.
+fn map_defs(btf: &Btf<'_>, wanted: impl Fn(&str) -> bool) -> Vec<btf::Type> {
+    all_map_defs(btf)
+        .into_iter()
+        .filter(|(name, _)| wanted(name))
+        .map(|(_, def)| def)
         .collect()
 }
 
