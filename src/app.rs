@@ -41,6 +41,10 @@ pub struct AppState {
     pub cgroup_events: Option<pipeline::CgroupEventsHandle>,
     pub tap: Option<Arc<Tap>>,
     pub sink: Option<tap::sink::SinkFeed>,
+    /// The span stage, when spans are exported.
+    pub spans: Option<Arc<spans::Spans>>,
+    /// Its thread, joined at shutdown once the stage is dropped (its last spans sent).
+    pub spans_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     pub node: String,
     pub enricher: Arc<Enricher>,
     pub series_grace: Duration,
@@ -84,6 +88,7 @@ pub fn start_pipeline(
         (None, Some(_)) => bail!("{source}: tap.sink: needs tap.enabled"),
         _ => None,
     };
+    let (spans, spans_thread) = start_spans(&enricher, &node)?.unzip();
     let workers = pipeline::Settings {
         enrich_workers: p.enrich_workers,
         aggregate_workers: p.aggregate_workers,
@@ -96,6 +101,7 @@ pub fn start_pipeline(
         enricher.clone(),
         cgroup_events.clone(),
         tap.clone(),
+        spans.clone(),
         workers,
     )?;
     tracing::info!(
@@ -128,6 +134,8 @@ pub fn start_pipeline(
         cgroup_events,
         tap,
         sink,
+        spans,
+        spans_thread: Mutex::new(spans_thread),
         node,
         enricher,
         series_grace: Duration::from_secs(config.kubernetes.series_grace_seconds),
@@ -137,6 +145,29 @@ pub fn start_pipeline(
     go_live(&state, units);
     state.telemetry.reloaded(true);
     Ok(state)
+}
+
+/// The span stage, when the environment names an OTLP endpoint (said once either way).
+fn start_spans(
+    enricher: &Arc<Enricher>,
+    node: &str,
+) -> Result<Option<(Arc<spans::Spans>, std::thread::JoinHandle<()>)>> {
+    let (protocol, endpoint) = match spans::destination() {
+        Ok(d) => d,
+        Err(why) => {
+            tracing::info!("spans of tracing: configs are not exported: {why}");
+            return Ok(None);
+        }
+    };
+    let stage = spans::Spans::start(
+        protocol,
+        enricher.clone(),
+        node.to_string(),
+        spans::Batching::from_env(),
+    )
+    .context("OpenTelemetry span export")?;
+    tracing::info!(%endpoint, ?protocol, "spans of tracing: configs are exported over OTLP");
+    Ok(Some(stage))
 }
 
 /// The ring readers' runtime: threads of their own, apart from HTTP.
@@ -254,11 +285,18 @@ pub async fn shut_down(state: Arc<AppState>, tap_server: Option<tokio::task::Joi
             pipeline,
             reloading,
             running,
+            spans,
+            spans_thread,
             ..
         }) = state
         {
             drop((reloading, running));
             pipeline.join();
+            // The enrich workers are gone: this was the stage's last handle.
+            drop(spans);
+            if let Some(t) = spans_thread.into_inner() {
+                let _ = t.join();
+            }
         }
     })
     .await;

@@ -472,9 +472,10 @@ pub struct Program {
     /// Keys are text or numbers, as the map's key type (its BTF) takes them.
     #[serde(default)]
     pub maps: BTreeMap<String, BTreeMap<String, MapValue>>,
-    /// The reference exporter's OpenTelemetry tracing section: accepted, not supported.
+    /// Ring buffers whose records are spans, exported over OTLP (the reference
+    /// exporter's `tracing:` section).
     #[serde(default)]
-    pub tracing: Option<serde_yaml_ng::Value>,
+    pub tracing: spans::config::TracingConfig,
     /// A map the exporter fills with the cgroups whose paths match, for filtering in
     /// the kernel (the reference exporter's `cgroup_id_map`).
     #[serde(default)]

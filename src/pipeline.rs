@@ -183,6 +183,7 @@ impl Pipeline {
         enricher: Arc<Enricher>,
         cgroup_events: Option<CgroupEventsHandle>,
         tap: Option<Arc<tap::Tap>>,
+        spans: Option<Arc<spans::Spans>>,
         settings: Settings,
     ) -> std::io::Result<Self> {
         let enrich = Arc::new(StageStats::default());
@@ -208,7 +209,8 @@ impl Pipeline {
                 enrich.clone(),
                 aggregate_queues.clone(),
             );
-            let (enricher, tap, events) = (enricher.clone(), tap.clone(), cgroup_events.clone());
+            let (enricher, events) = (enricher.clone(), cgroup_events.clone());
+            let (tap, spans) = (tap.clone(), spans.clone());
             let worker = move || {
                 enrich_worker(
                     input,
@@ -216,7 +218,10 @@ impl Pipeline {
                     Cache::new(enricher).await_metadata(settings.metadata_wait),
                     events.as_ref(),
                     &out,
-                    tap.as_deref(),
+                    Offers {
+                        tap: tap.as_deref(),
+                        spans: spans.as_deref(),
+                    },
                     &stats,
                 )
             };
@@ -263,13 +268,21 @@ impl Pipeline {
 /// Bytes of held records per stream and worker; beyond it they go on unattributed.
 const HELD_BYTES: usize = 1 << 20;
 
+/// Where attributed batches go beside the aggregate workers.
+#[derive(Clone, Copy)]
+struct Offers<'a> {
+    /// Every batch once attributed (held records when they are).
+    tap: Option<&'a tap::Tap>,
+    /// Batches of span streams: the span stage takes them instead of aggregate workers.
+    spans: Option<&'a spans::Spans>,
+}
+
 /// One enrich worker: attaches pods to records, batch by batch.
 struct EnrichWorker<'a> {
     streams: LocalStreams<'a>,
     cache: Cache,
     out: &'a [Sender<Arc<Attributed>>],
-    /// Offered every batch once attributed (held records when they are).
-    tap: Option<&'a tap::Tap>,
+    offers: Offers<'a>,
     stats: &'a StageStats,
     slot: FxHashMap<u32, u32>,
     per_shard: Vec<u64>,
@@ -283,14 +296,14 @@ fn enrich_worker(
     cache: Cache,
     cgroup_events: Option<&CgroupEventsHandle>,
     out: &[Sender<Arc<Attributed>>],
-    tap: Option<&tap::Tap>,
+    offers: Offers,
     stats: &StageStats,
 ) {
     let mut w = EnrichWorker {
         streams: LocalStreams::new(streams),
         cache,
         out,
-        tap,
+        offers,
         stats,
         slot: FxHashMap::default(),
         per_shard: vec![0; out.len()],
@@ -391,8 +404,14 @@ impl EnrichWorker<'_> {
             index.push(i);
         }
         let enriched = Arc::new(Attributed { batch, pods, index });
-        if let Some(tap) = self.tap {
+        if let Some(tap) = self.offers.tap {
             tap.offer(&enriched);
+        }
+        if plan.traced {
+            if let Some(spans) = self.offers.spans {
+                spans.offer(&enriched);
+            }
+            self.per_shard.fill(0);
         }
         for (tx, &count) in self.out.iter().zip(&self.per_shard) {
             if count == 0 {

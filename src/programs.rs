@@ -2,9 +2,13 @@
 //! and attach it. A failure names the config and its stage; whether it stops startup
 //! is the caller's choice (`--config.strict`).
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use aggregate::{decoder::Context, ProgramPlan, Registry};
+use spans::SpanPlan;
 use ingest::{
     cgroup_id_map::{self, CgroupIdMap},
     LoadOptions, LoadedObject, Loader,
@@ -168,6 +172,8 @@ pub struct Attached {
     pub object: LoadedObject,
     /// Streams and tables.
     pub plan: ProgramPlan,
+    /// Span streams (`tracing.spans`), until they go live.
+    pub spans: Vec<Arc<SpanPlan>>,
     /// Per table: read per CPU (the per-CPU map has a `cpu` label).
     pub split_cpus: Vec<bool>,
     /// The map of matching cgroups, until the cgroup stream takes it.
@@ -286,9 +292,6 @@ impl Starter<'_> {
     pub fn start(&mut self, src: &Origin, program: &Program) -> Result<Attached, Failure> {
         let fail = |stage, message: String| Failure::new(&src.name, stage, message);
         let at = &src.at;
-        if program.tracing.is_some() {
-            tracing::warn!(program = %src.name, "{at}tracing: OpenTelemetry tracing is not supported; the section is ignored");
-        }
         let plan = ProgramPlan::compile(
             &program.rings,
             &program.metrics,
@@ -297,13 +300,29 @@ impl Starter<'_> {
             at,
         )
         .map_err(|e| fail(Stage::Config, format!("{at}{e}")))?;
+        let spans = program
+            .tracing
+            .spans
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                SpanPlan::compile(s, &src.name, self.decoders, &format!("{at}tracing.spans[{i}]"))
+                    .map(Arc::new)
+                    .map_err(|e| fail(Stage::Config, e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let kaddrs = self.kaddrs(src, program)?;
         // Rings need the -DOUTPUT_PERF build where ring buffers are off the table.
         let perf = self.perf_output && !program.rings.is_empty();
         let bytes = object_bytes(src, perf)?;
         let p = self.pipeline;
         let opts = LoadOptions {
-            rings: plan.streams.iter().map(|s| s.ring.clone()).collect(),
+            rings: plan
+                .streams
+                .iter()
+                .map(|s| s.ring.clone())
+                .chain(spans.iter().map(|s| s.stream.ring.clone()))
+                .collect(),
             ring_bytes: Some(p.ring_bytes),
             wakeup_bytes: p.wakeup_bytes.unwrap_or(u64::from(p.ring_bytes) / 4),
             kaddrs,
@@ -357,6 +376,7 @@ impl Starter<'_> {
             name: src.name.clone(),
             object,
             plan,
+            spans,
             split_cpus,
             cgroup_map,
             map_entries: written,

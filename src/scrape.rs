@@ -7,7 +7,7 @@ use axum::{extract::State, http::header, response::IntoResponse};
 use bytes::Bytes;
 use kube_ebpf_exporter::pipeline::Stream;
 
-use crate::app::AppState;
+use crate::{app::AppState, telemetry};
 
 /// `/metrics`: rendered on a blocking thread and streamed in chunks, so a scrape of
 /// many series never holds the whole page.
@@ -123,6 +123,9 @@ fn render_page(s: &AppState, format: aggregate::Format, emit: &mut dyn FnMut(Vec
         s.tap.as_deref(),
     );
     s.telemetry.sources(&s.enricher.source_health());
+    if let Some(spans) = &s.spans {
+        telemetry::update_spans(spans.stats());
+    }
     out.push_text(&s.telemetry.render());
     let rest = out.finish();
     emit(rest);

@@ -38,6 +38,14 @@ impl Telemetry {
             kube_ebpf_exporter::web_config_watch::RELOADS,
             "Times --web.config.file (or a file it names) changed and was parsed again, by result (a failure keeps the last good config)"
         );
+        describe_counter!(
+            "ebpf_exporter_spans_exported_total",
+            "Spans of tracing: configs the OTLP collector accepted"
+        );
+        describe_counter!(
+            "ebpf_exporter_spans_dropped_total",
+            "Span records not exported, by reason (queue_full: the span stage's queue was full, records dropped without waiting; export_failed: spans of an export the collector did not accept, or that timed out; decode: records too short or whose labels did not decode)"
+        );
         describe_gauge!(
             "ebpf_exporter_config_last_reload_successful",
             "Whether the last config reload (or the start) brought up every config"
@@ -265,6 +273,18 @@ impl Telemetry {
             "# TYPE ebpf_exporter_ebpf_program_run_time_seconds counter",
             1,
         )
+    }
+}
+
+/// The span stage's counters.
+pub fn update_spans(st: &spans::SpanStats) {
+    counter!("ebpf_exporter_spans_exported_total").absolute(st.exported.load(Relaxed));
+    for (reason, n) in [
+        ("queue_full", &st.dropped_queue),
+        ("export_failed", &st.dropped_export),
+        ("decode", &st.failed_decode),
+    ] {
+        counter!("ebpf_exporter_spans_dropped_total", "reason" => reason).absolute(n.load(Relaxed));
     }
 }
 

@@ -141,6 +141,8 @@ pub struct Prepared {
     pub streams: Vec<Stream>,
     pub readers: Vec<RingReader>,
     pub cgroup_map: Option<CgroupIdMap>,
+    /// Span streams, by their index in `streams`.
+    pub spans: Vec<(usize, Arc<spans::SpanPlan>)>,
 }
 
 /// Sets up one config; its streams get ids from `first_id` on.
@@ -157,8 +159,13 @@ pub fn prepare(
         ..Failure::new(&src.name, Stage::Load, message)
     };
     let drain = Duration::from_millis(p.drain_interval_ms.max(1));
-    let (mut streams, mut readers) = (Vec::new(), Vec::new());
-    for plan in std::mem::take(&mut running.plan.streams) {
+    let (mut streams, mut readers, mut spans) = (Vec::new(), Vec::new(), Vec::new());
+    // Metric streams, then span streams (whose plan the span stage shares).
+    let plans = std::mem::take(&mut running.plan.streams)
+        .into_iter()
+        .map(|p| (Arc::new(p), None))
+        .chain(std::mem::take(&mut running.spans).into_iter().map(|s| (s.stream.clone(), Some(s))));
+    for (plan, span) in plans {
         let id = first_id + streams.len() as u32;
         let label = format!("{}/{}", running.name, plan.ring);
         // The map decides the reader: configs say "ring", and an object built with
@@ -175,13 +182,17 @@ pub fn prepare(
             }
         };
         readers.push(reader);
+        if let Some(span) = span {
+            spans.push((streams.len(), span));
+        }
         streams.push(Stream {
             program: running.name.clone(),
-            plan: Arc::new(plan),
+            plan,
             stats: Arc::default(),
         });
     }
     Ok(Prepared {
+        spans,
         cgroup_map: running.cgroup_map.take(),
         fingerprint: fingerprint(src, program),
         attached: running,
@@ -222,6 +233,11 @@ impl Reloading {
         for (stream, reader) in unit.streams.iter().zip(&unit.readers) {
             s.telemetry
                 .add_ring(&unit.attached.name, &stream.plan.ring, reader.stats());
+        }
+        if let Some(stage) = &s.spans {
+            for (i, plan) in unit.spans {
+                stage.add(ids[i], plan);
+            }
         }
         let readers = unit
             .readers
@@ -292,6 +308,9 @@ fn stop(s: &AppState, name: &str) {
         r.abort();
     }
     update_streams(s, &live.streams, Vec::new());
+    if let Some(stage) = &s.spans {
+        stage.remove(&live.streams);
+    }
     if let Some(feed) = &s.cgroup_events {
         feed.lock().maps.retain(|(n, _)| n != name);
     }

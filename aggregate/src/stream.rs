@@ -112,6 +112,8 @@ pub struct StreamPlan {
     pid: Option<Span>,
     pub(crate) metrics: Vec<MetricPlan>,
     fields: Vec<FieldView>,
+    /// Its records are spans (a `tracing:` config): the span stage takes them too.
+    pub traced: bool,
 }
 
 /// Where field `name` is in ring `ring`'s records; an error at `at` naming the fields
@@ -246,6 +248,7 @@ impl StreamPlan {
             pid,
             metrics: plans,
             fields: views,
+            traced: false,
         })
     }
 
@@ -283,6 +286,53 @@ impl StreamPlan {
             pid: None,
             metrics: vec![plan],
             fields,
+            traced: false,
+        })
+    }
+
+    /// Records of a `tracing:` span config: laid out as its labels say (`size`, then
+    /// `padding`, as table keys are), each field decoded as its label, no metrics.
+    /// `cgroup` names the 8-byte label holding the cgroup id, if any.
+    ///
+    /// # Errors
+    /// Labels without a size, unknown decoders, or a cgroup label that is not there or
+    /// not 8 bytes; named from `at` (the span config's path).
+    pub fn compile_traced(
+        ring: &str,
+        labels: &[LabelConfig],
+        cgroup: Option<&str>,
+        ctx: &Context,
+        at: &str,
+    ) -> Result<Self, ConfigError> {
+        let spans = crate::table::key_layout(labels, at)?;
+        let mut fields = Vec::with_capacity(labels.len());
+        for (li, (l, span)) in labels.iter().zip(&spans).enumerate() {
+            let chain = Chain::build(&l.decoders, span.size, &format!("{at}.labels[{li}]"), ctx)?;
+            fields.push(FieldView {
+                name: l.name.clone(),
+                span: *span,
+                label: Some((l.name.clone(), Arc::new(chain))),
+                scale: None,
+            });
+        }
+        let cgroup = cgroup
+            .map(|name| {
+                let at = format!("{at}.cgroup_field");
+                match fields.iter().find(|f| f.name == name) {
+                    Some(f) if f.span.size == 8 => Ok(f.span),
+                    Some(f) => Err(invalid(at, format!("label {name:?} is {} bytes; a cgroup id has 8", f.span.size))),
+                    None => Err(invalid(at, format!("no label named {name:?}"))),
+                }
+            })
+            .transpose()?;
+        Ok(Self {
+            ring: ring.to_string(),
+            record_size: spans.iter().map(|s| s.offset + s.size).max().unwrap_or(0),
+            cgroup,
+            pid: None,
+            metrics: Vec::new(),
+            fields,
+            traced: true,
         })
     }
 

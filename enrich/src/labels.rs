@@ -288,6 +288,16 @@ impl Enricher {
         }
     }
 
+    /// The UID of the pod whose cgroup (or container's) `cgroup_id` is, from its path:
+    /// not part of the label set (a pod recreated under its name keeps its series).
+    pub fn pod_uid(&self, cgroup_id: u64) -> Option<String> {
+        let path = match self.known.get(&cgroup_id) {
+            Some(k) => k.0.clone(),
+            None => self.cgroups.path_of(cgroup_id).ok()?,
+        };
+        kubepath::parse(&path).map(|k| k.pod_uid)
+    }
+
     /// Counts `cgroup_id` as a live cgroup of label set `id`.
     fn own(&self, cgroup_id: u64, id: u32) {
         if self.owners.insert(cgroup_id, id) != Some(id) {

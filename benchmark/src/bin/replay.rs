@@ -108,6 +108,7 @@ fn run(workers: usize, series: u32, events: u64, enricher: &Arc<Enricher>) -> (f
         enricher.clone(),
         None,
         None,
+        None,
         settings,
     )
     .unwrap();

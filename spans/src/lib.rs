@@ -1,0 +1,14 @@
+//! Span stage: ring records of `tracing:` configs (the reference exporter's format)
+//! become OpenTelemetry spans carrying their pod's `k8s.*` attributes, exported over
+//! OTLP beside the metrics and never in their way.
+
+pub mod config;
+mod export;
+mod plan;
+mod record;
+mod stage;
+
+pub use export::{destination, exporter, timeout, ExportError, Protocol};
+pub use plan::SpanPlan;
+pub use record::SpanError;
+pub use stage::{Batching, SpanStats, Spans};
