@@ -3,6 +3,8 @@
 //! Unprivileged runs skip such tests with a visible line on stderr; with
 //! `KUBE_EBPF_EXPORTER_REQUIRE_PRIVILEGED=1` (set by `.ci/run`) a skip is a failure.
 
+pub mod otlp;
+
 use std::path::Path;
 
 /// Variable that turns a skip into a failure.

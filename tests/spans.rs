@@ -1,0 +1,153 @@
+//! `tracing:` configs on the real kernel: exec-trace (the reference exporter's format)
+//! delivers exactly the spans a known workload implies to an OTLP receiver over gRPC
+//! and HTTP/protobuf; pod-exec-trace's spans carry the pod's attributes; with the
+//! collector gone, metrics go on and dropped spans are counted. Needs root and BPF.
+
+#[macro_use]
+mod common;
+
+use std::{os::unix::process::CommandExt, path::Path, process::Command, time::Duration};
+
+use common::{compile_example, node, sample, Cgroups, Exporter, Pod, TempDir};
+use test_support::otlp::{Receiver, Span};
+
+/// Starts the exporter on `example` exporting to `endpoint` over `protocol`.
+fn start(example: &str, dir: &TempDir, endpoint: &str, protocol: &str, extra: &[String]) -> Exporter {
+    compile_example(example, &dir.0);
+    let mut args = vec![
+        "--config.dir".to_string(),
+        dir.0.display().to_string(),
+        "--config.names".into(),
+        example.into(),
+        "--config.strict".into(),
+    ];
+    args.extend_from_slice(extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+        ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000"),
+    ];
+    Exporter::start_with_env(&args, &env, &dir.0.join("exporter.log"))
+}
+
+/// A copy of /bin/true at a path of its own (span names are exec paths).
+fn program(dir: &TempDir, name: &str) -> String {
+    let path = dir.0.join(name);
+    std::fs::copy("/bin/true", &path).unwrap();
+    path.display().to_string()
+}
+
+/// `/bin/bash` running `path` `n` times (a fork and exec each), in `cgroup` if given.
+fn bash_runs(path: &str, n: usize, cgroup: Option<&Path>) {
+    let mut c = Command::new("/bin/bash");
+    c.arg("-c").arg(format!("for ((i = 0; i < {n}; i++)); do {path}; done"));
+    if let Some(cg) = cgroup {
+        let procs = cg.join("cgroup.procs");
+        // SAFETY: only a write(2) to a file between fork and exec.
+        unsafe {
+            c.pre_exec(move || std::fs::write(&procs, "0"));
+        }
+    }
+    assert!(c.status().unwrap().success());
+}
+
+fn hex(id: &[u8]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The spans of the trace `path`'s spans are in: its root first.
+fn trace_of<'a>(spans: &'a [Span], path: &str) -> Vec<&'a Span> {
+    let Some(one) = spans.iter().find(|s| s.name == path) else {
+        return Vec::new();
+    };
+    let mut trace: Vec<&Span> = spans.iter().filter(|s| s.trace_id == one.trace_id).collect();
+    trace.sort_by_key(|s| !s.parent_span_id.is_empty());
+    trace
+}
+
+/// Checks the trace of `n` runs of `path` under one bash: exactly n + 1 spans, the
+/// root /bin/bash and n children of it, each within the root's time.
+fn check_trace(spans: &[Span], path: &str, n: usize) -> Vec<Span> {
+    let trace = trace_of(spans, path);
+    let names: Vec<&str> = trace.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(trace.len(), n + 1, "spans of the trace: {names:?}");
+    let root = trace[0];
+    assert_eq!(root.name, "/bin/bash");
+    assert!(root.parent_span_id.is_empty(), "the root has no parent");
+    assert_eq!(root.trace_id.len(), 16);
+    for child in &trace[1..] {
+        assert_eq!(child.name, path);
+        assert_eq!(hex(&child.parent_span_id), hex(&root.span_id), "a child of the bash span");
+        assert!(child.end_ns > child.start_ns, "a process lives a while");
+        assert!(
+            child.start_ns >= root.start_ns && child.end_ns <= root.end_ns,
+            "children within their parent"
+        );
+    }
+    let mut ids: Vec<String> = trace.iter().map(|s| hex(&s.span_id)).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), n + 1, "distinct span ids");
+    trace.into_iter().cloned().collect()
+}
+
+fn exec_trace_exact(receiver: Receiver, tag: &str) {
+    let dir = TempDir::new(&format!("spans-{tag}"));
+    let exporter = start("exec-trace", &dir, &receiver.endpoint, receiver.protocol, &[]);
+    let path = program(&dir, &format!("t-{tag}"));
+    bash_runs(&path, 25, None);
+    receiver.wait(Duration::from_secs(20), |s| trace_of(s, &path).len() >= 26);
+    // Longer than an export interval: anything sent twice or extra would be here.
+    std::thread::sleep(Duration::from_millis(600));
+    let trace = check_trace(&receiver.spans(), &path, 25);
+    for s in &trace {
+        assert_eq!(s.resource["service.name"], "exec-trace");
+        assert_eq!(s.resource["k8s.node.name"], node());
+        assert_eq!(s.attributes["ebpf_exporter.config"], "exec-trace");
+        assert!(!s.attributes.contains_key("k8s.pod.name"), "no cgroup in these records");
+    }
+    let page = exporter.metrics();
+    let exported = sample(&page, "ebpf_exporter_spans_exported_total", "").unwrap_or(0.0);
+    assert!(exported >= 26.0, "{page}");
+    for reason in ["queue_full", "export_failed", "decode"] {
+        let dropped = sample(&page, "ebpf_exporter_spans_dropped_total", &format!("reason=\"{reason}\""));
+        assert_eq!(dropped, Some(0.0), "{reason}: {page}");
+    }
+}
+
+#[test]
+fn exec_trace_delivers_exactly_its_spans_over_grpc() {
+    privileged!("exec_trace_delivers_exactly_its_spans_over_grpc");
+    exec_trace_exact(Receiver::grpc(), "grpc");
+}
+
+#[test]
+fn exec_trace_delivers_exactly_its_spans_over_http() {
+    privileged!("exec_trace_delivers_exactly_its_spans_over_http");
+    exec_trace_exact(Receiver::http(), "http");
+}
+
+#[test]
+fn pod_exec_trace_spans_carry_their_pod() {
+    privileged!("pod_exec_trace_spans_carry_their_pod");
+    let receiver = Receiver::grpc();
+    let pod = Pod::new("shop", "spans-6d5f4-q8w7e", "app");
+    let dir = TempDir::new("spans-pod");
+    let mut cgroups = Cgroups::new("spans-pod");
+    let cg = pod.cgroup(&mut cgroups);
+    let _exporter = start("pod-exec-trace", &dir, &receiver.endpoint, receiver.protocol, &pod.logs(&dir.0));
+    let path = program(&dir, "t-pod");
+    bash_runs(&path, 10, Some(&cg));
+    let spans = receiver.wait(Duration::from_secs(20), |s| trace_of(s, &path).len() >= 11);
+    let trace = check_trace(&spans, &path, 10);
+    for s in &trace {
+        let a = &s.attributes;
+        assert_eq!(a["k8s.namespace.name"], pod.namespace, "{a:?}");
+        assert_eq!(a["k8s.pod.name"], pod.name);
+        assert_eq!(a["k8s.pod.uid"], pod.uid);
+        assert_eq!(a["k8s.container.name"], pod.container);
+        assert_eq!(s.resource["k8s.node.name"], node());
+        assert_eq!(s.resource["service.name"], "pod-exec-trace");
+    }
+}

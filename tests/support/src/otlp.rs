@@ -1,0 +1,212 @@
+//! An OTLP trace receiver for tests, built from the official protocol definitions
+//! (the `opentelemetry-proto` crate): gRPC (`TraceService/Export`) or HTTP/protobuf
+//! (`POST /v1/traces`), on a loopback port, keeping every span it is sent.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        trace_service_server::{TraceService, TraceServiceServer},
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    },
+    common::v1::{any_value::Value, KeyValue},
+};
+use prost::Message;
+
+/// One span as received, with its resource's attributes.
+#[derive(Debug, Clone)]
+pub struct Span {
+    pub resource: BTreeMap<String, String>,
+    pub name: String,
+    pub trace_id: Vec<u8>,
+    pub span_id: Vec<u8>,
+    pub parent_span_id: Vec<u8>,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub attributes: BTreeMap<String, String>,
+}
+
+fn strings(kvs: &[KeyValue]) -> BTreeMap<String, String> {
+    kvs.iter()
+        .map(|kv| {
+            let v = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(Value::StringValue(s)) => s.clone(),
+                Some(other) => format!("{other:?}"),
+                None => String::new(),
+            };
+            (kv.key.clone(), v)
+        })
+        .collect()
+}
+
+#[derive(Clone, Default)]
+struct Store(Arc<Mutex<Vec<Span>>>);
+
+impl Store {
+    fn keep(&self, request: ExportTraceServiceRequest) {
+        let mut spans = self.0.lock().unwrap();
+        for rs in request.resource_spans {
+            let resource = strings(&rs.resource.map(|r| r.attributes).unwrap_or_default());
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    spans.push(Span {
+                        resource: resource.clone(),
+                        name: s.name,
+                        trace_id: s.trace_id,
+                        span_id: s.span_id,
+                        parent_span_id: s.parent_span_id,
+                        start_ns: s.start_time_unix_nano,
+                        end_ns: s.end_time_unix_nano,
+                        attributes: strings(&s.attributes),
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Store {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.keep(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// A running receiver; stops with the test process.
+pub struct Receiver {
+    /// What `OTEL_EXPORTER_OTLP_ENDPOINT` should say.
+    pub endpoint: String,
+    /// What `OTEL_EXPORTER_OTLP_PROTOCOL` should say.
+    pub protocol: &'static str,
+    store: Store,
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+impl Receiver {
+    /// A gRPC receiver.
+    pub fn grpc() -> Self {
+        let store = Store::default();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let service = TraceServiceServer::new(store.clone());
+        std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let incoming = tokio_stream_of(tokio::net::TcpListener::from_std(listener).unwrap());
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming(incoming)
+                    .await
+                    .unwrap();
+            })
+        });
+        Self {
+            endpoint: format!("http://{addr}"),
+            protocol: "grpc",
+            store,
+        }
+    }
+
+    /// An HTTP/protobuf receiver.
+    pub fn http() -> Self {
+        let store = Store::default();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let kept = store.clone();
+        std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let (stream, _) = listener.accept().await.unwrap();
+                    let kept = kept.clone();
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req| {
+                            let kept = kept.clone();
+                            async move { Ok::<_, std::convert::Infallible>(answer(req, &kept).await) }
+                        });
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, service)
+                            .await;
+                    });
+                }
+            })
+        });
+        Self {
+            endpoint: format!("http://{addr}"),
+            protocol: "http/protobuf",
+            store,
+        }
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<Span> {
+        self.store.0.lock().unwrap().clone()
+    }
+
+    /// Waits (up to `timeout`) until `done` holds for the spans received, then returns them.
+    pub fn wait(&self, timeout: Duration, done: impl Fn(&[Span]) -> bool) -> Vec<Span> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let spans = self.spans();
+            if done(&spans) || Instant::now() >= deadline {
+                return spans;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+async fn answer(
+    req: hyper::Request<hyper::body::Incoming>,
+    store: &Store,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    use http_body_util::BodyExt;
+    let status = if req.method() != hyper::Method::POST || req.uri().path() != "/v1/traces" {
+        404
+    } else {
+        match req.into_body().collect().await.map(|b| b.to_bytes()) {
+            Ok(body) => match ExportTraceServiceRequest::decode(body) {
+                Ok(r) => {
+                    store.keep(r);
+                    200
+                }
+                Err(_) => 400,
+            },
+            Err(_) => 400,
+        }
+    };
+    let body = ExportTraceServiceResponse::default().encode_to_vec();
+    hyper::Response::builder()
+        .status(status)
+        .header("content-type", "application/x-protobuf")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap()
+}
+
+/// The listener's connections as the stream tonic serves.
+fn tokio_stream_of(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |l| async move {
+        let next = l.accept().await.map(|(s, _)| s);
+        Some((next, l))
+    })
+}
