@@ -13,8 +13,7 @@
 #include <bpf/bpf_tracing.h>
 #include "cgroup.bpf.h"
 #include "histogram.bpf.h"
-
-extern int LINUX_KERNEL_VERSION __kconfig;
+#include "block.bpf.h"
 
 /* Latency: 2^10 ns (about 1 us) to 2^36 ns (69 s). Size: 2^9 (512 B) to 2^27 (128 MiB). */
 #define LATENCY_MIN 10
@@ -69,11 +68,6 @@ struct {
 	__type(value, __u64);
 } block_io_size_bytes SEC(".maps");
 
-/* Before 5.17 a request named its disk. */
-struct request___old {
-	struct gendisk *rq_disk;
-};
-
 /* The bio's blkcg as a v2 cgroup id; 0 when it has none or it lives in a v1 hierarchy
  * (the default hierarchy's id is 0). */
 static __always_inline __u64 bio_blkcg_id(struct bio *bio)
@@ -83,28 +77,6 @@ static __always_inline __u64 bio_blkcg_id(struct bio *bio)
 	if (!cgrp || BPF_CORE_READ(cgrp, root, hierarchy_id) != 0)
 		return 0;
 	return cgroup_id_of(cgrp);
-}
-
-static __always_inline struct gendisk *request_disk(struct request *rq)
-{
-	if (bpf_core_field_exists(((struct request___old *)rq)->rq_disk))
-		return BPF_CORE_READ((struct request___old *)rq, rq_disk);
-	return BPF_CORE_READ(rq, q, disk);
-}
-
-/* The tracepoints' first argument was the request_queue until 5.10 (block_rq_issue)
- * and 5.11 (block_bio_queue): `dropped` is the version without it. The loads are
- * written out so that clang cannot fold them into one load from a computed offset,
- * which the verifier refuses (a context pointer must not be modified). */
-static __always_inline void *after_queue_arg(unsigned long long *ctx, int dropped)
-{
-	void *arg;
-
-	if (LINUX_KERNEL_VERSION < dropped)
-		asm volatile("%[arg] = *(u64 *)(%[ctx] + 8)" : [arg] "=r"(arg) : [ctx] "r"(ctx));
-	else
-		asm volatile("%[arg] = *(u64 *)(%[ctx] + 0)" : [arg] "=r"(arg) : [ctx] "r"(ctx));
-	return arg;
 }
 
 SEC("tp_btf/block_bio_queue")
@@ -126,12 +98,11 @@ int BPF_PROG(block_rq_issue)
 	struct request *rq = after_queue_arg(ctx, KERNEL_VERSION(5, 10, 0));
 	struct gendisk *disk = request_disk(rq);
 	struct bio *bio = BPF_CORE_READ(rq, bio);
-	__u32 major = BPF_CORE_READ(disk, major), minor = BPF_CORE_READ(disk, first_minor);
 	__u32 op = BPF_CORE_READ(rq, cmd_flags) & REQ_OP_MASK;
 	struct issued issued = {
 		.ts = bpf_ktime_get_ns(),
 		.cgroup = bio_blkcg_id(bio),
-		.device = (minor & 0xff) | (major << 8) | ((minor & ~0xffU) << 12),
+		.device = disk_dev(disk),
 		.op = op < OP_OTHER ? op : OP_OTHER,
 		.bytes = BPF_CORE_READ(rq, __data_len),
 	};

@@ -8,11 +8,11 @@ use std::{
 };
 
 use aggregate::{decoder::Context, ProgramPlan, Registry};
-use spans::SpanPlan;
 use ingest::{
     cgroup_id_map::{self, CgroupIdMap},
     LoadOptions, LoadedObject, Loader,
 };
+use spans::SpanPlan;
 
 use kube_ebpf_exporter::config::{CgroupIdMapConfig, CgroupIdMapType, PipelineConfig, Program};
 
@@ -306,9 +306,14 @@ impl Starter<'_> {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                SpanPlan::compile(s, &src.name, self.decoders, &format!("{at}tracing.spans[{i}]"))
-                    .map(Arc::new)
-                    .map_err(|e| fail(Stage::Config, e.to_string()))
+                SpanPlan::compile(
+                    s,
+                    &src.name,
+                    self.decoders,
+                    &format!("{at}tracing.spans[{i}]"),
+                )
+                .map(Arc::new)
+                .map_err(|e| fail(Stage::Config, e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let kaddrs = self.kaddrs(src, program)?;

@@ -164,7 +164,11 @@ pub fn prepare(
     let plans = std::mem::take(&mut running.plan.streams)
         .into_iter()
         .map(|p| (Arc::new(p), None))
-        .chain(std::mem::take(&mut running.spans).into_iter().map(|s| (s.stream.clone(), Some(s))));
+        .chain(
+            std::mem::take(&mut running.spans)
+                .into_iter()
+                .map(|s| (s.stream.clone(), Some(s))),
+        );
     for (plan, span) in plans {
         let id = first_id + streams.len() as u32;
         let label = format!("{}/{}", running.name, plan.ring);

@@ -12,7 +12,13 @@ use common::{compile_example, node, sample, Cgroups, Exporter, Pod, TempDir};
 use test_support::otlp::{Receiver, Span};
 
 /// Starts the exporter on `example` exporting to `endpoint` over `protocol`.
-fn start(example: &str, dir: &TempDir, endpoint: &str, protocol: &str, extra: &[String]) -> Exporter {
+fn start(
+    example: &str,
+    dir: &TempDir,
+    endpoint: &str,
+    protocol: &str,
+    extra: &[String],
+) -> Exporter {
     compile_example(example, &dir.0);
     let mut args = vec![
         "--config.dir".to_string(),
@@ -42,7 +48,8 @@ fn program(dir: &TempDir, name: &str) -> String {
 /// `/bin/bash` running `path` `n` times (a fork and exec each), in `cgroup` if given.
 fn bash_runs(path: &str, n: usize, cgroup: Option<&Path>) {
     let mut c = Command::new("/bin/bash");
-    c.arg("-c").arg(format!("for ((i = 0; i < {n}; i++)); do {path}; done"));
+    c.arg("-c")
+        .arg(format!("for ((i = 0; i < {n}; i++)); do {path}; done"));
     if let Some(cg) = cgroup {
         let procs = cg.join("cgroup.procs");
         // SAFETY: only a write(2) to a file between fork and exec.
@@ -62,7 +69,10 @@ fn trace_of<'a>(spans: &'a [Span], path: &str) -> Vec<&'a Span> {
     let Some(one) = spans.iter().find(|s| s.name == path) else {
         return Vec::new();
     };
-    let mut trace: Vec<&Span> = spans.iter().filter(|s| s.trace_id == one.trace_id).collect();
+    let mut trace: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.trace_id == one.trace_id)
+        .collect();
     trace.sort_by_key(|s| !s.parent_span_id.is_empty());
     trace
 }
@@ -79,7 +89,11 @@ fn check_trace(spans: &[Span], path: &str, n: usize) -> Vec<Span> {
     assert_eq!(root.trace_id.len(), 16);
     for child in &trace[1..] {
         assert_eq!(child.name, path);
-        assert_eq!(hex(&child.parent_span_id), hex(&root.span_id), "a child of the bash span");
+        assert_eq!(
+            hex(&child.parent_span_id),
+            hex(&root.span_id),
+            "a child of the bash span"
+        );
         assert!(child.end_ns > child.start_ns, "a process lives a while");
         assert!(
             child.start_ns >= root.start_ns && child.end_ns <= root.end_ns,
@@ -94,7 +108,13 @@ fn check_trace(spans: &[Span], path: &str, n: usize) -> Vec<Span> {
 
 fn exec_trace_exact(receiver: Receiver, tag: &str) {
     let dir = TempDir::new(&format!("spans-{tag}"));
-    let exporter = start("exec-trace", &dir, &receiver.endpoint, receiver.protocol, &[]);
+    let exporter = start(
+        "exec-trace",
+        &dir,
+        &receiver.endpoint,
+        receiver.protocol,
+        &[],
+    );
     let path = program(&dir, &format!("t-{tag}"));
     bash_runs(&path, 25, None);
     receiver.wait(Duration::from_secs(20), |s| trace_of(s, &path).len() >= 26);
@@ -105,13 +125,20 @@ fn exec_trace_exact(receiver: Receiver, tag: &str) {
         assert_eq!(s.resource["service.name"], "exec-trace");
         assert_eq!(s.resource["k8s.node.name"], node());
         assert_eq!(s.attributes["ebpf_exporter.config"], "exec-trace");
-        assert!(!s.attributes.contains_key("k8s.pod.name"), "no cgroup in these records");
+        assert!(
+            !s.attributes.contains_key("k8s.pod.name"),
+            "no cgroup in these records"
+        );
     }
     let page = exporter.metrics();
     let exported = sample(&page, "ebpf_exporter_spans_exported_total", "").unwrap_or(0.0);
     assert!(exported >= 26.0, "{page}");
     for reason in ["queue_full", "export_failed", "decode"] {
-        let dropped = sample(&page, "ebpf_exporter_spans_dropped_total", &format!("reason=\"{reason}\""));
+        let dropped = sample(
+            &page,
+            "ebpf_exporter_spans_dropped_total",
+            &format!("reason=\"{reason}\""),
+        );
         assert_eq!(dropped, Some(0.0), "{reason}: {page}");
     }
 }
@@ -136,7 +163,13 @@ fn pod_exec_trace_spans_carry_their_pod() {
     let dir = TempDir::new("spans-pod");
     let mut cgroups = Cgroups::new("spans-pod");
     let cg = pod.cgroup(&mut cgroups);
-    let _exporter = start("pod-exec-trace", &dir, &receiver.endpoint, receiver.protocol, &pod.logs(&dir.0));
+    let _exporter = start(
+        "pod-exec-trace",
+        &dir,
+        &receiver.endpoint,
+        receiver.protocol,
+        &pod.logs(&dir.0),
+    );
     let path = program(&dir, "t-pod");
     bash_runs(&path, 10, Some(&cg));
     let spans = receiver.wait(Duration::from_secs(20), |s| trace_of(s, &path).len() >= 11);
@@ -149,5 +182,81 @@ fn pod_exec_trace_spans_carry_their_pod() {
         assert_eq!(a["k8s.container.name"], pod.container);
         assert_eq!(s.resource["k8s.node.name"], node());
         assert_eq!(s.resource["service.name"], "pod-exec-trace");
+    }
+}
+
+/// A loop device over a file on disk, with a scheduler that inserts every request;
+/// detached on drop.
+struct Loop {
+    dev: String,
+    file: std::path::PathBuf,
+}
+
+impl Loop {
+    fn new(name: &str) -> Self {
+        let file = Path::new("/var/tmp").join(format!("kebpf-{name}-{}", std::process::id()));
+        std::fs::write(&file, vec![0u8; 4 << 20]).unwrap();
+        let out = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "losetup: {out:?}");
+        let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let name = dev.trim_start_matches("/dev/").to_string();
+        std::fs::write(format!("/sys/block/{name}/queue/scheduler"), "mq-deadline").unwrap();
+        Self { dev, file }
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+#[test]
+fn bio_trace_makes_two_spans_per_direct_write() {
+    privileged!("bio_trace_makes_two_spans_per_direct_write");
+    let receiver = Receiver::http();
+    let dir = TempDir::new("spans-bio");
+    let disk = Loop::new("spans-bio");
+    let _exporter = start(
+        "bio-trace",
+        &dir,
+        &receiver.endpoint,
+        receiver.protocol,
+        &[],
+    );
+    let name = disk.dev.trim_start_matches("/dev/");
+    let ours = |s: &&Span| s.attributes.get("device").map(String::as_str) == Some(name);
+    common::run_workload(None, &["direct-write", &disk.dev, "16", "65536"]);
+    receiver.wait(Duration::from_secs(20), |s| {
+        s.iter().filter(ours).count() >= 32
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    let spans = receiver.spans();
+    let spans: Vec<&Span> = spans.iter().filter(ours).collect();
+    let count = |n: &str| spans.iter().filter(|s| s.name == n).count();
+    assert_eq!(
+        (count("block_rq_insert"), count("block_rq_service")),
+        (16, 16),
+        "{spans:#?}"
+    );
+    for s in &spans {
+        assert_eq!(s.attributes["operation"], "write");
+        assert_eq!(s.resource["service.name"], "bio-trace");
+        assert!(
+            s.parent_span_id.is_empty(),
+            "both are roots of the request's trace"
+        );
+        let pair: Vec<&&Span> = spans.iter().filter(|o| o.trace_id == s.trace_id).collect();
+        assert_eq!(pair.len(), 2, "an insert and a service span per request");
+        if s.name == "block_rq_service" {
+            assert!(s.end_ns > s.start_ns, "service takes time");
+        } else {
+            assert_eq!(s.end_ns, s.start_ns, "insert is zero-width");
+        }
     }
 }

@@ -80,6 +80,11 @@ impl FieldView {
         }
     }
 
+    /// The field's bytes in `record` (which the caller checked is long enough).
+    pub fn bytes<'r>(&self, record: &'r [u8]) -> &'r [u8] {
+        self.span.bytes(record)
+    }
+
     /// The label this field feeds and its decoded value, if a label reads it.
     pub fn label(
         &self,
@@ -320,7 +325,10 @@ impl StreamPlan {
                 let at = format!("{at}.cgroup_field");
                 match fields.iter().find(|f| f.name == name) {
                     Some(f) if f.span.size == 8 => Ok(f.span),
-                    Some(f) => Err(invalid(at, format!("label {name:?} is {} bytes; a cgroup id has 8", f.span.size))),
+                    Some(f) => Err(invalid(
+                        at,
+                        format!("label {name:?} is {} bytes; a cgroup id has 8", f.span.size),
+                    )),
                     None => Err(invalid(at, format!("no label named {name:?}"))),
                 }
             })

@@ -53,9 +53,12 @@ pub enum Protocol {
 
 /// The first of the traces-specific variable and the general one that is set.
 fn var(traces: &'static str, general: &'static str) -> Option<(&'static str, String)> {
-    [traces, general]
-        .into_iter()
-        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()).map(|s| (v, s)))
+    [traces, general].into_iter().find_map(|v| {
+        std::env::var(v)
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(|s| (v, s))
+    })
 }
 
 /// Where spans go, or why nowhere (logged once at start-up).
@@ -66,10 +69,19 @@ pub fn destination() -> Result<(Protocol, String), String> {
     if std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v == "none") {
         return Err("OTEL_TRACES_EXPORTER is none".into());
     }
-    let Some((_, endpoint)) = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT") else {
-        return Err("neither OTEL_EXPORTER_OTLP_ENDPOINT nor OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set".into());
+    let Some((_, endpoint)) = var(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ) else {
+        return Err(
+            "neither OTEL_EXPORTER_OTLP_ENDPOINT nor OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set"
+                .into(),
+        );
     };
-    let protocol = match var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL") {
+    let protocol = match var(
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ) {
         None => Protocol::HttpProtobuf,
         Some((_, p)) if p == "grpc" => Protocol::Grpc,
         Some((_, p)) if p == "http/protobuf" => Protocol::HttpProtobuf,
@@ -96,9 +108,18 @@ struct TlsFiles {
 impl TlsFiles {
     fn from_env() -> Result<Self, ExportError> {
         let file = |traces, general| var(traces, general).map(|(v, p)| read(v, &p)).transpose();
-        let ca = file("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE")?;
-        let cert = file("OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE")?;
-        let key = file("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "OTEL_EXPORTER_OTLP_CLIENT_KEY")?;
+        let ca = file(
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+        )?;
+        let cert = file(
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        )?;
+        let key = file(
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+        )?;
         Ok(Self {
             ca,
             identity: cert.zip(key),
@@ -116,7 +137,9 @@ impl TlsFiles {
         match &self.ca {
             Some(pem) => {
                 for c in CertificateDer::pem_slice_iter(pem) {
-                    roots.add(c.map_err(|e| tls(e.to_string()))?).map_err(|e| tls(e.to_string()))?;
+                    roots
+                        .add(c.map_err(|e| tls(e.to_string()))?)
+                        .map_err(|e| tls(e.to_string()))?;
                 }
             }
             None => {
@@ -124,10 +147,12 @@ impl TlsFiles {
                 roots.add_parsable_certificates(native.certs);
             }
         }
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| tls(e.to_string()))?
-            .with_root_certificates(roots);
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(e.to_string()))?
+        .with_root_certificates(roots);
         let client = |reason: String| ExportError::Tls {
             var: "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
             reason,
@@ -138,7 +163,9 @@ impl TlsFiles {
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| client(e.to_string()))?;
                 let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| client(e.to_string()))?;
-                builder.with_client_auth_cert(chain, key).map_err(|e| client(e.to_string()))
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| client(e.to_string()))
             }
             None => Ok(builder.with_no_client_auth()),
         }
@@ -147,9 +174,12 @@ impl TlsFiles {
 
 /// The export timeout the SDKs read (milliseconds, default 10 s).
 pub fn timeout() -> Duration {
-    var("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
-        .and_then(|(_, ms)| ms.parse().ok())
-        .map_or(Duration::from_secs(10), Duration::from_millis)
+    var(
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+    )
+    .and_then(|(_, ms)| ms.parse().ok())
+    .map_or(Duration::from_secs(10), Duration::from_millis)
 }
 
 /// The exporter for `protocol`; endpoint, headers, timeout and compression are read
@@ -159,7 +189,10 @@ pub fn timeout() -> Duration {
 /// # Errors
 /// An unknown protocol, unreadable or malformed TLS files, a malformed endpoint.
 pub fn exporter(protocol: Protocol) -> Result<SpanExporter, ExportError> {
-    if let Some((var, value)) = var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL") {
+    if let Some((var, value)) = var(
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ) {
         if value != "grpc" && value != "http/protobuf" {
             return Err(ExportError::Protocol { var, value });
         }
@@ -174,7 +207,10 @@ pub fn exporter(protocol: Protocol) -> Result<SpanExporter, ExportError> {
             if let Some((cert, key)) = &files.identity {
                 tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
             }
-            let endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT");
+            let endpoint = var(
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            );
             let builder = SpanExporter::builder().with_tonic();
             // Plain http:// endpoints stay plain; tonic refuses TLS settings for them.
             if endpoint.is_some_and(|(_, e)| e.starts_with("https:")) {
@@ -190,7 +226,10 @@ pub fn exporter(protocol: Protocol) -> Result<SpanExporter, ExportError> {
                 .enable_http1()
                 .build();
             let client = opentelemetry_http::hyper::HyperClient::new(https, timeout(), None);
-            SpanExporter::builder().with_http().with_http_client(client).build()?
+            SpanExporter::builder()
+                .with_http()
+                .with_http_client(client)
+                .build()?
         }
     };
     Ok(exporter)

@@ -79,8 +79,14 @@ impl SpanPlan {
     /// # Errors
     /// A label without a size, an unknown decoder, a reserved label of the wrong size,
     /// or a `cgroup_field` that names no 8-byte label; each naming the key at fault.
-    pub fn compile(c: &SpanConfig, config: &str, ctx: &Context, at: &str) -> Result<Self, ConfigError> {
-        let stream = StreamPlan::compile_traced(&c.ringbuf, &c.labels, c.cgroup_field.as_deref(), ctx, at)?;
+    pub fn compile(
+        c: &SpanConfig,
+        config: &str,
+        ctx: &Context,
+        at: &str,
+    ) -> Result<Self, ConfigError> {
+        let stream =
+            StreamPlan::compile_traced(&c.ringbuf, &c.labels, c.cgroup_field.as_deref(), ctx, at)?;
         let mut roles = Vec::with_capacity(c.labels.len());
         for (li, l) in c.labels.iter().enumerate() {
             let role = Role::of(&l.name);
@@ -95,8 +101,16 @@ impl SpanPlan {
         }
         Ok(Self {
             config: config.to_string(),
-            name: if c.name.is_empty() { c.ringbuf.clone() } else { c.name.clone() },
-            service: c.service.clone().filter(|s| !s.is_empty()).unwrap_or_else(default_service),
+            name: if c.name.is_empty() {
+                c.ringbuf.clone()
+            } else {
+                c.name.clone()
+            },
+            service: c
+                .service
+                .clone()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(default_service),
             stream: Arc::new(stream),
             roles,
         })
@@ -110,8 +124,13 @@ mod tests {
 
     fn compile(yaml: &str) -> Result<SpanPlan, String> {
         let t: TracingConfig = serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())?;
-        SpanPlan::compile(&t.spans[0], "cfg", &Context::default(), "cfg.yaml: tracing.spans[0]")
-            .map_err(|e| e.to_string())
+        SpanPlan::compile(
+            &t.spans[0],
+            "cfg",
+            &Context::default(),
+            "cfg.yaml: tracing.spans[0]",
+        )
+        .map_err(|e| e.to_string())
     }
 
     const BASE: &str = "
@@ -151,10 +170,16 @@ spans:
             "cfg.yaml: tracing.spans[0].cgroup_field: label \"exe\" is 64 bytes; a cgroup id has 8"
         );
         let missing = BASE.replace("labels:", "cgroup_field: cgroup\n    labels:");
-        assert!(compile(&missing).unwrap_err().ends_with("cgroup_field: no label named \"cgroup\""));
+        assert!(compile(&missing)
+            .unwrap_err()
+            .ends_with("cgroup_field: no label named \"cgroup\""));
         let unsized_ = BASE.replace("{ name: exe, size: 64,", "{ name: exe,");
-        assert!(compile(&unsized_).unwrap_err().contains("labels[6].size: required"));
-        assert!(compile(&BASE.replace("ringbuf:", "ring:")).unwrap_err().contains("unknown field `ring`"));
+        assert!(compile(&unsized_)
+            .unwrap_err()
+            .contains("labels[6].size: required"));
+        assert!(compile(&BASE.replace("ringbuf:", "ring:"))
+            .unwrap_err()
+            .contains("unknown field `ring`"));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use rustc_hash::FxHashMap;
 use crate::{
     export::{exporter, ExportError, Protocol},
     plan::SpanPlan,
-    record::{scope, span, Clock},
+    record::{scope, span, Clock, Context, Memo},
 };
 
 /// Counters of the span stage.
@@ -96,7 +96,9 @@ impl Spans {
             plans: RwLock::default(),
             stats: SpanStats::default(),
         });
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         // The gRPC channel is made on the runtime it will run on.
         let exporter = {
             let _on = runtime.enter();
@@ -110,6 +112,8 @@ impl Spans {
             node,
             scope: scope(),
             pods: FxHashMap::default(),
+            memo: Memo::default(),
+            plans: Arc::default(),
             pending: FxHashMap::default(),
             count: 0,
             since: None,
@@ -124,8 +128,12 @@ impl Spans {
     /// Offers an attributed batch of a span stream (shared, not copied). Never waits:
     /// a full queue drops it, counted.
     pub fn offer(&self, batch: &Arc<Attributed>) {
-        if let Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) = self.tx.try_send(batch.clone()) {
-            self.stats.dropped_queue.fetch_add(u64::from(b.batch.len), Relaxed);
+        if let Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) =
+            self.tx.try_send(batch.clone())
+        {
+            self.stats
+                .dropped_queue
+                .fetch_add(u64::from(b.batch.len), Relaxed);
         }
     }
 
@@ -165,6 +173,9 @@ struct Worker {
     scope: InstrumentationScope,
     /// Per cgroup: its label set's id and the pod's attributes.
     pods: FxHashMap<u64, (u32, Arc<[KeyValue]>)>,
+    memo: Memo,
+    /// The plans the memo is of (cleared when a reload changes them).
+    plans: Arc<FxHashMap<u32, Arc<SpanPlan>>>,
     /// Spans waiting for export, by service.
     pending: FxHashMap<String, Vec<SpanData>>,
     count: usize,
@@ -177,7 +188,9 @@ struct Worker {
 impl Worker {
     fn run(mut self, rx: Receiver<Arc<Attributed>>, b: Batching) {
         loop {
-            let wait = self.since.map_or(Duration::from_secs(3600), |t| (t + b.delay).saturating_duration_since(Instant::now()));
+            let wait = self.since.map_or(Duration::from_secs(3600), |t| {
+                (t + b.delay).saturating_duration_since(Instant::now())
+            });
             match rx.recv_timeout(wait) {
                 Ok(batch) => {
                     self.take(&batch);
@@ -195,18 +208,34 @@ impl Worker {
 
     /// Makes the batch's spans.
     fn take(&mut self, batch: &Attributed) {
-        let Some(plan) = self.spans.plans.read().get(&batch.batch.stream).cloned() else {
+        let plans = self.spans.plans.read().clone();
+        if !Arc::ptr_eq(&plans, &self.plans) {
+            self.memo.clear();
+            self.plans = plans;
+        }
+        let stream = batch.batch.stream;
+        let Some(plan) = self.plans.get(&stream).cloned() else {
             return;
         };
-        let clock = Clock::now();
+        let cx = Context {
+            plan: &plan,
+            stream,
+            clock: Clock::now(),
+            scope: &self.scope,
+        };
         let pending = self.pending.entry(plan.service.clone()).or_default();
         for (record, pod) in batch.records() {
             let extra = if plan.stream.has_cgroup() && pod.id != 0 {
-                pod_attributes(&mut self.pods, &self.enricher, plan.stream.cgroup_id(record), pod)
+                pod_attributes(
+                    &mut self.pods,
+                    &self.enricher,
+                    plan.stream.cgroup_id(record),
+                    pod,
+                )
             } else {
                 Arc::from([])
             };
-            match span(&plan, record, &clock, &self.scope, &extra) {
+            match span(&cx, &mut self.memo, record, &extra) {
                 Ok(Some(s)) => {
                     pending.push(s);
                     self.count += 1;
@@ -234,13 +263,19 @@ impl Worker {
                     .with_attribute(KeyValue::new("k8s.node.name", self.node.clone()))
                     .build(),
             );
-            match self.runtime.block_on(self.exporter.export(std::mem::take(spans))) {
+            match self
+                .runtime
+                .block_on(self.exporter.export(std::mem::take(spans)))
+            {
                 Ok(()) => {
                     stats.exported.fetch_add(n, Relaxed);
                 }
                 Err(e) => {
                     stats.dropped_export.fetch_add(n, Relaxed);
-                    if self.warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    if self
+                        .warned
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+                    {
                         self.warned = Some(Instant::now());
                         tracing::warn!("exporting {n} spans failed (dropped, counted; logged at most once a minute): {e}");
                     }

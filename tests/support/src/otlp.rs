@@ -108,7 +108,8 @@ impl Receiver {
         let service = TraceServiceServer::new(store.clone());
         std::thread::spawn(move || {
             runtime().block_on(async move {
-                let incoming = tokio_stream_of(tokio::net::TcpListener::from_std(listener).unwrap());
+                let incoming =
+                    tokio_stream_of(tokio::net::TcpListener::from_std(listener).unwrap());
                 tonic::transport::Server::builder()
                     .add_service(service)
                     .serve_with_incoming(incoming)
