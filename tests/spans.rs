@@ -8,23 +8,26 @@ mod common;
 
 use std::{os::unix::process::CommandExt, path::Path, process::Command, time::Duration};
 
-use common::{compile_example, node, sample, Cgroups, Exporter, Pod, TempDir};
+use common::{compile_example, node, run_workload, sample, wait_for, Cgroups, Exporter, Pod, TempDir};
 use test_support::otlp::{Receiver, Span};
 
-/// Starts the exporter on `example` exporting to `endpoint` over `protocol`.
+/// Starts the exporter on `examples` (comma-separated) exporting to `endpoint` over
+/// `protocol`.
 fn start(
-    example: &str,
+    examples: &str,
     dir: &TempDir,
     endpoint: &str,
     protocol: &str,
     extra: &[String],
 ) -> Exporter {
-    compile_example(example, &dir.0);
+    for example in examples.split(',') {
+        compile_example(example, &dir.0);
+    }
     let mut args = vec![
         "--config.dir".to_string(),
         dir.0.display().to_string(),
         "--config.names".into(),
-        example.into(),
+        examples.into(),
         "--config.strict".into(),
     ];
     args.extend_from_slice(extra);
@@ -231,7 +234,7 @@ fn bio_trace_makes_two_spans_per_direct_write() {
     );
     let name = disk.dev.trim_start_matches("/dev/");
     let ours = |s: &&Span| s.attributes.get("device").map(String::as_str) == Some(name);
-    common::run_workload(None, &["direct-write", &disk.dev, "16", "65536"]);
+    run_workload(None, &["direct-write", &disk.dev, "16", "65536"]);
     receiver.wait(Duration::from_secs(20), |s| {
         s.iter().filter(ours).count() >= 32
     });
@@ -259,4 +262,35 @@ fn bio_trace_makes_two_spans_per_direct_write() {
             assert_eq!(s.end_ns, s.start_ns, "insert is zero-width");
         }
     }
+}
+
+/// Spans of `exporter` dropped for `reason`.
+fn dropped(exporter: &Exporter, reason: &str) -> f64 {
+    let page = exporter.metrics();
+    sample(&page, "ebpf_exporter_spans_dropped_total", &format!("reason=\"{reason}\"")).unwrap_or(0.0)
+}
+
+#[test]
+fn a_dead_collector_costs_only_its_spans() {
+    privileged!("a_dead_collector_costs_only_its_spans");
+    // A port nothing listens on: every export is refused.
+    let endpoint = format!("http://127.0.0.1:{}", common::free_port());
+    let pod = Pod::new("shop", "spans-dead-2b3c4-k5l6m", "app");
+    let dir = TempDir::new("spans-dead");
+    let mut cgroups = Cgroups::new("spans-dead");
+    let cg = pod.cgroup(&mut cgroups);
+    let exporter = start("exec-trace,syscall-latency", &dir, &endpoint, "grpc", &pod.logs(&dir.0));
+    let path = program(&dir, "t-dead");
+    bash_runs(&path, 20, None);
+    run_workload(Some(&cg), &["getpid", "500"]);
+    let name = "ebpf_exporter_syscall_latency_seconds_count";
+    let labels = format!("{},node_id=\"{}\",syscall=\"getpid\"", pod.labels(), node());
+    let page = wait_for(&exporter, name, &labels, 500.0);
+    assert_eq!(sample(&page, name, &labels), Some(500.0), "metrics count on: {page}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while dropped(&exporter, "export_failed") < 21.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(dropped(&exporter, "export_failed") >= 21.0, "the trace's 21 spans counted as dropped: {}", exporter.metrics());
+    assert_eq!(sample(&exporter.metrics(), "ebpf_exporter_spans_exported_total", ""), Some(0.0));
 }
