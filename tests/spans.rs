@@ -8,7 +8,9 @@ mod common;
 
 use std::{os::unix::process::CommandExt, path::Path, process::Command, time::Duration};
 
-use common::{compile_example, node, run_workload, sample, wait_for, Cgroups, Exporter, Pod, TempDir};
+use common::{
+    compile_example, node, run_workload, sample, wait_for, Cgroups, Exporter, Pod, TempDir,
+};
 use test_support::otlp::{Receiver, Span};
 
 /// Starts the exporter on `examples` (comma-separated) exporting to `endpoint` over
@@ -19,6 +21,18 @@ fn start(
     endpoint: &str,
     protocol: &str,
     extra: &[String],
+) -> Exporter {
+    start_env(examples, dir, endpoint, protocol, extra, &[])
+}
+
+/// As [`start`], with more environment.
+fn start_env(
+    examples: &str,
+    dir: &TempDir,
+    endpoint: &str,
+    protocol: &str,
+    extra: &[String],
+    more: &[(&str, &str)],
 ) -> Exporter {
     for example in examples.split(',') {
         compile_example(example, &dir.0);
@@ -32,12 +46,13 @@ fn start(
     ];
     args.extend_from_slice(extra);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let env = [
+    let mut env = vec![
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
         ("OTEL_BSP_SCHEDULE_DELAY", "200"),
         ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000"),
     ];
+    env.extend_from_slice(more);
     Exporter::start_with_env(&args, &env, &dir.0.join("exporter.log"))
 }
 
@@ -267,7 +282,12 @@ fn bio_trace_makes_two_spans_per_direct_write() {
 /// Spans of `exporter` dropped for `reason`.
 fn dropped(exporter: &Exporter, reason: &str) -> f64 {
     let page = exporter.metrics();
-    sample(&page, "ebpf_exporter_spans_dropped_total", &format!("reason=\"{reason}\"")).unwrap_or(0.0)
+    sample(
+        &page,
+        "ebpf_exporter_spans_dropped_total",
+        &format!("reason=\"{reason}\""),
+    )
+    .unwrap_or(0.0)
 }
 
 #[test]
@@ -279,18 +299,121 @@ fn a_dead_collector_costs_only_its_spans() {
     let dir = TempDir::new("spans-dead");
     let mut cgroups = Cgroups::new("spans-dead");
     let cg = pod.cgroup(&mut cgroups);
-    let exporter = start("exec-trace,syscall-latency", &dir, &endpoint, "grpc", &pod.logs(&dir.0));
+    let exporter = start(
+        "exec-trace,syscall-latency",
+        &dir,
+        &endpoint,
+        "grpc",
+        &pod.logs(&dir.0),
+    );
     let path = program(&dir, "t-dead");
     bash_runs(&path, 20, None);
     run_workload(Some(&cg), &["getpid", "500"]);
     let name = "ebpf_exporter_syscall_latency_seconds_count";
     let labels = format!("{},node_id=\"{}\",syscall=\"getpid\"", pod.labels(), node());
     let page = wait_for(&exporter, name, &labels, 500.0);
-    assert_eq!(sample(&page, name, &labels), Some(500.0), "metrics count on: {page}");
+    assert_eq!(
+        sample(&page, name, &labels),
+        Some(500.0),
+        "metrics count on: {page}"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while dropped(&exporter, "export_failed") < 21.0 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(dropped(&exporter, "export_failed") >= 21.0, "the trace's 21 spans counted as dropped: {}", exporter.metrics());
-    assert_eq!(sample(&exporter.metrics(), "ebpf_exporter_spans_exported_total", ""), Some(0.0));
+    assert!(
+        dropped(&exporter, "export_failed") >= 21.0,
+        "the trace's 21 spans counted as dropped: {}",
+        exporter.metrics()
+    );
+    assert_eq!(
+        sample(
+            &exporter.metrics(),
+            "ebpf_exporter_spans_exported_total",
+            ""
+        ),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn sched_trace_joins_the_application_s_trace_through_usdt() {
+    privileged!("sched_trace_joins_the_application_s_trace_through_usdt");
+    let receiver = Receiver::grpc();
+    let dir = TempDir::new("spans-sched");
+    // The config attaches to `kebpf-workload`, found on the exporter's PATH.
+    let bin = dir.0.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let workload = bin.join("kebpf-workload");
+    std::fs::copy(common::workload(), &workload).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let _exporter = start_env(
+        "sched-trace",
+        &dir,
+        &receiver.endpoint,
+        receiver.protocol,
+        &[],
+        &[("PATH", &path)],
+    );
+    // The application passes ids as the integers whose bytes (in memory, as the
+    // kernel copies them into records) are the ids.
+    let trace: [u8; 16] = *b"kebpf-sched-test";
+    let span_id: [u8; 8] = std::process::id()
+        .to_be_bytes()
+        .repeat(2)
+        .try_into()
+        .unwrap();
+    let word = |b: &[u8]| format!("{:x}", u64::from_ne_bytes(b.try_into().unwrap()));
+    let status = Command::new(&workload)
+        .args([
+            "-",
+            "traced-sleep",
+            "10",
+            &word(&trace[..8]),
+            &word(&trace[8..]),
+            &word(&span_id),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let ours = |s: &&Span| s.trace_id == trace;
+    let switched =
+        |s: &Span| s.name == "sched_switch" && s.attributes["state"] == "interruptible_sleep";
+    receiver.wait(Duration::from_secs(20), |s| {
+        s.iter().filter(ours).filter(|s| switched(s)).count() >= 10
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    let spans = receiver.spans();
+    let spans: Vec<&Span> = spans.iter().filter(ours).collect();
+    for s in &spans {
+        assert_eq!(
+            s.parent_span_id, span_id,
+            "a child of the application's span"
+        );
+        assert_eq!(s.end_ns, s.start_ns, "zero-width");
+        assert_eq!(s.resource["service.name"], "sched");
+    }
+    let names: Vec<(&str, &str)> = spans
+        .iter()
+        .map(|s| {
+            (
+                s.name.as_str(),
+                s.attributes.get("state").map_or("", String::as_str),
+            )
+        })
+        .collect();
+    assert_eq!(
+        spans.iter().filter(|s| switched(s)).count(),
+        10,
+        "one switch out per sleep, only while traced: {names:?}"
+    );
+    assert_eq!(
+        spans.iter().filter(|s| s.name == "sched_wakeup").count(),
+        10,
+        "one wakeup per sleep: {names:?}"
+    );
 }

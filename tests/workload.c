@@ -23,6 +23,10 @@
  *   pagecache F MIB   writes MIB MiB to F through the page cache, then fsyncs it
  *   unix N            N UNIX stream connects to a listener at /tmp/kebpf-unix.sock, each
  *                     accepted and closed
+ *   traced-sleep N HI LO SPAN  N 1 ms sleeps under parent span SPAN of trace HI:LO (hex),
+ *                     as a traced application announces it to sched-trace (USDT probes
+ *                     ebpf_exporter:sched_set_parent_span / sched_clear_parent_span), then
+ *                     N more sleeps with no parent
  * WORKLOAD_SLEEP_US=N sleeps that long first (a container's life before its last calls).
  * With WORKLOAD_HOLD=1 it then waits until killed, so its pid stays resolvable.
  */
@@ -340,6 +344,16 @@ int main(int argc, char **argv)
 		for (long i = 0; i < n; i++)
 			if (kill(self, sig) != 0)
 				return 3;
+	} else if (strcmp(cmd, "traced-sleep") == 0) {
+		uint64_t hi = strtoull(argv[4], NULL, 16), lo = strtoull(argv[5], NULL, 16);
+		uint64_t span = strtoull(argv[6], NULL, 16);
+
+		STAP_PROBE3(ebpf_exporter, sched_set_parent_span, hi, lo, span);
+		for (long i = 0; i < n; i++)
+			usleep(1000);
+		STAP_PROBE(ebpf_exporter, sched_clear_parent_span);
+		for (long i = 0; i < n; i++)
+			usleep(1000);
 	} else if (strcmp(cmd, "jobs") == 0) {
 		for (long i = 0; i < n; i++) {
 			int kind = i % 3;
