@@ -407,7 +407,7 @@ impl EnrichWorker<'_> {
         if let Some(tap) = self.offers.tap {
             tap.offer(&enriched);
         }
-        if plan.traced {
+        if plan.traced.is_some() {
             if let Some(spans) = self.offers.spans {
                 spans.offer(&enriched);
             }

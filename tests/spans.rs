@@ -417,3 +417,39 @@ fn sched_trace_joins_the_application_s_trace_through_usdt() {
         "one wakeup per sleep: {names:?}"
     );
 }
+
+#[test]
+fn the_tap_shows_spans_without_a_collector() {
+    privileged!("the_tap_shows_spans_without_a_collector");
+    use std::io::BufRead;
+    let dir = TempDir::new("spans-tap");
+    compile_example("exec-trace", &dir.0);
+    let args = ["--config.dir", dir.0.to_str().unwrap(), "--config.names", "exec-trace"];
+    let log = dir.0.join("exporter.log");
+    let exporter = Exporter::start(&args, &log);
+    let path = program(&dir, "t-tap");
+    let (status, reader) = common::open_stream(
+        &exporter.tap_addr,
+        &format!("/events?config=exec-trace&span_name={path}&limit=3"),
+    );
+    assert!(status.contains(" 200 "), "{status}");
+    bash_runs(&path, 3, None);
+    let lines: Vec<String> = reader.lines().map(Result::unwrap).collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for line in &lines {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        let span = &e["span"];
+        assert_eq!(span["name"], path.as_str(), "{line}");
+        assert_eq!(span["trace_id"].as_str().unwrap().len(), 32, "{line}");
+        assert_ne!(span["parent_span_id"], "0000000000000000", "a child of bash: {line}");
+        assert!(span["duration_ns"].as_u64().unwrap() > 0, "{line}");
+        assert!(span["start"].as_str().unwrap().ends_with('Z'), "{line}");
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text.matches("spans of tracing: configs are not exported: neither OTEL_EXPORTER_OTLP_ENDPOINT").count(),
+        1,
+        "said once at start-up: {text}"
+    );
+    assert!(!exporter.metrics().contains("ebpf_exporter_spans_exported_total"));
+}

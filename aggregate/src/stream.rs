@@ -117,8 +117,9 @@ pub struct StreamPlan {
     pid: Option<Span>,
     pub(crate) metrics: Vec<MetricPlan>,
     fields: Vec<FieldView>,
-    /// Its records are spans (a `tracing:` config): the span stage takes them too.
-    pub traced: bool,
+    /// Its records are spans (a `tracing:` config), named this unless a `span_name`
+    /// label names them: the span stage takes them instead of aggregate workers.
+    pub traced: Option<String>,
 }
 
 /// Where field `name` is in ring `ring`'s records; an error at `at` naming the fields
@@ -253,7 +254,7 @@ impl StreamPlan {
             pid,
             metrics: plans,
             fields: views,
-            traced: false,
+            traced: None,
         })
     }
 
@@ -291,11 +292,11 @@ impl StreamPlan {
             pid: None,
             metrics: vec![plan],
             fields,
-            traced: false,
+            traced: None,
         })
     }
 
-    /// Records of a `tracing:` span config: laid out as its labels say (`size`, then
+    /// Records of a `tracing:` span config (spans named `name` by default): laid out as its labels say (`size`, then
     /// `padding`, as table keys are), each field decoded as its label, no metrics.
     /// `cgroup` names the 8-byte label holding the cgroup id, if any.
     ///
@@ -304,6 +305,7 @@ impl StreamPlan {
     /// not 8 bytes; named from `at` (the span config's path).
     pub fn compile_traced(
         ring: &str,
+        name: &str,
         labels: &[LabelConfig],
         cgroup: Option<&str>,
         ctx: &Context,
@@ -340,7 +342,7 @@ impl StreamPlan {
             pid: None,
             metrics: Vec::new(),
             fields,
-            traced: true,
+            traced: Some(name.to_string()),
         })
     }
 

@@ -10,5 +10,5 @@ mod stage;
 
 pub use export::{destination, exporter, timeout, ExportError, Protocol};
 pub use plan::SpanPlan;
-pub use record::SpanError;
+pub use record::{Clock, SpanError};
 pub use stage::{Batching, SpanStats, Spans};

@@ -85,8 +85,19 @@ impl SpanPlan {
         ctx: &Context,
         at: &str,
     ) -> Result<Self, ConfigError> {
-        let stream =
-            StreamPlan::compile_traced(&c.ringbuf, &c.labels, c.cgroup_field.as_deref(), ctx, at)?;
+        let name = if c.name.is_empty() {
+            &c.ringbuf
+        } else {
+            &c.name
+        };
+        let stream = StreamPlan::compile_traced(
+            &c.ringbuf,
+            name,
+            &c.labels,
+            c.cgroup_field.as_deref(),
+            ctx,
+            at,
+        )?;
         let mut roles = Vec::with_capacity(c.labels.len());
         for (li, l) in c.labels.iter().enumerate() {
             let role = Role::of(&l.name);
@@ -101,11 +112,7 @@ impl SpanPlan {
         }
         Ok(Self {
             config: config.to_string(),
-            name: if c.name.is_empty() {
-                c.ringbuf.clone()
-            } else {
-                c.name.clone()
-            },
+            name: name.clone(),
             service: c
                 .service
                 .clone()
@@ -154,7 +161,8 @@ spans:
         assert_eq!(p.roles[4], Role::Duration);
         assert_eq!(p.roles[6], Role::Attribute(Key::from_static_str("exe")));
         assert_eq!(p.stream.record_size, 16 + 4 * 8 + 8 + 64);
-        assert!(p.stream.traced && !p.stream.has_cgroup());
+        assert_eq!(p.stream.traced.as_deref(), Some("exec_spans"));
+        assert!(!p.stream.has_cgroup());
     }
 
     #[test]

@@ -51,13 +51,14 @@ pub enum SpanError {
 /// Converts `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) to wall-clock time as the reference
 /// exporter does: now, minus how long ago on the monotonic clock. Read once per batch.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Clock {
+pub struct Clock {
     wall: SystemTime,
     monotonic_ns: u64,
 }
 
 impl Clock {
-    pub(crate) fn now() -> Self {
+    /// The clocks now.
+    pub fn now() -> Self {
         let mut ts = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
@@ -70,7 +71,8 @@ impl Clock {
         }
     }
 
-    pub(crate) fn wall(&self, monotonic_ns: u64) -> SystemTime {
+    /// The wall-clock time of `monotonic_ns`.
+    pub fn wall(&self, monotonic_ns: u64) -> SystemTime {
         if monotonic_ns <= self.monotonic_ns {
             self.wall - Duration::from_nanos(self.monotonic_ns - monotonic_ns)
         } else {

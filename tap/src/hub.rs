@@ -368,11 +368,40 @@ impl Worker {
             .map(|f| (f.name.to_string(), f.json()))
             .collect();
         event.insert("fields".into(), Value::Object(f));
+        if let Some(name) = &e.stream.plan.traced {
+            event.insert("span".into(), span(e.fields, name));
+        }
         let mut text =
             serde_json::to_vec(&Value::Object(event)).expect("JSON of strings and numbers");
         text.push(b'\n');
         Bytes::from(text)
     }
+}
+
+/// A span record's span as the span stage exports it (ids the kernel left zero are
+/// made up there, so they show as zeros here).
+fn span(fields: &[FieldValue<'_>], name: &str) -> Value {
+    let value = |n: &str| {
+        fields
+            .iter()
+            .find(|f| f.name == n)
+            .and_then(|f| f.label.as_ref()?.1.as_ref().ok())
+    };
+    let nanos = |n: &str| value(n).and_then(|v| v.parse::<u64>().ok());
+    let mut m = Map::new();
+    m.insert("name".into(), json!(value("span_name").map_or(name, String::as_str)));
+    for id in ["trace_id", "parent_span_id", "span_id"] {
+        if let Some(v) = value(id) {
+            m.insert(id.into(), json!(v));
+        }
+    }
+    if let Some(ns) = nanos("span_monotonic_timestamp_ns") {
+        m.insert("start".into(), json!(rfc3339_nanos(spans::Clock::now().wall(ns))));
+    }
+    if let Some(ns) = nanos("span_duration_ns") {
+        m.insert("duration_ns".into(), json!(ns));
+    }
+    Value::Object(m)
 }
 
 /// One record as the tap shows it.
