@@ -72,6 +72,7 @@ pub fn start_pipeline(
         cgroup_events,
         extra_names,
         node,
+        setup,
     } = started;
     let p = &config.pipeline;
     let (tx, rx) = crossbeam_channel::bounded(p.queue_batches.max(1));
@@ -88,7 +89,7 @@ pub fn start_pipeline(
         (None, Some(_)) => bail!("{source}: tap.sink: needs tap.enabled"),
         _ => None,
     };
-    let (spans, spans_thread) = start_spans(&enricher, &node)?.unzip();
+    let (spans, spans_thread) = start_spans(&enricher, &node, setup)?.unzip();
     let workers = pipeline::Settings {
         enrich_workers: p.enrich_workers,
         aggregate_workers: p.aggregate_workers,
@@ -147,10 +148,13 @@ pub fn start_pipeline(
     Ok(state)
 }
 
-/// The span stage, when the environment names an OTLP endpoint (said once either way).
+/// The span stage, when the environment names an OTLP endpoint (said once either way);
+/// its first spans are the start-up trace: `setup` (when it began, each config's step)
+/// under a root span that ends now.
 fn start_spans(
     enricher: &Arc<Enricher>,
     node: &str,
+    setup: (std::time::SystemTime, Vec<spans::Step>),
 ) -> Result<Option<(Arc<spans::Spans>, std::thread::JoinHandle<()>)>> {
     let (protocol, endpoint) = match spans::destination() {
         Ok(d) => d,
@@ -159,11 +163,19 @@ fn start_spans(
             return Ok(None);
         }
     };
+    let (began, steps) = setup;
+    let root = spans::Step {
+        name: "start".into(),
+        start: began,
+        end: std::time::SystemTime::now(),
+        attributes: vec![("configs", steps.len().to_string())],
+    };
     let stage = spans::Spans::start(
         protocol,
         enricher.clone(),
         node.to_string(),
         spans::Batching::from_env(),
+        (root, steps),
     )
     .context("OpenTelemetry span export")?;
     tracing::info!(%endpoint, ?protocol, "spans of tracing: configs are exported over OTLP");

@@ -127,6 +127,8 @@ pub struct Started {
     pub cgroup_events: Option<pipeline::CgroupEventsHandle>,
     pub extra_names: Vec<String>,
     pub node: String,
+    /// When set-up began, and each config's set-up (for the start-up trace).
+    pub setup: (std::time::SystemTime, Vec<spans::Step>),
 }
 
 /// Sets up every config: learns the cgroups and pods, compiles, loads and attaches
@@ -142,6 +144,7 @@ pub fn start_configs(settings: &mut Settings) -> Result<Started> {
         ..
     } = &mut *settings;
     let source = source.as_str();
+    let began = std::time::SystemTime::now();
     // Every object is CO-RE-relocated against this one parse; it is dropped (and its
     // memory returned) once programs are attached.
     let btf = ingest::kernel_btf(btf_path.as_deref())?;
@@ -174,7 +177,8 @@ pub fn start_configs(settings: &mut Settings) -> Result<Started> {
         loader: ingest::Loader::new(&btf),
         cgroup_mount: enricher.cgroups().mount(),
     };
-    let (mut units, failures) = prepare_all(&mut starter, sources, &config.pipeline, *strict)?;
+    let (mut units, failures, steps) =
+        prepare_all(&mut starter, sources, &config.pipeline, *strict)?;
     mark_attached();
     if *check {
         report_check(&units, &failures);
@@ -211,6 +215,7 @@ pub fn start_configs(settings: &mut Settings) -> Result<Started> {
         cgroup_events,
         extra_names,
         node,
+        setup: (began, steps),
     })
 }
 
@@ -245,17 +250,33 @@ fn enricher(config: &Config, source: &str) -> Result<(Arc<Enricher>, Vec<String>
 }
 
 /// Prepares every config, numbering their streams one after another; a config that
-/// fails is logged and skipped (with `strict`, it stops the start).
+/// fails is logged and skipped (with `strict`, it stops the start). Each config's
+/// set-up is a step of the start-up trace.
 fn prepare_all(
     starter: &mut Starter,
     sources: Vec<(Origin, Result<Program, Failure>)>,
     pipeline: &PipelineConfig,
     strict: bool,
-) -> Result<(Vec<units::Prepared>, Vec<Failure>)> {
-    let (mut units, mut failures) = (Vec::new(), Vec::new());
+) -> Result<(Vec<units::Prepared>, Vec<Failure>, Vec<spans::Step>)> {
+    let (mut units, mut failures, mut steps) = (Vec::new(), Vec::new(), Vec::new());
     let mut next_id = 0;
     for (src, program) in sources {
-        match program.and_then(|p| units::prepare(starter, &src, &p, next_id, pipeline)) {
+        let start = std::time::SystemTime::now();
+        let prepared = program.and_then(|p| units::prepare(starter, &src, &p, next_id, pipeline));
+        let outcome = match &prepared {
+            Ok(u) => format!("{} program(s) attached", u.attached.object.attached().len()),
+            Err(f) => format!("failed ({}): {}", f.cause(), f.message),
+        };
+        steps.push(spans::Step {
+            name: format!("config {}", src.name),
+            start,
+            end: std::time::SystemTime::now(),
+            attributes: vec![
+                ("ebpf_exporter.config", src.name.clone()),
+                ("outcome", outcome),
+            ],
+        });
+        match prepared {
             Ok(u) => {
                 next_id += u.streams.len() as u32;
                 units.push(u);
@@ -269,7 +290,7 @@ fn prepare_all(
             }
         }
     }
-    Ok((units, failures))
+    Ok((units, failures, steps))
 }
 
 /// `--config.check`: prints each config's outcome and exits.

@@ -148,6 +148,20 @@ fn exec_trace_exact(receiver: Receiver, tag: &str) {
             "no cgroup in these records"
         );
     }
+    // The start-up trace: set-up, and the config's step under it.
+    let spans = receiver.spans();
+    let root = spans
+        .iter()
+        .find(|s| s.name == "start")
+        .expect("a start-up trace");
+    let config = spans
+        .iter()
+        .find(|s| s.name == "config exec-trace")
+        .expect("its config's step");
+    assert_eq!(config.parent_span_id, root.span_id);
+    assert_eq!(config.attributes["outcome"], "3 program(s) attached");
+    assert_eq!(root.resource["service.name"], "ebpf_exporter");
+    assert!(root.start_ns <= config.start_ns && config.end_ns <= root.end_ns);
     let page = exporter.metrics();
     let exported = sample(&page, "ebpf_exporter_spans_exported_total", "").unwrap_or(0.0);
     assert!(exported >= 26.0, "{page}");
@@ -424,7 +438,12 @@ fn the_tap_shows_spans_without_a_collector() {
     use std::io::BufRead;
     let dir = TempDir::new("spans-tap");
     compile_example("exec-trace", &dir.0);
-    let args = ["--config.dir", dir.0.to_str().unwrap(), "--config.names", "exec-trace"];
+    let args = [
+        "--config.dir",
+        dir.0.to_str().unwrap(),
+        "--config.names",
+        "exec-trace",
+    ];
     let log = dir.0.join("exporter.log");
     let exporter = Exporter::start(&args, &log);
     let path = program(&dir, "t-tap");
@@ -441,15 +460,70 @@ fn the_tap_shows_spans_without_a_collector() {
         let span = &e["span"];
         assert_eq!(span["name"], path.as_str(), "{line}");
         assert_eq!(span["trace_id"].as_str().unwrap().len(), 32, "{line}");
-        assert_ne!(span["parent_span_id"], "0000000000000000", "a child of bash: {line}");
+        assert_ne!(
+            span["parent_span_id"], "0000000000000000",
+            "a child of bash: {line}"
+        );
         assert!(span["duration_ns"].as_u64().unwrap() > 0, "{line}");
         assert!(span["start"].as_str().unwrap().ends_with('Z'), "{line}");
     }
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(
-        text.matches("spans of tracing: configs are not exported: neither OTEL_EXPORTER_OTLP_ENDPOINT").count(),
+        text.matches(
+            "spans of tracing: configs are not exported: neither OTEL_EXPORTER_OTLP_ENDPOINT"
+        )
+        .count(),
         1,
         "said once at start-up: {text}"
     );
-    assert!(!exporter.metrics().contains("ebpf_exporter_spans_exported_total"));
+    assert!(!exporter
+        .metrics()
+        .contains("ebpf_exporter_spans_exported_total"));
+}
+
+#[test]
+fn a_reload_replaces_a_changed_span_config() {
+    privileged!("a_reload_replaces_a_changed_span_config");
+    use std::io::{Read, Write};
+    let receiver = Receiver::http();
+    let dir = TempDir::new("spans-reload");
+    let exporter = start(
+        "exec-trace",
+        &dir,
+        &receiver.endpoint,
+        receiver.protocol,
+        &["--web.enable-lifecycle".into()],
+    );
+    let before = program(&dir, "t-before");
+    bash_runs(&before, 3, None);
+    receiver.wait(Duration::from_secs(20), |s| trace_of(s, &before).len() >= 4);
+    let yaml = dir.0.join("exec-trace.yaml");
+    let text = std::fs::read_to_string(&yaml).unwrap();
+    std::fs::write(
+        &yaml,
+        text.replace("service: exec-trace", "service: exec-trace-v2"),
+    )
+    .unwrap();
+    let mut s = std::net::TcpStream::connect(&exporter.addr).unwrap();
+    write!(
+        s,
+        "POST /-/reload HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.0 200") && answer.contains("replaced [\"exec-trace\"]"),
+        "{answer}"
+    );
+    let after = program(&dir, "t-after");
+    bash_runs(&after, 3, None);
+    receiver.wait(Duration::from_secs(20), |s| trace_of(s, &after).len() >= 4);
+    std::thread::sleep(Duration::from_millis(600));
+    let spans = receiver.spans();
+    for (path, service) in [(&before, "exec-trace"), (&after, "exec-trace-v2")] {
+        for s in check_trace(&spans, path, 3) {
+            assert_eq!(s.resource["service.name"], service, "{path}");
+        }
+    }
 }

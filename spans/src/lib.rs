@@ -7,8 +7,10 @@ mod export;
 mod plan;
 mod record;
 mod stage;
+mod startup;
 
 pub use export::{destination, exporter, timeout, ExportError, Protocol};
 pub use plan::SpanPlan;
 pub use record::{Clock, SpanError};
 pub use stage::{Batching, SpanStats, Spans};
+pub use startup::Step;

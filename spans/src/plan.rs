@@ -66,7 +66,7 @@ pub struct SpanPlan {
 }
 
 /// Service name when a span config names none: the SDKs' variable, else ours.
-fn default_service() -> String {
+pub(crate) fn default_service() -> String {
     std::env::var("OTEL_SERVICE_NAME")
         .ok()
         .filter(|s| !s.is_empty())

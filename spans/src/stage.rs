@@ -24,8 +24,9 @@ use rustc_hash::FxHashMap;
 
 use crate::{
     export::{exporter, ExportError, Protocol},
-    plan::SpanPlan,
+    plan::{default_service, SpanPlan},
     record::{scope, span, Clock, Context, Memo},
+    startup::{trace, Step},
 };
 
 /// Counters of the span stage.
@@ -80,7 +81,8 @@ pub struct Spans {
 impl Spans {
     /// Starts the stage's thread exporting over `protocol` (the rest of the exporter's
     /// settings come from the environment); `node` is `k8s.node.name` on every span's
-    /// resource.
+    /// resource. The start-up trace (`startup`: the root, then one step per config) is
+    /// its first export.
     ///
     /// # Errors
     /// The exporter's settings (see [`exporter`]), or no thread.
@@ -89,6 +91,7 @@ impl Spans {
         enricher: Arc<Enricher>,
         node: String,
         batching: Batching,
+        startup: (Step, Vec<Step>),
     ) -> Result<(Arc<Self>, JoinHandle<()>), ExportError> {
         let (tx, rx) = crossbeam_channel::bounded(batching.queue_batches);
         let spans = Arc::new(Self {
@@ -114,9 +117,9 @@ impl Spans {
             pods: FxHashMap::default(),
             memo: Memo::default(),
             plans: Arc::default(),
-            pending: FxHashMap::default(),
-            count: 0,
-            since: None,
+            pending: FxHashMap::from_iter([(default_service(), trace(&startup.0, &startup.1))]),
+            count: 1 + startup.1.len(),
+            since: Some(Instant::now()),
             warned: None,
         };
         let thread = std::thread::Builder::new()

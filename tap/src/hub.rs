@@ -389,14 +389,20 @@ fn span(fields: &[FieldValue<'_>], name: &str) -> Value {
     };
     let nanos = |n: &str| value(n).and_then(|v| v.parse::<u64>().ok());
     let mut m = Map::new();
-    m.insert("name".into(), json!(value("span_name").map_or(name, String::as_str)));
+    m.insert(
+        "name".into(),
+        json!(value("span_name").map_or(name, String::as_str)),
+    );
     for id in ["trace_id", "parent_span_id", "span_id"] {
         if let Some(v) = value(id) {
             m.insert(id.into(), json!(v));
         }
     }
     if let Some(ns) = nanos("span_monotonic_timestamp_ns") {
-        m.insert("start".into(), json!(rfc3339_nanos(spans::Clock::now().wall(ns))));
+        m.insert(
+            "start".into(),
+            json!(rfc3339_nanos(spans::Clock::now().wall(ns))),
+        );
     }
     if let Some(ns) = nanos("span_duration_ns") {
         m.insert("duration_ns".into(), json!(ns));

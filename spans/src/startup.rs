@@ -1,0 +1,53 @@
+//! The start-up trace, as the reference exporter emits one: a root span for setting up
+//! the configs and a child per config (its compile, load and attach), with its outcome.
+
+use std::{borrow::Cow, time::SystemTime};
+
+use opentelemetry::{
+    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState},
+    KeyValue,
+};
+use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData};
+
+use crate::record::scope;
+
+/// One step of the start-up: when it ran, and what to say about it.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// The span's name.
+    pub name: String,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    /// String attributes.
+    pub attributes: Vec<(&'static str, String)>,
+}
+
+/// The trace of `root` with `children` under it.
+pub(crate) fn trace(root: &Step, children: &[Step]) -> Vec<SpanData> {
+    let ids = RandomIdGenerator::default();
+    let trace_id = ids.new_trace_id();
+    let root_id = ids.new_span_id();
+    let scope = scope();
+    let span = |step: &Step, id: SpanId, parent: SpanId| SpanData {
+        span_context: SpanContext::new(trace_id, id, TraceFlags::SAMPLED, false, TraceState::NONE),
+        parent_span_id: parent,
+        parent_span_is_remote: false,
+        span_kind: SpanKind::Internal,
+        name: Cow::Owned(step.name.clone()),
+        start_time: step.start,
+        end_time: step.end,
+        attributes: step
+            .attributes
+            .iter()
+            .map(|(k, v)| KeyValue::new(*k, v.clone()))
+            .collect(),
+        dropped_attributes_count: 0,
+        events: Default::default(),
+        links: Default::default(),
+        status: Status::Unset,
+        instrumentation_scope: scope.clone(),
+    };
+    std::iter::once(span(root, root_id, SpanId::INVALID))
+        .chain(children.iter().map(|c| span(c, ids.new_span_id(), root_id)))
+        .collect()
+}
