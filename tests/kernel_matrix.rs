@@ -26,6 +26,11 @@ const POD: &str = "matrix-7d4f8-k2x9q";
 const CONTAINER: &str = "work";
 const POD_UID: &str = "6b1c3a52-0d4e-4f8a-9b7c-2e5d8f1a3c4b";
 const CONTAINER_ID: &str = "3f9a1c7e5b2d4a6c8e0f1a3b5c7d9e2f4a6b8c0d1e3f5a7b9c2d4e6f8a0b1c3d";
+/// A second pod, whose processes only pod-exec-trace's spans follow (the first one's
+/// counts stay exact).
+const SPAN_POD: &str = "spans-5c6d7-m3n4p";
+const SPAN_POD_UID: &str = "9d2e4f6a-1b3c-4d5e-8f7a-0b1c2d3e4f5a";
+const SPAN_CONTAINER_ID: &str = "7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b";
 
 fn missing_tools() -> Option<String> {
     for tool in ["qemu-system-x86_64", "cpio", "apt-get", "strip", "cc"] {
@@ -101,6 +106,31 @@ fn install_binary(tree: &Path, bin: &Path, at: &str) {
     }
 }
 
+/// The test-support crate's OTLP receiver, built for the guests (which have no
+/// network to reach one in this process).
+fn otlp_receiver() -> PathBuf {
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "-p",
+            "test-support",
+            "--bin",
+            "otlp-receiver",
+            "--message-format=json",
+        ])
+        .current_dir(ROOT)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("cargo");
+    assert!(out.status.success(), "building otlp-receiver failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|m| Some(PathBuf::from(m["executable"].as_str()?)))
+        .expect("cargo names the receiver's executable")
+}
+
 /// Builds the guests' initramfs: busybox, the exporter, the workload, every example
 /// compiled as the README says, the kernels' configs and the init script.
 fn initramfs(dir: &Path, kernels: &[Kernel]) -> PathBuf {
@@ -127,6 +157,9 @@ fn initramfs(dir: &Path, kernels: &[Kernel]) -> PathBuf {
         .arg(&workload)
         .arg(Path::new(ROOT).join("tests/workload.c")));
     install_binary(&tree, &workload, "bin/kebpf-workload");
+    // exec-trace follows what /bin/bash starts; the guests' OTLP receiver prints spans.
+    install_binary(&tree, Path::new("/bin/bash"), "bin/bash");
+    install_binary(&tree, &otlp_receiver(), "bin/otlp-receiver");
     for entry in std::fs::read_dir(Path::new(ROOT).join("examples")).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().to_string();
@@ -146,8 +179,9 @@ fn initramfs(dir: &Path, kernels: &[Kernel]) -> PathBuf {
     std::fs::write(
         tree.join("matrix/pod.env"),
         format!(
-            "NS={NS}\nPOD={POD}\nCONTAINER={CONTAINER}\nPOD_UID={POD_UID}\nPOD_UID_={}\nCONTAINER_ID={CONTAINER_ID}\n",
-            POD_UID.replace('-', "_")
+            "NS={NS}\nPOD={POD}\nCONTAINER={CONTAINER}\nPOD_UID={POD_UID}\nPOD_UID_={}\nCONTAINER_ID={CONTAINER_ID}\nSPAN_POD={SPAN_POD}\nSPAN_POD_UID={SPAN_POD_UID}\nSPAN_POD_UID_={}\nSPAN_CONTAINER_ID={SPAN_CONTAINER_ID}\n",
+            POD_UID.replace('-', "_"),
+            SPAN_POD_UID.replace('-', "_")
         ),
     )
     .unwrap();
@@ -220,6 +254,8 @@ struct Report {
     values: BTreeMap<String, f64>,
     /// The answer to `POST /-/reload` after one config changed.
     reload: String,
+    /// Spans the guest's OTLP receivers got: protocol, then `Span`'s tab-separated fields.
+    spans: Vec<Vec<String>>,
     ended: bool,
 }
 
@@ -263,6 +299,7 @@ fn parse(output: &str) -> Report {
                 }
             }
             "log" => r.logs.push(rest.into()),
+            "span" => r.spans.push(rest.split('\t').map(str::to_string).collect()),
             "reload" => r.reload = rest.into(),
             "workload-failed" => r.workload_failures.push(rest.into()),
             "value" => {
@@ -435,6 +472,7 @@ fn problems(k: &Kernel, r: &Report) -> Vec<String> {
     for w in &r.workload_failures {
         bad.push(format!("workload failed: {w}"));
     }
+    bad.extend(span_problems(r));
     for l in &r.logs {
         bad.push(format!("exporter logged: {l}"));
     }
@@ -798,6 +836,110 @@ fn library_problems(r: &Report, version: (u32, u32), pod: &[&str]) -> Vec<String
     }
     bad
 }
+
+/// A span line's fields: protocol, service, name, trace, span, parent, start, end, attributes.
+const SERVICE: usize = 1;
+const NAME: usize = 2;
+const TRACE: usize = 3;
+const SPAN: usize = 4;
+const PARENT: usize = 5;
+const ATTRIBUTES: usize = 8;
+
+/// Whether span line `s` has attribute `key=value`.
+fn has(s: &[String], kv: &str) -> bool {
+    s.get(ATTRIBUTES)
+        .is_some_and(|a| a.split(';').any(|x| x == kv))
+}
+
+/// What the guest's spans got wrong: exec-trace over gRPC and HTTP/protobuf (7 runs of
+/// /bin/true under one bash), pod-exec-trace's pod attributes, bio-trace's 16 direct
+/// writes to nullb0, sched-trace's switches and wakeups under the workload's span.
+fn span_problems(r: &Report) -> Vec<String> {
+    let mut bad = Vec::new();
+    let spans = |protocol: &str, service: &str| -> Vec<&Vec<String>> {
+        r.spans
+            .iter()
+            .filter(|s| s.len() > ATTRIBUTES && s[0] == protocol && s[SERVICE] == service)
+            .collect()
+    };
+    for (protocol, service) in [
+        ("grpc", "exec-trace"),
+        ("http", "exec-trace"),
+        ("grpc", "pod-exec-trace"),
+    ] {
+        let all = spans(protocol, service);
+        let Some(child) = all.iter().find(|s| s[NAME] == "/bin/true") else {
+            bad.push(format!("{service} over {protocol}: no /bin/true span"));
+            continue;
+        };
+        let trace: Vec<_> = all.iter().filter(|s| s[TRACE] == child[TRACE]).collect();
+        let root: Vec<_> = trace.iter().filter(|s| s[PARENT] == "-").collect();
+        let children = trace.iter().filter(|s| s[NAME] == "/bin/true").count();
+        let under_root = trace
+            .iter()
+            .filter(|s| root.first().is_some_and(|r| s[PARENT] == r[SPAN]))
+            .count();
+        if trace.len() != 8
+            || root.len() != 1
+            || root[0][NAME] != "/bin/bash"
+            || children != 7
+            || under_root != 7
+        {
+            bad.push(format!("{service} over {protocol}: want /bin/bash with 7 /bin/true children, got {trace:?}"));
+        }
+        if service == "pod-exec-trace" {
+            for kv in [
+                format!("k8s.namespace.name={NS}"),
+                format!("k8s.pod.name={SPAN_POD}"),
+                format!("k8s.pod.uid={SPAN_POD_UID}"),
+                format!("k8s.container.name={CONTAINER}"),
+            ] {
+                if !trace.iter().all(|s| has(s, &kv)) {
+                    bad.push(format!("pod-exec-trace: spans without {kv}: {trace:?}"));
+                }
+            }
+        }
+    }
+    let bio = spans("grpc", "bio-trace");
+    let writes = |name: &str| {
+        bio.iter()
+            .filter(|s| s[NAME] == name && has(s, "device=nullb0") && has(s, "operation=write"))
+            .count()
+    };
+    let deadline = r.values.get("nullb0_deadline") == Some(&1.0);
+    let inserts = writes("block_rq_insert");
+    if writes("block_rq_service") != 16 || (deadline && inserts != 16) {
+        bad.push(format!(
+            "bio-trace: {} service and {inserts} insert spans for 16 direct writes (mq-deadline: {deadline})",
+            writes("block_rq_service")
+        ));
+    }
+    let sched = spans("grpc", "sched");
+    let under = |name: &str, kv: &str| {
+        sched
+            .iter()
+            .filter(|s| {
+                s[NAME] == name
+                    && s[PARENT] == SCHED_SPAN
+                    && s[TRACE] == SCHED_TRACE
+                    && (kv.is_empty() || has(s, kv))
+            })
+            .count()
+    };
+    let (switches, wakeups) = (
+        under("sched_switch", "state=interruptible_sleep"),
+        under("sched_wakeup", ""),
+    );
+    if switches != 5 || wakeups != 5 {
+        bad.push(format!("sched-trace: {switches} sleeping switches and {wakeups} wakeups under the workload's span, want 5 and 5"));
+    }
+    bad
+}
+
+/// The trace and span ids the guest's traced-sleep announces (as the workload prints
+/// them in hex, they are these bytes in memory).
+const SCHED_TRACE: &str = "0102030405060708090a0b0c0d0e0f10";
+const SCHED_SPAN: &str = "1112131415161718";
 
 /// `fsync 41`, and the one `pagecache` ends with.
 const FSYNCS: f64 = 42.0;

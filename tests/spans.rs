@@ -527,3 +527,40 @@ fn a_reload_replaces_a_changed_span_config() {
         }
     }
 }
+
+#[test]
+fn shutdown_exports_the_spans_still_held() {
+    privileged!("shutdown_exports_the_spans_still_held");
+    let receiver = Receiver::grpc();
+    let dir = TempDir::new("spans-shutdown");
+    // Nothing is exported on a timer within the test: only the batch at shutdown.
+    let mut exporter = start_env(
+        "exec-trace",
+        &dir,
+        &receiver.endpoint,
+        receiver.protocol,
+        &[],
+        &[("OTEL_BSP_SCHEDULE_DELAY", "600000")],
+    );
+    let path = program(&dir, "t-shutdown");
+    bash_runs(&path, 3, None);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        trace_of(&receiver.spans(), &path).is_empty(),
+        "held until shutdown"
+    );
+    // SAFETY: kill on our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(exporter.child.id() as i32, libc::SIGTERM) },
+        0
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while exporter.child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the exporter did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check_trace(&receiver.spans(), &path, 3);
+}

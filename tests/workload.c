@@ -23,7 +23,7 @@
  *   pagecache F MIB   writes MIB MiB to F through the page cache, then fsyncs it
  *   unix N            N UNIX stream connects to a listener at /tmp/kebpf-unix.sock, each
  *                     accepted and closed
- *   traced-sleep N HI LO SPAN  N 1 ms sleeps under parent span SPAN of trace HI:LO (hex),
+ *   traced-sleep N HI LO SPAN  N 1 ms nanosleeps under parent span SPAN of trace HI:LO (hex),
  *                     as a traced application announces it to sched-trace (USDT probes
  *                     ebpf_exporter:sched_set_parent_span / sched_clear_parent_span), then
  *                     N more sleeps with no parent
@@ -348,12 +348,15 @@ int main(int argc, char **argv)
 		uint64_t hi = strtoull(argv[4], NULL, 16), lo = strtoull(argv[5], NULL, 16);
 		uint64_t span = strtoull(argv[6], NULL, 16);
 
+		/* nanosleep, not usleep: usleep-durations counts usleep calls. */
+		struct timespec ms = { .tv_nsec = 1000000 };
+
 		STAP_PROBE3(ebpf_exporter, sched_set_parent_span, hi, lo, span);
 		for (long i = 0; i < n; i++)
-			usleep(1000);
+			nanosleep(&ms, NULL);
 		STAP_PROBE(ebpf_exporter, sched_clear_parent_span);
 		for (long i = 0; i < n; i++)
-			usleep(1000);
+			nanosleep(&ms, NULL);
 	} else if (strcmp(cmd, "jobs") == 0) {
 		for (long i = 0; i < n; i++) {
 			int kind = i % 3;

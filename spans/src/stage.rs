@@ -71,9 +71,17 @@ impl Batching {
     }
 }
 
-/// The running stage.
+/// The running stage. Dropping it (its last handle) ends the thread once it has
+/// exported what it holds.
 pub struct Spans {
     tx: Sender<Arc<Attributed>>,
+    shared: Arc<Shared>,
+}
+
+/// What the stage's thread shares with its handle (never the sender: the thread ends
+/// when every sender is gone).
+#[derive(Default)]
+struct Shared {
     plans: RwLock<Arc<FxHashMap<u32, Arc<SpanPlan>>>>,
     stats: SpanStats,
 }
@@ -94,11 +102,7 @@ impl Spans {
         startup: (Step, Vec<Step>),
     ) -> Result<(Arc<Self>, JoinHandle<()>), ExportError> {
         let (tx, rx) = crossbeam_channel::bounded(batching.queue_batches);
-        let spans = Arc::new(Self {
-            tx,
-            plans: RwLock::default(),
-            stats: SpanStats::default(),
-        });
+        let shared = Arc::new(Shared::default());
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -108,7 +112,7 @@ impl Spans {
             exporter(protocol)?
         };
         let worker = Worker {
-            spans: spans.clone(),
+            shared: shared.clone(),
             exporter,
             runtime,
             enricher,
@@ -125,7 +129,7 @@ impl Spans {
         let thread = std::thread::Builder::new()
             .name("spans".into())
             .spawn(move || worker.run(rx, batching))?;
-        Ok((spans, thread))
+        Ok((Arc::new(Self { tx, shared }), thread))
     }
 
     /// Offers an attributed batch of a span stream (shared, not copied). Never waits:
@@ -134,7 +138,8 @@ impl Spans {
         if let Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) =
             self.tx.try_send(batch.clone())
         {
-            self.stats
+            self.shared
+                .stats
                 .dropped_queue
                 .fetch_add(u64::from(b.batch.len), Relaxed);
         }
@@ -142,7 +147,7 @@ impl Spans {
 
     /// Makes spans of stream `id`'s records as `plan` says (before its reader starts).
     pub fn add(&self, id: u32, plan: Arc<SpanPlan>) {
-        let mut plans = self.plans.write();
+        let mut plans = self.shared.plans.write();
         let mut next = plans.as_ref().clone();
         next.insert(id, plan);
         *plans = Arc::new(next);
@@ -150,7 +155,7 @@ impl Spans {
 
     /// Forgets streams `ids` (a reload stopped their config).
     pub fn remove(&self, ids: &[u32]) {
-        let mut plans = self.plans.write();
+        let mut plans = self.shared.plans.write();
         if ids.iter().any(|id| plans.contains_key(id)) {
             let mut next = plans.as_ref().clone();
             next.retain(|id, _| !ids.contains(id));
@@ -160,7 +165,7 @@ impl Spans {
 
     /// Counters.
     pub fn stats(&self) -> &SpanStats {
-        &self.stats
+        &self.shared.stats
     }
 }
 
@@ -168,7 +173,7 @@ impl Spans {
 const PODS: usize = 4096;
 
 struct Worker {
-    spans: Arc<Spans>,
+    shared: Arc<Shared>,
     exporter: opentelemetry_otlp::SpanExporter,
     runtime: tokio::runtime::Runtime,
     enricher: Arc<Enricher>,
@@ -211,7 +216,7 @@ impl Worker {
 
     /// Makes the batch's spans.
     fn take(&mut self, batch: &Attributed) {
-        let plans = self.spans.plans.read().clone();
+        let plans = self.shared.plans.read().clone();
         if !Arc::ptr_eq(&plans, &self.plans) {
             self.memo.clear();
             self.plans = plans;
@@ -245,7 +250,7 @@ impl Worker {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    self.spans.stats.failed_decode.fetch_add(1, Relaxed);
+                    self.shared.stats.failed_decode.fetch_add(1, Relaxed);
                     tracing::debug!(config = %plan.config, "span: {e}");
                 }
             }
@@ -257,7 +262,7 @@ impl Worker {
 
     /// Exports what is pending, one request per service.
     fn export(&mut self) {
-        let stats = &self.spans.stats;
+        let stats = &self.shared.stats;
         for (service, spans) in self.pending.iter_mut().filter(|(_, s)| !s.is_empty()) {
             let n = spans.len() as u64;
             self.exporter.set_resource(

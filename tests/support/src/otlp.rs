@@ -18,6 +18,35 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message;
 
+impl std::fmt::Display for Span {
+    /// Tab-separated: service, name, trace id, span id, parent span id (`-` for none),
+    /// start and end (Unix ns), then `key=value` attributes joined by `;`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hex = |id: &[u8]| id.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let parent = if self.parent_span_id.is_empty() {
+            "-".into()
+        } else {
+            hex(&self.parent_span_id)
+        };
+        let attributes: Vec<String> = self
+            .attributes
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        write!(
+            f,
+            "{}\t{}\t{}\t{}\t{parent}\t{}\t{}\t{}",
+            self.resource.get("service.name").map_or("", String::as_str),
+            self.name,
+            hex(&self.trace_id),
+            hex(&self.span_id),
+            self.start_ns,
+            self.end_ns,
+            attributes.join(";")
+        )
+    }
+}
+
 /// One span as received, with its resource's attributes.
 #[derive(Debug, Clone)]
 pub struct Span {
@@ -99,10 +128,15 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 impl Receiver {
-    /// A gRPC receiver.
+    /// A gRPC receiver on a free loopback port.
     pub fn grpc() -> Self {
+        Self::grpc_on("127.0.0.1:0")
+    }
+
+    /// A gRPC receiver on `addr`.
+    pub fn grpc_on(addr: &str) -> Self {
         let store = Store::default();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = std::net::TcpListener::bind(addr).unwrap();
         let addr = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
         let service = TraceServiceServer::new(store.clone());
@@ -124,10 +158,15 @@ impl Receiver {
         }
     }
 
-    /// An HTTP/protobuf receiver.
+    /// An HTTP/protobuf receiver on a free loopback port.
     pub fn http() -> Self {
+        Self::http_on("127.0.0.1:0")
+    }
+
+    /// An HTTP/protobuf receiver on `addr`.
+    pub fn http_on(addr: &str) -> Self {
         let store = Store::default();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = std::net::TcpListener::bind(addr).unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
         let kept = store.clone();
