@@ -564,3 +564,89 @@ fn shutdown_exports_the_spans_still_held() {
     }
     check_trace(&receiver.spans(), &path, 3);
 }
+
+/// A self-signed certificate for 127.0.0.1 in `dir`: (cert.pem, key.pem).
+fn self_signed(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args([
+            "-days",
+            "2",
+            "-subj",
+            "/CN=collector",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl: {out:?}");
+    (cert, key)
+}
+
+#[test]
+fn https_with_the_collector_s_ca_and_headers() {
+    privileged!("https_with_the_collector_s_ca_and_headers");
+    let dir = TempDir::new("spans-https");
+    let (cert, key) = self_signed(&dir.0);
+    let receiver = Receiver::https(&cert, &key);
+    let ca = cert.display().to_string();
+    let trusted = start_env(
+        "exec-trace",
+        &dir,
+        &receiver.endpoint,
+        receiver.protocol,
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=shop"),
+        ],
+    );
+    let path = program(&dir, "t-https");
+    bash_runs(&path, 3, None);
+    receiver.wait(Duration::from_secs(20), |s| trace_of(s, &path).len() >= 4);
+    check_trace(&receiver.spans(), &path, 3);
+    assert!(
+        receiver
+            .headers()
+            .contains(&("x-tenant".into(), "shop".into())),
+        "{:?}",
+        receiver.headers()
+    );
+    drop(trusted);
+    // Without the CA the collector's certificate is refused: exports fail, counted.
+    let untrusted = start(
+        "exec-trace",
+        &dir,
+        &receiver.endpoint,
+        receiver.protocol,
+        &[],
+    );
+    bash_runs(&program(&dir, "t-untrusted"), 1, None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while dropped(&untrusted, "export_failed") < 2.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        dropped(&untrusted, "export_failed") >= 2.0,
+        "{}",
+        untrusted.metrics()
+    );
+    assert!(trace_of(
+        &receiver.spans(),
+        &dir.0.join("t-untrusted").display().to_string()
+    )
+    .is_empty());
+}

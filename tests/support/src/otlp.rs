@@ -74,7 +74,7 @@ fn strings(kvs: &[KeyValue]) -> BTreeMap<String, String> {
 }
 
 #[derive(Clone, Default)]
-struct Store(Arc<Mutex<Vec<Span>>>);
+struct Store(Arc<Mutex<Vec<Span>>>, Arc<Mutex<Vec<(String, String)>>>);
 
 impl Store {
     fn keep(&self, request: ExportTraceServiceRequest) {
@@ -165,6 +165,32 @@ impl Receiver {
 
     /// An HTTP/protobuf receiver on `addr`.
     pub fn http_on(addr: &str) -> Self {
+        Self::serve_http(addr, None)
+    }
+
+    /// An HTTPS/protobuf receiver on a free loopback port, with the certificate chain
+    /// and key in PEM files `cert` and `key`.
+    pub fn https(cert: &std::path::Path, key: &std::path::Path) -> Self {
+        use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        let mut r = Self::serve_http("127.0.0.1:0", Some(Arc::new(config)));
+        r.endpoint = r.endpoint.replace("http://", "https://");
+        r
+    }
+
+    fn serve_http(addr: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let store = Store::default();
         let listener = std::net::TcpListener::bind(addr).unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
@@ -175,16 +201,24 @@ impl Receiver {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 loop {
                     let (stream, _) = listener.accept().await.unwrap();
-                    let kept = kept.clone();
+                    let (kept, tls) = (kept.clone(), tls.clone());
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |req| {
                             let kept = kept.clone();
                             async move { Ok::<_, std::convert::Infallible>(answer(req, &kept).await) }
                         });
-                        let io = hyper_util::rt::TokioIo::new(stream);
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(io, service)
-                            .await;
+                        let http = hyper::server::conn::http1::Builder::new();
+                        match tls {
+                            Some(tls) => {
+                                let Ok(stream) = tokio_rustls::TlsAcceptor::from(tls).accept(stream).await else {
+                                    return;
+                                };
+                                let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+                            }
+                            None => {
+                                let _ = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+                            }
+                        }
                     });
                 }
             })
@@ -194,6 +228,11 @@ impl Receiver {
             protocol: "http/protobuf",
             store,
         }
+    }
+
+    /// The headers of the last HTTP request.
+    pub fn headers(&self) -> Vec<(String, String)> {
+        self.store.1.lock().unwrap().clone()
     }
 
     /// Every span received so far.
@@ -219,6 +258,11 @@ async fn answer(
     store: &Store,
 ) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
     use http_body_util::BodyExt;
+    *store.1.lock().unwrap() = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+        .collect();
     let status = if req.method() != hyper::Method::POST || req.uri().path() != "/v1/traces" {
         404
     } else {
