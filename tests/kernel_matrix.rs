@@ -852,8 +852,9 @@ fn has(s: &[String], kv: &str) -> bool {
 }
 
 /// What the guest's spans got wrong: exec-trace over gRPC and HTTP/protobuf (7 runs of
-/// /bin/true under one bash), pod-exec-trace's pod attributes, bio-trace's 16 direct
-/// writes to nullb0, sched-trace's switches and wakeups under the workload's span.
+/// /bin/true under one bash), pod-exec-trace's pod attributes, bio-trace's spans of 16
+/// direct writes to nullb0 over both, sched-trace's switches and wakeups under the
+/// workload's span.
 fn span_problems(r: &Report) -> Vec<String> {
     let mut bad = Vec::new();
     let spans = |protocol: &str, service: &str| -> Vec<&Vec<String>> {
@@ -900,19 +901,20 @@ fn span_problems(r: &Report) -> Vec<String> {
             }
         }
     }
-    let bio = spans("grpc", "bio-trace");
-    let writes = |name: &str| {
-        bio.iter()
-            .filter(|s| s[NAME] == name && has(s, "device=nullb0") && has(s, "operation=write"))
-            .count()
-    };
-    let deadline = r.values.get("nullb0_deadline") == Some(&1.0);
-    let inserts = writes("block_rq_insert");
-    if writes("block_rq_service") != 16 || (deadline && inserts != 16) {
-        bad.push(format!(
-            "bio-trace: {} service and {inserts} insert spans for 16 direct writes (mq-deadline: {deadline})",
-            writes("block_rq_service")
-        ));
+    for protocol in ["grpc", "http"] {
+        let bio = spans(protocol, "bio-trace");
+        let writes = |name: &str| {
+            bio.iter()
+                .filter(|s| s[NAME] == name && has(s, "device=nullb0") && has(s, "operation=write"))
+                .count()
+        };
+        let deadline = r.values.get("nullb0_deadline") == Some(&1.0);
+        let (inserts, services) = (writes("block_rq_insert"), writes("block_rq_service"));
+        if services != 16 || (deadline && inserts != 16) {
+            bad.push(format!(
+                "bio-trace over {protocol}: {services} service and {inserts} insert spans for 16 direct writes (mq-deadline: {deadline})"
+            ));
+        }
     }
     let sched = spans("grpc", "sched");
     let under = |name: &str, kv: &str| {

@@ -251,9 +251,13 @@ impl Drop for Loop {
 #[test]
 fn bio_trace_makes_two_spans_per_direct_write() {
     privileged!("bio_trace_makes_two_spans_per_direct_write");
-    let receiver = Receiver::http();
-    let dir = TempDir::new("spans-bio");
-    let disk = Loop::new("spans-bio");
+    bio_trace_exact(Receiver::http(), "http");
+    bio_trace_exact(Receiver::grpc(), "grpc");
+}
+
+fn bio_trace_exact(receiver: Receiver, tag: &str) {
+    let dir = TempDir::new(&format!("spans-bio-{tag}"));
+    let disk = Loop::new(&format!("spans-bio-{tag}"));
     let _exporter = start(
         "bio-trace",
         &dir,

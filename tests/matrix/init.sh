@@ -92,8 +92,8 @@ serve() { # <port> <command...>
 }
 # The examples use tracepoints, kprobes and uprobes, which open perf events: at
 # paranoid 3 those need CAP_SYS_ADMIN, kept for the reload (deploy/overlays/perf-events).
-# Their spans go to OTLP receivers here: every config's over gRPC, exec-trace's again
-# over HTTP/protobuf from a second exporter.
+# Their spans go to OTLP receivers here: every config's over gRPC, exec-trace's and
+# bio-trace's again over HTTP/protobuf from a second exporter.
 otlp-receiver grpc 4317 >/tmp/otlp-grpc.log 2>&1 &
 otlp-receiver http 4318 >/tmp/otlp-http.log 2>&1 &
 export OTEL_BSP_SCHEDULE_DELAY=200
@@ -101,7 +101,7 @@ serve 9435 $BASE kube-ebpf-exporter --programs all
 serve 9436 env OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 OTEL_EXPORTER_OTLP_PROTOCOL=grpc \
   kube-ebpf-exporter --config.dir /cfg --config.names "$ok" --web.enable-lifecycle --capabilities.keep sys_admin
 serve 9437 env OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
-  kube-ebpf-exporter --config.dir /cfg --config.names exec-trace --capabilities.keep sys_admin
+  kube-ebpf-exporter --config.dir /cfg --config.names exec-trace,bio-trace --capabilities.keep sys_admin
 say serving-after "$started" "$(cut -d' ' -f1 /proc/uptime)"
 
 # Workloads: the sizes tests/kernel_matrix.rs expects.
