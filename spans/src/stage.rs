@@ -233,17 +233,15 @@ impl Worker {
         };
         let pending = self.pending.entry(plan.service.clone()).or_default();
         for (record, pod) in batch.records() {
-            let extra = if plan.stream.has_cgroup() && pod.id != 0 {
-                pod_attributes(
-                    &mut self.pods,
-                    &self.enricher,
-                    plan.stream.cgroup_id(record),
-                    pod,
-                )
+            let attributes;
+            let extra: &[KeyValue] = if plan.stream.has_cgroup() && pod.id != 0 {
+                let cgroup = plan.stream.cgroup_id(record);
+                attributes = pod_attributes(&mut self.pods, &self.enricher, cgroup, pod);
+                &attributes
             } else {
-                Arc::from([])
+                &[]
             };
-            match span(&cx, &mut self.memo, record, &extra) {
+            match span(&cx, &mut self.memo, record, extra) {
                 Ok(Some(s)) => {
                     pending.push(s);
                     self.count += 1;
