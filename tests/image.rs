@@ -48,31 +48,8 @@ fn strings(v: &Value) -> Vec<String> {
 fn service_account(dir: &Path) -> PathBuf {
     let sa = dir.join("serviceaccount");
     fs::create_dir_all(&sa).unwrap();
-    let ok = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=cluster-ca",
-        ])
-        .arg("-keyout")
-        .arg(dir.join("ca.key"))
-        .arg("-out")
-        .arg(sa.join("ca.crt"))
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    common::tls::ca(dir, "ca");
+    fs::copy(dir.join("ca.pem"), sa.join("ca.crt")).unwrap();
     fs::write(sa.join("token"), "not-a-real-token").unwrap();
     fs::write(sa.join("namespace"), "kube-ebpf-exporter").unwrap();
     sa

@@ -18,7 +18,7 @@ use std::{
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// A guest that has not powered off by then is dead (TCG guests can hang).
-const GUEST_TIMEOUT: Duration = Duration::from_secs(300);
+const GUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The pod the guest's workloads run in (tests/matrix/init.sh reads these).
 const NS: &str = "matrix";

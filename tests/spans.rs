@@ -569,44 +569,14 @@ fn shutdown_exports_the_spans_still_held() {
     check_trace(&receiver.spans(), &path, 3);
 }
 
-/// A self-signed certificate for 127.0.0.1 in `dir`: (cert.pem, key.pem).
-fn self_signed(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .args([
-            "-days",
-            "2",
-            "-subj",
-            "/CN=collector",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "openssl: {out:?}");
-    (cert, key)
-}
-
 #[test]
 fn https_with_the_collector_s_ca_and_headers() {
     privileged!("https_with_the_collector_s_ca_and_headers");
     let dir = TempDir::new("spans-https");
-    let (cert, key) = self_signed(&dir.0);
-    let receiver = Receiver::https(&cert, &key);
-    let ca = cert.display().to_string();
+    common::tls::ca(&dir.0, "ca");
+    common::tls::cert(&dir.0, "collector", "ca", true);
+    let receiver = Receiver::https(&dir.0.join("collector.pem"), &dir.0.join("collector.key"));
+    let ca = dir.0.join("ca.pem").display().to_string();
     let trusted = start_env(
         "exec-trace",
         &dir,

@@ -63,13 +63,23 @@ fn var(traces: &'static str, general: &'static str) -> Option<(&'static str, Str
 
 /// Where spans go, or why nowhere (logged once at start-up).
 pub fn destination() -> Result<(Protocol, String), String> {
-    if std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
+    destination_in(|v| std::env::var(v).ok())
+}
+
+/// [`destination`] in the environment `env`.
+fn destination_in(env: impl Fn(&str) -> Option<String>) -> Result<(Protocol, String), String> {
+    let var = |traces: &str, general: &str| {
+        [traces, general]
+            .into_iter()
+            .find_map(|v| env(v).filter(|s| !s.is_empty()))
+    };
+    if env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         return Err("OTEL_SDK_DISABLED is true".into());
     }
-    if std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v == "none") {
+    if env("OTEL_TRACES_EXPORTER").is_some_and(|v| v == "none") {
         return Err("OTEL_TRACES_EXPORTER is none".into());
     }
-    let Some((_, endpoint)) = var(
+    let Some(endpoint) = var(
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
     ) else {
@@ -82,11 +92,9 @@ pub fn destination() -> Result<(Protocol, String), String> {
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
         "OTEL_EXPORTER_OTLP_PROTOCOL",
     ) {
-        None => Protocol::HttpProtobuf,
-        Some((_, p)) if p == "grpc" => Protocol::Grpc,
-        Some((_, p)) if p == "http/protobuf" => Protocol::HttpProtobuf,
-        // Refused by `exporter` with the variable's name.
-        Some(_) => Protocol::HttpProtobuf,
+        Some(p) if p == "grpc" => Protocol::Grpc,
+        // http/protobuf, the default; anything else `exporter` refuses, naming it.
+        _ => Protocol::HttpProtobuf,
     };
     Ok((protocol, endpoint))
 }
@@ -233,4 +241,54 @@ pub fn exporter(protocol: Protocol) -> Result<SpanExporter, ExportError> {
         }
     };
     Ok(exporter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dest(vars: &[(&str, &str)]) -> Result<(Protocol, String), String> {
+        destination_in(|v| {
+            vars.iter()
+                .find(|(k, _)| *k == v)
+                .map(|(_, x)| x.to_string())
+        })
+    }
+
+    #[test]
+    fn the_environment_decides_where_spans_go() {
+        let e = "OTEL_EXPORTER_OTLP_ENDPOINT";
+        assert!(dest(&[])
+            .unwrap_err()
+            .starts_with("neither OTEL_EXPORTER_OTLP_ENDPOINT"));
+        assert_eq!(
+            dest(&[(e, "http://c:4318")]),
+            Ok((Protocol::HttpProtobuf, "http://c:4318".into())),
+            "http/protobuf by default"
+        );
+        let grpc = [
+            (e, "http://c:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ];
+        assert_eq!(dest(&grpc).unwrap().0, Protocol::Grpc);
+        let traces = [
+            (e, "http://c"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://t"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ];
+        assert_eq!(
+            dest(&traces),
+            Ok((Protocol::Grpc, "http://t".into())),
+            "the traces variables first"
+        );
+        assert_eq!(
+            dest(&[(e, "http://c"), ("OTEL_SDK_DISABLED", "TRUE")]).unwrap_err(),
+            "OTEL_SDK_DISABLED is true"
+        );
+        assert_eq!(
+            dest(&[(e, "http://c"), ("OTEL_TRACES_EXPORTER", "none")]).unwrap_err(),
+            "OTEL_TRACES_EXPORTER is none"
+        );
+    }
 }

@@ -11,6 +11,7 @@ macro_rules! privileged {
 }
 
 pub mod cri;
+pub mod tls;
 
 pub use test_support::{cgroup2_mount, memory_limit};
 
