@@ -98,10 +98,11 @@ otlp-receiver grpc 4317 >/tmp/otlp-grpc.log 2>&1 &
 otlp-receiver http 4318 >/tmp/otlp-http.log 2>&1 &
 export OTEL_BSP_SCHEDULE_DELAY=200
 serve 9435 $BASE kube-ebpf-exporter --programs all
-serve 9436 env OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 OTEL_EXPORTER_OTLP_PROTOCOL=grpc \
-  kube-ebpf-exporter --config.dir /cfg --config.names "$ok" --web.enable-lifecycle --capabilities.keep sys_admin
+# 9437 first: attach-mark (in 9436) counts only the marks after its own attach.
 serve 9437 env OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
   kube-ebpf-exporter --config.dir /cfg --config.names exec-trace,bio-trace --capabilities.keep sys_admin
+serve 9436 env OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 OTEL_EXPORTER_OTLP_PROTOCOL=grpc \
+  kube-ebpf-exporter --config.dir /cfg --config.names "$ok" --web.enable-lifecycle --capabilities.keep sys_admin
 say serving-after "$started" "$(cut -d' ' -f1 /proc/uptime)"
 
 # Workloads: the sizes tests/kernel_matrix.rs expects.
@@ -115,13 +116,6 @@ w fork 12
 w usleep 1 3 3 100 5000
 w kill 9 0
 w jobs 10
-# Spans: 7 runs of /bin/true under one bash, in the second pod (exec-trace and
-# pod-exec-trace); outside the pods, 5 sleeps under the span 1112..18 of trace 0102..10
-# (sched-trace), given as the integers whose little-endian bytes those are.
-sh -c 'echo $$ >"$1/cgroup.procs" && exec bash -c "for ((i = 0; i < 7; i++)); do /bin/true; done"' - "$span_cg" ||
-  say workload-failed exec-trace bash
-kebpf-workload - traced-sleep 5 0807060504030201 100f0e0d0c0b0a09 1817161514131211 ||
-  say workload-failed traced-sleep
 w fsync 41
 w unix 13
 w udp 9999 23
@@ -176,7 +170,6 @@ echo mq-deadline >/sys/block/nullb0/queue/scheduler 2>/dev/null
 say value nullb0_deadline "$(grep -c '\[mq-deadline\]' /sys/block/nullb0/queue/scheduler)"
 w direct-write /dev/nullb0 16 65536
 sleep 3
-sed 's/^/MATRIX span /' /tmp/otlp-grpc.log /tmp/otlp-http.log
 
 for port in 9435 9436; do
   wget -q -O - "http://127.0.0.1:$port/metrics" | sed "s/^/MATRIX metric $port /"
@@ -189,6 +182,16 @@ w getpid 7
 sleep 2
 say value reloaded_getpid "$(wget -q -O - http://127.0.0.1:9436/metrics |
   grep "^ebpf_exporter_getpid_calls_total{.*app_pod=\"$POD\"" | sed 's/.* //')"
+# Spans, after the metrics (whose exact counts include getpid calls by every process):
+# 7 runs of /bin/true under one bash, in the second pod (exec-trace and
+# pod-exec-trace); outside the pods, 5 sleeps under the span 1112..18 of trace 0102..10
+# (sched-trace), given as the integers whose little-endian bytes those are.
+sh -c 'echo $$ >"$1/cgroup.procs" && exec bash -c "for ((i = 0; i < 7; i++)); do /bin/true; done"' - "$span_cg" ||
+  say workload-failed exec-trace bash
+kebpf-workload - traced-sleep 5 0807060504030201 100f0e0d0c0b0a09 1817161514131211 ||
+  say workload-failed traced-sleep
+sleep 2
+sed 's/^/MATRIX span /' /tmp/otlp-grpc.log /tmp/otlp-http.log
 for log in /tmp/9435.log /tmp/9436.log /tmp/9437.log; do
   grep -E "ERROR|WARN" "$log" | sed "s|^|MATRIX log ${log##*/} |"
 done
