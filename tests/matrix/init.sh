@@ -92,15 +92,12 @@ serve() { # <port> <command...>
 }
 # The examples use tracepoints, kprobes and uprobes, which open perf events: at
 # paranoid 3 those need CAP_SYS_ADMIN, kept for the reload (deploy/overlays/perf-events).
-# Their spans go to OTLP receivers here: every config's over gRPC, exec-trace's and
-# bio-trace's again over HTTP/protobuf from a second exporter.
+# Their spans go to OTLP receivers here: every config's over gRPC (and, at the end, a
+# third exporter's exec-trace and bio-trace over HTTP/protobuf).
 otlp-receiver grpc 4317 >/tmp/otlp-grpc.log 2>&1 &
 otlp-receiver http 4318 >/tmp/otlp-http.log 2>&1 &
 export OTEL_BSP_SCHEDULE_DELAY=200
 serve 9435 $BASE kube-ebpf-exporter --programs all
-# 9437 first: attach-mark (in 9436) counts only the marks after its own attach.
-serve 9437 env OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
-  kube-ebpf-exporter --config.dir /cfg --config.names exec-trace,bio-trace --capabilities.keep sys_admin
 serve 9436 env OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4317 OTEL_EXPORTER_OTLP_PROTOCOL=grpc \
   kube-ebpf-exporter --config.dir /cfg --config.names "$ok" --web.enable-lifecycle --capabilities.keep sys_admin
 say serving-after "$started" "$(cut -d' ' -f1 /proc/uptime)"
@@ -166,8 +163,8 @@ say value run_delay_ns "${out% *}"
 say value runs "${out#* }"
 # bio-trace sees an insert per request where the scheduler queues them (mq-deadline,
 # built in before 6.12).
-echo mq-deadline >/sys/block/nullb0/queue/scheduler 2>/dev/null
-say value nullb0_deadline "$(grep -c '\[mq-deadline\]' /sys/block/nullb0/queue/scheduler)"
+for disk in nullb0 nullb1; do echo mq-deadline >/sys/block/$disk/queue/scheduler 2>/dev/null; done
+say value deadline "$(grep -c '\[mq-deadline\]' /sys/block/nullb0/queue/scheduler)"
 w direct-write /dev/nullb0 16 65536
 sleep 3
 
@@ -182,10 +179,16 @@ w getpid 7
 sleep 2
 say value reloaded_getpid "$(wget -q -O - http://127.0.0.1:9436/metrics |
   grep "^ebpf_exporter_getpid_calls_total{.*app_pod=\"$POD\"" | sed 's/.* //')"
-# Spans, after the metrics (whose exact counts include getpid calls by every process):
-# 7 runs of /bin/true under one bash, in the second pod (exec-trace and
-# pod-exec-trace); outside the pods, 5 sleeps under the span 1112..18 of trace 0102..10
-# (sched-trace), given as the integers whose little-endian bytes those are.
+# Spans, after the metrics (whose exact counts include getpid calls by every process,
+# and the run-queue waits of the pod with whatever else runs): an exporter of
+# exec-trace and bio-trace over HTTP/protobuf joins, then 16 direct writes to nullb1
+# (both exporters' bio-trace), 7 runs of /bin/true under one bash in the second pod
+# (exec-trace and pod-exec-trace); outside the pods, 5 sleeps under the span 1112..18
+# of trace 0102..10 (sched-trace), given as the integers whose little-endian bytes
+# those are.
+serve 9437 env OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \
+  kube-ebpf-exporter --config.dir /cfg --config.names exec-trace,bio-trace --capabilities.keep sys_admin
+kebpf-workload - direct-write /dev/nullb1 16 65536 || say workload-failed direct-write nullb1
 sh -c 'echo $$ >"$1/cgroup.procs" && exec bash -c "for ((i = 0; i < 7; i++)); do /bin/true; done"' - "$span_cg" ||
   say workload-failed exec-trace bash
 kebpf-workload - traced-sleep 5 0807060504030201 100f0e0d0c0b0a09 1817161514131211 ||

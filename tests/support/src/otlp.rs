@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Condvar, Mutex},
     time::{Duration, Instant},
 };
 
@@ -73,12 +73,16 @@ fn strings(kvs: &[KeyValue]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Spans received (and a signal for each arrival), and the last HTTP request's headers.
 #[derive(Clone, Default)]
-struct Store(Arc<Mutex<Vec<Span>>>, Arc<Mutex<Vec<(String, String)>>>);
+struct Store(
+    Arc<(Mutex<Vec<Span>>, Condvar)>,
+    Arc<Mutex<Vec<(String, String)>>>,
+);
 
 impl Store {
     fn keep(&self, request: ExportTraceServiceRequest) {
-        let mut spans = self.0.lock().unwrap();
+        let mut spans = self.0 .0.lock().unwrap();
         for rs in request.resource_spans {
             let resource = strings(&rs.resource.map(|r| r.attributes).unwrap_or_default());
             for ss in rs.scope_spans {
@@ -96,6 +100,7 @@ impl Store {
                 }
             }
         }
+        self.0 .1.notify_all();
     }
 }
 
@@ -237,7 +242,16 @@ impl Receiver {
 
     /// Every span received so far.
     pub fn spans(&self) -> Vec<Span> {
-        self.store.0.lock().unwrap().clone()
+        self.store.0 .0.lock().unwrap().clone()
+    }
+
+    /// The spans after the first `seen`, once there are any (waits without polling).
+    pub fn spans_after(&self, seen: usize) -> Vec<Span> {
+        let (spans, arrived) = &*self.store.0;
+        let spans = arrived
+            .wait_while(spans.lock().unwrap(), |s| s.len() <= seen)
+            .unwrap();
+        spans[seen..].to_vec()
     }
 
     /// Waits (up to `timeout`) until `done` holds for the spans received, then returns them.
