@@ -931,12 +931,17 @@ fn span_problems(r: &Report) -> Vec<String> {
             })
             .count()
     };
-    let (switches, wakeups) = (
+    // Every sleep's timer wakes the task: 5 wakeups. A sleep need not switch (under
+    // TCG its 1 ms timer can fire before the task leaves the CPU), and before 5.18 a
+    // switch can read as running (the tracepoint reads the task's state again after a
+    // racing wakeup): at least one sleeping switch, and only under the span (the host's
+    // tests/spans.rs checks them exactly).
+    let (sleeping, wakeups) = (
         under("sched_switch", "state=interruptible_sleep"),
         under("sched_wakeup", ""),
     );
-    if switches != 5 || wakeups != 5 {
-        bad.push(format!("sched-trace: {switches} sleeping switches and {wakeups} wakeups under the workload's span, want 5 and 5"));
+    if !(1..=5).contains(&sleeping) || wakeups != 5 {
+        bad.push(format!("sched-trace: {sleeping} sleeping switches and {wakeups} wakeups under the workload's span, want 1 to 5 and 5"));
     }
     bad
 }

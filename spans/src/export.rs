@@ -181,7 +181,7 @@ impl TlsFiles {
 }
 
 /// The export timeout the SDKs read (milliseconds, default 10 s).
-pub fn timeout() -> Duration {
+fn timeout() -> Duration {
     var(
         "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
         "OTEL_EXPORTER_OTLP_TIMEOUT",
@@ -196,7 +196,7 @@ pub fn timeout() -> Duration {
 ///
 /// # Errors
 /// An unknown protocol, unreadable or malformed TLS files, a malformed endpoint.
-pub fn exporter(protocol: Protocol) -> Result<SpanExporter, ExportError> {
+pub(crate) fn exporter(protocol: Protocol) -> Result<SpanExporter, ExportError> {
     if let Some((var, value)) = var(
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
         "OTEL_EXPORTER_OTLP_PROTOCOL",
