@@ -31,9 +31,12 @@
  * With WORKLOAD_HOLD=1 it then waits until killed, so its pid stays resolvable.
  */
 #ifdef WORKLOAD_SEMAPHORE
-/* As `dtrace -G` builds do: the probe is skipped unless its semaphore is raised. */
+/* As `dtrace -G` builds do: the probe is skipped unless its semaphore is raised (and
+ * sys/sdt.h then wants a <provider>_<name>_semaphore for every probe). */
 #define _SDT_HAS_SEMAPHORES 1
 unsigned short workload_job_semaphore __attribute__((unused, section(".probes")));
+unsigned short ebpf_exporter_sched_set_parent_span_semaphore __attribute__((unused, section(".probes")));
+unsigned short ebpf_exporter_sched_clear_parent_span_semaphore __attribute__((unused, section(".probes")));
 #define JOB_ENABLED() (*(volatile unsigned short *)&workload_job_semaphore != 0)
 #else
 #define JOB_ENABLED() 1
