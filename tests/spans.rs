@@ -570,16 +570,23 @@ fn shutdown_exports_the_spans_still_held() {
 }
 
 #[test]
-fn https_with_the_collector_s_ca_and_headers() {
-    privileged!("https_with_the_collector_s_ca_and_headers");
-    let dir = TempDir::new("spans-https");
+fn tls_with_the_collector_s_ca_and_headers() {
+    privileged!("tls_with_the_collector_s_ca_and_headers");
+    let dir = TempDir::new("spans-tls");
     common::tls::ca(&dir.0, "ca");
     common::tls::cert(&dir.0, "collector", "ca", true);
-    let receiver = Receiver::https(&dir.0.join("collector.pem"), &dir.0.join("collector.key"));
+    let (cert, key) = (dir.0.join("collector.pem"), dir.0.join("collector.key"));
+    tls_exact(&dir, Receiver::https(&cert, &key), "https");
+    tls_exact(&dir, Receiver::grpc_tls(&cert, &key), "grpcs");
+}
+
+/// Spans reach `receiver` over TLS with the CA and headers from the environment, and
+/// fail (counted) without the CA.
+fn tls_exact(dir: &TempDir, receiver: Receiver, tag: &str) {
     let ca = dir.0.join("ca.pem").display().to_string();
     let trusted = start_env(
         "exec-trace",
-        &dir,
+        dir,
         &receiver.endpoint,
         receiver.protocol,
         &[],
@@ -588,7 +595,7 @@ fn https_with_the_collector_s_ca_and_headers() {
             ("OTEL_EXPORTER_OTLP_HEADERS", "x-tenant=shop"),
         ],
     );
-    let path = program(&dir, "t-https");
+    let path = program(dir, &format!("t-{tag}"));
     bash_runs(&path, 3, None);
     receiver.wait(Duration::from_secs(20), |s| trace_of(s, &path).len() >= 4);
     check_trace(&receiver.spans(), &path, 3);
@@ -596,31 +603,28 @@ fn https_with_the_collector_s_ca_and_headers() {
         receiver
             .headers()
             .contains(&("x-tenant".into(), "shop".into())),
-        "{:?}",
+        "{tag}: {:?}",
         receiver.headers()
     );
     drop(trusted);
     // Without the CA the collector's certificate is refused: exports fail, counted.
     let untrusted = start(
         "exec-trace",
-        &dir,
+        dir,
         &receiver.endpoint,
         receiver.protocol,
         &[],
     );
-    bash_runs(&program(&dir, "t-untrusted"), 1, None);
+    let refused = program(dir, &format!("t-{tag}-untrusted"));
+    bash_runs(&refused, 1, None);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while dropped(&untrusted, "export_failed") < 2.0 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(
         dropped(&untrusted, "export_failed") >= 2.0,
-        "{}",
+        "{tag}: {}",
         untrusted.metrics()
     );
-    assert!(trace_of(
-        &receiver.spans(),
-        &dir.0.join("t-untrusted").display().to_string()
-    )
-    .is_empty());
+    assert!(trace_of(&receiver.spans(), &refused).is_empty(), "{tag}");
 }

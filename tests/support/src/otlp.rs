@@ -110,6 +110,16 @@ impl TraceService for Store {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        *self.1.lock().unwrap() = request
+            .metadata()
+            .iter()
+            .filter_map(|kv| match kv {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                    Some((k.to_string(), v.to_str().ok()?.to_string()))
+                }
+                tonic::metadata::KeyAndValueRef::Binary(..) => None,
+            })
+            .collect();
         self.keep(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
@@ -140,6 +150,25 @@ impl Receiver {
 
     /// A gRPC receiver on `addr`.
     pub fn grpc_on(addr: &str) -> Self {
+        Self::serve_grpc(addr, None)
+    }
+
+    /// A gRPC receiver over TLS on a free loopback port, with the certificate chain and
+    /// key in PEM files `cert` and `key`.
+    pub fn grpc_tls(cert: &std::path::Path, key: &std::path::Path) -> Self {
+        let identity = tonic::transport::Identity::from_pem(
+            std::fs::read(cert).unwrap(),
+            std::fs::read(key).unwrap(),
+        );
+        let mut r = Self::serve_grpc(
+            "127.0.0.1:0",
+            Some(tonic::transport::ServerTlsConfig::new().identity(identity)),
+        );
+        r.endpoint = r.endpoint.replace("http://", "https://");
+        r
+    }
+
+    fn serve_grpc(addr: &str, tls: Option<tonic::transport::ServerTlsConfig>) -> Self {
         let store = Store::default();
         let listener = std::net::TcpListener::bind(addr).unwrap();
         let addr = listener.local_addr().unwrap();
@@ -149,7 +178,11 @@ impl Receiver {
             runtime().block_on(async move {
                 let incoming =
                     tokio_stream_of(tokio::net::TcpListener::from_std(listener).unwrap());
-                tonic::transport::Server::builder()
+                let mut server = tonic::transport::Server::builder();
+                if let Some(tls) = tls {
+                    server = server.tls_config(tls).unwrap();
+                }
+                server
                     .add_service(service)
                     .serve_with_incoming(incoming)
                     .await
@@ -235,7 +268,7 @@ impl Receiver {
         }
     }
 
-    /// The headers of the last HTTP request.
+    /// The headers (gRPC metadata) of the last request.
     pub fn headers(&self) -> Vec<(String, String)> {
         self.store.1.lock().unwrap().clone()
     }
