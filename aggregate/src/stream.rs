@@ -311,6 +311,19 @@ impl StreamPlan {
         ctx: &Context,
         at: &str,
     ) -> Result<Self, ConfigError> {
+        // Said here in the record's terms; key_layout would speak of map keys.
+        for (li, l) in labels.iter().enumerate() {
+            let l_at = format!("{at}.labels[{li}]");
+            if l.field.is_some() {
+                return Err(invalid(format!("{l_at}.field"), "span labels lay out the record in order: they take size (and padding), not field"));
+            }
+            if l.size.is_none_or(|s| s == 0) {
+                return Err(invalid(
+                    format!("{l_at}.size"),
+                    "required: bytes of the record this label takes",
+                ));
+            }
+        }
         let spans = crate::table::key_layout(labels, at)?;
         let mut fields = Vec::with_capacity(labels.len());
         for (li, (l, span)) in labels.iter().zip(&spans).enumerate() {

@@ -182,9 +182,17 @@ spans:
             .unwrap_err()
             .ends_with("cgroup_field: no label named \"cgroup\""));
         let unsized_ = BASE.replace("{ name: exe, size: 64,", "{ name: exe,");
-        assert!(compile(&unsized_)
+        assert_eq!(
+            compile(&unsized_).unwrap_err(),
+            "cfg.yaml: tracing.spans[0].labels[6].size: required: bytes of the record this label takes"
+        );
+        let field = BASE.replace(
+            "{ name: exe, size: 64,",
+            "{ name: exe, field: exe, size: 64,",
+        );
+        assert!(compile(&field)
             .unwrap_err()
-            .contains("labels[6].size: required"));
+            .ends_with("labels[6].field: span labels lay out the record in order: they take size (and padding), not field"));
         assert!(compile(&BASE.replace("ringbuf:", "ring:"))
             .unwrap_err()
             .contains("unknown field `ring`"));
