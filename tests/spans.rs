@@ -298,14 +298,18 @@ fn bio_trace_exact(receiver: Receiver, tag: &str) {
 }
 
 /// Spans of `exporter` dropped for `reason`.
-fn dropped(exporter: &Exporter, reason: &str) -> f64 {
-    let page = exporter.metrics();
-    sample(
-        &page,
-        "ebpf_exporter_spans_dropped_total",
-        &format!("reason=\"{reason}\""),
-    )
-    .unwrap_or(0.0)
+/// `ebpf_exporter_spans_dropped_total{reason}` once it reaches `n`, or after 20 s.
+fn wait_dropped(exporter: &Exporter, reason: &str, n: f64) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let page = exporter.metrics();
+        let label = format!("reason=\"{reason}\"");
+        let got = sample(&page, "ebpf_exporter_spans_dropped_total", &label).unwrap_or(0.0);
+        if got >= n || std::time::Instant::now() >= deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -335,12 +339,8 @@ fn a_dead_collector_costs_only_its_spans() {
         Some(500.0),
         "metrics count on: {page}"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while dropped(&exporter, "export_failed") < 21.0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
     assert!(
-        dropped(&exporter, "export_failed") >= 21.0,
+        wait_dropped(&exporter, "export_failed", 21.0) >= 21.0,
         "the trace's 21 spans counted as dropped: {}",
         exporter.metrics()
     );
@@ -617,12 +617,8 @@ fn tls_exact(dir: &TempDir, receiver: Receiver, tag: &str) {
     );
     let refused = program(dir, &format!("t-{tag}-untrusted"));
     bash_runs(&refused, 1, None);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while dropped(&untrusted, "export_failed") < 2.0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
     assert!(
-        dropped(&untrusted, "export_failed") >= 2.0,
+        wait_dropped(&untrusted, "export_failed", 2.0) >= 2.0,
         "{tag}: {}",
         untrusted.metrics()
     );

@@ -63,11 +63,19 @@ unsigned short ebpf_exporter_sched_clear_parent_span_semaphore __attribute__((un
 #include <sys/wait.h>
 #include <unistd.h>
 
-/* /proc/self/schedstat: time on CPU, time waiting on a run queue, times run. */
-static int schedstat(unsigned long long *run_delay, unsigned long long *runs)
+/* /proc/<pid>/schedstat (pid 0: this process): time on CPU, time waiting on a run
+ * queue, times run. */
+static int schedstat(pid_t pid, unsigned long long *run_delay, unsigned long long *runs)
 {
 	unsigned long long on_cpu;
-	FILE *f = fopen("/proc/self/schedstat", "r");
+	char path[64];
+	FILE *f;
+
+	if (pid)
+		snprintf(path, sizeof(path), "/proc/%d/schedstat", (int)pid);
+	else
+		snprintf(path, sizeof(path), "/proc/self/schedstat");
+	f = fopen(path, "r");
 	int n = f ? fscanf(f, "%llu %llu %llu", &on_cpu, run_delay, runs) : 0;
 
 	if (f)
@@ -258,21 +266,21 @@ int main(int argc, char **argv)
 		printf("%ld\n", n - received);
 	} else if (strcmp(cmd, "spin") == 0) {
 		/* The kernel's own run-queue accounting (sched_info) of the children and of
-		 * this process from here on: total run_delay (ns) and times run (pcount). */
+		 * this process from here on: total run_delay (ns) and times run (pcount).
+		 * A child's is read once it is a zombie, when it can wait no more: the waits
+		 * of its way out count too. */
 		long children = argc > 4 ? atol(argv[4]) : 0;
 		unsigned long long delay = 0, runs = 0, d, r;
-		int report[2];
+		pid_t pids[64];
 
-		if (pipe(report) || schedstat(&d, &r))
+		if (children > 64 || schedstat(0, &d, &r))
 			return 3;
 		delay -= d, runs -= r;
 		for (long i = 0; i < children; i++) {
-			pid_t child = fork();
-
-			if (child == 0) {
+			pids[i] = fork();
+			if (pids[i] == 0) {
 				cpu_set_t one;
 				struct timespec start, now;
-				unsigned long long mine[2];
 
 				CPU_ZERO(&one);
 				CPU_SET(0, &one);
@@ -282,21 +290,21 @@ int main(int argc, char **argv)
 				do
 					clock_gettime(CLOCK_MONOTONIC, &now);
 				while ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 < n);
-				if (schedstat(&mine[0], &mine[1]) || write(report[1], mine, sizeof(mine)) != sizeof(mine))
-					_exit(3);
 				_exit(0);
 			}
-			if (child < 0)
+			if (pids[i] < 0)
 				return 3;
 		}
 		for (long i = 0; i < children; i++) {
-			unsigned long long theirs[2];
+			siginfo_t info;
+			int status;
 
-			if (read(report[0], theirs, sizeof(theirs)) != sizeof(theirs) || wait(NULL) < 0)
+			if (waitid(P_PID, pids[i], &info, WEXITED | WNOWAIT) || info.si_status != 0 ||
+			    schedstat(pids[i], &d, &r) || waitpid(pids[i], &status, 0) != pids[i])
 				return 3;
-			delay += theirs[0], runs += theirs[1];
+			delay += d, runs += r;
 		}
-		if (schedstat(&d, &r))
+		if (schedstat(0, &d, &r))
 			return 3;
 		printf("%llu %llu\n", delay + d, runs + r);
 	} else if (strcmp(cmd, "direct-write") == 0) {

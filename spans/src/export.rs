@@ -51,48 +51,64 @@ pub enum Protocol {
     HttpProtobuf,
 }
 
-/// The first of the traces-specific variable and the general one that is set.
-fn var(traces: &'static str, general: &'static str) -> Option<(&'static str, String)> {
-    [traces, general].into_iter().find_map(|v| {
-        std::env::var(v)
-            .ok()
-            .filter(|s| !s.is_empty())
-            .map(|s| (v, s))
-    })
+/// Why spans go nowhere (said once at start-up).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Nowhere {
+    /// `OTEL_SDK_DISABLED=true`.
+    #[error("OTEL_SDK_DISABLED is true")]
+    Disabled,
+    /// `OTEL_TRACES_EXPORTER=none`.
+    #[error("OTEL_TRACES_EXPORTER is none")]
+    NoExporter,
+    /// No endpoint variable.
+    #[error("neither OTEL_EXPORTER_OTLP_ENDPOINT nor OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set")]
+    NoEndpoint,
 }
 
-/// Where spans go, or why nowhere (logged once at start-up).
-pub fn destination() -> Result<(Protocol, String), String> {
+/// The first of the traces-specific variable and the general one that `env` has set.
+fn var_in(
+    env: impl Fn(&str) -> Option<String>,
+    traces: &'static str,
+    general: &'static str,
+) -> Option<(&'static str, String)> {
+    [traces, general]
+        .into_iter()
+        .find_map(|v| env(v).filter(|s| !s.is_empty()).map(|s| (v, s)))
+}
+
+/// [`var_in`] the process's environment.
+fn var(traces: &'static str, general: &'static str) -> Option<(&'static str, String)> {
+    var_in(|v| std::env::var(v).ok(), traces, general)
+}
+
+/// Where spans go, or why nowhere.
+///
+/// # Errors
+/// Why nowhere: the SDK or the exporter switched off, or no endpoint.
+pub fn destination() -> Result<(Protocol, String), Nowhere> {
     destination_in(|v| std::env::var(v).ok())
 }
 
 /// [`destination`] in the environment `env`.
-fn destination_in(env: impl Fn(&str) -> Option<String>) -> Result<(Protocol, String), String> {
-    let var = |traces: &str, general: &str| {
-        [traces, general]
-            .into_iter()
-            .find_map(|v| env(v).filter(|s| !s.is_empty()))
-    };
+fn destination_in(env: impl Fn(&str) -> Option<String>) -> Result<(Protocol, String), Nowhere> {
     if env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
-        return Err("OTEL_SDK_DISABLED is true".into());
+        return Err(Nowhere::Disabled);
     }
     if env("OTEL_TRACES_EXPORTER").is_some_and(|v| v == "none") {
-        return Err("OTEL_TRACES_EXPORTER is none".into());
+        return Err(Nowhere::NoExporter);
     }
-    let Some(endpoint) = var(
+    let (_, endpoint) = var_in(
+        &env,
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
-    ) else {
-        return Err(
-            "neither OTEL_EXPORTER_OTLP_ENDPOINT nor OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set"
-                .into(),
-        );
-    };
-    let protocol = match var(
+    )
+    .ok_or(Nowhere::NoEndpoint)?;
+    let protocol = match var_in(
+        &env,
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
         "OTEL_EXPORTER_OTLP_PROTOCOL",
     ) {
-        Some(p) if p == "grpc" => Protocol::Grpc,
+        Some((_, p)) if p == "grpc" => Protocol::Grpc,
         // http/protobuf, the default; anything else `exporter` refuses, naming it.
         _ => Protocol::HttpProtobuf,
     };
@@ -247,7 +263,7 @@ pub(crate) fn exporter(protocol: Protocol) -> Result<SpanExporter, ExportError> 
 mod tests {
     use super::*;
 
-    fn dest(vars: &[(&str, &str)]) -> Result<(Protocol, String), String> {
+    fn dest(vars: &[(&str, &str)]) -> Result<(Protocol, String), Nowhere> {
         destination_in(|v| {
             vars.iter()
                 .find(|(k, _)| *k == v)
@@ -258,9 +274,7 @@ mod tests {
     #[test]
     fn the_environment_decides_where_spans_go() {
         let e = "OTEL_EXPORTER_OTLP_ENDPOINT";
-        assert!(dest(&[])
-            .unwrap_err()
-            .starts_with("neither OTEL_EXPORTER_OTLP_ENDPOINT"));
+        assert_eq!(dest(&[]), Err(Nowhere::NoEndpoint));
         assert_eq!(
             dest(&[(e, "http://c:4318")]),
             Ok((Protocol::HttpProtobuf, "http://c:4318".into())),
@@ -283,12 +297,12 @@ mod tests {
             "the traces variables first"
         );
         assert_eq!(
-            dest(&[(e, "http://c"), ("OTEL_SDK_DISABLED", "TRUE")]).unwrap_err(),
-            "OTEL_SDK_DISABLED is true"
+            dest(&[(e, "http://c"), ("OTEL_SDK_DISABLED", "TRUE")]),
+            Err(Nowhere::Disabled)
         );
         assert_eq!(
-            dest(&[(e, "http://c"), ("OTEL_TRACES_EXPORTER", "none")]).unwrap_err(),
-            "OTEL_TRACES_EXPORTER is none"
+            dest(&[(e, "http://c"), ("OTEL_TRACES_EXPORTER", "none")]),
+            Err(Nowhere::NoExporter)
         );
     }
 }

@@ -9,8 +9,8 @@ mod record;
 mod stage;
 mod startup;
 
-pub use export::{destination, ExportError, Protocol};
-pub use plan::SpanPlan;
+pub use export::{destination, ExportError, Nowhere, Protocol};
+pub use plan::{Role, SpanPlan};
 pub use record::Clock;
 pub use stage::{Batching, SpanStats, Spans};
 pub use startup::Step;

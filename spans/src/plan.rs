@@ -10,7 +10,7 @@ use crate::config::SpanConfig;
 
 /// What a label is to the span, by its name (the reference exporter's reserved names).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Role {
+pub enum Role {
     /// `trace_id`: 16 bytes, as hex.
     TraceId,
     /// `parent_span_id`: 8 bytes, as hex; zero for a root span.
@@ -28,7 +28,8 @@ pub(crate) enum Role {
 }
 
 impl Role {
-    fn of(label: &str) -> Self {
+    /// The role of a label named `label`.
+    pub fn of(label: &str) -> Self {
         match label {
             "trace_id" => Self::TraceId,
             "parent_span_id" => Self::ParentSpanId,
@@ -55,8 +56,6 @@ impl Role {
 pub struct SpanPlan {
     /// The config (program) it belongs to: attribute `ebpf_exporter.config`.
     pub config: String,
-    /// Span name when no `span_name` label gives one.
-    pub name: String,
     /// The resource's `service.name`.
     pub service: String,
     /// Record layout and label decoders, shared with ingest and enrich.
@@ -112,7 +111,6 @@ impl SpanPlan {
         }
         Ok(Self {
             config: config.to_string(),
-            name: name.clone(),
             service: c
                 .service
                 .clone()
@@ -156,7 +154,7 @@ spans:
     #[test]
     fn reserved_labels_get_their_roles_and_the_rest_are_attributes() {
         let p = compile(BASE).unwrap();
-        assert_eq!(p.name, "exec_spans", "the ring's name when none is given");
+        assert_eq!(p.stream.traced.as_deref(), Some("exec_spans"), "the ring's name when none is given");
         assert_eq!(p.roles[0], Role::TraceId);
         assert_eq!(p.roles[4], Role::Duration);
         assert_eq!(p.roles[6], Role::Attribute(Key::from_static_str("exe")));

@@ -172,7 +172,7 @@ pub(crate) fn span(
         (TraceId::INVALID, SpanId::INVALID, SpanId::INVALID);
     let mut start = None;
     let mut duration = 0;
-    let mut name: Cow<'static, str> = Cow::Owned(plan.name.clone());
+    let mut name: Cow<'static, str> = Cow::Owned(plan.stream.traced.clone().unwrap_or_default());
     let mut attributes = Vec::with_capacity(plan.roles.len() + extra.len() + 1);
     for (i, (field, role)) in plan.stream.fields().iter().zip(&plan.roles).enumerate() {
         let label = field.name.as_str();
@@ -225,7 +225,26 @@ pub(crate) fn span(
         span_id = ids.new_span_id();
     }
     let start = start.unwrap_or_else(SystemTime::now);
-    Ok(Some(SpanData {
+    let end = start + Duration::from_nanos(duration);
+    Ok(Some(sampled(
+        (trace_id, span_id, parent),
+        name,
+        (start, end),
+        attributes,
+        cx.scope.clone(),
+    )))
+}
+
+/// A sampled, internal span: `ids` are its trace, its own and its parent's (invalid for
+/// a root).
+pub(crate) fn sampled(
+    (trace_id, span_id, parent): (TraceId, SpanId, SpanId),
+    name: Cow<'static, str>,
+    (start, end): (SystemTime, SystemTime),
+    attributes: Vec<KeyValue>,
+    scope: InstrumentationScope,
+) -> SpanData {
+    SpanData {
         span_context: SpanContext::new(
             trace_id,
             span_id,
@@ -238,14 +257,14 @@ pub(crate) fn span(
         span_kind: SpanKind::Internal,
         name,
         start_time: start,
-        end_time: start + Duration::from_nanos(duration),
+        end_time: end,
         attributes,
         dropped_attributes_count: 0,
         events: Default::default(),
         links: Default::default(),
         status: Status::Unset,
-        instrumentation_scope: cx.scope.clone(),
-    }))
+        instrumentation_scope: scope,
+    }
 }
 
 #[cfg(test)]

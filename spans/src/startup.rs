@@ -3,13 +3,10 @@
 
 use std::{borrow::Cow, time::SystemTime};
 
-use opentelemetry::{
-    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState},
-    KeyValue,
-};
+use opentelemetry::{trace::SpanId, KeyValue};
 use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData};
 
-use crate::record::scope;
+use crate::record::{sampled, scope};
 
 /// One step of the start-up: when it ran, and what to say about it.
 #[derive(Debug, Clone)]
@@ -28,24 +25,19 @@ pub(crate) fn trace(root: &Step, children: &[Step]) -> Vec<SpanData> {
     let trace_id = ids.new_trace_id();
     let root_id = ids.new_span_id();
     let scope = scope();
-    let span = |step: &Step, id: SpanId, parent: SpanId| SpanData {
-        span_context: SpanContext::new(trace_id, id, TraceFlags::SAMPLED, false, TraceState::NONE),
-        parent_span_id: parent,
-        parent_span_is_remote: false,
-        span_kind: SpanKind::Internal,
-        name: Cow::Owned(step.name.clone()),
-        start_time: step.start,
-        end_time: step.end,
-        attributes: step
+    let span = |step: &Step, id: SpanId, parent: SpanId| {
+        let attributes = step
             .attributes
             .iter()
             .map(|(k, v)| KeyValue::new(*k, v.clone()))
-            .collect(),
-        dropped_attributes_count: 0,
-        events: Default::default(),
-        links: Default::default(),
-        status: Status::Unset,
-        instrumentation_scope: scope.clone(),
+            .collect();
+        sampled(
+            (trace_id, id, parent),
+            Cow::Owned(step.name.clone()),
+            (step.start, step.end),
+            attributes,
+            scope.clone(),
+        )
     };
     std::iter::once(span(root, root_id, SpanId::INVALID))
         .chain(children.iter().map(|c| span(c, ids.new_span_id(), root_id)))

@@ -381,31 +381,28 @@ impl Worker {
 /// A span record's span as the span stage exports it (ids the kernel left zero are
 /// made up there, so they show as zeros here).
 fn span(fields: &[FieldValue<'_>], name: &str) -> Value {
-    let value = |n: &str| {
-        fields
-            .iter()
-            .find(|f| f.name == n)
-            .and_then(|f| f.label.as_ref()?.1.as_ref().ok())
-    };
-    let nanos = |n: &str| value(n).and_then(|v| v.parse::<u64>().ok());
+    use spans::Role;
     let mut m = Map::new();
-    m.insert(
-        "name".into(),
-        json!(value("span_name").map_or(name, String::as_str)),
-    );
-    for id in ["trace_id", "parent_span_id", "span_id"] {
-        if let Some(v) = value(id) {
-            m.insert(id.into(), json!(v));
-        }
-    }
-    if let Some(ns) = nanos("span_monotonic_timestamp_ns") {
-        m.insert(
-            "start".into(),
-            json!(rfc3339_nanos(spans::Clock::now().wall(ns))),
-        );
-    }
-    if let Some(ns) = nanos("span_duration_ns") {
-        m.insert("duration_ns".into(), json!(ns));
+    m.insert("name".into(), json!(name));
+    for f in fields {
+        let Some((_, Ok(v))) = &f.label else { continue };
+        let nanos = || v.parse::<u64>().ok();
+        let (key, value) = match Role::of(f.name) {
+            Role::TraceId => ("trace_id", json!(v)),
+            Role::ParentSpanId => ("parent_span_id", json!(v)),
+            Role::SpanId => ("span_id", json!(v)),
+            Role::Name => ("name", json!(v)),
+            Role::Start => match nanos() {
+                Some(ns) => ("start", json!(rfc3339_nanos(spans::Clock::now().wall(ns)))),
+                None => continue,
+            },
+            Role::Duration => match nanos() {
+                Some(ns) => ("duration_ns", json!(ns)),
+                None => continue,
+            },
+            Role::Attribute(_) => continue,
+        };
+        m.insert(key.into(), value);
     }
     Value::Object(m)
 }
