@@ -154,7 +154,11 @@ spans:
     #[test]
     fn reserved_labels_get_their_roles_and_the_rest_are_attributes() {
         let p = compile(BASE).unwrap();
-        assert_eq!(p.stream.traced.as_deref(), Some("exec_spans"), "the ring's name when none is given");
+        assert_eq!(
+            p.stream.traced.as_deref(),
+            Some("exec_spans"),
+            "the ring's name when none is given"
+        );
         assert_eq!(p.roles[0], Role::TraceId);
         assert_eq!(p.roles[4], Role::Duration);
         assert_eq!(p.roles[6], Role::Attribute(Key::from_static_str("exe")));
