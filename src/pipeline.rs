@@ -277,6 +277,44 @@ struct Offers<'a> {
     spans: Option<&'a spans::Spans>,
 }
 
+/// Entries of an enrich worker's per-batch memo (one bit each in a `u64`).
+const MEMO: usize = 64;
+
+/// Per batch: record key → (index into the batch's pods, shard), direct-mapped; a
+/// bit per entry says which are filled.
+struct Memo {
+    entries: [(u64, u32, u32); MEMO],
+    filled: u64,
+}
+
+impl Memo {
+    fn new() -> Self {
+        Self {
+            entries: [(0, 0, 0); MEMO],
+            filled: 0,
+        }
+    }
+
+    #[inline]
+    fn at(key: u64) -> usize {
+        (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - MEMO.trailing_zeros())) as usize
+    }
+
+    #[inline]
+    fn get(&self, key: u64) -> Option<(u32, usize)> {
+        let at = Self::at(key);
+        let (k, i, shard) = self.entries[at];
+        (self.filled & (1 << at) != 0 && k == key).then_some((i, shard as usize))
+    }
+
+    #[inline]
+    fn put(&mut self, key: u64, i: u32, shard: usize) {
+        let at = Self::at(key);
+        self.entries[at] = (key, i, shard as u32);
+        self.filled |= 1 << at;
+    }
+}
+
 /// One enrich worker: attaches pods to records, batch by batch.
 struct EnrichWorker<'a> {
     streams: LocalStreams<'a>,
@@ -358,16 +396,17 @@ impl EnrichWorker<'_> {
         self.per_shard.fill(0);
         let mut processed = 0u64;
         let mut unresolved = 0u64;
-        // Runs of records from one cgroup are the common case: skip the lookups.
-        let mut last: Option<(u64, u32, usize)> = None;
+        // What the batch's cgroups resolved to, so records of a few dozen interleaved
+        // cgroups (a busy node) skip the cache's lookups.
+        let mut memo = Memo::new();
         let mut last_pod = 0u32;
         let enricher = self.cache.enricher().clone();
         for record in batch.records() {
             let cgroup = plan.cgroup_id(record);
             let (key, pid) = enricher.attribute_by(cgroup, || plan.pid(record));
-            let (i, shard) = match last {
-                Some((k, i, shard)) if k == key => (i, shard),
-                _ => {
+            let (i, shard) = match memo.get(key) {
+                Some(hit) => hit,
+                None => {
                     let (labels, awaited) = match pid {
                         Some(p) => (self.cache.lookup_pid(p, now), false),
                         None => self.cache.lookup(cgroup, now),
@@ -388,7 +427,7 @@ impl EnrichWorker<'_> {
                         last_pod = i;
                     }
                     let shard = (labels.id % shards) as usize;
-                    last = Some((key, i, shard));
+                    memo.put(key, i, shard);
                     (i, shard)
                 }
             };
@@ -509,10 +548,8 @@ fn aggregate_worker(
         };
         let mut n = 0;
         // Held records come again later.
-        for (record, pod) in e.records() {
-            if shards > 1 && pod.id % shards != shard as u32 {
-                continue;
-            }
+        let mine = |pod: &PodLabels| pod.id % shards == shard as u32;
+        for (record, pod) in e.records_where(mine) {
             agg.observe(record, pod);
             n += 1;
         }
@@ -520,5 +557,32 @@ fn aggregate_worker(
         stats.received.fetch_add(n, Relaxed);
         stats.processed.fetch_add(n, Relaxed);
         stats.batches.fetch_add(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memo_returns_only_what_was_put_under_the_key() {
+        let mut memo = Memo::new();
+        assert_eq!(memo.get(0), None, "a free entry is no key 0");
+        for key in 0..1000u64 {
+            memo.put(key, key as u32, (key % 3) as usize);
+            assert_eq!(memo.get(key), Some((key as u32, (key % 3) as usize)));
+        }
+        // Older keys were either replaced (a miss) or are still right: never another's.
+        for key in 0..1000u64 {
+            if let Some(hit) = memo.get(key) {
+                assert_eq!(hit, (key as u32, (key % 3) as usize));
+            }
+        }
+        memo.put(7, HELD, 1);
+        assert_eq!(
+            memo.get(7),
+            Some((HELD, 1)),
+            "held records are remembered too"
+        );
     }
 }

@@ -25,10 +25,20 @@ pub struct Attributed {
 impl Attributed {
     /// Each record that is not held, with its pod.
     pub fn records(&self) -> impl Iterator<Item = (&[u8], &Arc<PodLabels>)> {
+        self.records_where(|_| true)
+    }
+
+    /// Each record that is not held and whose pod `keep` accepts (asked once per pod
+    /// of the batch, not per record), with its pod.
+    pub fn records_where(
+        &self,
+        keep: impl Fn(&PodLabels) -> bool,
+    ) -> impl Iterator<Item = (&[u8], &Arc<PodLabels>)> {
+        let kept: Vec<bool> = self.pods.iter().map(|p| keep(p)).collect();
         self.batch
             .records()
             .zip(&self.index)
-            .filter(|&(_, &i)| i != HELD)
+            .filter(move |&(_, &i)| i != HELD && kept[i as usize])
             .map(|(record, &i)| (record, &self.pods[i as usize]))
     }
 }

@@ -3,8 +3,11 @@
 //! histogram with pod labels); the floor (a minimal libbpf consumer that only counts
 //! records, benchmark/floor/floor.c, same object); bpftrace aggregating the same probe
 //! in the kernel with hist(); the exporter again with perf event arrays (the fallback
-//! for kernels without ring buffers). Prints events/s, consumer CPU, drops, ns per
-//! event, and the exporter's ratios to the floor.
+//! for kernels without ring buffers); the exporter reading an in-kernel histogram the
+//! same hook fills (cloudflare/ebpf_exporter's way: a hash map per cgroup and bucket,
+//! read at scrape). Prints events/s, consumer CPU, drops, ns per event, the exporter's
+//! ratios to the floor, and streaming's whole cost per event (kernel and user space)
+//! against the in-kernel histogram's.
 //!
 //! `sudo cargo run --release -p benchmark --bin end_to_end [seconds]` (needs libbpf-dev;
 //! bpftrace optional). Build the exporter first: `cargo build --release`.
@@ -34,6 +37,22 @@ metrics:
       bucket_type: exp2
       bucket_min: 0
       bucket_max: 20
+"#;
+
+/// The same hook's values counted in the kernel (`-DIN_KERNEL_HISTOGRAM`), by pod.
+const HIST_CONFIG: &str = r#"
+metrics:
+  histograms:
+    - name: getpid_values
+      help: Values from getpid probes, counted in the kernel
+      bucket_type: exp2
+      bucket_min: 0
+      bucket_max: 20
+      labels:
+        - { name: app_namespace, size: 8, decoders: [{ name: kube_namespace }] }
+        - { name: app_pod, size: 8, reuse: true, decoders: [{ name: kube_pod }] }
+        - { name: app_container, size: 8, reuse: true, decoders: [{ name: kube_container }] }
+        - { name: bucket, size: 8, decoders: [{ name: uint }] }
 "#;
 
 /// getpid() calls on this thread for `secs`; (calls, seconds).
@@ -112,13 +131,13 @@ fn wait_line(child: &mut Child, want: &str) {
     panic!("consumer exited before {want:?}");
 }
 
-/// Starts the exporter on CPU 1 with the e2e config and waits until it serves.
-fn start_exporter(exporter: &Path, dir: &Path, addr: &str, output: &str) -> Child {
+/// Starts the exporter on CPU 1 with config `config` and waits until it serves.
+fn start_exporter(exporter: &Path, dir: &Path, config: &str, addr: &str, output: &str) -> Child {
     let args = [
         "--config.dir",
         dir.to_str().unwrap(),
         "--config.names",
-        "e2e",
+        config,
         "--web.listen-address",
         addr,
     ];
@@ -135,9 +154,11 @@ fn start_exporter(exporter: &Path, dir: &Path, addr: &str, output: &str) -> Chil
     child
 }
 
-fn exporter_run(exporter: &Path, dir: &Path, secs: f64, output: &str) -> Run {
+/// The exporter on config `config`: `e2e` streams records, `e2ehist` reads the
+/// histogram the kernel counts (delivered: that histogram's count).
+fn exporter_run(exporter: &Path, dir: &Path, config: &str, secs: f64, output: &str) -> Run {
     let addr = "127.0.0.1:19599";
-    let mut child = start_exporter(exporter, dir, addr, output);
+    let mut child = start_exporter(exporter, dir, config, addr, output);
     let before = scrape(addr);
     let c0 = cpu(child.id());
     let (calls, s) = load(secs);
@@ -147,8 +168,13 @@ fn exporter_run(exporter: &Path, dir: &Path, secs: f64, output: &str) -> Run {
     let _ = child.kill();
     let _ = child.wait();
     let delta = |p: &str| metric(&after, p) - metric(&before, p);
+    let counted = if config == "e2e" {
+        "ebpf_exporter_aggregate_records_total"
+    } else {
+        "ebpf_exporter_getpid_values_count"
+    };
     Run {
-        delivered: delta("ebpf_exporter_aggregate_records_total"),
+        delivered: delta(counted),
         cpu: c1 - c0,
         drops: delta("ebpf_exporter_ring_reserve_failures_total")
             + delta("ebpf_exporter_ingest_queue_dropped_records_total"),
@@ -223,7 +249,7 @@ fn rss_mib(pid: u32) -> f64 {
 /// The exporter under load for `secs`, its RSS sampled every 30 s.
 fn soak(exporter: &Path, dir: &Path, secs: f64) {
     let addr = "127.0.0.1:19598";
-    let mut child = start_exporter(exporter, dir, addr, "ringbuf");
+    let mut child = start_exporter(exporter, dir, "e2e", addr, "ringbuf");
     println!("soak: exporter RSS under a full getpid() load, every 30 s for {secs} s");
     let t = Instant::now();
     let mut events = 0u64;
@@ -272,6 +298,14 @@ fn main() {
         "perf.bpf.o",
     );
     std::fs::write(dir.join("e2e.yaml"), CONFIG).unwrap();
+    benchmark::compile_bpf_with(
+        &dir,
+        "e2ehist",
+        test_support::GETPID_RING,
+        &["-DIN_KERNEL_HISTOGRAM"],
+        "bpf.o",
+    );
+    std::fs::write(dir.join("e2ehist.yaml"), HIST_CONFIG).unwrap();
     let floor: PathBuf = dir.join("floor");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let built = Command::new("cc")
@@ -297,31 +331,35 @@ fn main() {
         calls as f64 / s / 1e6
     );
     println!(
-        "{:<10} {:>10} {:>11} {:>11} {:>10} {:>13} {:>14}",
+        "{:<11} {:>10} {:>11} {:>11} {:>10} {:>13} {:>14}",
         "consumer", "M calls/s", "added ns", "M events/s", "drops", "consumer CPU", "user ns/event"
     );
     let mut rows = Vec::new();
     let runs = [
         (
             "exporter",
-            Some(exporter_run(&exporter, &dir, secs, "ringbuf")),
+            Some(exporter_run(&exporter, &dir, "e2e", secs, "ringbuf")),
         ),
         ("floor", Some(floor_run(&floor, &object, secs))),
         ("bpftrace", bpftrace_run(secs)),
         (
             "exp. perf",
-            Some(exporter_run(&exporter, &dir, secs, "perf")),
+            Some(exporter_run(&exporter, &dir, "e2e", secs, "perf")),
+        ),
+        (
+            "kernel hist",
+            Some(exporter_run(&exporter, &dir, "e2ehist", secs, "ringbuf")),
         ),
     ];
     for (name, run) in runs {
         let Some(r) = run else {
-            println!("{name:<10} (not installed)");
+            println!("{name:<11} (not installed)");
             continue;
         };
         let added = r.secs * 1e9 / r.calls as f64 - base_ns;
         let user_ns = r.cpu * 1e9 / r.delivered.max(1.0);
         println!(
-            "{name:<10} {:>10.2} {added:>11.1} {:>11.2} {:>10.0} {:>12.1}% {user_ns:>14.1}",
+            "{name:<11} {:>10.2} {added:>11.1} {:>11.2} {:>10.0} {:>12.1}% {user_ns:>14.1}",
             r.calls as f64 / r.secs / 1e6,
             r.delivered / r.secs / 1e6,
             r.drops.max(0.0),
@@ -337,6 +375,20 @@ fn main() {
             "exporter / floor: kernel-side added ns {:.2}x, user-space ns per event {:.2}x",
             e.1 / f.1,
             e.2 / f.2
+        );
+    }
+    // The in-kernel histogram's user-space cost is a scrape's, not an event's: its
+    // whole cost per event is what the kernel side adds.
+    if let (Some(e), Some(h)) = (
+        rows.iter().find(|r| r.0 == "exporter"),
+        rows.iter().find(|r| r.0 == "kernel hist"),
+    ) {
+        println!(
+            "streamed / in-kernel histogram: kernel-side added ns {:.2}x; kernel plus user space per event {:.1} ns against {:.1}: {:.2}x",
+            e.1 / h.1,
+            e.1 + e.2,
+            h.1,
+            (e.1 + e.2) / h.1
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
