@@ -1,32 +1,37 @@
 /* The floor: a minimal libbpf ring buffer consumer that loads an object, attaches its
  * programs, and only counts records (polling with a 10 ms timeout, as the exporter's
- * timer drains). Prints the count on SIGINT/SIGTERM.
+ * timer drains). Prints the count on SIGINT/SIGTERM. Given a record size, a sample
+ * counts as its size over that many records (a batching program's).
  *
  *   cc -O2 -o floor floor.c -lbpf
- *   ./floor object.bpf.o ring_map_name
+ *   ./floor object.bpf.o ring_map_name [record_size]
  */
 #include <bpf/libbpf.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 static volatile sig_atomic_t stop;
 static unsigned long long records;
+static size_t record_size;
 
 static void on_signal(int sig) { (void)sig; stop = 1; }
 
 static int on_record(void *ctx, void *data, size_t size)
 {
-	(void)ctx; (void)data; (void)size;
-	records++;
+	(void)ctx; (void)data;
+	records += record_size ? size / record_size : 1;
 	return 0;
 }
 
 int main(int argc, char **argv)
 {
-	if (argc != 3) {
-		fprintf(stderr, "usage: %s object.bpf.o ring\n", argv[0]);
+	if (argc != 3 && argc != 4) {
+		fprintf(stderr, "usage: %s object.bpf.o ring [record_size]\n", argv[0]);
 		return 2;
 	}
+	if (argc == 4)
+		record_size = strtoul(argv[3], NULL, 10);
 	struct bpf_object *obj = bpf_object__open_file(argv[1], NULL);
 	if (!obj || bpf_object__load(obj)) {
 		fprintf(stderr, "cannot load %s\n", argv[1]);

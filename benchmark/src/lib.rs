@@ -91,7 +91,7 @@ pub fn pin_to_cpu(cpu: usize) {
 
 /// Median ns per `getpid()` over `runs` runs of `calls` calls on this thread.
 pub fn getpid_ns(calls: u64, runs: usize) -> f64 {
-    let mut samples: Vec<f64> = (0..runs)
+    let samples: Vec<f64> = (0..runs)
         .map(|_| {
             let t = std::time::Instant::now();
             for _ in 0..calls {
@@ -101,6 +101,11 @@ pub fn getpid_ns(calls: u64, runs: usize) -> f64 {
             t.elapsed().as_nanos() as f64 / calls as f64
         })
         .collect();
+    median(samples)
+}
+
+/// The median of `samples` (the upper one of an even count); NaN when there are none.
+pub fn median(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);
-    samples[runs / 2]
+    samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN)
 }

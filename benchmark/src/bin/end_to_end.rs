@@ -1,7 +1,8 @@
 //! End to end: a `getpid()` load on CPU 0, each call one ring record; the consumer on
 //! CPU 1. Runs, side by side: no probe; the exporter (events aggregated into a
 //! histogram with pod labels); the floor (a minimal libbpf consumer that only counts
-//! records, benchmark/floor/floor.c, same object); bpftrace aggregating the same probe
+//! records, benchmark/floor/floor.c, same object); the floor again with the program
+//! staging records per CPU and writing 32 to a ring sample; bpftrace aggregating the same probe
 //! in the kernel with hist(); the exporter again with perf event arrays (the fallback
 //! for kernels without ring buffers); the exporter reading an in-kernel histogram the
 //! same hook fills (cloudflare/ebpf_exporter's way: a hash map per cgroup and bucket,
@@ -9,10 +10,15 @@
 //! ratios to the floor, and streaming's whole cost per event (kernel and user space)
 //! against the in-kernel histogram's.
 //!
-//! `sudo cargo run --release -p benchmark --bin end_to_end [seconds]` (needs libbpf-dev;
-//! bpftrace optional). Build the exporter first: `cargo build --release`.
+//! `sudo cargo run --release -p benchmark --bin end_to_end [seconds] [rounds]` (needs
+//! libbpf-dev; bpftrace optional): with rounds, every consumer runs once a round and the
+//! ratios are taken within each round, then their medians printed. Build the exporter
+//! first: `cargo build --release`.
 //! `... --bin end_to_end soak <seconds>`: the exporter under full load for that long,
 //! printing its RSS every 30 s (it should stay flat).
+//! `... --bin end_to_end contention [seconds] [rounds]`: every consumer with one
+//! producing CPU, then two at once; what a call adds in each, and their ratio.
+//! A call's cost is the CPU time the loading threads got, over their calls.
 
 use std::{
     io::{BufRead, BufReader},
@@ -55,9 +61,37 @@ metrics:
         - { name: bucket, size: 8, decoders: [{ name: uint }] }
 "#;
 
-/// getpid() calls on this thread for `secs`; (calls, seconds).
-fn load(secs: f64) -> (u64, f64) {
+/// What a load did: `getpid()` calls, wall seconds, and the CPU seconds its threads got
+/// (what a call costs is taken from these, so time the load was not running is left out).
+#[derive(Clone, Copy)]
+struct Load {
+    calls: u64,
+    secs: f64,
+    busy: f64,
+}
+
+impl Load {
+    /// CPU ns per call.
+    fn ns(self) -> f64 {
+        self.busy * 1e9 / self.calls as f64
+    }
+}
+
+/// CPU seconds the calling thread has used.
+fn thread_cpu() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes the calling thread's CPU clock into `t`.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
+/// getpid() calls on this thread for `secs`.
+fn load(secs: f64) -> Load {
     let t = Instant::now();
+    let c = thread_cpu();
     let mut calls = 0u64;
     loop {
         for _ in 0..4096 {
@@ -67,7 +101,38 @@ fn load(secs: f64) -> (u64, f64) {
         calls += 4096;
         let e = t.elapsed().as_secs_f64();
         if e >= secs {
-            return (calls, e);
+            return Load {
+                calls,
+                secs: e,
+                busy: thread_cpu() - c,
+            };
+        }
+    }
+}
+
+/// Where the load runs: this thread alone (on CPU 0), or also a thread on CPU 1, both
+/// producing into the same ring (or map) at once.
+#[derive(Clone, Copy, PartialEq)]
+enum Producers {
+    One,
+    Both,
+}
+
+impl Producers {
+    fn load(self, secs: f64) -> Load {
+        if self == Producers::One {
+            return load(secs);
+        }
+        let other = std::thread::spawn(move || {
+            pin_to_cpu(1);
+            load(secs)
+        });
+        let a = load(secs);
+        let b = other.join().unwrap();
+        Load {
+            calls: a.calls + b.calls,
+            secs: a.secs.max(b.secs),
+            busy: a.busy + b.busy,
         }
     }
 }
@@ -109,13 +174,12 @@ fn metric(page: &str, prefix: &str) -> f64 {
         .sum()
 }
 
-/// One measured run: (events delivered, consumer CPU s, drops, load calls, load s).
+/// One measured run: events delivered, consumer CPU s, drops, and the load.
 struct Run {
     delivered: f64,
     cpu: f64,
     drops: f64,
-    calls: u64,
-    secs: f64,
+    load: Load,
 }
 
 fn wait_line(child: &mut Child, want: &str) {
@@ -156,12 +220,19 @@ fn start_exporter(exporter: &Path, dir: &Path, config: &str, addr: &str, output:
 
 /// The exporter on config `config`: `e2e` streams records, `e2ehist` reads the
 /// histogram the kernel counts (delivered: that histogram's count).
-fn exporter_run(exporter: &Path, dir: &Path, config: &str, secs: f64, output: &str) -> Run {
+fn exporter_run(
+    exporter: &Path,
+    dir: &Path,
+    config: &str,
+    output: &str,
+    p: Producers,
+    secs: f64,
+) -> Run {
     let addr = "127.0.0.1:19599";
     let mut child = start_exporter(exporter, dir, config, addr, output);
     let before = scrape(addr);
     let c0 = cpu(child.id());
-    let (calls, s) = load(secs);
+    let load = p.load(secs);
     std::thread::sleep(Duration::from_millis(200));
     let c1 = cpu(child.id());
     let after = scrape(addr);
@@ -178,19 +249,20 @@ fn exporter_run(exporter: &Path, dir: &Path, config: &str, secs: f64, output: &s
         cpu: c1 - c0,
         drops: delta("ebpf_exporter_ring_reserve_failures_total")
             + delta("ebpf_exporter_ingest_queue_dropped_records_total"),
-        calls,
-        secs: s,
+        load,
     }
 }
 
-fn floor_run(floor: &Path, object: &Path, secs: f64) -> Run {
-    let mut child = on_cpu1(floor, &[object.to_str().unwrap(), "events"])
+/// The floor consuming `object`'s ring, whose samples hold `records` 16-byte records.
+fn floor_run(floor: &Path, object: &Path, records: usize, p: Producers, secs: f64) -> Run {
+    let size = if records > 1 { "16" } else { "0" };
+    let mut child = on_cpu1(floor, &[object.to_str().unwrap(), "events", size])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     wait_line(&mut child, "ready");
     let c0 = cpu(child.id());
-    let (calls, s) = load(secs);
+    let load = p.load(secs);
     std::thread::sleep(Duration::from_millis(200));
     let c1 = cpu(child.id());
     // SAFETY: signalling our own child.
@@ -204,13 +276,12 @@ fn floor_run(floor: &Path, object: &Path, secs: f64) -> Run {
     Run {
         delivered: count,
         cpu: c1 - c0,
-        drops: calls as f64 - count,
-        calls,
-        secs: s,
+        drops: load.calls as f64 - count,
+        load,
     }
 }
 
-fn bpftrace_run(secs: f64) -> Option<Run> {
+fn bpftrace_run(p: Producers, secs: f64) -> Option<Run> {
     // It runs under taskset, which starts whether bpftrace is there or not.
     Command::new("bpftrace").arg("--version").output().ok()?;
     let script = "tracepoint:syscalls:sys_enter_getpid { @h = hist(nsecs & 0xfffff); }";
@@ -222,17 +293,16 @@ fn bpftrace_run(secs: f64) -> Option<Run> {
     wait_line(&mut child, "Attaching");
     std::thread::sleep(Duration::from_millis(500));
     let c0 = cpu(child.id());
-    let (calls, s) = load(secs);
+    let load = p.load(secs);
     let c1 = cpu(child.id());
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let _ = child.wait();
     Some(Run {
-        delivered: calls as f64,
+        delivered: load.calls as f64,
         cpu: c1 - c0,
         drops: 0.0,
-        calls,
-        secs: s,
+        load,
     })
 }
 
@@ -254,8 +324,8 @@ fn soak(exporter: &Path, dir: &Path, secs: f64) {
     let t = Instant::now();
     let mut events = 0u64;
     while t.elapsed().as_secs_f64() < secs {
-        let (calls, _) = load(30.0_f64.min(secs - t.elapsed().as_secs_f64()).max(0.1));
-        events += calls;
+        let l = load(30.0_f64.min(secs - t.elapsed().as_secs_f64()).max(0.1));
+        events += l.calls;
         let page = scrape(addr);
         println!(
             "{:>6.0} s  RSS {:>6.1} MiB  events {:>12}  aggregated {:>12.0}  drops {:>6.0}",
@@ -271,15 +341,162 @@ fn soak(exporter: &Path, dir: &Path, secs: f64) {
     let _ = child.wait();
 }
 
+/// What every round runs: the exporter binary, the config dir, the floor and its object.
+struct Setup {
+    exporter: PathBuf,
+    dir: PathBuf,
+    object: PathBuf,
+    /// The same program staging records per CPU, [`BATCH`] to a ring sample.
+    batched: PathBuf,
+    floor: PathBuf,
+}
+
+/// Records to a ring sample in the batching program.
+const BATCH: usize = 32;
+
+/// One consumer in one round: (name, kernel-side added ns per call, user ns per event).
+type Row = (&'static str, f64, f64);
+
+/// One round: the load alone, then under each consumer in turn; prints its table.
+fn round(s: &Setup, p: Producers, secs: f64) -> Vec<Row> {
+    let base = p.load(secs);
+    println!(
+        "no probe: {:.2} M calls/s, {:.1} ns/call",
+        base.calls as f64 / base.secs / 1e6,
+        base.ns()
+    );
+    println!(
+        "{:<11} {:>10} {:>11} {:>11} {:>10} {:>13} {:>14}",
+        "consumer", "M calls/s", "added ns", "M events/s", "drops", "consumer CPU", "user ns/event"
+    );
+    let (exporter, dir) = (&s.exporter, &s.dir);
+    let runs = [
+        (
+            "exporter",
+            Some(exporter_run(exporter, dir, "e2e", "ringbuf", p, secs)),
+        ),
+        ("floor", Some(floor_run(&s.floor, &s.object, 1, p, secs))),
+        (
+            "floor x32",
+            Some(floor_run(&s.floor, &s.batched, BATCH, p, secs)),
+        ),
+        ("bpftrace", bpftrace_run(p, secs)),
+        (
+            "exp. perf",
+            Some(exporter_run(exporter, dir, "e2e", "perf", p, secs)),
+        ),
+        (
+            "kernel hist",
+            Some(exporter_run(exporter, dir, "e2ehist", "ringbuf", p, secs)),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (name, run) in runs {
+        let Some(r) = run else {
+            println!("{name:<11} (not installed)");
+            continue;
+        };
+        let added = r.load.ns() - base.ns();
+        let user_ns = r.cpu * 1e9 / r.delivered.max(1.0);
+        println!(
+            "{name:<11} {:>10.2} {added:>11.1} {:>11.2} {:>10.0} {:>12.1}% {user_ns:>14.1}",
+            r.load.calls as f64 / r.load.secs / 1e6,
+            r.delivered / r.load.secs / 1e6,
+            r.drops.max(0.0),
+            r.cpu / r.load.secs * 100.0
+        );
+        rows.push((name, added, user_ns));
+    }
+    rows
+}
+
+/// One round's ratios, side by side: the exporter's kernel-side added ns and user ns per
+/// event against the floor's; its kernel-side added ns and whole cost per event (kernel
+/// plus user space) against the in-kernel histogram's, whose user-space cost is a
+/// scrape's, not an event's; batched records' kernel-side added ns against one record
+/// a sample's and against the in-kernel histogram's.
+fn ratios(rows: &[Row]) -> [f64; 6] {
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r.0 == name)
+            .map_or((f64::NAN, f64::NAN), |r| (r.1, r.2))
+    };
+    let (e, f, h, b) = (
+        row("exporter"),
+        row("floor"),
+        row("kernel hist"),
+        row("floor x32"),
+    );
+    [
+        e.0 / f.0,
+        e.1 / f.1,
+        e.0 / h.0,
+        (e.0 + e.1) / h.0,
+        b.0 / f.0,
+        b.0 / h.0,
+    ]
+}
+
+fn print_ratios(r: [f64; 6], what: &str) {
+    println!(
+        "{what}: exporter / floor: kernel-side added ns {:.2}x, user-space ns per event {:.2}x",
+        r[0], r[1]
+    );
+    println!(
+        "{what}: streamed / in-kernel histogram: kernel-side added ns {:.2}x, kernel plus user space per event {:.2}x",
+        r[2], r[3]
+    );
+    println!(
+        "{what}: {BATCH} records a sample, kernel-side added ns: {:.2}x one a sample, {:.2}x the in-kernel histogram",
+        r[4], r[5]
+    );
+}
+
+/// Each round runs every consumer with the load on CPU 0 alone, then on both CPUs at
+/// once (one ring or map, two producers); prints, per consumer, the median kernel-side
+/// added ns per call of each and their ratio: what contention costs.
+fn contend(s: &Setup, secs: f64, rounds: usize) {
+    println!("getpid() load for {secs} s on CPU 0, then on CPUs 0 and 1 at once; consumers on CPU 1; {rounds} round(s)");
+    let mut added: Vec<(&str, Vec<f64>, Vec<f64>)> = Vec::new();
+    for k in 1..=rounds {
+        for (p, what) in [
+            (Producers::One, "one producer"),
+            (Producers::Both, "two producers"),
+        ] {
+            println!("round {k}, {what}");
+            for (name, ns, _) in round(s, p, secs) {
+                let i = added.iter().position(|a| a.0 == name).unwrap_or_else(|| {
+                    added.push((name, Vec::new(), Vec::new()));
+                    added.len() - 1
+                });
+                let a = &mut added[i];
+                if p == Producers::One {
+                    a.1.push(ns)
+                } else {
+                    a.2.push(ns)
+                }
+            }
+        }
+    }
+    println!(
+        "{:<11} {:>15} {:>15} {:>8}",
+        "consumer", "one: added ns", "two: added ns", "two/one"
+    );
+    for (name, one, two) in added {
+        let (one, two) = (benchmark::median(one), benchmark::median(two));
+        println!("{name:<11} {one:>15.1} {two:>15.1} {:>7.2}x", two / one);
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let soak_secs = (args.get(1).map(String::as_str) == Some("soak"))
-        .then(|| args.get(2).map_or(600.0, |s| s.parse().unwrap()));
-    let secs: f64 = if soak_secs.is_some() {
-        0.0
-    } else {
-        args.get(1).map_or(5.0, |s| s.parse().unwrap())
-    };
+    // An optional mode, then seconds and rounds.
+    let mode = args
+        .get(1)
+        .filter(|a| ["soak", "contention"].contains(&a.as_str()));
+    let at = |i: usize| args.get(i + usize::from(mode.is_some()));
+    let secs: f64 = at(1).map_or(5.0, |s| s.parse().unwrap());
+    let rounds: usize = at(2).map_or(1, |s| s.parse().unwrap());
     let exporter = std::env::current_exe()
         .unwrap()
         .with_file_name("kube-ebpf-exporter");
@@ -306,6 +523,13 @@ fn main() {
         "bpf.o",
     );
     std::fs::write(dir.join("e2ehist.yaml"), HIST_CONFIG).unwrap();
+    let batched = benchmark::compile_bpf_with(
+        &dir,
+        "batched",
+        test_support::GETPID_RING,
+        &[&format!("-DBATCH={BATCH}")],
+        "bpf.o",
+    );
     let floor: PathBuf = dir.join("floor");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let built = Command::new("cc")
@@ -317,79 +541,37 @@ fn main() {
         .unwrap();
     assert!(built.success(), "building the floor needs libbpf-dev");
     pin_to_cpu(0);
-    if let Some(s) = soak_secs {
-        soak(&exporter, &dir, s);
+    if mode.is_some_and(|m| m == "soak") {
+        soak(&exporter, &dir, at(1).map_or(600.0, |_| secs));
         let _ = std::fs::remove_dir_all(&dir);
         return;
     }
+    let setup = Setup {
+        exporter,
+        dir,
+        object,
+        batched,
+        floor,
+    };
     load(0.5);
-    let (calls, s) = load(secs);
-    let base_ns = s * 1e9 / calls as f64;
-    println!("getpid() load on CPU 0 for {secs} s, one ring record per call; consumers on CPU 1");
-    println!(
-        "no probe: {:.2} M calls/s, {base_ns:.1} ns/call",
-        calls as f64 / s / 1e6
-    );
-    println!(
-        "{:<11} {:>10} {:>11} {:>11} {:>10} {:>13} {:>14}",
-        "consumer", "M calls/s", "added ns", "M events/s", "drops", "consumer CPU", "user ns/event"
-    );
-    let mut rows = Vec::new();
-    let runs = [
-        (
-            "exporter",
-            Some(exporter_run(&exporter, &dir, "e2e", secs, "ringbuf")),
-        ),
-        ("floor", Some(floor_run(&floor, &object, secs))),
-        ("bpftrace", bpftrace_run(secs)),
-        (
-            "exp. perf",
-            Some(exporter_run(&exporter, &dir, "e2e", secs, "perf")),
-        ),
-        (
-            "kernel hist",
-            Some(exporter_run(&exporter, &dir, "e2ehist", secs, "ringbuf")),
-        ),
-    ];
-    for (name, run) in runs {
-        let Some(r) = run else {
-            println!("{name:<11} (not installed)");
-            continue;
-        };
-        let added = r.secs * 1e9 / r.calls as f64 - base_ns;
-        let user_ns = r.cpu * 1e9 / r.delivered.max(1.0);
-        println!(
-            "{name:<11} {:>10.2} {added:>11.1} {:>11.2} {:>10.0} {:>12.1}% {user_ns:>14.1}",
-            r.calls as f64 / r.secs / 1e6,
-            r.delivered / r.secs / 1e6,
-            r.drops.max(0.0),
-            r.cpu / r.secs * 100.0
-        );
-        rows.push((name, added, user_ns));
+    if mode.is_some() {
+        contend(&setup, secs, rounds);
+    } else {
+        println!("getpid() load on CPU 0 for {secs} s, one ring record per call; consumers on CPU 1; {rounds} round(s)");
+        let mut each = Vec::new();
+        for k in 1..=rounds {
+            println!("round {k}");
+            let r = ratios(&round(&setup, Producers::One, secs));
+            print_ratios(r, &format!("round {k}"));
+            each.push(r);
+        }
+        if rounds > 1 {
+            let median = |i: usize| benchmark::median(each.iter().map(|r| r[i]).collect());
+            print_ratios(
+                std::array::from_fn(median),
+                &format!("median of {rounds} rounds"),
+            );
+        }
     }
-    if let (Some(e), Some(f)) = (
-        rows.iter().find(|r| r.0 == "exporter"),
-        rows.iter().find(|r| r.0 == "floor"),
-    ) {
-        println!(
-            "exporter / floor: kernel-side added ns {:.2}x, user-space ns per event {:.2}x",
-            e.1 / f.1,
-            e.2 / f.2
-        );
-    }
-    // The in-kernel histogram's user-space cost is a scrape's, not an event's: its
-    // whole cost per event is what the kernel side adds.
-    if let (Some(e), Some(h)) = (
-        rows.iter().find(|r| r.0 == "exporter"),
-        rows.iter().find(|r| r.0 == "kernel hist"),
-    ) {
-        println!(
-            "streamed / in-kernel histogram: kernel-side added ns {:.2}x; kernel plus user space per event {:.1} ns against {:.1}: {:.2}x",
-            e.1 / h.1,
-            e.1 + e.2,
-            h.1,
-            (e.1 + e.2) / h.1
-        );
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&setup.dir);
 }

@@ -404,13 +404,9 @@ fn measure(bin: &Path, case: &Case, secs: f64, rounds: usize) -> Row {
         cpu += exporter.cpu() - cpu0;
         elapsed += took.as_secs_f64();
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     Row {
-        base_ns: median(base),
-        with_ns: median(with),
+        base_ns: benchmark::median(base),
+        with_ns: benchmark::median(with),
         bpf_ns_per_run: bpf_ns / runs.max(1.0),
         runs_per_op: runs / ops.max(1.0),
         exporter_cpu: cpu / elapsed,

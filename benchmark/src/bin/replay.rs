@@ -196,13 +196,7 @@ fn scaling(rounds: usize, events: u64, enricher: &Arc<Enricher>) {
         }
         println!("{line}");
     }
-    let medians: Vec<f64> = rates
-        .iter_mut()
-        .map(|r| {
-            r.sort_by(f64::total_cmp);
-            r[r.len() / 2]
-        })
-        .collect();
+    let medians: Vec<f64> = rates.into_iter().map(benchmark::median).collect();
     let best = medians.iter().copied().fold(0.0, f64::max);
     println!("{:>8} {:>14} {:>8}", "workers", "median M/s", "x best");
     for (i, m) in medians.iter().enumerate() {
