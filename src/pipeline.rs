@@ -546,13 +546,11 @@ fn aggregate_worker(
         let Some(Some(agg)) = aggs.get_mut(e.batch.stream as usize) else {
             continue;
         };
-        let mut n = 0;
         // Held records come again later.
         let mine = |pod: &PodLabels| pod.id % shards == shard as u32;
-        for (record, pod) in e.records_where(mine) {
-            agg.observe(record, pod);
-            n += 1;
-        }
+        let records: Vec<_> = e.records_where(mine).collect();
+        agg.observe_all(&records);
+        let n = records.len() as u64;
         agg.flush_stats();
         stats.received.fetch_add(n, Relaxed);
         stats.processed.fetch_add(n, Relaxed);

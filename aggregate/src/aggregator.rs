@@ -13,7 +13,7 @@ use rustc_hash::FxHashMap;
 
 use crate::{
     decoder::DecodeError,
-    registry::{identity_of, Series, SeriesKey, Slot, MAX_KEY, OVERFLOW},
+    registry::{identity_of, Series, SeriesKey, Slot, OVERFLOW},
     stream::{MetricPlan, StreamPlan},
 };
 
@@ -38,11 +38,88 @@ pub struct StreamStats {
 }
 
 /// A worker's series of one metric.
-#[derive(Default)]
 struct Local {
     index: FxHashMap<SeriesKey, u32>,
     slots: Vec<Slot>,
     last: Option<(SeriesKey, u32)>,
+    /// The key being built: each record writes the same label bytes over it, so it is
+    /// zeroed once, not per record.
+    key: SeriesKey,
+}
+
+/// Where pass one found a record's series.
+#[derive(Clone, Copy)]
+enum Found {
+    /// A short record (counted as malformed).
+    Skip,
+    /// In the worker's slots.
+    Local(u32),
+    /// Resolved for this batch only (past the key limit).
+    Spilled(u32),
+}
+
+impl Local {
+    /// The series of `record` for metric `m`, resolving (and caching) a key seen for the
+    /// first time.
+    #[inline]
+    fn find(
+        &mut self,
+        m: &MetricPlan,
+        record: &[u8],
+        pod: &Arc<PodLabels>,
+        spilled: &mut Vec<Slot>,
+    ) -> Found {
+        let Local {
+            index,
+            slots,
+            last,
+            key,
+        } = self;
+        key.pod = pod.id;
+        let mut at = 0;
+        for l in &m.labels {
+            key.bytes[at..at + l.span.size].copy_from_slice(l.span.bytes(record));
+            at += l.span.size;
+        }
+        key.len = at as u8;
+        // `last` is rewritten only when it changes: a rewrite per event (72 bytes
+        // read back from a key just built byte by byte) was a fifth of the
+        // aggregate worker's time in `end_to_end`.
+        if let Some((k, i)) = last {
+            if k == key {
+                return Found::Local(*i);
+            }
+        }
+        if let Some(&i) = index.get(key) {
+            *last = Some((*key, i));
+            return Found::Local(i);
+        }
+        let slot = shared_series(m, *key, record, pod);
+        if slots.len() < m.family.max_keys() {
+            slots.push(slot);
+            let i = slots.len() as u32 - 1;
+            index.insert(*key, i);
+            *last = Some((*key, i));
+            Found::Local(i)
+        } else {
+            // Past the key limit (label fields of endless values, most in the
+            // overflow series) a key is resolved again each time, so memory stays
+            // bounded.
+            spilled.push(slot);
+            Found::Spilled(spilled.len() as u32 - 1)
+        }
+    }
+}
+
+impl Default for Local {
+    fn default() -> Self {
+        Self {
+            index: FxHashMap::default(),
+            slots: Vec::new(),
+            last: None,
+            key: SeriesKey::zeroed(0),
+        }
+    }
 }
 
 impl Local {
@@ -98,95 +175,81 @@ impl StreamAggregator {
     }
 
     /// Adds one record, attributed to `pod`.
-    #[inline]
-    // Long: the per-event hot path, in one piece so it stays inlined with its caches.
     pub fn observe(&mut self, record: &[u8], pod: &Arc<PodLabels>) {
-        if record.len() < self.plan.record_size {
-            self.malformed += 1;
-            return;
-        }
-        self.records += 1;
+        self.observe_all(&[(record, pod)]);
+    }
+
+    /// Adds a batch's records, each attributed to its pod. Each metric takes three
+    /// passes over them: every record's series, then the counters each record adds to,
+    /// then the additions. At 1,000 series and more every step is a cache miss (hash
+    /// entry, series, bucket array, native group, counter) that depends on the one
+    /// before; in short passes the misses of many records are in flight at once
+    /// instead of one after another.
+    pub fn observe_all(&mut self, records: &[(&[u8], &Arc<PodLabels>)]) {
+        let size = self.plan.record_size;
+        let well = records.iter().filter(|(r, _)| r.len() >= size).count() as u64;
+        self.records += well;
+        self.malformed += records.len() as u64 - well;
+        let mut found = Vec::with_capacity(records.len());
         for (m, local) in self.plan.metrics.iter().zip(&mut self.local) {
-            let mut key = SeriesKey {
-                pod: pod.id,
-                len: 0,
-                bytes: [0; MAX_KEY],
-            };
-            let mut at = 0;
-            for l in &m.labels {
-                key.bytes[at..at + l.span.size].copy_from_slice(l.span.bytes(record));
-                at += l.span.size;
+            found.clear();
+            let mut spilled = Vec::new();
+            for &(record, pod) in records {
+                found.push(if record.len() < size {
+                    Found::Skip
+                } else {
+                    local.find(m, record, pod, &mut spilled)
+                });
             }
-            key.len = at as u8;
-            // `last` is rewritten only when it changes: a rewrite per event (72 bytes
-            // read back from a key just built byte by byte) was a fifth of the
-            // aggregate worker's time in `end_to_end`.
-            let cached = match local.last {
-                Some((k, i)) if k == key => Some(i),
-                _ => local
-                    .index
-                    .get(&key)
-                    .copied()
-                    .inspect(|&i| local.last = Some((key, i))),
-            };
-            let uncached;
-            let slot = match cached {
-                Some(i) => &local.slots[i as usize],
-                None => {
-                    let slot = shared_series(m, key, record, pod);
-                    if local.slots.len() < m.family.max_keys() {
-                        local.slots.push(slot);
-                        let i = local.slots.len() as u32 - 1;
-                        local.index.insert(key, i);
-                        local.last = Some((key, i));
-                        &local.slots[i as usize]
-                    } else {
-                        // Past the key limit (label fields of endless values, most
-                        // in the overflow series) a key is resolved again each time,
-                        // so memory stays bounded.
-                        uncached = slot;
-                        &uncached
+            let mut cells = Vec::with_capacity(records.len());
+            for (&(record, _), found) in records.iter().zip(&found) {
+                let slot = match *found {
+                    Found::Skip => continue,
+                    Found::Local(i) => &local.slots[i as usize],
+                    Found::Spilled(i) => &spilled[i as usize],
+                };
+                let series = match slot {
+                    Slot::Series(s) => s,
+                    Slot::Overflow(s) => {
+                        m.family.overflowed.fetch_add(1, Relaxed);
+                        s
                     }
-                }
-            };
-            let series = match slot {
-                Slot::Series(s) => s,
-                Slot::Overflow(s) => {
-                    m.family.overflowed.fetch_add(1, Relaxed);
-                    s
-                }
-                Slot::Filtered => {
-                    m.family.filtered.fetch_add(1, Relaxed);
-                    continue;
-                }
-                Slot::Invalid(label) => {
-                    m.family.invalid[*label].fetch_add(1, Relaxed);
-                    continue;
-                }
-            };
-            let raw = m.value.map_or(1, |v| v.uint(record));
-            let bucket = m
-                .family
-                .histogram
-                .then(|| &series.buckets[m.raw_bounds.bucket(raw)]);
-            let native = match (&m.family.native, &series.native) {
-                (Some(plan), Some(b)) => Some(b.cell(plan, raw)),
-                _ => None,
-            };
+                    Slot::Filtered => {
+                        m.family.filtered.fetch_add(1, Relaxed);
+                        continue;
+                    }
+                    Slot::Invalid(label) => {
+                        m.family.invalid[*label].fetch_add(1, Relaxed);
+                        continue;
+                    }
+                };
+                let raw = m.value.map_or(1, |v| v.uint(record));
+                let bucket = m
+                    .family
+                    .histogram
+                    .then(|| &series.buckets[m.raw_bounds.bucket(raw)]);
+                let native = match (&m.family.native, &series.native) {
+                    (Some(plan), Some(b)) => Some(b.cell(plan, raw)),
+                    _ => None,
+                };
+                cells.push((&series.sum, raw, bucket, native));
+            }
             if m.family.pod_labels {
                 // One writer per series (the pipeline shards by pod and every series
                 // names its pod): plain loads and stores, no locked instructions.
-                for b in bucket.into_iter().chain(native) {
-                    b.store(b.load(Relaxed) + 1, Relaxed);
+                for &(sum, raw, bucket, native) in &cells {
+                    for b in bucket.into_iter().chain(native) {
+                        b.store(b.load(Relaxed) + 1, Relaxed);
+                    }
+                    sum.store(sum.load(Relaxed).wrapping_add(raw), Relaxed);
                 }
-                series
-                    .sum
-                    .store(series.sum.load(Relaxed).wrapping_add(raw), Relaxed);
             } else {
-                for b in bucket.into_iter().chain(native) {
-                    b.fetch_add(1, Relaxed);
+                for &(sum, raw, bucket, native) in &cells {
+                    for b in bucket.into_iter().chain(native) {
+                        b.fetch_add(1, Relaxed);
+                    }
+                    sum.fetch_add(raw, Relaxed);
                 }
-                series.sum.fetch_add(raw, Relaxed);
             }
         }
     }

@@ -24,12 +24,16 @@ impl Span {
     /// Reads an unsigned integer of 1, 2, 4 or 8 bytes (checked at compile time).
     #[inline]
     pub fn uint(self, record: &[u8]) -> u64 {
-        let b = &record[self.offset..self.offset + self.size];
+        // Array conversions of checked slices compile to one load each (indexing byte by
+        // byte took 28 instructions for a u64: a bounds check per byte).
+        fn read<const N: usize>(record: &[u8], at: usize) -> [u8; N] {
+            record[at..at + N].try_into().unwrap()
+        }
         match self.size {
-            1 => u64::from(b[0]),
-            2 => u64::from(u16::from_ne_bytes([b[0], b[1]])),
-            4 => u64::from(u32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
-            _ => u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+            1 => u64::from(record[self.offset]),
+            2 => u64::from(u16::from_ne_bytes(read(record, self.offset))),
+            4 => u64::from(u32::from_ne_bytes(read(record, self.offset))),
+            _ => u64::from_ne_bytes(read(record, self.offset)),
         }
     }
 
