@@ -1,15 +1,17 @@
 /* The floor: a minimal libbpf ring buffer consumer that loads an object, attaches its
  * programs, and only counts records (polling with a 10 ms timeout, as the exporter's
  * timer drains). Prints the count on SIGINT/SIGTERM. Given a record size, a sample
- * counts as its size over that many records (a batching program's).
+ * counts as its size over that many records (a batching program's). Rings named
+ * with commas (a sharded program's) are all read, through one epoll set.
  *
  *   cc -O2 -o floor floor.c -lbpf
- *   ./floor object.bpf.o ring_map_name [record_size]
+ *   ./floor object.bpf.o ring[,ring...] [record_size]
  */
 #include <bpf/libbpf.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static volatile sig_atomic_t stop;
 static unsigned long long records;
@@ -43,10 +45,14 @@ int main(int argc, char **argv)
 			fprintf(stderr, "cannot attach %s\n", bpf_program__name(prog));
 			return 1;
 		}
-	struct ring_buffer *rb = ring_buffer__new(bpf_object__find_map_fd_by_name(obj, argv[2]), on_record, NULL, NULL);
-	if (!rb) {
-		fprintf(stderr, "no ring %s\n", argv[2]);
-		return 1;
+	struct ring_buffer *rb = NULL;
+	for (char *name = strtok(argv[2], ","); name; name = strtok(NULL, ",")) {
+		int fd = bpf_object__find_map_fd_by_name(obj, name);
+
+		if (fd < 0 || (rb ? ring_buffer__add(rb, fd, on_record, NULL) : !(rb = ring_buffer__new(fd, on_record, NULL, NULL)))) {
+			fprintf(stderr, "no ring %s\n", name);
+			return 1;
+		}
 	}
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);

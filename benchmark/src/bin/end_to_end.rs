@@ -253,10 +253,18 @@ fn exporter_run(
     }
 }
 
-/// The floor consuming `object`'s ring, whose samples hold `records` 16-byte records.
-fn floor_run(floor: &Path, object: &Path, records: usize, p: Producers, secs: f64) -> Run {
+/// The floor consuming `object`'s rings (named with commas), whose samples hold
+/// `records` 16-byte records.
+fn floor_run(
+    floor: &Path,
+    object: &Path,
+    rings: &str,
+    records: usize,
+    p: Producers,
+    secs: f64,
+) -> Run {
     let size = if records > 1 { "16" } else { "0" };
-    let mut child = on_cpu1(floor, &[object.to_str().unwrap(), "events", size])
+    let mut child = on_cpu1(floor, &[object.to_str().unwrap(), rings, size])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -348,6 +356,8 @@ struct Setup {
     object: PathBuf,
     /// The same program staging records per CPU, [`BATCH`] to a ring sample.
     batched: PathBuf,
+    /// The same program writing to a ring per CPU.
+    sharded: PathBuf,
     floor: PathBuf,
 }
 
@@ -375,10 +385,24 @@ fn round(s: &Setup, p: Producers, secs: f64) -> Vec<Row> {
             "exporter",
             Some(exporter_run(exporter, dir, "e2e", "ringbuf", p, secs)),
         ),
-        ("floor", Some(floor_run(&s.floor, &s.object, 1, p, secs))),
+        (
+            "floor",
+            Some(floor_run(&s.floor, &s.object, "events", 1, p, secs)),
+        ),
         (
             "floor x32",
-            Some(floor_run(&s.floor, &s.batched, BATCH, p, secs)),
+            Some(floor_run(&s.floor, &s.batched, "events", BATCH, p, secs)),
+        ),
+        (
+            "floor shard",
+            Some(floor_run(
+                &s.floor,
+                &s.sharded,
+                "events0,events1",
+                1,
+                p,
+                secs,
+            )),
         ),
         ("bpftrace", bpftrace_run(p, secs)),
         (
@@ -530,6 +554,13 @@ fn main() {
         &[&format!("-DBATCH={BATCH}")],
         "bpf.o",
     );
+    let sharded = benchmark::compile_bpf_with(
+        &dir,
+        "sharded",
+        test_support::GETPID_RING,
+        &["-DSHARDS=2"],
+        "bpf.o",
+    );
     let floor: PathBuf = dir.join("floor");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let built = Command::new("cc")
@@ -551,6 +582,7 @@ fn main() {
         dir,
         object,
         batched,
+        sharded,
         floor,
     };
     load(0.5);

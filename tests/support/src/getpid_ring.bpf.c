@@ -6,7 +6,9 @@
  * cloudflare/ebpf_exporter's examples do: hash map `getpid_values` keyed by cgroup id
  * and exp2 bucket, with the sum under bucket 21 (the alternative streaming is measured
  * against). With -DBATCH=<n> records are staged per CPU and written n at a time, one
- * ring sample of n records (a kernel-side cost streaming could trade for latency). */
+ * ring sample of n records (a kernel-side cost streaming could trade for latency).
+ * With -DSHARDS=<n> (2 or 4) each CPU writes to one of n rings, events0 to events<n-1>
+ * (its number modulo n), through array of maps `events`: rings sharded by CPU. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include "output.bpf.h"
@@ -34,6 +36,25 @@ struct {
 	__type(key, struct cgroup_bucket_key);
 	__type(value, __u64);
 } getpid_values SEC(".maps");
+#elif defined(SHARDS)
+struct shard {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 * 1024 * 1024);
+};
+struct shard events0 SEC(".maps"), events1 SEC(".maps"), events2 SEC(".maps"), events3 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, SHARDS);
+	__type(key, __u32);
+	__array(values, struct shard);
+} events SEC(".maps") = {
+#if SHARDS == 2
+	.values = { &events0, &events1 },
+#else
+	.values = { &events0, &events1, &events2, &events3 },
+#endif
+};
 #else
 OUTPUT_RINGBUF(events);
 #endif
@@ -95,6 +116,19 @@ int on_call(void *ctx)
 #ifdef IN_KERNEL_HISTOGRAM
 	histogram_observe(&getpid_values, bpf_get_current_cgroup_id(),
 			  bpf_ktime_get_ns() & 0xfffff, 0, 20);
+#elif defined(SHARDS)
+	__u32 shard = bpf_get_smp_processor_id() % SHARDS;
+	void *ring = bpf_map_lookup_elem(&events, &shard);
+	struct record *r;
+
+	if (!ring)
+		return 0;
+	r = output_reserve(ring, sizeof(*r));
+	if (r) {
+		r->cgroup = bpf_get_current_cgroup_id();
+		r->value = bpf_ktime_get_ns() & 0xfffff;
+		output_submit_sized(ctx, ring, r, sizeof(*r));
+	}
 #elif defined(BATCH)
 	stage((struct record){ bpf_get_current_cgroup_id(), bpf_ktime_get_ns() & 0xfffff });
 #else
