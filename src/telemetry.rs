@@ -83,6 +83,10 @@ impl Telemetry {
             "How many times the program has run (kernel.bpf_stats_enabled=1)"
         );
         describe_counter!(
+            "ebpf_exporter_ebpf_program_recursion_misses_total",
+            "Runs the kernel skipped because a BPF program was already running on that CPU: events the program never saw (5.12+)"
+        );
+        describe_counter!(
             "ebpf_exporter_ring_records_total",
             "Records read from a ring buffer or perf event array"
         );
@@ -316,6 +320,8 @@ fn update_configs(running: &[Attached], failures: &[Failure]) {
             let id = p.id.to_string();
             gauge!("ebpf_exporter_ebpf_program_info", "config" => r.name.clone(), "program" => p.name, "tag" => p.tag, "id" => id.clone()).set(1.0);
             gauge!("ebpf_exporter_ebpf_program_attached", "id" => id.clone()).set(1.0);
+            counter!("ebpf_exporter_ebpf_program_recursion_misses_total", "id" => id.clone())
+                .absolute(p.recursion_misses);
             if stats_enabled {
                 gauge!("ebpf_exporter_ebpf_program_run_time_seconds", "id" => id.clone())
                     .set(p.run_time.as_secs_f64());

@@ -1,6 +1,7 @@
 //! Loss that adds up: a ring too small for the load on purpose, and every record is
 //! either aggregated or counted as dropped, at every stage, and the ring's fill gauge
-//! saw it full; a table map that fills shows in its fill gauge. Needs root and BPF.
+//! saw it full; a table map that fills shows in its fill gauge; runs the kernel skipped
+//! are counted per program. Needs root and BPF.
 
 mod common;
 
@@ -181,5 +182,83 @@ fn a_full_table_map_shows_in_its_fill_gauge() {
         ),
         Some(1.0),
         "{page}"
+    );
+}
+
+/// `count` as above, also printing; `nested`, on the raw tracepoint every print fires,
+/// prints too: its print fires it again on the same CPU while it runs, and the kernel
+/// skips that run and counts a recursion miss, one per getppid.
+const NESTED_C: &str = r#"
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include "maps.bpf.h"
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8);
+	__type(key, __u32);
+	__type(value, __u64);
+} callers_total SEC(".maps");
+SEC("tracepoint/syscalls/sys_enter_getppid")
+int count(void *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	map_increment(&callers_total, &tgid, 1);
+	bpf_printk("getppid");
+	return 0;
+}
+SEC("raw_tp/bpf_trace_printk")
+int nested(void *ctx)
+{
+	bpf_printk("nested");
+	return 0;
+}
+char LICENSE[] SEC("license") = "GPL";
+"#;
+
+/// Runs the kernel skipped (the program was already running on that CPU) are exported
+/// per program: events it never saw are not silent.
+#[test]
+fn runs_the_kernel_skipped_are_counted_per_program() {
+    if !test_support::privileged("runs_the_kernel_skipped_are_counted_per_program") {
+        return;
+    }
+    let dir = config_dir("nested", NESTED_C, TABLE_YAML, &[]);
+    let exporter = Exporter::start(
+        &[
+            "--config.dir",
+            dir.0.to_str().unwrap(),
+            "--config.names",
+            "nested",
+        ],
+        &dir.0.join("log"),
+    );
+    common::run_workload(None, &["getppid", "1000"]);
+    let page = exporter.metrics();
+    let id = |program: &str| {
+        let info = common::samples(&page, "ebpf_exporter_ebpf_program_info");
+        let labels = info
+            .iter()
+            .map(|(l, _)| *l)
+            .find(|l| l.contains(&format!("program=\"{program}\"")))
+            .unwrap_or_else(|| panic!("no {program}: {page}"));
+        let at = labels.find("id=\"").unwrap() + 4;
+        labels[at..at + labels[at..].find('"').unwrap()].to_string()
+    };
+    let misses = |program: &str| {
+        sample(
+            &page,
+            "ebpf_exporter_ebpf_program_recursion_misses_total",
+            &format!("id=\"{}\"", id(program)),
+        )
+    };
+    let calls: f64 = common::samples(&page, "ebpf_exporter_callers_total")
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
+    assert!(calls >= 1000.0, "{page}");
+    assert_eq!(misses("count"), Some(0.0), "{page}");
+    assert!(
+        misses("nested").is_some_and(|n| n >= 1000.0),
+        "every getppid's printk is a skipped run: {page}"
     );
 }

@@ -64,33 +64,7 @@ impl KprobeMultiLink {
     /// # Errors
     /// BPF_OBJ_GET_INFO_BY_FD fails.
     pub fn info(&self) -> io::Result<aya_obj::generated::bpf_prog_info> {
-        #[repr(C)]
-        struct InfoAttr {
-            bpf_fd: u32,
-            info_len: u32,
-            info: u64,
-        }
-        // SAFETY: bpf_prog_info is plain integers; all zeroes is valid.
-        let mut info: aya_obj::generated::bpf_prog_info = unsafe { std::mem::zeroed() };
-        let mut attr = InfoAttr {
-            bpf_fd: self.fd.as_raw_fd() as u32,
-            info_len: std::mem::size_of_val(&info) as u32,
-            info: &raw mut info as u64,
-        };
-        // SAFETY: `attr` points at `info`, which lives across the call and is
-        // `info_len` bytes long; the command returns no fd.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                aya_obj::generated::bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
-                &raw mut attr,
-                std::mem::size_of::<InfoAttr>() as u32,
-            )
-        };
-        if ret < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(info)
+        crate::prog_info::prog_info(self.fd.as_fd())
     }
 }
 

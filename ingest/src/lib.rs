@@ -18,6 +18,7 @@ mod loader;
 pub mod map_entries;
 pub mod memlock;
 mod perf;
+mod prog_info;
 pub mod refusal;
 mod ring;
 mod ringbuf;

@@ -6,6 +6,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
+use std::os::fd::AsFd;
 
 use crate::{
     attach::Attacher, elf, kconfig::KernelConfig, kprobe_multi, memlock, refusal, AttachPoint,
@@ -93,6 +94,9 @@ pub struct ProgramStats {
     pub run_time: std::time::Duration,
     /// Runs (needs `kernel.bpf_stats_enabled=1`).
     pub run_count: u64,
+    /// Runs the kernel skipped because a BPF program was already running on that CPU
+    /// (5.12+; always counted): events the program never saw.
+    pub recursion_misses: u64,
 }
 
 /// A loaded object whose programs are attached; dropping it detaches them.
@@ -515,26 +519,24 @@ impl LoadedObject {
     /// Id, tag and run statistics of each attached program.
     pub fn program_stats(&self) -> Vec<ProgramStats> {
         let through_aya = self.attached.iter().filter_map(|(name, _)| {
-            let info = self.ebpf.program(name)?.info().ok()?;
-            Some(ProgramStats {
-                name: name.clone(),
-                id: info.id(),
-                tag: format!("{:016x}", info.tag()),
-                run_time: info.run_time(),
-                run_count: info.run_count(),
-            })
+            let fd = self.ebpf.program(name)?.fd().ok()?;
+            Some((name, crate::prog_info::prog_info(fd.as_fd()).ok()?))
         });
-        let kprobe_multi = self.kprobe_multi_links.iter().filter_map(|link| {
-            let info = link.info().ok()?;
-            Some(ProgramStats {
-                name: link.program.clone(),
+        let kprobe_multi = self
+            .kprobe_multi_links
+            .iter()
+            .filter_map(|link| Some((&link.program, link.info().ok()?)));
+        through_aya
+            .chain(kprobe_multi)
+            .map(|(name, info)| ProgramStats {
+                name: name.clone(),
                 id: info.id,
                 tag: info.tag.iter().map(|b| format!("{b:02x}")).collect(),
                 run_time: std::time::Duration::from_nanos(info.run_time_ns),
                 run_count: info.run_cnt,
+                recursion_misses: info.recursion_misses,
             })
-        });
-        through_aya.chain(kprobe_multi).collect()
+            .collect()
     }
 }
 
