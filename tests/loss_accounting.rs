@@ -185,9 +185,10 @@ fn a_full_table_map_shows_in_its_fill_gauge() {
     );
 }
 
-/// `count` as above, also printing; `nested`, on the raw tracepoint every print fires,
-/// prints too: its print fires it again on the same CPU while it runs, and the kernel
-/// skips that run and counts a recursion miss, one per getppid.
+/// `count` as above, on getsid (the other tests here load getppid, and the calls of one
+/// would land in another's program), also printing; `nested`, on the raw tracepoint
+/// every print fires, prints too: its print fires it again on the same CPU while it
+/// runs, and the kernel skips that run and counts a recursion miss, one per call.
 const NESTED_C: &str = r#"
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -198,12 +199,12 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } callers_total SEC(".maps");
-SEC("tracepoint/syscalls/sys_enter_getppid")
+SEC("tracepoint/syscalls/sys_enter_getsid")
 int count(void *ctx)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	map_increment(&callers_total, &tgid, 1);
-	bpf_printk("getppid");
+	bpf_printk("getsid");
 	return 0;
 }
 SEC("raw_tp/bpf_trace_printk")
@@ -215,6 +216,14 @@ int nested(void *ctx)
 char LICENSE[] SEC("license") = "GPL";
 "#;
 
+const NESTED_YAML: &str = r#"
+metrics:
+  counters:
+    - name: callers_total
+      help: getsid calls by process
+      labels: [{ name: tgid, size: 4, decoders: [{ name: uint }] }]
+"#;
+
 /// Runs the kernel skipped (the program was already running on that CPU) are exported
 /// per program: events it never saw are not silent.
 #[test]
@@ -222,7 +231,7 @@ fn runs_the_kernel_skipped_are_counted_per_program() {
     if !test_support::privileged("runs_the_kernel_skipped_are_counted_per_program") {
         return;
     }
-    let dir = config_dir("nested", NESTED_C, TABLE_YAML, &[]);
+    let dir = config_dir("nested", NESTED_C, NESTED_YAML, &[]);
     let exporter = Exporter::start(
         &[
             "--config.dir",
@@ -232,7 +241,7 @@ fn runs_the_kernel_skipped_are_counted_per_program() {
         ],
         &dir.0.join("log"),
     );
-    common::run_workload(None, &["getppid", "1000"]);
+    common::run_workload(None, &["getsid", "1000"]);
     let page = exporter.metrics();
     let id = |program: &str| {
         let info = common::samples(&page, "ebpf_exporter_ebpf_program_info");
