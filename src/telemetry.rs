@@ -84,7 +84,7 @@ impl Telemetry {
         );
         describe_counter!(
             "ebpf_exporter_ebpf_program_recursion_misses_total",
-            "Runs the kernel skipped because a BPF program was already running on that CPU: events the program never saw (5.12+)"
+            "Runs the kernel skipped because the program was already running on that CPU: events the program never saw (5.12+)"
         );
         describe_counter!(
             "ebpf_exporter_ring_records_total",

@@ -38,6 +38,7 @@ pub struct StreamStats {
 }
 
 /// A worker's series of one metric.
+#[derive(Default)]
 struct Local {
     index: FxHashMap<SeriesKey, u32>,
     slots: Vec<Slot>,
@@ -107,17 +108,6 @@ impl Local {
             // bounded.
             spilled.push(slot);
             Found::Spilled(spilled.len() as u32 - 1)
-        }
-    }
-}
-
-impl Default for Local {
-    fn default() -> Self {
-        Self {
-            index: FxHashMap::default(),
-            slots: Vec::new(),
-            last: None,
-            key: SeriesKey::zeroed(0),
         }
     }
 }

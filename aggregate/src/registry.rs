@@ -78,17 +78,19 @@ pub(crate) struct SeriesKey {
     pub(crate) bytes: [u8; MAX_KEY],
 }
 
-impl SeriesKey {
-    /// A key of `pod` with every byte zero: keys are built over it, so bytes past `len`
-    /// stay zero (which lets keys compare by whole words).
-    pub(crate) fn zeroed(pod: u32) -> Self {
+/// Every byte zero: keys are built over it, so bytes past `len` stay zero (which lets
+/// keys compare by whole words).
+impl Default for SeriesKey {
+    fn default() -> Self {
         Self {
-            pod,
+            pod: 0,
             len: 0,
             bytes: [0; MAX_KEY],
         }
     }
+}
 
+impl SeriesKey {
     #[inline]
     fn word(&self, w: usize) -> u64 {
         u64::from_ne_bytes(self.bytes[w * 8..w * 8 + 8].try_into().unwrap())

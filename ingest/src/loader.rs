@@ -94,7 +94,7 @@ pub struct ProgramStats {
     pub run_time: std::time::Duration,
     /// Runs (needs `kernel.bpf_stats_enabled=1`).
     pub run_count: u64,
-    /// Runs the kernel skipped because a BPF program was already running on that CPU
+    /// Runs the kernel skipped because the program was already running on that CPU
     /// (5.12+; always counted): events the program never saw.
     pub recursion_misses: u64,
 }
