@@ -61,7 +61,9 @@ struct {
 	__type(value, __u64);
 } tcp_connect_errors_total SEC(".maps");
 
-OUTPUT_RINGBUF(events);
+/* Batched: staged per CPU, so a node connecting on many CPUs at once does not queue on
+ * one ring's lock (a quiet CPU's records are flushed by the exporter's timer). */
+OUTPUT_RINGBUF_BATCHED(events);
 
 /* raw_tp, not tracepoint/: attaching it needs no perf event, which Debian's and Ubuntu's
  * kernels refuse without CAP_SYS_ADMIN. The arguments (sock, old state, new state) are
@@ -92,7 +94,7 @@ int tcp_connect_state(struct bpf_raw_tracepoint_args *ctx)
 	if (!start)
 		return 0;
 	if (newstate == TCP_ESTABLISHED) {
-		struct tcp_connect_record *rec = output_reserve(&events, sizeof(*rec));
+		struct tcp_connect_record *rec = OUTPUT_RESERVE(events, sizeof(*rec));
 		if (rec) {
 			__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 

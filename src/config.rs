@@ -282,6 +282,9 @@ pub struct PipelineConfig {
     pub batch_bytes: usize,
     /// How often rings are drained when no wakeup came, in milliseconds.
     pub drain_interval_ms: u64,
+    /// How often records that CPUs staged for a batched ring (`OUTPUT_RINGBUF_BATCHED`)
+    /// are written out, in milliseconds: the most a record of a quiet CPU waits.
+    pub flush_interval_ms: u64,
     /// Size of every ring read, in bytes (power of two, multiple of the page size).
     pub ring_bytes: u32,
     /// Unread bytes at which a program wakes the reader (default: a quarter ring).
@@ -337,6 +340,7 @@ impl Default for PipelineConfig {
             queue_batches: 1024,
             batch_bytes: 64 * 1024,
             drain_interval_ms: 10,
+            flush_interval_ms: 100,
             ring_bytes: 4 * 1024 * 1024,
             wakeup_bytes: None,
             perf_pages: 256,
@@ -662,6 +666,7 @@ impl Config {
         check("pipeline.queue_batches", p.queue_batches as u64, 1, 1 << 20);
         check("pipeline.batch_bytes", p.batch_bytes as u64, 4096, 16 << 20);
         check("pipeline.drain_interval_ms", p.drain_interval_ms, 1, 10_000);
+        check("pipeline.flush_interval_ms", p.flush_interval_ms, 1, 10_000);
         check("pipeline.max_series", p.max_series as u64, 1, 10_000_000);
         check("pipeline.perf_pages", p.perf_pages as u64, 1, 1 << 16);
         let w = &self.web;

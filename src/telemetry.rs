@@ -92,7 +92,7 @@ impl Telemetry {
         );
         describe_counter!(
             "ebpf_exporter_ring_reserve_failures_total",
-            "Records a program could not write because its ring was full, summed over CPUs"
+            "Records a program could not write because its ring was full (or, in a batched ring, its CPU's staging was held by a record it interrupted), summed over CPUs"
         );
         describe_gauge!(
             "ebpf_exporter_ring_fill_ratio",
@@ -101,6 +101,10 @@ impl Telemetry {
         describe_counter!(
             "ebpf_exporter_ring_lost_records_total",
             "Records the kernel reports lost because a perf buffer was full"
+        );
+        describe_counter!(
+            "ebpf_exporter_ring_flush_errors_total",
+            "Times a batched ring's per-CPU staged records could not be written out on the timer (they wait for a full batch)"
         );
         describe_counter!(
             "ebpf_exporter_ingest_queue_dropped_records_total",
@@ -177,6 +181,10 @@ impl Telemetry {
         describe_gauge!(
             "ebpf_exporter_queue_depth_batches",
             "Batches waiting in a queue between stages"
+        );
+        describe_counter!(
+            "ebpf_exporter_ring_samples_total",
+            "Ring samples read: one a record, or one a batch of staged records in a batched ring (records per sample = records / samples)"
         );
         describe_counter!(
             "ebpf_exporter_ring_batches_total",
@@ -259,11 +267,14 @@ impl Telemetry {
         for (program, ring, s) in self.rings.lock().iter() {
             let labels = [("program", program.clone()), ("ring", ring.clone())];
             counter!("ebpf_exporter_ring_records_total", &labels).absolute(s.records.load(Relaxed));
+            counter!("ebpf_exporter_ring_samples_total", &labels).absolute(s.samples.load(Relaxed));
             counter!("ebpf_exporter_ring_batches_total", &labels).absolute(s.batches.load(Relaxed));
             counter!("ebpf_exporter_ring_lost_records_total", &labels)
                 .absolute(s.kernel_lost.load(Relaxed));
             counter!("ebpf_exporter_ingest_queue_dropped_records_total", &labels)
                 .absolute(s.queue_dropped.load(Relaxed));
+            counter!("ebpf_exporter_ring_flush_errors_total", &labels)
+                .absolute(s.flush_errors.load(Relaxed));
             gauge!("ebpf_exporter_ring_fill_ratio", &labels).set(s.take_fill_peak());
         }
     }

@@ -159,6 +159,7 @@ pub fn prepare(
         ..Failure::new(&src.name, Stage::Load, message)
     };
     let drain = Duration::from_millis(p.drain_interval_ms.max(1));
+    let flush = Duration::from_millis(p.flush_interval_ms.max(1));
     let (mut streams, mut readers, mut spans) = (Vec::new(), Vec::new(), Vec::new());
     // Metric streams, then span streams (whose plan the span stage shares).
     let plans = std::mem::take(&mut running.plan.streams)
@@ -180,6 +181,9 @@ pub fn prepare(
             .map_err(|e| fail(format!("{}{e}", src.at)))?
         {
             StreamMap::Ring(ring) => RingReader::new(&label, ring, id, p.batch_bytes, drain),
+            StreamMap::Batched(ring, staging) => {
+                RingReader::batched(&label, ring, staging, id, p.batch_bytes, (drain, flush))
+            }
             StreamMap::Perf(array) => {
                 RingReader::perf(&label, array, p.perf_pages, id, p.batch_bytes, drain)
                     .map_err(|e| fail(format!("{}{e}", src.at)))?

@@ -33,7 +33,7 @@ impl CgroupEvents {
         let mut object = loader.load("cgroup_events", bytes, &opts)?;
         match object.take_stream(RING)? {
             StreamMap::Ring(ring) => Ok(Self { object, ring }),
-            StreamMap::Perf(_) => Err(IngestError::Map {
+            StreamMap::Perf(_) | StreamMap::Batched(..) => Err(IngestError::Map {
                 object: "cgroup_events".into(),
                 map: RING.into(),
                 problem: Box::new(crate::MapProblem::NotARing),

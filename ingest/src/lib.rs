@@ -22,6 +22,7 @@ mod prog_info;
 pub mod refusal;
 mod ring;
 mod ringbuf;
+mod staging;
 mod table;
 pub mod usdt;
 
@@ -33,6 +34,7 @@ pub use cgroup_events::CgroupEvents;
 pub use loader::{perf_event_paranoid, LoadOptions, LoadedObject, Loader, ProgramStats, StreamMap};
 pub use ring::{RingReader, RingStats};
 pub use ringbuf::RingConsumer;
+pub use staging::Staging;
 pub use table::{TableContents, TableError};
 
 /// Each program of an object: (function name, attach-point section).
@@ -118,6 +120,8 @@ pub enum MapProblem {
     NoInfo,
     #[error("cannot map the ring: {0}")]
     Mmap(#[source] std::io::Error),
+    #[error("per-CPU staging of a batched ring: {0}")]
+    Staging(#[source] std::io::Error),
     #[error(transparent)]
     Info(#[from] aya::maps::MapError),
     #[error(transparent)]

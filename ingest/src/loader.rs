@@ -6,11 +6,11 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
 };
 use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use crate::{
     attach::Attacher, elf, kconfig::KernelConfig, kprobe_multi, memlock, refusal, AttachPoint,
-    IngestError, MapProblem, RingConsumer,
+    IngestError, MapProblem, RingConsumer, Staging,
 };
 
 /// The map libbpf's `<bpf/usdt.bpf.h>` reads each USDT site's argument spec from.
@@ -22,6 +22,10 @@ pub(crate) const USDT_IPS: &str = "__bpf_usdt_ip_to_spec_id";
 const DROPS_MAP: &str = "ringbuf_drops";
 /// Global that `output.bpf.h` reads to decide when a submit wakes the reader.
 const WAKEUP_GLOBAL: &str = "output_wakeup_bytes";
+/// A batched ring `<ring>`'s per-CPU staging map is `<ring>__staged`...
+const STAGED_SUFFIX: &str = "__staged";
+/// ...and its flush program `<ring>__flush` (section `raw_tp`, never attached).
+const FLUSH_SUFFIX: &str = "__flush";
 
 /// How to load an object.
 #[derive(Debug, Clone)]
@@ -77,6 +81,8 @@ impl<'a> Loader<'a> {
 pub enum StreamMap {
     /// A mapped ring buffer.
     Ring(RingConsumer),
+    /// A mapped ring buffer whose samples are batches of records staged per CPU.
+    Batched(RingConsumer, Staging),
     /// A perf event array.
     Perf(MapData),
 }
@@ -112,6 +118,8 @@ pub struct LoadedObject {
     _semaphore_links: Vec<(std::os::fd::OwnedFd, Option<std::os::fd::OwnedFd>)>,
     /// kprobe programs loaded and linked beside aya: attached while held.
     kprobe_multi_links: Vec<kprobe_multi::KprobeMultiLink>,
+    /// Batched rings and their loaded flush programs.
+    flushes: Vec<(String, OwnedFd)>,
 }
 
 impl std::fmt::Debug for LoadedObject {
@@ -310,6 +318,41 @@ fn refused_map_errno(e: &aya::EbpfError) -> Option<i32> {
     }
 }
 
+/// Loads each batched ring's flush program (never attached: the reader runs it on a
+/// CPU) and keeps its descriptor, by ring.
+fn load_flushes(
+    ebpf: &mut Ebpf,
+    object: &str,
+    programs: &[String],
+) -> Result<Vec<(String, OwnedFd)>, IngestError> {
+    let mut out = Vec::new();
+    for program in programs {
+        let failed = |e: ProgramError| IngestError::Program {
+            object: object.into(),
+            program: program.clone(),
+            section: "raw_tp".into(),
+            action: "load",
+            reason: refusal::Reason::Kernel,
+            detail: format!(": {}", program_error(&e)),
+        };
+        let p: &mut aya::programs::RawTracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| failed(ProgramError::NotLoaded))?
+            .try_into()
+            .map_err(failed)?;
+        p.load().map_err(failed)?;
+        let fd = p
+            .fd()
+            .map_err(failed)?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| failed(ProgramError::IOError(e)))?;
+        let ring = program.strip_suffix(FLUSH_SUFFIX).unwrap_or(program);
+        out.push((ring.to_string(), fd));
+    }
+    Ok(out)
+}
+
 impl LoadedObject {
     /// Loads `bytes` (ELF with BTF) and attaches each program at its section's attach point.
     ///
@@ -322,8 +365,12 @@ impl LoadedObject {
         bytes: &[u8],
         opts: &LoadOptions,
     ) -> Result<Self, IngestError> {
-        let mut points = Vec::new();
+        let (mut points, mut flush_programs) = (Vec::new(), Vec::new());
         for (program, section) in program_sections(name, bytes)? {
+            if section == "raw_tp" && program.ends_with(FLUSH_SUFFIX) {
+                flush_programs.push(program);
+                continue;
+            }
             let point = AttachPoint::from_section(&section).map_err(|source| {
                 IngestError::UnknownSection {
                     object: name.into(),
@@ -363,6 +410,7 @@ impl LoadedObject {
             source: Box::new(e),
         })?;
         write_entries(&ebpf, name, &map_keys, &[], &opts.map_entries)?;
+        let flushes = load_flushes(&mut ebpf, name, &flush_programs)?;
         let mut attacher = Attacher::new(name, loader.btf, &prepared);
         let (mut attached, mut skipped) = (Vec::new(), Vec::new());
         for (program, section, point) in points {
@@ -384,6 +432,7 @@ impl LoadedObject {
             skipped,
             _semaphore_links: attacher.semaphore_links,
             kprobe_multi_links: attacher.multi_links,
+            flushes,
         })
     }
 
@@ -430,13 +479,33 @@ impl LoadedObject {
     /// The map is missing, is neither kind, or cannot be mapped.
     pub fn take_stream(&mut self, map: &str) -> Result<StreamMap, IngestError> {
         match self.ebpf.take_map(map) {
-            Some(Map::RingBuf(data)) => RingConsumer::new(data)
-                .map(StreamMap::Ring)
-                .map_err(|e| self.map_error(map, MapProblem::Mmap(e))),
+            Some(Map::RingBuf(data)) => {
+                let ring = RingConsumer::new(data)
+                    .map_err(|e| self.map_error(map, MapProblem::Mmap(e)))?;
+                match self.take_staging(map)? {
+                    Some(staging) => Ok(StreamMap::Batched(ring, staging)),
+                    None => Ok(StreamMap::Ring(ring)),
+                }
+            }
             Some(Map::PerfEventArray(data)) => Ok(StreamMap::Perf(data)),
             Some(_) => Err(self.map_error(map, MapProblem::NotAStream)),
             None => Err(self.map_error(map, MapProblem::Missing)),
         }
+    }
+
+    /// The per-CPU staging of ring `map`, where the object batches it.
+    fn take_staging(&mut self, map: &str) -> Result<Option<Staging>, IngestError> {
+        let Some(i) = self.flushes.iter().position(|(ring, _)| ring == map) else {
+            return Ok(None);
+        };
+        let (_, flush) = self.flushes.swap_remove(i);
+        let staged = format!("{map}{STAGED_SUFFIX}");
+        let Some(Map::PerCpuArray(data)) = self.ebpf.take_map(&staged) else {
+            return Err(self.map_error(&staged, MapProblem::Missing));
+        };
+        Staging::new(data, flush)
+            .map(Some)
+            .map_err(|e| self.map_error(&staged, MapProblem::Staging(e)))
     }
 
     /// A map's key size in bytes, as the kernel has it from the object's BTF, and

@@ -2,7 +2,9 @@
 //!
 //! Ring buffers are drained on readiness and on a short timer: programs submit
 //! without waking the reader until enough data waits (see `output.bpf.h`), so the
-//! timer bounds latency on a quiet ring. Perf event arrays (kernels before 5.8, or
+//! timer bounds latency on a quiet ring. A batched ring's samples each hold a batch of
+//! records in the ring's own framing; on a second, longer timer the reader writes out
+//! what CPUs staged (see `staging.rs`) and drains. Perf event arrays (kernels before 5.8, or
 //! configs that use them) are drained on the timer only: aya's perf buffers ask for a
 //! wakeup once half full (see `perf.rs`), so the timer bounds latency there too.
 
@@ -18,19 +20,27 @@ use aya::maps::MapData;
 use crossbeam_channel::{Sender, TrySendError};
 use tokio::{io::unix::AsyncFd, sync::watch};
 
-use crate::{batch::BatchBuilder, perf::PerfBuffers, Batch, IngestError, RingConsumer};
+use crate::{
+    batch::{BatchBuilder, Records},
+    perf::PerfBuffers,
+    Batch, IngestError, RingConsumer, Staging,
+};
 
 /// Counters of one reader, read by the exposition.
 #[derive(Debug, Default)]
 pub struct RingStats {
     /// Records read.
     pub records: AtomicU64,
+    /// Ring samples read: one a record, but one a batch of records in a batched ring.
+    pub samples: AtomicU64,
     /// Batches handed downstream.
     pub batches: AtomicU64,
     /// Records lost because the downstream queue was full.
     pub queue_dropped: AtomicU64,
     /// Records the kernel reported lost (perf buffers full).
     pub kernel_lost: AtomicU64,
+    /// Times a batched ring's staging could not be flushed (the error is logged).
+    pub flush_errors: AtomicU64,
     /// The fullest the ring (or a CPU's perf buffer) was when a drain began, in
     /// millionths, since [`RingStats::take_fill_peak`] last read it.
     fill_peak_ppm: AtomicU64,
@@ -55,6 +65,12 @@ enum Source {
     Perf(PerfBuffers),
 }
 
+/// A batched ring's staging and how often to flush it.
+struct Flush {
+    staging: Staging,
+    interval: Duration,
+}
+
 enum Polled {
     Ring(AsyncFd<RingConsumer>),
     Perf(AsyncFd<PerfBuffers>),
@@ -66,6 +82,7 @@ pub struct RingReader {
     source: Source,
     builder: BatchBuilder,
     drain_interval: Duration,
+    flush: Option<Flush>,
     stats: Arc<RingStats>,
 }
 
@@ -127,8 +144,27 @@ impl RingReader {
             source,
             builder: BatchBuilder::new(stream, batch_bytes),
             drain_interval,
+            flush: None,
             stats: Arc::default(),
         }
+    }
+
+    /// Reads a batched ring (`StreamMap::Batched`): each sample a batch of records,
+    /// and what CPUs staged written out every `flush_interval`.
+    pub fn batched(
+        name: &str,
+        ring: RingConsumer,
+        staging: Staging,
+        stream: u32,
+        batch_bytes: usize,
+        (drain_interval, flush_interval): (Duration, Duration),
+    ) -> Self {
+        let mut reader = Self::new(name, ring, stream, batch_bytes, drain_interval);
+        reader.flush = Some(Flush {
+            staging,
+            interval: flush_interval,
+        });
+        reader
     }
 
     /// The reader's counters.
@@ -157,12 +193,21 @@ impl RingReader {
         };
         let mut tick = tokio::time::interval(self.drain_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut flush = self.flush.take();
+        let batched = flush.is_some();
+        // (A ring without staging never polls this timer.)
+        let mut flush_tick = tokio::time::interval(
+            flush
+                .as_ref()
+                .map_or(Duration::from_secs(3600), |f| f.interval),
+        );
+        flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             match &mut source {
                 Polled::Ring(ring) => tokio::select! {
                     ready = ring.readable_mut() => match ready {
                         Ok(mut guard) => {
-                            drain_ring(guard.get_inner_mut(), &mut self.builder, &tx, &self.stats);
+                            drain_ring(guard.get_inner_mut(), batched, &mut self.builder, &tx, &self.stats);
                             guard.clear_ready();
                         }
                         Err(e) => {
@@ -170,7 +215,11 @@ impl RingReader {
                             tick.tick().await;
                         }
                     },
-                    _ = tick.tick() => drain_ring(ring.get_mut(), &mut self.builder, &tx, &self.stats),
+                    _ = tick.tick() => drain_ring(ring.get_mut(), batched, &mut self.builder, &tx, &self.stats),
+                    _ = flush_tick.tick(), if batched => {
+                        flush_staged(&mut flush, &self.name, &self.stats);
+                        drain_ring(ring.get_mut(), batched, &mut self.builder, &tx, &self.stats);
+                    }
                     _ = shutdown.changed() => break,
                 },
                 Polled::Perf(buffers) => tokio::select! {
@@ -191,7 +240,10 @@ impl RingReader {
             }
         }
         match &mut source {
-            Polled::Ring(ring) => drain_ring(ring.get_mut(), &mut self.builder, &tx, &self.stats),
+            Polled::Ring(ring) => {
+                flush_staged(&mut flush, &self.name, &self.stats);
+                drain_ring(ring.get_mut(), batched, &mut self.builder, &tx, &self.stats);
+            }
             Polled::Perf(buffers) => {
                 drain_perf(buffers.get_mut(), &mut self.builder, &tx, &self.stats)
             }
@@ -199,28 +251,59 @@ impl RingReader {
     }
 }
 
-/// Copies every ready record into batches (one copy per run of records) and sends
-/// them; full queues count drops.
+/// Writes out what the CPUs staged for a batched ring (errors counted; the first logged).
+fn flush_staged(flush: &mut Option<Flush>, ring: &str, stats: &RingStats) {
+    let Some(flush) = flush else {
+        return;
+    };
+    if let Err(e) = flush.staging.flush() {
+        if stats.flush_errors.fetch_add(1, Relaxed) == 0 {
+            tracing::error!(ring, error = %e, "cannot flush the ring's staged records; they wait for a full batch");
+        }
+    }
+}
+
+/// Copies every ready record into batches (one copy per run of records; in a batched
+/// ring one per sample, each a batch already) and sends them; full queues count drops.
 fn drain_ring(
     ring: &mut RingConsumer,
+    batched: bool,
     builder: &mut BatchBuilder,
     tx: &Sender<Batch>,
     stats: &RingStats,
 ) {
     stats.note_fill(ring.fill());
-    let mut records = 0u64;
+    let (mut records, mut samples) = (0u64, 0u64);
     loop {
+        let (mut staged, mut batches) = (0u64, 0u64);
         let n = ring.drain(builder.room().max(64), |run, count| {
-            builder.push_framed(run, count);
-            if builder.is_full() {
-                send(builder.take(), tx, stats);
+            let mut push = |framed: &[u8], count: u32| {
+                builder.push_framed(framed, count);
+                if builder.is_full() {
+                    send(builder.take(), tx, stats);
+                }
+            };
+            if batched {
+                for sample in Records::new(run) {
+                    let count = Records::new(sample).count() as u32;
+                    staged += u64::from(count);
+                    batches += 1;
+                    push(sample, count);
+                }
+            } else {
+                push(run, count);
             }
         });
         if n == 0 {
             break;
         }
-        records += n;
+        (records, samples) = if batched {
+            (records + staged, samples + batches)
+        } else {
+            (records + n, samples + n)
+        };
     }
+    stats.samples.fetch_add(samples, Relaxed);
     finish(records, builder, tx, stats);
 }
 
@@ -243,6 +326,7 @@ fn drain_perf(
             stats.kernel_lost.fetch_add(lost, Relaxed);
         },
     );
+    stats.samples.fetch_add(records, Relaxed);
     finish(records, builder, tx, stats);
 }
 

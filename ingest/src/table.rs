@@ -54,6 +54,17 @@ pub(crate) fn update_elem(map_fd: i32, key: &[u8], value: &[u8]) -> std::io::Res
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
 }
 
+/// Reads `key`'s value into `value` (per-CPU maps: every possible CPU's, 8-byte strides).
+pub(crate) fn lookup_elem(map_fd: i32, key: &[u8], value: &mut [u8]) -> std::io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: map_fd as u32,
+        key: key.as_ptr() as u64,
+        value_or_next_key: value.as_mut_ptr() as u64,
+        ..ElemAttr::default()
+    };
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr)
+}
+
 /// Why a table map cannot be read or pruned.
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {

@@ -2,7 +2,8 @@
 //! CPU 1. Runs, side by side: no probe; the exporter (events aggregated into a
 //! histogram with pod labels); the floor (a minimal libbpf consumer that only counts
 //! records, benchmark/floor/floor.c, same object); the floor again with the program
-//! staging records per CPU and writing 32 to a ring sample; bpftrace aggregating the same probe
+//! staging records per CPU and writing 32 to a ring sample; the exporter on the product's
+//! batched ring (`OUTPUT_RINGBUF_BATCHED`); bpftrace aggregating the same probe
 //! in the kernel with hist(); the exporter again with perf event arrays (the fallback
 //! for kernels without ring buffers); the exporter reading an in-kernel histogram the
 //! same hook fills (cloudflare/ebpf_exporter's way: a hash map per cgroup and bucket,
@@ -218,8 +219,8 @@ fn start_exporter(exporter: &Path, dir: &Path, config: &str, addr: &str, output:
     child
 }
 
-/// The exporter on config `config`: `e2e` streams records, `e2ehist` reads the
-/// histogram the kernel counts (delivered: that histogram's count).
+/// The exporter on config `config`: `e2e` streams records (`e2eb` through a batched
+/// ring), `e2ehist` reads the histogram the kernel counts (delivered: its count).
 fn exporter_run(
     exporter: &Path,
     dir: &Path,
@@ -239,10 +240,10 @@ fn exporter_run(
     let _ = child.kill();
     let _ = child.wait();
     let delta = |p: &str| metric(&after, p) - metric(&before, p);
-    let counted = if config == "e2e" {
-        "ebpf_exporter_aggregate_records_total"
-    } else {
+    let counted = if config == "e2ehist" {
         "ebpf_exporter_getpid_values_count"
+    } else {
+        "ebpf_exporter_aggregate_records_total"
     };
     Run {
         delivered: delta(counted),
@@ -406,6 +407,10 @@ fn round(s: &Setup, p: Producers, secs: f64) -> Vec<Row> {
         ),
         ("bpftrace", bpftrace_run(p, secs)),
         (
+            "exp. batched",
+            Some(exporter_run(exporter, dir, "e2eb", "ringbuf", p, secs)),
+        ),
+        (
             "exp. perf",
             Some(exporter_run(exporter, dir, "e2e", "perf", p, secs)),
         ),
@@ -438,18 +443,21 @@ fn round(s: &Setup, p: Producers, secs: f64) -> Vec<Row> {
 /// event against the floor's; its kernel-side added ns and whole cost per event (kernel
 /// plus user space) against the in-kernel histogram's, whose user-space cost is a
 /// scrape's, not an event's; batched records' kernel-side added ns against one record
-/// a sample's and against the in-kernel histogram's.
-fn ratios(rows: &[Row]) -> [f64; 6] {
+/// a sample's and against the in-kernel histogram's; the exporter on a batched ring:
+/// kernel side and whole cost against the in-kernel histogram's, user space against
+/// the batched floor's.
+fn ratios(rows: &[Row]) -> [f64; 9] {
     let row = |name: &str| {
         rows.iter()
             .find(|r| r.0 == name)
             .map_or((f64::NAN, f64::NAN), |r| (r.1, r.2))
     };
-    let (e, f, h, b) = (
+    let (e, f, h, b, eb) = (
         row("exporter"),
         row("floor"),
         row("kernel hist"),
         row("floor x32"),
+        row("exp. batched"),
     );
     [
         e.0 / f.0,
@@ -458,10 +466,13 @@ fn ratios(rows: &[Row]) -> [f64; 6] {
         (e.0 + e.1) / h.0,
         b.0 / f.0,
         b.0 / h.0,
+        eb.0 / h.0,
+        (eb.0 + eb.1) / h.0,
+        eb.1 / b.1,
     ]
 }
 
-fn print_ratios(r: [f64; 6], what: &str) {
+fn print_ratios(r: [f64; 9], what: &str) {
     println!(
         "{what}: exporter / floor: kernel-side added ns {:.2}x, user-space ns per event {:.2}x",
         r[0], r[1]
@@ -473,6 +484,10 @@ fn print_ratios(r: [f64; 6], what: &str) {
     println!(
         "{what}: {BATCH} records a sample, kernel-side added ns: {:.2}x one a sample, {:.2}x the in-kernel histogram",
         r[4], r[5]
+    );
+    println!(
+        "{what}: exporter on a batched ring / in-kernel histogram: kernel-side added ns {:.2}x, kernel plus user space per event {:.2}x; user-space ns per event {:.2}x the batched floor's",
+        r[6], r[7], r[8]
     );
 }
 
@@ -539,6 +554,14 @@ fn main() {
         "perf.bpf.o",
     );
     std::fs::write(dir.join("e2e.yaml"), CONFIG).unwrap();
+    benchmark::compile_bpf_with(
+        &dir,
+        "e2eb",
+        test_support::GETPID_RING,
+        &["-DBATCHED_OUTPUT"],
+        "bpf.o",
+    );
+    std::fs::write(dir.join("e2eb.yaml"), CONFIG).unwrap();
     benchmark::compile_bpf_with(
         &dir,
         "e2ehist",

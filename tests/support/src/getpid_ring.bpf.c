@@ -8,7 +8,9 @@
  * against). With -DBATCH=<n> records are staged per CPU and written n at a time, one
  * ring sample of n records (a kernel-side cost streaming could trade for latency).
  * With -DSHARDS=<n> (2 or 4) each CPU writes to one of n rings, events0 to events<n-1>
- * (its number modulo n), through array of maps `events`: rings sharded by CPU. */
+ * (its number modulo n), through array of maps `events`: rings sharded by CPU.
+ * With -DBATCHED_OUTPUT ring `events` is output.bpf.h's batched ring (records staged
+ * per CPU, flushed by the exporter): the product's way of batching. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include "output.bpf.h"
@@ -55,6 +57,8 @@ struct {
 	.values = { &events0, &events1, &events2, &events3 },
 #endif
 };
+#elif defined(BATCHED_OUTPUT)
+OUTPUT_RINGBUF_BATCHED(events);
 #else
 OUTPUT_RINGBUF(events);
 #endif
@@ -132,7 +136,7 @@ int on_call(void *ctx)
 #elif defined(BATCH)
 	stage((struct record){ bpf_get_current_cgroup_id(), bpf_ktime_get_ns() & 0xfffff });
 #else
-	struct record *r = output_reserve(&events, sizeof(*r));
+	struct record *r = OUTPUT_RESERVE(events, sizeof(*r));
 
 	if (r) {
 		r->cgroup = bpf_get_current_cgroup_id();
