@@ -7,7 +7,9 @@
 //! connections sending their header a byte a second) and a flood of connections beyond
 //! `web.max_connections`. Prints, per server and phase, Prometheus's own view (scrapes
 //! that succeeded, p50 and p99 of `scrape_duration_seconds`) and the server's CPU and
-//! peak RSS; then each server's p99 under load against its idle p99.
+//! peak RSS, and the machine's steal time (what the hypervisor took: on a shared VM the
+//! slowest of 59 scrapes often falls there); then each server's p99 under load
+//! against its idle p99.
 //!
 //! `cargo run --release -p benchmark --bin http_attack [seconds per phase] [phases]`
 //! [servers] (default 60 s, every phase, both servers; phases by number: 0 idle, 1-5
@@ -337,6 +339,24 @@ struct Figures {
     wrong: [u64; 3],
     /// Seconds the server took to quiet down after the load stopped.
     settled: u64,
+    /// Share of the machine's CPU time the hypervisor gave elsewhere (steal): a VM's
+    /// noise, which no server's code decides.
+    steal: f64,
+}
+
+/// The machine's CPU time so far, in ticks: (steal, all).
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|t| t.parse().unwrap_or(0))
+        .collect();
+    (ticks.get(7).copied().unwrap_or(0), ticks.iter().sum())
 }
 
 /// Waits (up to 2 minutes) until `server` uses under 5% of a CPU over a second;
@@ -365,14 +385,14 @@ fn phase(
     let wrong0 = attack.answers.each_ref().map(|a| a.load(Relaxed));
     let threads: Vec<_> = loads.iter().flat_map(|&l| attack.start(l)).collect();
     let own = || cpu_seconds(std::process::id());
-    let (t0, cpu0, own0) = (unix_now(), server.cpu(), own());
+    let (t0, cpu0, own0, ticks0) = (unix_now(), server.cpu(), own(), cpu_ticks());
     let mut rss = 0;
     let end = Instant::now() + Duration::from_secs(seconds);
     while Instant::now() < end {
         rss = rss.max(server.rss());
         std::thread::sleep(Duration::from_millis(500));
     }
-    let (t1, cpu1, own1) = (unix_now(), server.cpu(), own());
+    let (t1, cpu1, own1, ticks1) = (unix_now(), server.cpu(), own(), cpu_ticks());
     attack.stop.store(true, Relaxed);
     for t in threads {
         t.join().unwrap();
@@ -401,6 +421,7 @@ fn phase(
         rss_mib: rss as f64 / f64::from(1 << 20),
         wrong: std::array::from_fn(|i| attack.answers[i].load(Relaxed) - wrong0[i]),
         settled,
+        steal: (ticks1.0 - ticks0.0) as f64 / (ticks1.1 - ticks0.1).max(1) as f64,
     }
 }
 
@@ -448,7 +469,7 @@ fn main() {
     println!("Prometheus scraping every 1 s (timeout 1 s) over TLS + basic auth (bcrypt cost 10); {seconds} s per phase; {} CPUs",
         std::thread::available_parallelism().map_or(1, usize::from));
     println!(
-        "{:<14} {:<18} {:>8} {:>9} {:>8} {:>9} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8}  wrong pw: 401/503/none",
+        "{:<14} {:<18} {:>8} {:>9} {:>8} {:>9} {:>9} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7}  wrong pw: 401/503/none",
         "server",
         "load",
         "scrapes",
@@ -460,7 +481,8 @@ fn main() {
         "CPU %",
         "RSS MiB",
         "atk CPU%",
-        "settle s"
+        "settle s",
+        "steal%"
     );
     // A third picks servers by job name (ours, node_exporter).
     let only = std::env::args().nth(3);
@@ -505,7 +527,7 @@ fn main() {
                 String::new()
             };
             println!(
-                "{job:<14} {name:<18} {:>8.0} {:>8.1}% {:>8.0} {:>9.2} {:>9.2} {:>7.2} {:>8.1} {:>8.1} {:>8.1} {:>8}{wrong}",
+                "{job:<14} {name:<18} {:>8.0} {:>8.1}% {:>8.0} {:>9.2} {:>9.2} {:>7.2} {:>8.1} {:>8.1} {:>8.1} {:>8} {:>7.1}{wrong}",
                 f.scrapes,
                 f.success * 100.0,
                 f.connects,
@@ -516,6 +538,7 @@ fn main() {
                 f.rss_mib,
                 f.attack_cpu * 100.0,
                 f.settled,
+                f.steal * 100.0,
             );
         }
     }
