@@ -37,12 +37,15 @@ pub use ringbuf::RingConsumer;
 pub use staging::Staging;
 pub use table::{TableContents, TableError};
 
-/// Each program of an object: (function name, attach-point section).
+/// Each program an object attaches: (function name, attach-point section). Batched
+/// rings' flush programs are left out: they are run, never attached.
 ///
 /// # Errors
 /// The object does not parse.
 pub fn sections(object: &str, bytes: &[u8]) -> Result<Vec<(String, String)>, IngestError> {
-    loader::program_sections(object, bytes)
+    let mut all = loader::program_sections(object, bytes)?;
+    all.retain(|(program, section)| !loader::is_flush(program, section));
+    Ok(all)
 }
 
 /// Where the running kernel publishes its BTF.

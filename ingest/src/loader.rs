@@ -318,6 +318,11 @@ fn refused_map_errno(e: &aya::EbpfError) -> Option<i32> {
     }
 }
 
+/// Whether `program` in `section` is a batched ring's flush program (`output.bpf.h`).
+pub(crate) fn is_flush(program: &str, section: &str) -> bool {
+    section == "raw_tp" && program.ends_with(FLUSH_SUFFIX)
+}
+
 /// Loads each batched ring's flush program (never attached: the reader runs it on a
 /// CPU) and keeps its descriptor, by ring.
 fn load_flushes(
@@ -367,7 +372,7 @@ impl LoadedObject {
     ) -> Result<Self, IngestError> {
         let (mut points, mut flush_programs) = (Vec::new(), Vec::new());
         for (program, section) in program_sections(name, bytes)? {
-            if section == "raw_tp" && program.ends_with(FLUSH_SUFFIX) {
+            if is_flush(&program, &section) {
                 flush_programs.push(program);
                 continue;
             }
@@ -626,6 +631,13 @@ mod tests {
                     "raw_tp/inet_sock_set_state".to_string()
                 )
             ]
+        );
+        assert_eq!(
+            crate::sections("t", o.bytes).unwrap(),
+            vec![(
+                "tcp_connect_state".to_string(),
+                "raw_tp/inet_sock_set_state".to_string()
+            )]
         );
         assert!(program_sections("t", b"not elf")
             .unwrap_err()
