@@ -48,13 +48,18 @@ struct {
 	__type(value, __u64);
 } ringbuf_drops SEC(".maps");
 
-static __always_inline void output_count_drop(void)
+static __always_inline void output_count_drops(__u64 n)
 {
 	__u32 zero = 0;
 	__u64 *drops = bpf_map_lookup_elem(&ringbuf_drops, &zero);
 
 	if (drops)
-		*drops += 1;
+		*drops += n;
+}
+
+static __always_inline void output_count_drop(void)
+{
+	output_count_drops(1);
 }
 
 /* The reserve and submit of an output `name` that writes one record a sample (the
@@ -146,14 +151,18 @@ static __always_inline void *output_reserve(void *ring, __u64 size)
 	return record;
 }
 
+/* Wakes the reader only once enough data waits in `ring`. */
+static __always_inline __u64 output_wakeup_flags(void *ring)
+{
+	if (bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) >= output_wakeup_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
+
 /* Submits a reserved record, waking the reader only once enough data waits. */
 static __always_inline void output_submit_sized(void *ctx, void *ring, void *record, __u64 size)
 {
-	__u64 flags = BPF_RB_NO_WAKEUP;
-
-	if (bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) >= output_wakeup_bytes)
-		flags = BPF_RB_FORCE_WAKEUP;
-	bpf_ringbuf_submit(record, flags);
+	bpf_ringbuf_submit(record, output_wakeup_flags(ring));
 }
 
 /* Gives a reserved record back unwritten. */
@@ -205,13 +214,8 @@ static __always_inline void output_write_staged(void *ring, struct output_stagin
 
 	if (len == 0 || len > OUTPUT_BATCH_BYTES)
 		return;
-	if (bpf_ringbuf_output(ring, s->data, len, flags) < 0) {
-		__u32 zero = 0;
-		__u64 *drops = bpf_map_lookup_elem(&ringbuf_drops, &zero);
-
-		if (drops)
-			*drops += s->records;
-	}
+	if (bpf_ringbuf_output(ring, s->data, len, flags) < 0)
+		output_count_drops(s->records);
 	s->len = 0;
 	s->records = 0;
 }
@@ -232,11 +236,7 @@ static __always_inline void *output_stage(void *ring, void *staging, __u64 size)
 	}
 	len = s->len;
 	if (len > OUTPUT_BATCH_BYTES - OUTPUT_FRAME(size)) {
-		__u64 flags = BPF_RB_NO_WAKEUP;
-
-		if (bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) >= output_wakeup_bytes)
-			flags = BPF_RB_FORCE_WAKEUP;
-		output_write_staged(ring, s, flags);
+		output_write_staged(ring, s, output_wakeup_flags(ring));
 		len = 0;
 	}
 	head = (__u32 *)(s->data + len);
