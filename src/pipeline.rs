@@ -548,9 +548,7 @@ fn aggregate_worker(
         };
         // Held records come again later.
         let mine = |pod: &PodLabels| pod.id % shards == shard as u32;
-        let records: Vec<_> = e.records_where(mine).collect();
-        agg.observe_all(&records);
-        let n = records.len() as u64;
+        let n = agg.observe_all(e.records_where(mine));
         agg.flush_stats();
         stats.received.fetch_add(n, Relaxed);
         stats.processed.fetch_add(n, Relaxed);

@@ -46,13 +46,15 @@ struct Local {
     /// The key being built: each record writes the same label bytes over it, so it is
     /// zeroed once, not per record.
     key: SeriesKey,
+    /// This batch's records: where each one's series is, and its raw value.
+    found: Vec<(Found, u64)>,
+    /// This batch's series past the key limit.
+    spilled: Vec<Slot>,
 }
 
 /// Where pass one found a record's series.
 #[derive(Clone, Copy)]
 enum Found {
-    /// A short record (counted as malformed).
-    Skip,
     /// In the worker's slots.
     Local(u32),
     /// Resolved for this batch only (past the key limit).
@@ -63,18 +65,14 @@ impl Local {
     /// The series of `record` for metric `m`, resolving (and caching) a key seen for the
     /// first time.
     #[inline]
-    fn find(
-        &mut self,
-        m: &MetricPlan,
-        record: &[u8],
-        pod: &Arc<PodLabels>,
-        spilled: &mut Vec<Slot>,
-    ) -> Found {
+    fn find(&mut self, m: &MetricPlan, record: &[u8], pod: &Arc<PodLabels>) -> Found {
         let Local {
             index,
             slots,
             last,
             key,
+            spilled,
+            ..
         } = self;
         key.pod = pod.id;
         let mut at = 0;
@@ -113,6 +111,59 @@ impl Local {
 }
 
 impl Local {
+    /// Passes two and three over what pass one found: the counters each record adds
+    /// to, then the additions.
+    fn add(&self, m: &MetricPlan) {
+        let mut cells = Vec::with_capacity(self.found.len());
+        for &(found, raw) in &self.found {
+            let slot = match found {
+                Found::Local(i) => &self.slots[i as usize],
+                Found::Spilled(i) => &self.spilled[i as usize],
+            };
+            let series = match slot {
+                Slot::Series(s) => s,
+                Slot::Overflow(s) => {
+                    m.family.overflowed.fetch_add(1, Relaxed);
+                    s
+                }
+                Slot::Filtered => {
+                    m.family.filtered.fetch_add(1, Relaxed);
+                    continue;
+                }
+                Slot::Invalid(label) => {
+                    m.family.invalid[*label].fetch_add(1, Relaxed);
+                    continue;
+                }
+            };
+            let bucket = m
+                .family
+                .histogram
+                .then(|| &series.buckets[m.raw_bounds.bucket(raw)]);
+            let native = match (&m.family.native, &series.native) {
+                (Some(plan), Some(b)) => Some(b.cell(plan, raw)),
+                _ => None,
+            };
+            cells.push((&series.sum, raw, bucket, native));
+        }
+        if m.family.pod_labels {
+            // One writer per series (the pipeline shards by pod and every series
+            // names its pod): plain loads and stores, no locked instructions.
+            for &(sum, raw, bucket, native) in &cells {
+                for b in bucket.into_iter().chain(native) {
+                    b.store(b.load(Relaxed) + 1, Relaxed);
+                }
+                sum.store(sum.load(Relaxed).wrapping_add(raw), Relaxed);
+            }
+        } else {
+            for &(sum, raw, bucket, native) in &cells {
+                for b in bucket.into_iter().chain(native) {
+                    b.fetch_add(1, Relaxed);
+                }
+                sum.fetch_add(raw, Relaxed);
+            }
+        }
+    }
+
     /// Forgets series only this worker still holds (the registry expired them).
     fn drop_expired(&mut self) {
         let orphan = |s: &Slot| matches!(s, Slot::Series(series) if Arc::strong_count(series) == 1);
@@ -166,82 +217,42 @@ impl StreamAggregator {
 
     /// Adds one record, attributed to `pod`.
     pub fn observe(&mut self, record: &[u8], pod: &Arc<PodLabels>) {
-        self.observe_all(&[(record, pod)]);
+        self.observe_all([(record, pod)]);
     }
 
-    /// Adds a batch's records, each attributed to its pod. Each metric takes three
-    /// passes over them: every record's series, then the counters each record adds to,
-    /// then the additions. At 1,000 series and more every step is a cache miss (hash
-    /// entry, series, bucket array, native group, counter) that depends on the one
-    /// before; in short passes the misses of many records are in flight at once
-    /// instead of one after another.
-    pub fn observe_all(&mut self, records: &[(&[u8], &Arc<PodLabels>)]) {
+    /// Adds a batch's records, each attributed to its pod, in three passes: every
+    /// record's series (records are read once, in this pass: no list of them is
+    /// built), then per metric the counters each record adds to, then the additions.
+    /// At 1,000 series and more every step is a cache miss (hash entry, series, bucket
+    /// array, native group, counter) that depends on the one before; in short passes
+    /// the misses of many records are in flight at once instead of one after another.
+    /// Returns how many records it was given.
+    pub fn observe_all<'r>(
+        &mut self,
+        records: impl IntoIterator<Item = (&'r [u8], &'r Arc<PodLabels>)>,
+    ) -> u64 {
+        let (records_before, malformed_before) = (self.records, self.malformed);
         let size = self.plan.record_size;
-        let well = records.iter().filter(|(r, _)| r.len() >= size).count() as u64;
-        self.records += well;
-        self.malformed += records.len() as u64 - well;
-        let mut found = Vec::with_capacity(records.len());
-        for (m, local) in self.plan.metrics.iter().zip(&mut self.local) {
-            found.clear();
-            let mut spilled = Vec::new();
-            for &(record, pod) in records {
-                found.push(if record.len() < size {
-                    Found::Skip
-                } else {
-                    local.find(m, record, pod, &mut spilled)
-                });
+        for local in &mut self.local {
+            local.found.clear();
+            local.spilled.clear();
+        }
+        for (record, pod) in records {
+            if record.len() < size {
+                self.malformed += 1;
+                continue;
             }
-            let mut cells = Vec::with_capacity(records.len());
-            for (&(record, _), found) in records.iter().zip(&found) {
-                let slot = match *found {
-                    Found::Skip => continue,
-                    Found::Local(i) => &local.slots[i as usize],
-                    Found::Spilled(i) => &spilled[i as usize],
-                };
-                let series = match slot {
-                    Slot::Series(s) => s,
-                    Slot::Overflow(s) => {
-                        m.family.overflowed.fetch_add(1, Relaxed);
-                        s
-                    }
-                    Slot::Filtered => {
-                        m.family.filtered.fetch_add(1, Relaxed);
-                        continue;
-                    }
-                    Slot::Invalid(label) => {
-                        m.family.invalid[*label].fetch_add(1, Relaxed);
-                        continue;
-                    }
-                };
+            self.records += 1;
+            for (m, local) in self.plan.metrics.iter().zip(&mut self.local) {
                 let raw = m.value.map_or(1, |v| v.uint(record));
-                let bucket = m
-                    .family
-                    .histogram
-                    .then(|| &series.buckets[m.raw_bounds.bucket(raw)]);
-                let native = match (&m.family.native, &series.native) {
-                    (Some(plan), Some(b)) => Some(b.cell(plan, raw)),
-                    _ => None,
-                };
-                cells.push((&series.sum, raw, bucket, native));
-            }
-            if m.family.pod_labels {
-                // One writer per series (the pipeline shards by pod and every series
-                // names its pod): plain loads and stores, no locked instructions.
-                for &(sum, raw, bucket, native) in &cells {
-                    for b in bucket.into_iter().chain(native) {
-                        b.store(b.load(Relaxed) + 1, Relaxed);
-                    }
-                    sum.store(sum.load(Relaxed).wrapping_add(raw), Relaxed);
-                }
-            } else {
-                for &(sum, raw, bucket, native) in &cells {
-                    for b in bucket.into_iter().chain(native) {
-                        b.fetch_add(1, Relaxed);
-                    }
-                    sum.fetch_add(raw, Relaxed);
-                }
+                let found = local.find(m, record, pod);
+                local.found.push((found, raw));
             }
         }
+        for (m, local) in self.plan.metrics.iter().zip(&self.local) {
+            local.add(m);
+        }
+        self.records - records_before + self.malformed - malformed_before
     }
 
     /// Raw keys this worker caches (tests: memory stays bounded).

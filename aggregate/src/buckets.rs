@@ -109,6 +109,8 @@ pub struct RawBounds {
     /// For bounds that double each step: the bit length of the first, so a value's bit
     /// length gives its bucket to within one step.
     exp2_base: Option<u32>,
+    /// The bounds double exactly (no rounding): that one step is all there is.
+    exact: bool,
 }
 
 fn bits(x: u64) -> u32 {
@@ -123,8 +125,12 @@ impl RawBounds {
                 .windows(2)
                 .all(|w| w[1].abs_diff(w[0].saturating_mul(2)) <= 1)
             && bounds[0] > 0;
+        // With b[k] = b[0] * 2^k, a value of j more bits than b[0] lies above b[j - 1]
+        // and below b[j + 1].
+        let exact = doubling && bounds.windows(2).all(|w| w[0].checked_mul(2) == Some(w[1]));
         Self {
             exp2_base: doubling.then(|| bits(bounds[0])),
+            exact,
             bounds: bounds.into_boxed_slice(),
         }
     }
@@ -150,6 +156,9 @@ impl RawBounds {
         // The guess is the bucket or the one below: one step, decided by a compare the
         // compiler turns into arithmetic (a branch here mispredicts on half the events).
         i += usize::from(b.get(i).is_some_and(|&x| x < raw));
+        if self.exact {
+            return i;
+        }
         // Bounds off by one from exact doubling can leave another step either way.
         while i < b.len() && b[i] < raw {
             i += 1;
@@ -251,6 +260,22 @@ mod tests {
             let bounds: Vec<u64> = (0..n).map(|i| base.saturating_mul(1 << i.min(40))).collect();
             let rb = RawBounds::new(bounds.clone());
             for v in [raw, small, base, base.saturating_sub(1), base + 1] {
+                proptest::prop_assert_eq!(rb.bucket(v), bounds.partition_point(|&x| x < v));
+            }
+        }
+
+        /// So it does for bounds that double only to within one (rounded from scaled
+        /// bounds), at and next to every bound.
+        #[test]
+        fn exp2_search_matches_binary_search_off_by_one(base in 2u64..5000, n in 2usize..30, steps in proptest::num::u64::ANY, raw in proptest::num::u64::ANY) {
+            let mut bounds = vec![base];
+            for i in 1..n {
+                let step = (steps >> (2 * i)) % 3;
+                bounds.push((2 * bounds[i - 1] + step).saturating_sub(1));
+            }
+            let rb = RawBounds::new(bounds.clone());
+            let near = bounds.iter().flat_map(|&b| [b - 1, b, b + 1]);
+            for v in near.chain([raw, 0]) {
                 proptest::prop_assert_eq!(rb.bucket(v), bounds.partition_point(|&x| x < v));
             }
         }

@@ -34,11 +34,12 @@ impl Attributed {
         &self,
         keep: impl Fn(&PodLabels) -> bool,
     ) -> impl Iterator<Item = (&[u8], &Arc<PodLabels>)> {
-        let kept: Vec<bool> = self.pods.iter().map(|p| keep(p)).collect();
+        // One lookup per record: held records' index (`HELD`) is out of range.
+        let kept: Vec<Option<&Arc<PodLabels>>> =
+            self.pods.iter().map(|p| keep(p).then_some(p)).collect();
         self.batch
             .records()
             .zip(&self.index)
-            .filter(move |&(_, &i)| i != HELD && kept[i as usize])
-            .map(|(record, &i)| (record, &self.pods[i as usize]))
+            .filter_map(move |(record, &i)| Some((record, kept.get(i as usize).copied()??)))
     }
 }

@@ -49,13 +49,12 @@ impl<'a> Iterator for Records<'a> {
     #[inline]
     fn next(&mut self) -> Option<&'a [u8]> {
         loop {
-            let head = u32::from_ne_bytes(self.rest.get(..4)?.try_into().unwrap());
+            let head = u32::from_ne_bytes(*self.rest.first_chunk()?);
             let len = (head & !(BUSY | DISCARD)) as usize;
             let record = self.rest.get(HEADER..HEADER + len)?;
-            self.rest = self
-                .rest
-                .get((HEADER + len).next_multiple_of(8)..)
-                .unwrap_or(&[]);
+            // The last record's padding may be missing; `& !7` is what `next_multiple_of`
+            // is for a power of two, without its overflow checks (this runs per record).
+            self.rest = self.rest.get((HEADER + len + 7) & !7..).unwrap_or(&[]);
             if head & DISCARD == 0 {
                 return Some(record);
             }

@@ -527,12 +527,56 @@ fn contend(s: &Setup, secs: f64, rounds: usize) {
     }
 }
 
+/// A change's before and after, side by side: exporter builds `builds` (the first is
+/// the baseline) on the plain ring, taken in turn each round, with the floor beside
+/// them; prints per round each build's kernel-side added ns and user-space ns per event,
+/// then the medians of each build's user-space ns against the baseline's.
+fn compare(s: &Setup, builds: &[PathBuf], secs: f64, rounds: usize) {
+    println!("getpid() load on CPU 0 for {secs} s; consumers on CPU 1; {rounds} round(s)");
+    let mut user: Vec<Vec<f64>> = vec![Vec::new(); builds.len()];
+    for k in 1..=rounds {
+        let base = load(secs).ns();
+        let floor = floor_run(&s.floor, &s.object, "events", 1, Producers::One, secs);
+        let floor_user = floor.cpu * 1e9 / floor.delivered.max(1.0);
+        println!(
+            "round {k}: floor: added {:.1} ns, user {floor_user:.1} ns/event",
+            floor.load.ns() - base
+        );
+        for (i, build) in builds.iter().enumerate() {
+            let r = exporter_run(build, &s.dir, "e2e", "ringbuf", Producers::One, secs);
+            let ns = r.cpu * 1e9 / r.delivered.max(1.0);
+            println!(
+                "round {k}: {}: added {:.1} ns, user {ns:.1} ns/event ({:.2}x the floor)",
+                build.display(),
+                r.load.ns() - base,
+                ns / floor_user
+            );
+            user[i].push(ns);
+        }
+    }
+    let baseline = benchmark::median(user[0].clone());
+    for (build, ns) in builds.iter().zip(user) {
+        let ns = benchmark::median(ns);
+        println!(
+            "median user ns/event {ns:.1}: {:.2}x the baseline  {}",
+            ns / baseline,
+            build.display()
+        );
+    }
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    // `compare` takes the exporter builds first (comma-separated).
+    let builds: Vec<PathBuf> = if args.get(1).is_some_and(|a| a == "compare") {
+        args.remove(2).split(',').map(PathBuf::from).collect()
+    } else {
+        Vec::new()
+    };
     // An optional mode, then seconds and rounds.
     let mode = args
         .get(1)
-        .filter(|a| ["soak", "contention"].contains(&a.as_str()));
+        .filter(|a| ["soak", "contention", "compare"].contains(&a.as_str()));
     let at = |i: usize| args.get(i + usize::from(mode.is_some()));
     let secs: f64 = at(1).map_or(5.0, |s| s.parse().unwrap());
     let rounds: usize = at(2).map_or(1, |s| s.parse().unwrap());
@@ -609,7 +653,9 @@ fn main() {
         floor,
     };
     load(0.5);
-    if mode.is_some() {
+    if mode.is_some_and(|m| m == "compare") {
+        compare(&setup, &builds, secs, rounds);
+    } else if mode.is_some() {
         contend(&setup, secs, rounds);
     } else {
         println!("getpid() load on CPU 0 for {secs} s, one ring record per call; consumers on CPU 1; {rounds} round(s)");
