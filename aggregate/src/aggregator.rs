@@ -48,7 +48,7 @@ struct Local {
     key: SeriesKey,
     /// This batch's records: where each one's series is, and its raw value.
     found: Vec<(Found, u64)>,
-    /// This batch's series past the key limit.
+    /// This batch's series past the key limit (emptied after each batch).
     spilled: Vec<Slot>,
 }
 
@@ -233,10 +233,6 @@ impl StreamAggregator {
     ) -> u64 {
         let (records_before, malformed_before) = (self.records, self.malformed);
         let size = self.plan.record_size;
-        for local in &mut self.local {
-            local.found.clear();
-            local.spilled.clear();
-        }
         for (record, pod) in records {
             if record.len() < size {
                 self.malformed += 1;
@@ -249,8 +245,11 @@ impl StreamAggregator {
                 local.found.push((found, raw));
             }
         }
-        for (m, local) in self.plan.metrics.iter().zip(&self.local) {
+        for (m, local) in self.plan.metrics.iter().zip(&mut self.local) {
             local.add(m);
+            // Spilled series are this batch's alone: a quiet stream holds none.
+            local.found.clear();
+            local.spilled.clear();
         }
         self.records - records_before + self.malformed - malformed_before
     }
