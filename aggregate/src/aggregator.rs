@@ -231,9 +231,10 @@ impl StreamAggregator {
         &mut self,
         records: impl IntoIterator<Item = (&'r [u8], &'r Arc<PodLabels>)>,
     ) -> u64 {
-        let (records_before, malformed_before) = (self.records, self.malformed);
         let size = self.plan.record_size;
+        let mut given = 0;
         for (record, pod) in records {
+            given += 1;
             if record.len() < size {
                 self.malformed += 1;
                 continue;
@@ -251,7 +252,7 @@ impl StreamAggregator {
             local.found.clear();
             local.spilled.clear();
         }
-        self.records - records_before + self.malformed - malformed_before
+        given
     }
 
     /// Raw keys this worker caches (tests: memory stays bounded).

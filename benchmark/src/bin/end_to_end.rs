@@ -183,6 +183,13 @@ struct Run {
     load: Load,
 }
 
+impl Run {
+    /// The consumer's CPU ns per delivered event.
+    fn user_ns(&self) -> f64 {
+        self.cpu * 1e9 / self.delivered.max(1.0)
+    }
+}
+
 fn wait_line(child: &mut Child, want: &str) {
     let out = child.stdout.as_mut().unwrap();
     let mut reader = BufReader::new(out);
@@ -426,7 +433,7 @@ fn round(s: &Setup, p: Producers, secs: f64) -> Vec<Row> {
             continue;
         };
         let added = r.load.ns() - base.ns();
-        let user_ns = r.cpu * 1e9 / r.delivered.max(1.0);
+        let user_ns = r.user_ns();
         println!(
             "{name:<11} {:>10.2} {added:>11.1} {:>11.2} {:>10.0} {:>12.1}% {user_ns:>14.1}",
             r.load.calls as f64 / r.load.secs / 1e6,
@@ -537,14 +544,14 @@ fn compare(s: &Setup, builds: &[PathBuf], secs: f64, rounds: usize) {
     for k in 1..=rounds {
         let base = load(secs).ns();
         let floor = floor_run(&s.floor, &s.object, "events", 1, Producers::One, secs);
-        let floor_user = floor.cpu * 1e9 / floor.delivered.max(1.0);
+        let floor_user = floor.user_ns();
         println!(
             "round {k}: floor: added {:.1} ns, user {floor_user:.1} ns/event",
             floor.load.ns() - base
         );
         for (i, build) in builds.iter().enumerate() {
             let r = exporter_run(build, &s.dir, "e2e", "ringbuf", Producers::One, secs);
-            let ns = r.cpu * 1e9 / r.delivered.max(1.0);
+            let ns = r.user_ns();
             println!(
                 "round {k}: {}: added {:.1} ns, user {ns:.1} ns/event ({:.2}x the floor)",
                 build.display(),
