@@ -560,6 +560,112 @@ fn aggregate_worker(
 mod tests {
     use super::*;
 
+    /// Runs `records` (cgroup id, count) through a pipeline of `workers` (enrich,
+    /// aggregate) and returns the rendered page.
+    fn run(workers: (usize, usize), records: &[(u64, usize)], enricher: Arc<Enricher>) -> String {
+        const CONFIG: &str = "
+rings:
+  - name: events
+    cgroup_field: cgroup_id
+    fields: [{ name: cgroup_id, size: 8 }, { name: value, size: 8 }]
+metrics:
+  counters:
+    - { name: pipeline_test_events_total, help: Events, ring: events }
+";
+        #[derive(serde::Deserialize)]
+        struct Program {
+            rings: Vec<aggregate::config::RingConfig>,
+            metrics: aggregate::config::MetricsConfig,
+        }
+        let p: Program = serde_yaml_ng::from_str(CONFIG).unwrap();
+        let registry = aggregate::Registry::new(Default::default(), "node".into());
+        let plan = aggregate::ProgramPlan::compile(
+            &p.rings,
+            &p.metrics,
+            &registry,
+            &Default::default(),
+            "",
+        )
+        .unwrap();
+        let stream = Stream {
+            program: "test".into(),
+            plan: Arc::new(plan.streams.into_iter().next().unwrap()),
+            stats: Default::default(),
+        };
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let settings = Settings {
+            enrich_workers: workers.0,
+            aggregate_workers: workers.1,
+            queue_batches: 2,
+            metadata_wait: std::time::Duration::ZERO,
+        };
+        let streams = Arc::new(StreamTable::new(vec![stream]));
+        let pipeline = Pipeline::start(rx, streams, enricher, None, None, None, settings).unwrap();
+        // Interleaved, in small batches: every batch holds records of several pods.
+        let mut left: Vec<(u64, usize)> = records.to_vec();
+        let mut batch = BatchBuilder::new(0, 4096);
+        while left.iter().any(|(_, n)| *n > 0) {
+            for (cgroup, n) in left.iter_mut().filter(|(_, n)| *n > 0) {
+                *n -= 1;
+                let mut r = [0u8; 16];
+                r[..8].copy_from_slice(&cgroup.to_ne_bytes());
+                batch.push(&r);
+                if batch.is_full() {
+                    tx.send(batch.take()).unwrap();
+                }
+            }
+        }
+        tx.send(batch.take()).unwrap();
+        drop(tx);
+        pipeline.join();
+        let mut page = aggregate::PageWriter::buffer(aggregate::Format::Text);
+        registry.render(&mut page);
+        String::from_utf8(page.finish()).unwrap()
+    }
+
+    #[test]
+    fn every_record_counts_once_under_its_pod_at_any_worker_count() {
+        let root = std::env::temp_dir().join(format!("pipeline-test-{}", std::process::id()));
+        let mut records = vec![(999, 700)];
+        for p in 1..=4u64 {
+            let uid = format!("0f8fd5a6-1c3e-4a5b-9b7d-00000000000{p}");
+            std::fs::create_dir_all(root.join(format!("pods/shop_web{p}_{uid}/app"))).unwrap();
+            records.push((100 + p, p as usize * 1000));
+        }
+        // Aggregate workers shard by pod; enrich workers take batches as they come.
+        for workers in [(1, 1), (1, 3), (2, 2), (3, 1)] {
+            let Ok(cgroups) = enrich::CgroupFs::discover() else {
+                eprintln!("skipped: no cgroup2 mount");
+                return;
+            };
+            let enricher = Enricher::new(
+                cgroups,
+                enrich::PodLogs::new(root.join("pods"), root.join("containers")),
+            );
+            for p in 1..=4u64 {
+                let uid = format!("0f8fd5a6-1c3e-4a5b-9b7d-00000000000{p}");
+                enricher.learn(100 + p, &format!("/kubepods/pod{uid}/{}", "a".repeat(64)), false);
+            }
+            let page = run(workers, &records, Arc::new(enricher));
+            for p in 1..=4 {
+                let line = page
+                    .lines()
+                    .find(|l| l.contains(&format!("app_pod=\"web{p}\"")))
+                    .unwrap_or_else(|| panic!("no series of pod web{p} with {workers:?}:\n{page}"));
+                assert!(
+                    line.ends_with(&format!(" {}", p * 1000)),
+                    "{workers:?}: {line}"
+                );
+            }
+            let outside = page
+                .lines()
+                .find(|l| l.starts_with("ebpf_exporter_pipeline_test_events_total{") && l.contains("app_pod=\"\""))
+                .unwrap_or_else(|| panic!("no series outside pods with {workers:?}:\n{page}"));
+            assert!(outside.ends_with(" 700"), "{workers:?}: {outside}");
+        }
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
     #[test]
     fn the_memo_returns_only_what_was_put_under_the_key() {
         let mut memo = Memo::new();

@@ -181,26 +181,42 @@ fn memory(series: u32) {
 }
 
 /// Wall-clock rate at 1,000 series for 1 to 4 workers per stage, the counts taken in
-/// turn each round (the machine's drift hits them all alike); the median of each
-/// against the best median.
+/// turn each round. Each count's rate is taken against one worker's in the same round
+/// (back to back, so the VM's slow and fast spells cancel), the median of those ratios
+/// over the rounds, and that against the best count's.
 fn scaling(rounds: usize, events: u64, enricher: &Arc<Enricher>) {
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     println!("replay scaling: 1,000 series, {events} events per run, {rounds} rounds, {cpus} CPUs");
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); 4];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); 4];
     for round in 0..rounds {
         let mut line = format!("round {round}:");
+        let mut first = 0.0;
         for (i, workers) in (1..=4).enumerate() {
             let (rate, _) = run(workers, 1_000, events, enricher);
+            if i == 0 {
+                first = rate;
+            }
             rates[i].push(rate);
+            ratios[i].push(rate / first);
             line += &format!(" {workers}w {:.1} M/s", rate / 1e6);
         }
         println!("{line}");
     }
-    let medians: Vec<f64> = rates.into_iter().map(benchmark::median).collect();
+    let medians: Vec<f64> = ratios.into_iter().map(benchmark::median).collect();
     let best = medians.iter().copied().fold(0.0, f64::max);
-    println!("{:>8} {:>14} {:>8}", "workers", "median M/s", "x best");
-    for (i, m) in medians.iter().enumerate() {
-        println!("{:>8} {:>14.1} {:>8.2}", i + 1, m / 1e6, m / best);
+    println!(
+        "{:>8} {:>14} {:>14} {:>8}",
+        "workers", "median M/s", "x 1 worker", "x best"
+    );
+    for (i, (m, r)) in medians.iter().zip(rates).enumerate() {
+        println!(
+            "{:>8} {:>14.1} {:>14.2} {:>8.2}",
+            i + 1,
+            benchmark::median(r) / 1e6,
+            m,
+            m / best
+        );
     }
 }
 
