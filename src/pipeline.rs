@@ -644,7 +644,11 @@ metrics:
             );
             for p in 1..=4u64 {
                 let uid = format!("0f8fd5a6-1c3e-4a5b-9b7d-00000000000{p}");
-                enricher.learn(100 + p, &format!("/kubepods/pod{uid}/{}", "a".repeat(64)), false);
+                enricher.learn(
+                    100 + p,
+                    &format!("/kubepods/pod{uid}/{}", "a".repeat(64)),
+                    false,
+                );
             }
             let page = run(workers, &records, Arc::new(enricher));
             for p in 1..=4 {
@@ -659,7 +663,10 @@ metrics:
             }
             let outside = page
                 .lines()
-                .find(|l| l.starts_with("ebpf_exporter_pipeline_test_events_total{") && l.contains("app_pod=\"\""))
+                .find(|l| {
+                    l.starts_with("ebpf_exporter_pipeline_test_events_total{")
+                        && l.contains("app_pod=\"\"")
+                })
                 .unwrap_or_else(|| panic!("no series outside pods with {workers:?}:\n{page}"));
             assert!(outside.ends_with(" 700"), "{workers:?}: {outside}");
         }

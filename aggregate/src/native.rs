@@ -163,7 +163,7 @@ pub struct NativeBuckets {
 
 impl NativeBuckets {
     /// The counter of raw value `raw` (allocating its group the first time).
-    #[inline]
+    #[inline(always)]
     pub fn cell(&self, plan: &NativePlan, raw: u64) -> &AtomicU64 {
         let Some(k) = plan.index(raw) else {
             return &self.zero;

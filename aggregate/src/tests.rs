@@ -571,3 +571,85 @@ fn endless_label_values_keep_the_key_caches_bounded() {
         .unwrap();
     assert_eq!(counter.overflowed, N - 10);
 }
+
+#[test]
+fn batches_over_thousands_of_series_count_every_record_in_its_own() {
+    // Past a few thousand series a worker prefetches each record's series ahead of
+    // it: counts must come out the same as one record at a time.
+    let yaml = r#"
+rings:
+  - name: events
+    fields: [{ name: key, size: 4 }, { name: pad, size: 4 }, { name: value, size: 8 }]
+metrics:
+  histograms:
+    - name: many_seconds
+      help: Many series
+      ring: events
+      value: { field: value }
+      bucket_type: exp2
+      bucket_min: 0
+      bucket_max: 8
+      labels: [{ name: key, field: key, decoders: [{ name: uint }] }]
+"#;
+    let (registry, plans) = compile(yaml).unwrap();
+    let mut agg = StreamAggregator::new(
+        Arc::new(plans.into_iter().next().unwrap()),
+        Arc::new(StreamStats::default()),
+    );
+    let none = pod(0, "", "", "");
+    const SERIES: u32 = 10_000;
+    // Key k gets k % 5 + 1 records, in scattered order, value k % 300.
+    let mut records: Vec<[u8; 16]> = (0..SERIES)
+        .flat_map(|k| (0..=k % 5).map(move |_| k))
+        .map(|k| {
+            let mut r = [0u8; 16];
+            r[..4].copy_from_slice(&k.to_ne_bytes());
+            r[8..].copy_from_slice(&u64::from(k % 300).to_ne_bytes());
+            r
+        })
+        .collect();
+    let n = records.len();
+    for i in 0..n {
+        records.swap(i, (i * 7919) % n);
+    }
+    for batch in records.chunks(3000) {
+        agg.observe_all(batch.iter().map(|r| (&r[..], &none)));
+    }
+    let mut out = crate::PageWriter::buffer(crate::Format::Text);
+    registry.render(&mut out);
+    let page = String::from_utf8(out.finish()).unwrap();
+    let mut seen = 0;
+    for line in page.lines() {
+        let Some(rest) = line.strip_prefix("ebpf_exporter_many_seconds_sum{") else {
+            continue;
+        };
+        let k: u32 = rest
+            .split("key=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let sum: f64 = rest.rsplit(' ').next().unwrap().parse().unwrap();
+        assert_eq!(sum, f64::from((k % 5 + 1) * (k % 300)), "{line}");
+        seen += 1;
+    }
+    assert_eq!(seen, SERIES);
+    let count = |k: u32| {
+        page.lines()
+            .find(|l| {
+                l.starts_with("ebpf_exporter_many_seconds_count{")
+                    && l.contains(&format!("key=\"{k}\""))
+            })
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    for k in [0, 1, 4, 4999, 9999] {
+        assert_eq!(count(k), (k % 5 + 1).to_string());
+    }
+}
