@@ -572,12 +572,7 @@ metrics:
   counters:
     - { name: pipeline_test_events_total, help: Events, ring: events }
 ";
-        #[derive(serde::Deserialize)]
-        struct Program {
-            rings: Vec<aggregate::config::RingConfig>,
-            metrics: aggregate::config::MetricsConfig,
-        }
-        let p: Program = serde_yaml_ng::from_str(CONFIG).unwrap();
+        let p = crate::config::Program::parse(CONFIG, "pipeline test").unwrap();
         let registry = aggregate::Registry::new(Default::default(), "node".into());
         let plan = aggregate::ProgramPlan::compile(
             &p.rings,
@@ -634,10 +629,10 @@ metrics:
             return;
         }
         let root = std::env::temp_dir().join(format!("pipeline-test-{}", std::process::id()));
+        let uid = |p: u64| format!("0f8fd5a6-1c3e-4a5b-9b7d-00000000000{p}");
         let mut records = vec![(999, 700)];
         for p in 1..=4u64 {
-            let uid = format!("0f8fd5a6-1c3e-4a5b-9b7d-00000000000{p}");
-            std::fs::create_dir_all(root.join(format!("pods/shop_web{p}_{uid}/app"))).unwrap();
+            std::fs::create_dir_all(root.join(format!("pods/shop_web{p}_{}/app", uid(p)))).unwrap();
             records.push((100 + p, p as usize * 1000));
         }
         // Aggregate workers shard by pod; enrich workers take batches as they come.
@@ -647,10 +642,9 @@ metrics:
                 enrich::PodLogs::new(root.join("pods"), root.join("containers")),
             );
             for p in 1..=4u64 {
-                let uid = format!("0f8fd5a6-1c3e-4a5b-9b7d-00000000000{p}");
                 enricher.learn(
                     100 + p,
-                    &format!("/kubepods/pod{uid}/{}", "a".repeat(64)),
+                    &format!("/kubepods/pod{}/{}", uid(p), "a".repeat(64)),
                     false,
                 );
             }
