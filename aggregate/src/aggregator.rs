@@ -9,11 +9,12 @@ use std::sync::{
 };
 
 use enrich::PodLabels;
-use rustc_hash::FxHashMap;
 
 use crate::{
     decoder::DecodeError,
+    prefetch::prefetch,
     registry::{identity_of, Series, SeriesKey, Slot, OVERFLOW},
+    series_index::{self, SeriesIndex},
     stream::{MetricPlan, StreamPlan},
 };
 
@@ -40,14 +41,18 @@ pub struct StreamStats {
 /// A worker's series of one metric.
 #[derive(Default)]
 struct Local {
-    index: FxHashMap<SeriesKey, u32>,
+    /// Keys of `slots`, in the same order.
+    index: SeriesIndex,
     slots: Vec<Slot>,
-    last: Option<(SeriesKey, u32)>,
+    /// The series of the record before (runs of one series skip the hash).
+    last: Option<u32>,
     /// The key being built: each record writes the same label bytes over it, so it is
     /// zeroed once, not per record.
     key: SeriesKey,
     /// This batch's records: where each one's series is, and its raw value.
     found: Vec<(Found, u64)>,
+    /// This batch's key hashes, when they are taken ahead of the search.
+    hashes: Vec<u64>,
     /// This batch's series past the key limit (emptied after each batch).
     spilled: Vec<Slot>,
 }
@@ -62,10 +67,59 @@ enum Found {
 }
 
 impl Local {
-    /// The series of `record` for metric `m`, resolving (and caching) a key seen for the
-    /// first time.
-    #[inline]
-    fn find(&mut self, m: &MetricPlan, record: &[u8], pod: &Arc<PodLabels>) -> Found {
+    /// Pass one for a record: its series and raw value (its key's hash if taken
+    /// ahead).
+    #[inline(always)]
+    fn observe(&mut self, m: &MetricPlan, record: &[u8], pod: &Arc<PodLabels>, hash: Option<u64>) {
+        let raw = m.value.map_or(1, |v| v.uint(record));
+        let found = self.find(m, record, pod, hash);
+        self.found.push((found, raw));
+    }
+
+    /// Pass one over a batch, past what the caches hold: every key is hashed first,
+    /// so each record's bucket group and key are asked for records before they are
+    /// searched.
+    fn observe_prefetching(&mut self, m: &MetricPlan, batch: &[(&[u8], &Arc<PodLabels>)]) {
+        self.hashes.clear();
+        for &(record, pod) in batch {
+            self.build_key(m, record, pod);
+            self.hashes.push(series_index::hash(&self.key));
+        }
+        for (n, &(record, pod)) in batch.iter().enumerate() {
+            if let Some(&h) = self.hashes.get(n + 2 * AHEAD) {
+                self.index.prefetch_group(h);
+            }
+            if let Some(&h) = self.hashes.get(n + AHEAD) {
+                self.index.prefetch_key(h);
+            }
+            self.observe(m, record, pod, Some(self.hashes[n]));
+        }
+    }
+
+    /// Writes the key of `record` for metric `m` over `self.key`.
+    #[inline(always)]
+    fn build_key(&mut self, m: &MetricPlan, record: &[u8], pod: &Arc<PodLabels>) {
+        let key = &mut self.key;
+        key.pod = pod.id;
+        let mut at = 0;
+        for l in &m.labels {
+            key.bytes[at..at + l.span.size].copy_from_slice(l.span.bytes(record));
+            at += l.span.size;
+        }
+        key.len = at as u8;
+    }
+
+    /// The series of `record` for metric `m` (its key's hash if already known),
+    /// resolving (and caching) a key seen for the first time.
+    #[inline(always)]
+    fn find(
+        &mut self,
+        m: &MetricPlan,
+        record: &[u8],
+        pod: &Arc<PodLabels>,
+        hash: Option<u64>,
+    ) -> Found {
+        self.build_key(m, record, pod);
         let Local {
             index,
             slots,
@@ -74,31 +128,21 @@ impl Local {
             spilled,
             ..
         } = self;
-        key.pod = pod.id;
-        let mut at = 0;
-        for l in &m.labels {
-            key.bytes[at..at + l.span.size].copy_from_slice(l.span.bytes(record));
-            at += l.span.size;
-        }
-        key.len = at as u8;
-        // `last` is rewritten only when it changes: a rewrite per event (72 bytes
-        // read back from a key just built byte by byte) was a fifth of the
-        // aggregate worker's time in `end_to_end`.
-        if let Some((k, i)) = last {
-            if k == key {
-                return Found::Local(*i);
+        if let Some(i) = *last {
+            if index.key(i) == key {
+                return Found::Local(i);
             }
         }
-        if let Some(&i) = index.get(key) {
-            *last = Some((*key, i));
+        let hash = hash.unwrap_or_else(|| series_index::hash(key));
+        if let Some(i) = index.get(hash, key) {
+            *last = Some(i);
             return Found::Local(i);
         }
         let slot = shared_series(m, *key, record, pod);
         if slots.len() < m.family.max_keys() {
             slots.push(slot);
-            let i = slots.len() as u32 - 1;
-            index.insert(*key, i);
-            *last = Some((*key, i));
+            let i = index.insert(hash, *key);
+            *last = Some(i);
             Found::Local(i)
         } else {
             // Past the key limit (label fields of endless values, most in the
@@ -128,7 +172,7 @@ impl Local {
         let mut cells = Vec::with_capacity(self.found.len());
         for (n, &(found, raw)) in self.found.iter().enumerate() {
             if PREFETCH {
-                self.prefetch_ahead(n);
+                self.prefetch_ahead(m, n);
             }
             let slot = self.slot(found);
             let series = match slot {
@@ -161,7 +205,7 @@ impl Local {
             // names its pod): plain loads and stores, no locked instructions.
             for (n, &(sum, raw, bucket, native)) in cells.iter().enumerate() {
                 if PREFETCH {
-                    if let Some(&(sum, _, bucket, native)) = cells.get(n + AHEAD) {
+                    if let Some(&(sum, _, bucket, native)) = cells.get(n + 4 * AHEAD) {
                         prefetch(sum);
                         bucket.into_iter().chain(native).for_each(|b| prefetch(b));
                     }
@@ -181,16 +225,24 @@ impl Local {
         }
     }
 
-    /// The slot of the record two steps past the `n`th, the series of the one a step
-    /// past it (whose slot was asked for a step ago).
+    /// The slot of the record three steps past the `n`th, the series of the one two
+    /// steps past it (whose slot was asked for a step ago), and the native bucket
+    /// group of the one a step past it (whose series was).
     #[inline]
-    fn prefetch_ahead(&self, n: usize) {
-        if let Some(&(ahead, _)) = self.found.get(n + 2 * AHEAD) {
+    fn prefetch_ahead(&self, m: &MetricPlan, n: usize) {
+        if let Some(&(ahead, _)) = self.found.get(n + 3 * AHEAD) {
             prefetch(self.slot(ahead));
         }
-        if let Some(&(ahead, _)) = self.found.get(n + AHEAD) {
+        if let Some(&(ahead, _)) = self.found.get(n + 2 * AHEAD) {
             if let Slot::Series(s) | Slot::Overflow(s) = self.slot(ahead) {
                 prefetch(Arc::as_ptr(s));
+            }
+        }
+        if let (Some(&(ahead, raw)), Some(plan)) = (self.found.get(n + AHEAD), &m.family.native) {
+            if let Slot::Series(s) | Slot::Overflow(s) = self.slot(ahead) {
+                if let Some(native) = &s.native {
+                    native.prefetch(plan, raw);
+                }
             }
         }
     }
@@ -213,11 +265,11 @@ impl Local {
             std::mem::take(&mut self.index),
             std::mem::take(&mut self.slots),
         );
-        for (key, i) in index {
-            let slot = &slots[i as usize];
-            if !orphan(slot) {
-                self.slots.push(slot.clone());
-                self.index.insert(key, self.slots.len() as u32 - 1);
+        for (i, slot) in slots.into_iter().enumerate() {
+            if !orphan(&slot) {
+                let key = *index.key(i as u32);
+                self.slots.push(slot);
+                self.index.insert(series_index::hash(&key), key);
             }
         }
         self.last = None;
@@ -230,19 +282,6 @@ const AHEAD: usize = 8;
 /// Series a worker holds from which `Local::add` prefetches (fewer stay in its caches,
 /// where prefetching only adds instructions).
 const FAR: usize = 4096;
-
-/// Asks for the cache line at `p` without waiting for it (a hint: it changes no result
-/// and never faults).
-#[inline(always)]
-fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch reads nothing the program sees and never faults.
-    unsafe {
-        core::arch::x86_64::_mm_prefetch(p.cast(), core::arch::x86_64::_MM_HINT_T0);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
 
 /// A worker's view of one stream: its plan and a lock-free local series cache.
 pub struct StreamAggregator {
@@ -280,8 +319,8 @@ impl StreamAggregator {
     }
 
     /// Adds a batch's records, each attributed to its pod, in three passes: every
-    /// record's series (records are read once, in this pass: no list of them is
-    /// built), then per metric the counters each record adds to, then the additions.
+    /// record's series, then per metric the counters each record adds to, then the
+    /// additions.
     /// At 1,000 series and more every step is a cache miss (hash entry, series, bucket
     /// array, native group, counter) that depends on the one before; in short passes
     /// the misses of many records are in flight at once instead of one after another.
@@ -290,21 +329,11 @@ impl StreamAggregator {
         &mut self,
         records: impl IntoIterator<Item = (&'r [u8], &'r Arc<PodLabels>)>,
     ) -> u64 {
-        let size = self.plan.record_size;
-        let mut given = 0;
-        for (record, pod) in records {
-            given += 1;
-            if record.len() < size {
-                self.malformed += 1;
-                continue;
-            }
-            self.records += 1;
-            for (m, local) in self.plan.metrics.iter().zip(&mut self.local) {
-                let raw = m.value.map_or(1, |v| v.uint(record));
-                let found = local.find(m, record, pod);
-                local.found.push((found, raw));
-            }
-        }
+        let given = if self.local.iter().any(|l| l.slots.len() >= FAR) {
+            self.find_prefetching(records)
+        } else {
+            self.find(records)
+        };
         for (m, local) in self.plan.metrics.iter().zip(&mut self.local) {
             local.add(m);
             // Spilled series are this batch's alone: a quiet stream holds none.
@@ -312,6 +341,57 @@ impl StreamAggregator {
             local.spilled.clear();
         }
         given
+    }
+
+    /// Pass one, while every metric's series stay in the caches: each record's series
+    /// in turn (records are read once: no list of them is built). Returns how many
+    /// records it was given.
+    fn find<'r>(
+        &mut self,
+        records: impl IntoIterator<Item = (&'r [u8], &'r Arc<PodLabels>)>,
+    ) -> u64 {
+        let mut given = 0;
+        for (record, pod) in records {
+            given += 1;
+            if self.accept(record) {
+                let metrics = &self.plan.metrics[..self.local.len()];
+                for (m, local) in metrics.iter().zip(&mut self.local) {
+                    local.observe(m, record, pod, None);
+                }
+            }
+        }
+        given
+    }
+
+    /// Pass one past what the caches hold: the batch's records are listed, then each
+    /// metric looks up their series with its memory asked for ahead.
+    fn find_prefetching<'r>(
+        &mut self,
+        records: impl IntoIterator<Item = (&'r [u8], &'r Arc<PodLabels>)>,
+    ) -> u64 {
+        let mut given = 0;
+        let mut batch = Vec::new();
+        for (record, pod) in records {
+            given += 1;
+            if self.accept(record) {
+                batch.push((record, pod));
+            }
+        }
+        for (m, local) in self.plan.metrics.iter().zip(&mut self.local) {
+            local.observe_prefetching(m, &batch);
+        }
+        given
+    }
+
+    /// Counts `record` as aggregated, or as malformed when shorter than the layout.
+    #[inline(always)]
+    fn accept(&mut self, record: &[u8]) -> bool {
+        if record.len() < self.plan.record_size {
+            self.malformed += 1;
+            return false;
+        }
+        self.records += 1;
+        true
     }
 
     /// Raw keys this worker caches (tests: memory stays bounded).

@@ -13,8 +13,10 @@ pub mod config;
 pub mod decoder;
 mod exposition;
 mod native;
+mod prefetch;
 mod program;
 mod registry;
+mod series_index;
 mod stream;
 mod table;
 

@@ -174,6 +174,14 @@ impl NativeBuckets {
         &group[i % GROUP]
     }
 
+    /// Asks for where the group of `raw`'s counter is kept, without waiting for it.
+    #[inline(always)]
+    pub fn prefetch(&self, plan: &NativePlan, raw: u64) {
+        if let Some(k) = plan.index(raw) {
+            crate::prefetch::prefetch(&self.groups[(k - plan.k_min) as usize / GROUP]);
+        }
+    }
+
     /// The zero bucket's count, and the non-empty buckets as (index, count) ascending
     /// into `out`.
     pub fn read(&self, plan: &NativePlan, out: &mut Vec<(i32, u64)>) -> u64 {

@@ -92,7 +92,7 @@ impl Default for SeriesKey {
 
 impl SeriesKey {
     #[inline]
-    fn word(&self, w: usize) -> u64 {
+    pub(crate) fn word(&self, w: usize) -> u64 {
         u64::from_ne_bytes(self.bytes[w * 8..w * 8 + 8].try_into().unwrap())
     }
 }
