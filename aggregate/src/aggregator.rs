@@ -1,5 +1,5 @@
-//! The per-event hot path: a worker's view of one stream. Each worker keeps a plain map
-//! of the series it has seen in front of the registry's shared one, so an event costs a
+//! The per-event hot path: a worker's view of one stream. Each worker keeps an index
+//! of the series it has seen in front of the registry's shared map, so an event costs a
 //! hash of a few bytes, a bucket search and relaxed atomic adds; a new series decodes
 //! its labels once.
 
@@ -286,8 +286,8 @@ const FAR: usize = 4096;
 /// A worker's view of one stream: its plan and a lock-free local series cache.
 pub struct StreamAggregator {
     plan: Arc<StreamPlan>,
-    /// Per metric: key → index into `slots`, the slots, and the last key with its
-    /// index (runs of records for one series skip the hash lookup).
+    /// Per metric: the index of keys, their slots, and the last record's series (runs
+    /// of records for one series skip the hash lookup).
     local: Vec<Local>,
     stats: Arc<StreamStats>,
     records: u64,
@@ -354,8 +354,7 @@ impl StreamAggregator {
         for (record, pod) in records {
             given += 1;
             if self.accept(record) {
-                let metrics = &self.plan.metrics[..self.local.len()];
-                for (m, local) in metrics.iter().zip(&mut self.local) {
+                for (m, local) in self.plan.metrics.iter().zip(&mut self.local) {
                     local.observe(m, record, pod, None);
                 }
             }

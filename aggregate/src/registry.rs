@@ -1,7 +1,7 @@
 //! Series storage shared by aggregate workers (see aggregator.rs) and the exposition.
 //!
 //! Each family keeps its series in a concurrent map keyed by (pod label set id, raw
-//! label bytes); workers keep their own plain map of the same keys in front of it, so
+//! label bytes); workers keep their own index of the same keys in front of it, so
 //! an event costs a hash of a few bytes, a bucket search and two relaxed atomic adds.
 
 use std::{

@@ -1,5 +1,5 @@
-//! A worker's map from series key to the position of its slot: open addressing over a
-//! flat bucket array, so the bucket a key will need can be asked for (prefetched)
+//! A worker's map from series key to the position of its slot: open addressing over
+//! groups of buckets, so the group a key will need can be asked for (prefetched)
 //! records before it is searched, which a general-purpose map does not offer.
 
 use crate::{prefetch::prefetch, registry::SeriesKey};
@@ -30,7 +30,8 @@ impl Group {
         {
             use core::arch::x86_64::*;
             // Eight compares in two, packed to one byte mask (the compiler's own
-            // vectorizing of the loop below took three times the instructions).
+            // vectorizing of the loop below shuffled lanes: 43 more instructions per
+            // event at 1,000 series).
             // SAFETY: SSE2 is part of x86_64; `tags` is 32 bytes, 64-byte aligned
             // (the group's alignment).
             unsafe {
