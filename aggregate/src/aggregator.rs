@@ -369,13 +369,11 @@ impl StreamAggregator {
         records: impl IntoIterator<Item = (&'r [u8], &'r Arc<PodLabels>)>,
     ) -> u64 {
         let mut given = 0;
-        let mut batch = Vec::new();
-        for (record, pod) in records {
-            given += 1;
-            if self.accept(record) {
-                batch.push((record, pod));
-            }
-        }
+        let batch: Vec<_> = records
+            .into_iter()
+            .inspect(|_| given += 1)
+            .filter(|&(record, _)| self.accept(record))
+            .collect();
         for (m, local) in self.plan.metrics.iter().zip(&mut self.local) {
             local.observe_prefetching(m, &batch);
         }

@@ -65,7 +65,8 @@ impl Default for SeriesIndex {
     }
 }
 
-/// The group a search for `hash` starts at, and the tag it looks for.
+/// The group a search for `hash` starts at, and the tag it looks for: both from the
+/// high half (a product's low bits depend only on its factors' low bits).
 #[inline(always)]
 fn home(hash: u64, groups: usize) -> (usize, u32) {
     (
