@@ -160,7 +160,7 @@ impl Local {
     fn add(&self, m: &MetricPlan) {
         // Beyond what the caches hold, each record's slot, series and counters are
         // misses: they are asked for records ahead, so many are in flight at once.
-        if self.slots.len() >= FAR {
+        if self.far() {
             self.add_prefetching::<true>(m);
         } else {
             self.add_prefetching::<false>(m);
@@ -247,6 +247,11 @@ impl Local {
         }
     }
 
+    /// Whether it holds more series than stay in the caches (prefetching pays).
+    fn far(&self) -> bool {
+        self.slots.len() >= FAR
+    }
+
     #[inline]
     fn slot(&self, found: Found) -> &Slot {
         match found {
@@ -329,7 +334,7 @@ impl StreamAggregator {
         &mut self,
         records: impl IntoIterator<Item = (&'r [u8], &'r Arc<PodLabels>)>,
     ) -> u64 {
-        let given = if self.local.iter().any(|l| l.slots.len() >= FAR) {
+        let given = if self.local.iter().any(Local::far) {
             self.find_prefetching(records)
         } else {
             self.find(records)
