@@ -103,7 +103,7 @@ impl Local {
         key.pod = pod.id;
         let mut at = 0;
         for l in &m.labels {
-            key.bytes[at..at + l.span.size].copy_from_slice(l.span.bytes(record));
+            key.put(at, record, l.span);
             at += l.span.size;
         }
         key.len = at as u8;

@@ -21,7 +21,7 @@ use crate::{
     buckets,
     exposition::{Kind, Native, PageWriter},
     native::{self, NativeBuckets, NativePlan},
-    stream::MetricPlan,
+    stream::{MetricPlan, Span},
 };
 
 /// Label value of the overflow series.
@@ -91,6 +91,25 @@ impl Default for SeriesKey {
 }
 
 impl SeriesKey {
+    /// Writes `record`'s field at `span` into the key's bytes from `at`.
+    #[inline(always)]
+    pub(crate) fn put(&mut self, at: usize, record: &[u8], span: Span) {
+        let Span { offset, size } = span;
+        // A field of up to 8 bytes is read as one word and written as one (bytes past
+        // it zero, the next field written over them): a copy of a size known only at
+        // run time is a `memcpy` call (20 instructions per event in `replay`).
+        match (
+            record.get(offset..offset + 8),
+            self.bytes.get_mut(at..at + 8),
+        ) {
+            (Some(from), Some(to)) if (1..=8).contains(&size) => {
+                let word = u64::from_le_bytes(from.try_into().unwrap());
+                to.copy_from_slice(&(word & (u64::MAX >> (64 - 8 * size))).to_le_bytes());
+            }
+            _ => self.bytes[at..at + size].copy_from_slice(span.bytes(record)),
+        }
+    }
+
     #[inline]
     pub(crate) fn word(&self, w: usize) -> u64 {
         u64::from_ne_bytes(self.bytes[w * 8..w * 8 + 8].try_into().unwrap())
@@ -501,6 +520,35 @@ impl Family {
             counts.clear();
             counts.extend(s.buckets.iter().map(|b| b.load(Relaxed)));
             out.histogram(&self.sorted_names, &values, &counts, sum, native);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Fields written one after another give the bytes they hold, in order, and
+        /// zeros past them, whether they are read as words or copied.
+        #[test]
+        fn put_writes_fields_in_order(
+            sizes in proptest::collection::vec(1usize..=16, 1..6),
+            record in proptest::collection::vec(any::<u8>(), 0..96),
+            gap in 0usize..8,
+        ) {
+            let total: usize = sizes.iter().sum();
+            prop_assume!(total <= MAX_KEY && total + gap <= record.len());
+            let (mut key, mut want, mut at) = (SeriesKey::default(), [0u8; MAX_KEY], 0);
+            for &size in &sizes {
+                // Fields in record order from `gap`, the last possibly at its end.
+                let span = Span { offset: gap + at, size };
+                key.put(at, &record, span);
+                want[at..at + size].copy_from_slice(span.bytes(&record));
+                at += size;
+            }
+            prop_assert_eq!(key.bytes, want);
         }
     }
 }
