@@ -2,6 +2,7 @@
 //! by the binary and the benchmarks.
 
 pub mod config;
+pub mod handoff;
 pub mod pipeline;
 pub mod web_auth;
 pub mod web_config;

@@ -21,11 +21,13 @@ use std::{
 
 pub use aggregate::Stream;
 use aggregate::StreamAggregator;
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use enrich::{Attributed, Cache, Enricher, PodLabels, HELD};
 use ingest::{Batch, BatchBuilder};
 use parking_lot::RwLock;
 use rustc_hash::FxHashMap;
+
+use crate::handoff;
 
 /// The streams by id (a batch's `stream`), which a reload changes while workers run:
 /// ids are never reused, a removed stream leaves an empty slot. Workers keep their own
@@ -171,7 +173,7 @@ pub struct Pipeline {
     /// Aggregate counters.
     pub aggregate: Arc<StageStats>,
     enrich_queue: Receiver<Batch>,
-    aggregate_queues: Vec<Sender<Arc<Attributed>>>,
+    aggregate_queues: Vec<handoff::Sender<Arc<Attributed>>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -192,7 +194,7 @@ impl Pipeline {
         let mut threads = Vec::new();
         let mut aggregate_queues = Vec::new();
         for shard in 0..shards {
-            let (tx, rx) = crossbeam_channel::bounded(settings.queue_batches.max(1));
+            let (tx, rx) = handoff::bounded(settings.queue_batches.max(1), WAIT_NET);
             aggregate_queues.push(tx);
             let (streams, stats) = (streams.clone(), aggregate.clone());
             let worker = move || aggregate_worker(rx, &streams, &stats, shard, shards);
@@ -244,7 +246,10 @@ impl Pipeline {
     pub fn queue_depths(&self) -> (usize, Vec<usize>) {
         (
             self.enrich_queue.len(),
-            self.aggregate_queues.iter().map(Sender::len).collect(),
+            self.aggregate_queues
+                .iter()
+                .map(handoff::Sender::len)
+                .collect(),
         )
     }
 
@@ -263,8 +268,10 @@ impl Pipeline {
     }
 }
 
-/// Index of a record held back (its pod's metadata has not appeared yet): aggregate
-/// workers skip it; it comes again in a later batch.
+/// The longest an enrich worker sleeps on a full aggregate queue without a wake (none
+/// should be missed: a safety net).
+const WAIT_NET: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Bytes of held records per stream and worker; beyond it they go on unattributed.
 const HELD_BYTES: usize = 1 << 20;
 
@@ -319,7 +326,7 @@ impl Memo {
 struct EnrichWorker<'a> {
     streams: LocalStreams<'a>,
     cache: Cache,
-    out: &'a [Sender<Arc<Attributed>>],
+    out: &'a [handoff::Sender<Arc<Attributed>>],
     offers: Offers<'a>,
     stats: &'a StageStats,
     slot: FxHashMap<u32, u32>,
@@ -333,7 +340,7 @@ fn enrich_worker(
     streams: &StreamTable,
     cache: Cache,
     cgroup_events: Option<&CgroupEventsHandle>,
-    out: &[Sender<Arc<Attributed>>],
+    out: &[handoff::Sender<Arc<Attributed>>],
     offers: Offers,
     stats: &StageStats,
 ) {
@@ -530,7 +537,7 @@ fn aggregators(
 }
 
 fn aggregate_worker(
-    input: Receiver<Arc<Attributed>>,
+    input: handoff::Receiver<Arc<Attributed>>,
     streams: &StreamTable,
     stats: &StageStats,
     shard: usize,
@@ -539,7 +546,7 @@ fn aggregate_worker(
     let mut local = LocalStreams::new(streams);
     let mut aggs = aggregators(&local.streams, Vec::new());
     let shards = shards as u32;
-    for e in input {
+    while let Some(e) = input.recv() {
         if local.refresh() {
             aggs = aggregators(&local.streams, aggs);
         }
