@@ -55,6 +55,8 @@ struct Local {
     hashes: Vec<u64>,
     /// This batch's series past the key limit (emptied after each batch).
     spilled: Vec<Slot>,
+    /// Where records add to counters their family does not keep (never read).
+    sink: AtomicU64,
 }
 
 /// Where pass one found a record's series.
@@ -190,13 +192,15 @@ impl Local {
                     continue;
                 }
             };
-            let bucket = m
-                .family
-                .histogram
-                .then(|| &series.buckets[m.raw_bounds.bucket(raw)]);
+            // A counter the family does not keep is the worker's sink, so every
+            // record adds to three counters without a branch.
+            let bucket = match m.family.histogram {
+                true => &series.buckets[m.raw_bounds.bucket(raw)],
+                false => &self.sink,
+            };
             let native = match (&m.family.native, &series.native) {
-                (Some(plan), Some(b)) => Some(b.cell(plan, raw)),
-                _ => None,
+                (Some(plan), Some(b)) => b.cell(plan, raw),
+                _ => &self.sink,
             };
             cells.push((&series.sum, raw, bucket, native));
         }
@@ -206,19 +210,19 @@ impl Local {
             for (n, &(sum, raw, bucket, native)) in cells.iter().enumerate() {
                 if PREFETCH {
                     if let Some(&(sum, _, bucket, native)) = cells.get(n + 4 * AHEAD) {
-                        prefetch(sum);
-                        bucket.into_iter().chain(native).for_each(|b| prefetch(b));
+                        [sum, bucket, native].into_iter().for_each(|c| prefetch(c));
                     }
                 }
-                for b in bucket.into_iter().chain(native) {
-                    b.store(b.load(Relaxed) + 1, Relaxed);
-                }
+                bucket.store(bucket.load(Relaxed) + 1, Relaxed);
+                native.store(native.load(Relaxed) + 1, Relaxed);
                 sum.store(sum.load(Relaxed).wrapping_add(raw), Relaxed);
             }
         } else {
             for &(sum, raw, bucket, native) in &cells {
-                for b in bucket.into_iter().chain(native) {
-                    b.fetch_add(1, Relaxed);
+                for b in [bucket, native] {
+                    if !std::ptr::eq(b, &self.sink) {
+                        b.fetch_add(1, Relaxed);
+                    }
                 }
                 sum.fetch_add(raw, Relaxed);
             }
