@@ -338,11 +338,13 @@ impl StreamAggregator {
         &mut self,
         records: impl IntoIterator<Item = (&'r [u8], &'r Arc<PodLabels>)>,
     ) -> u64 {
+        let malformed = self.malformed;
         let given = if self.local.iter().any(Local::far) {
             self.find_prefetching(records)
         } else {
             self.find(records)
         };
+        self.records += given - (self.malformed - malformed);
         for (m, local) in self.plan.metrics.iter().zip(&mut self.local) {
             local.add(m);
             // Spilled series are this batch's alone: a quiet stream holds none.
@@ -389,14 +391,13 @@ impl StreamAggregator {
         given
     }
 
-    /// Counts `record` as aggregated, or as malformed when shorter than the layout.
+    /// Whether `record` holds the layout (counted as malformed when shorter).
     #[inline(always)]
     fn accept(&mut self, record: &[u8]) -> bool {
         if record.len() < self.plan.record_size {
             self.malformed += 1;
             return false;
         }
-        self.records += 1;
         true
     }
 

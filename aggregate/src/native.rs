@@ -44,10 +44,20 @@ const CELL_BITS: u32 = 10;
 
 /// The bounds inside one power of two (schemas above 0), as mantissa bits, and per
 /// cell of the mantissa range how many bounds lie below the cell.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Thresholds {
+    /// Ascending, then `u64::MAX` (so the bound after the last is there to compare).
     bounds: Box<[u64]>,
-    below: Box<[u8]>,
+    below: Box<[u8; 1 << CELL_BITS]>,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            bounds: Box::new([u64::MAX]),
+            below: Box::new([0; 1 << CELL_BITS]),
+        }
+    }
 }
 
 impl Thresholds {
@@ -57,10 +67,12 @@ impl Thresholds {
         }
         let bounds: Box<[u64]> = (1..1u32 << schema)
             .map(|j| (f64::from(j) / f64::from(1u32 << schema)).exp2().to_bits() & MANTISSA)
+            .chain([u64::MAX])
             .collect();
-        let below = (0..1u64 << CELL_BITS)
-            .map(|c| bounds.partition_point(|&t| t < c << (52 - CELL_BITS)) as u8)
-            .collect();
+        let mut below = Box::new([0; 1 << CELL_BITS]);
+        for (c, n) in below.iter_mut().enumerate() {
+            *n = bounds.partition_point(|&t| t < (c as u64) << (52 - CELL_BITS)) as u8;
+        }
         Self { bounds, below }
     }
 
@@ -68,9 +80,9 @@ impl Thresholds {
     /// the cell may hold: a table read and a compare, no search.
     #[inline]
     fn count_below(&self, mantissa: u64) -> i32 {
-        let n = self.below[(mantissa >> (52 - CELL_BITS)) as usize];
-        let next = self.bounds.get(usize::from(n)).copied().unwrap_or(u64::MAX);
-        i32::from(n) + i32::from(next < mantissa)
+        // A mantissa's top bits index the table in full: no bounds check.
+        let n = self.below[(mantissa >> (52 - CELL_BITS)) as usize & ((1 << CELL_BITS) - 1)];
+        i32::from(n) + i32::from(self.bounds[usize::from(n)] < mantissa)
     }
 }
 
