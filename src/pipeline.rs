@@ -7,8 +7,9 @@
 //! per-record pod index, shared (no copy), to the aggregate workers. Aggregation is
 //! sharded by pod: worker `i` takes the records whose pod id modulo the worker count is
 //! `i`, so a pod's series are always updated by the same worker. Enrich workers wait
-//! for a full aggregate queue (work already done is never thrown away); the wait backs
-//! up into the ingest queue, where readers drop and count what does not fit.
+//! for a full aggregate queue to drain to half ([`crate::handoff`]; work already done
+//! is never thrown away); the wait backs up into the ingest queue, where readers drop
+//! and count what does not fit.
 
 use std::{
     sync::{
