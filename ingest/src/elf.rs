@@ -519,6 +519,8 @@ fn fix_flexible_arrays(
     let mut roots: Vec<u32> = fixes.iter().map(|f| f.1).collect();
     roots.sort_unstable();
     roots.dedup();
+    // Indexes and sizes come from the object: a damaged one can overflow them.
+    const OVERFLOW: ElfError = ElfError::Malformed("flexible array size overflows");
     for root in roots {
         let len = fixes
             .iter()
@@ -526,7 +528,8 @@ fn fix_flexible_arrays(
             .map(|f| f.2)
             .max()
             .unwrap()
-            + 1;
+            .checked_add(1)
+            .ok_or(OVERFLOW)?;
         let t = btf.resolve(root).unwrap();
         let &(member_at, array_id, bits) = btf.members(&t).last().unwrap();
         let array = btf.resolve(array_id).unwrap();
@@ -537,7 +540,11 @@ fn fix_flexible_arrays(
         let new_array = edit.add_type(&record);
         let mut record = btf.record(&t).to_vec();
         btf::put_u32(&mut record, member_at - t.at + 4, new_array);
-        let size = (bits / 8 + len * elem_size).max(t.size_or_type);
+        let size = len
+            .checked_mul(elem_size)
+            .and_then(|n| n.checked_add(bits / 8))
+            .ok_or(OVERFLOW)?
+            .max(t.size_or_type);
         btf::put_u32(&mut record, 8, size);
         copies.insert(root, edit.add_type(&record));
     }
